@@ -1,0 +1,154 @@
+"""Decoded, cached line images and the torch datasets that apply views to them.
+
+Small line data sets are decoded and resized once (through ``deploy.preprocess``, the one
+preprocessing implementation) and kept in memory as uint8; albumentations views then run on
+those arrays in DataLoader workers, and ``deploy.preprocess.to_tensor`` normalises them.
+Every random view draws from its own seed, derived from (run seed, epoch, sample, view), so a
+run is reproducible whatever the number of workers and whenever it is resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from deploy.errors import ImageReadError
+from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
+from kit.data.index import LineIndex, Sample
+from kit.errors import DataError
+from kit.recipe.schema import Recipe
+from kit.views.build import apply_view
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def preprocess_spec(recipe: Recipe) -> PreprocessSpec:
+    """The recipe's data settings as the manifest-ready spec every runtime follows."""
+    d = recipe.data
+    if d.normalize is not None:
+        mean, std = tuple(d.normalize.mean), tuple(d.normalize.std)
+    elif d.channels == "gray":
+        mean, std = (round(sum(_IMAGENET_MEAN) / 3, 3),), (round(sum(_IMAGENET_STD) / 3, 3),)
+    else:
+        mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+    return PreprocessSpec(
+        image_size=tuple(d.image_size), channels=d.channels, roi=tuple(d.roi) if d.roi else None,
+        interpolation=d.interpolation, mean=mean, std=std,
+    )
+
+
+@dataclass
+class DecodedSplit:
+    """One split's images, prepared (ROI + resize) and kept as uint8 NxHxWxC."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def tensors(self, spec: PreprocessSpec) -> torch.Tensor:
+        """The clean evaluation input, normalised exactly as the edge runtime does."""
+        return torch.from_numpy(to_tensor(self.images, spec))
+
+
+def decode_split(
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    *,
+    on_unreadable: Callable[[ImageReadError], None] | None = None,
+) -> DecodedSplit:
+    images, labels, kept = [], [], []
+    for sample in samples:
+        try:
+            images.append(prepare_image(read_image(sample.path, spec.channels), spec))
+        except ImageReadError as exc:
+            if on_unreadable is None:
+                raise DataError(str(exc)) from None
+            on_unreadable(exc)
+            continue
+        labels.append(sample.label)
+        kept.append(sample)
+    h, w = spec.image_size
+    stacked = np.stack(images) if images else np.zeros((0, h, w, spec.num_channels), np.uint8)
+    return DecodedSplit(images=stacked, labels=np.asarray(labels, dtype=np.int64), samples=kept)
+
+
+def decode_line(index: LineIndex, recipe: Recipe, spec: PreprocessSpec) -> tuple[dict[str, DecodedSplit], list[str]]:
+    """Decode every split; skip unreadable files up to ``data.max_unreadable_fraction``."""
+    unreadable: list[str] = []
+    splits = {
+        name: decode_split(index.split(name), spec, on_unreadable=lambda e: unreadable.append(str(e)))
+        for name in ("train", "val", "test")
+    }
+    total = len(index.samples)
+    if unreadable and len(unreadable) / total > recipe.data.max_unreadable_fraction:
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise DataError(
+            f"{unreadable[0]}{more}; {len(unreadable)} of {total} images unreadable, above "
+            f"data.max_unreadable_fraction = {recipe.data.max_unreadable_fraction:g}: remove or fix them, or raise the limit"
+        )
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"data: no readable images left in the {name} split")
+    return splits, unreadable
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from non-negative integers; stable across processes and platforms."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+SEED_VIEW, SEED_TORCH, SEED_SHUFFLE = 0, 1, 2  # what a derived seed is for
+
+
+def view_seed(run_seed: int, epoch: int, index: int, view: int) -> int:
+    """The seed of one view of one sample in one epoch."""
+    return derive_seed(run_seed, SEED_VIEW, epoch, index, view)
+
+
+class ViewDataset(Dataset):
+    """Yields ``(view_1, ..., view_k, label)`` for one split, each view freshly augmented.
+
+    ``views`` maps a name to a pipeline; the name ``"mix"`` draws the weak or the strong
+    pipeline per sample (50/50), which is how a teacher learns strong-view outputs that
+    CRLD can trust.
+    """
+
+    def __init__(
+        self,
+        split: DecodedSplit,
+        spec: PreprocessSpec,
+        pipelines: dict[str, A.Compose],
+        view_names: Sequence[str],
+        seed: int,
+    ) -> None:
+        self.split, self.spec, self.pipelines = split, spec, pipelines
+        self.view_names = list(view_names)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _view(self, image: np.ndarray, name: str, index: int, slot: int) -> np.ndarray:
+        seed = view_seed(self.seed, self.epoch, index, slot)
+        if name == "mix":
+            name = "weak" if seed % 2 == 0 else "strong"
+        if name == "clean":
+            return image
+        return apply_view(self.pipelines[name], image, seed)
+
+    def __getitem__(self, index: int):
+        image = self.split.images[index]
+        views = [torch.from_numpy(to_tensor(self._view(image, n, index, slot), self.spec)) for slot, n in enumerate(self.view_names)]
+        return (*views, int(self.split.labels[index]))

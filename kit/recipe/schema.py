@@ -1,0 +1,206 @@
+"""The recipe schema: one YAML file per camera line, validated by pydantic v2.
+
+Defaults live here and nowhere else. Every model forbids unknown keys, so a typo is an error,
+never a silently ignored setting. Semantic checks that need other libraries (timm names,
+albumentations transforms, files on disk) happen in ``kit.recipe.load``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class LineConfig(_Strict):
+    """The camera line: what management knows it by, and how fast parts arrive."""
+
+    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    description: str = ""
+    parts_per_minute: Optional[Annotated[float, Field(gt=0)]] = None
+    budget_ms: Optional[Annotated[float, Field(gt=0)]] = None
+
+    @property
+    def takt_ms(self) -> float | None:
+        """Time available per part: the explicit budget, else 60 000 / parts per minute."""
+        if self.budget_ms is not None:
+            return self.budget_ms
+        return 60_000.0 / self.parts_per_minute if self.parts_per_minute else None
+
+
+class SplitConfig(_Strict):
+    """Stratified random split; fractions must sum to 1."""
+
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    val: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    test: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class SplitFolders(_Strict):
+    """Explicit split: each split is its own image folder with class subfolders."""
+
+    train: str
+    val: str
+    test: str
+
+
+class NormalizeConfig(_Strict):
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+
+
+class DataConfig(_Strict):
+    """Where the line's images are and how they become model input."""
+
+    root: str
+    layout: Literal["imagefolder", "manifest"] = "imagefolder"
+    manifest: Optional[str] = None  # CSV with columns path,label[,split]; paths relative to root
+    classes: Optional[list[str]] = None  # explicit class order; default: sorted folder names
+    image_size: tuple[int, int] = (96, 96)  # height, width in px; a single number means square
+    channels: Literal["gray", "rgb"] = "gray"
+    roi: Optional[tuple[int, int, int, int]] = None  # x, y, width, height in source pixels
+    interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
+    normalize: Optional[NormalizeConfig] = None  # default: ImageNet statistics (gray: their mean)
+    split: SplitConfig = SplitConfig()
+    split_folders: Optional[SplitFolders] = None
+    dedupe: bool = True  # drop exact duplicate files before splitting (they leak train -> test)
+    max_unreadable_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_images_per_class: Annotated[int, Field(ge=1)] = 3
+    # DataLoader workers; auto: none on CPU (training is compute-bound and workers would take
+    # the cores the model needs), up to 8 on CUDA.
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0, le=64)]] = "auto"
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square_shorthand(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 16 or max(v) > 4096:
+            raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
+        return v
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, v: Any) -> Any:
+        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError("roi is [x, y, width, height] with x, y >= 0 and width, height > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _layout_fields(self) -> "DataConfig":
+        if self.layout == "manifest" and not self.manifest:
+            raise ValueError("layout 'manifest' needs a 'manifest' CSV path")
+        if self.layout == "imagefolder" and self.manifest:
+            raise ValueError("'manifest' is only used with layout: manifest")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes contains duplicates")
+        if self.normalize is not None:
+            n = 1 if self.channels == "gray" else 3
+            if len(self.normalize.mean) != n or len(self.normalize.std) != n:
+                raise ValueError(f"normalize.mean and normalize.std need {n} value(s) for channels {self.channels!r}")
+        return self
+
+
+
+ViewStep = dict[str, Any]  # {TransformOrPreset: {kwargs}}; checked by kit.views.build
+
+
+class ViewsConfig(_Strict):
+    """Albumentations pipelines on uint8 images, applied after ROI/resize, before normalisation."""
+
+    weak: list[ViewStep] = Field(default_factory=list)
+    strong: list[ViewStep] = Field(default_factory=list)
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings shared by teacher and student."""
+
+    arch: Annotated[str, Field(min_length=1)]
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    pretrained_file: Optional[str] = None  # local timm weights (.safetensors/.pth); never a hub download
+    drop_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class TeacherConfig(TrainConfig):
+    arch: Annotated[str, Field(min_length=1)] = "resnet18"
+    checkpoint: Optional[str] = None  # an existing teacher.pt: skip teacher training
+    train_views: Literal["weak", "strong", "mix"] = "mix"  # mix: each sample weak or strong, 50/50
+
+
+class StudentConfig(TrainConfig):
+    arch: Annotated[str, Field(min_length=1)] = "mobilenetv3_small_100"
+
+
+class CRLDConfig(_Strict):
+    """Cross-view consistency distillation; see ``kit.distill.losses.crld_loss``."""
+
+    method: Literal["crld"] = "crld"
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    ce_weight: Annotated[float, Field(ge=0)] = 1.0
+    within_weight: Annotated[float, Field(ge=0)] = 2.0
+    cross_weight: Annotated[float, Field(ge=0)] = 0.5
+    tau_weak: Annotated[float, Field(ge=0, le=1)] = 0.9
+    tau_strong: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+class KDConfig(_Strict):
+    """Hinton knowledge distillation on the weak view."""
+
+    method: Literal["kd"] = "kd"
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    ce_weight: Annotated[float, Field(ge=0)] = 0.1
+    kd_weight: Annotated[float, Field(ge=0)] = 0.9
+
+
+class NoDistillConfig(_Strict):
+    """Cross-entropy on the weak view only: the baseline a distillation method must beat."""
+
+    method: Literal["none"] = "none"
+
+
+DistillConfig = Annotated[Union[CRLDConfig, KDConfig, NoDistillConfig], Field(discriminator="method")]
+
+
+class Recipe(_Strict):
+    """One camera line: data, views, teacher, student, distillation."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    line: LineConfig
+    data: DataConfig
+    views: ViewsConfig = ViewsConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = CRLDConfig()
+    seed: int = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+
+    # Set by the loader, not by the user: the folder relative paths resolve against.
+    _base_dir: Path = PrivateAttr(default_factory=lambda: Path(".").resolve())
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self._base_dir / path).resolve()

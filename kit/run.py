@@ -1,0 +1,286 @@
+"""``kit run``: recipe -> teacher -> distilled student -> metrics, in a resumable run directory.
+
+Run directory (``runs/<line>/<run-id>/``)::
+
+    recipe.lock.yaml   resolved recipe + hash (what every later stage reads)
+    state.json         which stages finished, with timings (what --resume reads)
+    split.csv          every image with its split and label
+    views.png          original / weak / strong examples per class
+    teacher.pt         best teacher (state dict + rebuild args + classes)
+    student.pt         best student
+    history.csv        one row per epoch and role: losses, mask fractions, lr, images/s
+    metrics.json       test accuracy, macro-F1, per-class recall, agreement
+    run.log            the log
+    checkpoints/       per-epoch resume state while a stage runs
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kit.data import decode_line, index_line, preprocess_spec
+from kit.errors import RunDirError
+from kit.evaluate import agreement, classification_metrics, predict_logits
+from kit.io import read_json, write_json_atomic, write_text_atomic
+from kit.models import load_model, save_checkpoint
+from kit.recipe import Recipe, load_recipe, read_recipe_lock, recipe_hash, write_recipe_lock
+from kit.train import Reporter, resolve_device, train_student, train_teacher
+from kit.views import build_view
+from kit.views.preview import render_views_preview
+
+log = logging.getLogger("kit")
+LOCK_NAME, STATE_NAME = "recipe.lock.yaml", "state.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+class _LogReporter(Reporter):
+    """Forwards messages to the logger; wraps the caller's reporter."""
+
+    def __init__(self, inner: Reporter | None) -> None:
+        self.inner = inner or Reporter()
+
+    def stage_start(self, *a: Any) -> None:
+        self.inner.stage_start(*a)
+
+    def step(self, *a: Any) -> None:
+        self.inner.step(*a)
+
+    def epoch_end(self, role: str, row: dict[str, Any]) -> None:
+        log.info("%s epoch %d: %s", role, row["epoch"], ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("role", "epoch")))
+        self.inner.epoch_end(role, row)
+
+    def stage_end(self, role: str) -> None:
+        self.inner.stage_end(role)
+
+    def log(self, message: str) -> None:
+        log.info(message)
+        self.inner.log(message)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def new_run_dir(out_root: str | Path, line: str, name: str | None = None) -> Path:
+    base = Path(out_root) / line
+    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base / name, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{name}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_NAME
+    return read_json(path) if path.is_file() else {"stages": {}}
+
+
+def _mark_done(run_dir: Path, state: dict[str, Any], stage: str, seconds: float, **extra: Any) -> None:
+    state.setdefault("stages", {})[stage] = {
+        "status": "done", "seconds": round(seconds, 2),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
+    }
+    write_json_atomic(run_dir / STATE_NAME, state)
+
+
+def _write_history(run_dir: Path, role: str, rows: list[dict[str, Any]]) -> None:
+    """history.csv holds every role; a stage rewrites only its own rows."""
+    path = run_dir / "history.csv"
+    kept: list[dict[str, Any]] = []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as fh:
+            kept = [r for r in csv.DictReader(fh) if r.get("role") != role]
+    all_rows = kept + rows
+    columns: list[str] = []
+    for r in all_rows:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    for r in all_rows:
+        writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())
+
+
+def _write_split(run_dir: Path, index, unreadable: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label", "split"])
+    for s in index.samples:
+        writer.writerow([str(s.path), index.classes[s.label], s.split])
+    write_text_atomic(run_dir / "split.csv", buf.getvalue())
+
+
+def _finish_stage_checkpoint(checkpoint_dir: Path, role: str, final_path: Path) -> None:
+    """The best epoch's weights become ``<role>.pt``; the resume state is no longer needed."""
+    (checkpoint_dir / f"{role}.best.pt").replace(final_path)
+    (checkpoint_dir / f"{role}.last.pt").unlink(missing_ok=True)
+
+
+def _attach_file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def prepare_run(recipe_path: str | Path | None, *, out_root: str | Path = "runs", name: str | None = None,
+                resume_dir: str | Path | None = None) -> tuple[Recipe, Path]:
+    """A new run directory with its recipe lock, or the existing one to resume."""
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if not (run_dir / LOCK_NAME).is_file():
+            raise RunDirError(f"{run_dir}: not a run directory (no {LOCK_NAME}); start a new run with `kit run RECIPE`")
+        return read_recipe_lock(run_dir / LOCK_NAME), run_dir
+    assert recipe_path is not None
+    recipe = load_recipe(recipe_path)
+    run_dir = new_run_dir(out_root, recipe.line.name, name)
+    write_recipe_lock(recipe, run_dir / LOCK_NAME, source=recipe_path)
+    return recipe, run_dir
+
+
+def find_resumable(out_root: str | Path, recipe: Recipe) -> Path | None:
+    """The newest unfinished run of this exact recipe under ``out_root``."""
+    base = Path(out_root) / recipe.line.name
+    if not base.is_dir():
+        return None
+    wanted = recipe_hash(recipe)
+    for run_dir in sorted((p for p in base.iterdir() if (p / LOCK_NAME).is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
+        if "evaluate" in read_state(run_dir).get("stages", {}):
+            continue
+        try:
+            if recipe_hash(read_recipe_lock(run_dir / LOCK_NAME)) == wanted:
+                return run_dir
+        except Exception:  # an unreadable lock is simply not resumable
+            continue
+    return None
+
+
+def run_line(
+    recipe_path: str | Path | None = None,
+    *,
+    out_root: str | Path = "runs",
+    name: str | None = None,
+    resume_dir: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Train the teacher (or load it), distil the student, evaluate both on the test split."""
+    recipe, run_dir = prepare_run(recipe_path, out_root=out_root, name=name, resume_dir=resume_dir)
+    handler = _attach_file_log(run_dir)
+    try:
+        return _run_stages(recipe, run_dir, _LogReporter(reporter), resume=resume_dir is not None)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: bool) -> RunResult:
+    state = read_state(run_dir)
+    state["recipe_hash"] = recipe_hash(recipe)
+    done = state.setdefault("stages", {})
+    setup = resolve_device(recipe.device)
+    torch.manual_seed(recipe.seed)
+    reporter.log(f"run {run_dir} on {setup.describe()}; recipe {state['recipe_hash'][:12]}")
+
+    # -- data: index, split, decode once
+    started = time.perf_counter()
+    index = index_line(recipe)
+    spec = preprocess_spec(recipe)
+    splits, unreadable = decode_line(index, recipe, spec)
+    for bad in unreadable:
+        reporter.log(f"skipped unreadable image: {bad}")
+    for dropped, kept in index.duplicates_dropped:
+        reporter.log(f"dropped duplicate {dropped} (same content as {kept})")
+    counts = {k: len(v) for k, v in splits.items()}
+    reporter.log(f"data: {len(index.classes)} classes {index.classes}; images {counts}; "
+                 f"{len(index.duplicates_dropped)} duplicates dropped; {len(unreadable)} unreadable skipped")
+    _write_split(run_dir, index, unreadable)
+    channels = spec.num_channels
+    pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, channels) for v in ("weak", "strong")}
+    if not (run_dir / "views.png").is_file():
+        render_views_preview(splits["train"], index.classes, pipelines, run_dir / "views.png", seed=recipe.seed)
+    _mark_done(run_dir, state, "data", time.perf_counter() - started, counts=counts,
+               duplicates_dropped=len(index.duplicates_dropped), unreadable=len(unreadable))
+
+    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir.mkdir(exist_ok=True)
+    meta = {"classes": index.classes, "preprocess": spec.to_dict(), "recipe_hash": state["recipe_hash"]}
+
+    # -- teacher: trained here, or taken from a checkpoint
+    teacher_path = run_dir / "teacher.pt"
+    if "teacher" not in done:
+        started = time.perf_counter()
+        if recipe.teacher.checkpoint:
+            source = recipe.resolve_path(recipe.teacher.checkpoint)
+            model, body = load_model(source, expect_arch=recipe.teacher.arch, expect_classes=index.classes, expect_in_chans=channels)
+            save_checkpoint(teacher_path, model, body["model_args"], **{**meta, "role": "teacher", "source": str(source)})
+            reporter.log(f"teacher: loaded {source}")
+        else:
+            train_teacher(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, {**meta, "role": "teacher"},
+                          reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "teacher", rows))
+            _finish_stage_checkpoint(checkpoint_dir, "teacher", teacher_path)
+        _mark_done(run_dir, state, "teacher", time.perf_counter() - started)
+    teacher, _ = load_model(teacher_path, expect_classes=index.classes, expect_in_chans=channels)
+    teacher.to(setup.device).eval()
+    val_inputs, test_inputs = splits["val"].tensors(spec), splits["test"].tensors(spec)
+    teacher_val_pred = predict_logits(teacher, val_inputs, setup.device).argmax(1).numpy()
+
+    # -- student: distilled by the recipe's method
+    student_path = run_dir / "student.pt"
+    if "student" not in done:
+        started = time.perf_counter()
+        method = recipe.distill.method
+        train_student(recipe, method, recipe.distill, teacher, splits, index.classes, spec, pipelines, setup,
+                      checkpoint_dir, {**meta, "role": "student", "method": method}, teacher_val_pred=teacher_val_pred,
+                      reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "student", rows))
+        _finish_stage_checkpoint(checkpoint_dir, "student", student_path)
+        _mark_done(run_dir, state, "student", time.perf_counter() - started, method=method)
+    student, _ = load_model(student_path, expect_classes=index.classes, expect_in_chans=channels)
+
+    # -- evaluate on the held-back test split
+    started = time.perf_counter()
+    metrics = evaluate_models({"teacher": teacher, "student": student}, test_inputs, splits["test"].labels, index.classes, setup.device)
+    metrics["line"] = recipe.line.name
+    metrics["distill_method"] = recipe.distill.method
+    metrics["split_sizes"] = counts
+    metrics["recipe_hash"] = state["recipe_hash"]
+    metrics["stage_seconds"] = {k: v.get("seconds") for k, v in done.items()}
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    _mark_done(run_dir, state, "evaluate", time.perf_counter() - started)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    t, s = metrics["teacher"], metrics["student"]
+    reporter.log(
+        f"test: teacher acc {t['accuracy']:.3f} / macro-F1 {t['macro_f1']:.3f}; student acc {s['accuracy']:.3f} / "
+        f"macro-F1 {s['macro_f1']:.3f}; agreement {metrics['agreement']:.3f}"
+    )
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def evaluate_models(models: dict[str, torch.nn.Module], inputs: torch.Tensor, labels: np.ndarray,
+                    classes: list[str], device: torch.device) -> dict[str, Any]:
+    preds = {name: predict_logits(m, inputs, device).argmax(1).numpy() for name, m in models.items()}
+    out: dict[str, Any] = {name: classification_metrics(labels, p, classes) for name, p in preds.items()}
+    if "teacher" in preds and "student" in preds:
+        out["agreement"] = agreement(preds["teacher"], preds["student"])
+        out["accuracy_gap"] = out["teacher"]["accuracy"] - out["student"]["accuracy"]
+    out["classes"] = classes
+    return out

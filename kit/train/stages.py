@@ -1,0 +1,112 @@
+"""Teacher and student training stages: build the model, its views and its step function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deploy.preprocess import PreprocessSpec
+from kit.data.dataset import DecodedSplit, ViewDataset
+from kit.distill.methods import get_method
+from kit.models import create_model, model_args
+from kit.recipe.schema import Recipe
+from kit.train.device import DeviceSetup, resolve_workers
+from kit.train.loop import FitResult, Reporter, fit
+
+
+def _build(recipe: Recipe, role: str, num_classes: int, in_chans: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    cfg = getattr(recipe, role)
+    torch.manual_seed(seed)  # identical initial weights for a given recipe seed
+    pretrained = recipe.resolve_path(cfg.pretrained_file) if cfg.pretrained_file else None
+    model = create_model(cfg.arch, num_classes, in_chans, pretrained_file=pretrained, drop_rate=cfg.drop_rate)
+    return model, model_args(cfg.arch, num_classes, in_chans)
+
+
+def train_teacher(
+    recipe: Recipe,
+    splits: dict[str, DecodedSplit],
+    classes: list[str],
+    spec: PreprocessSpec,
+    pipelines: dict[str, A.Compose],
+    setup: DeviceSetup,
+    checkpoint_dir: Path,
+    meta: dict[str, Any],
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    on_epoch=None,
+) -> FitResult:
+    """Cross-entropy on the recipe's ``teacher.train_views`` (weak, strong or a 50/50 mix)."""
+    cfg = recipe.teacher
+    model, args = _build(recipe, "teacher", len(classes), spec.num_channels, recipe.seed)
+    view = cfg.train_views
+    train_set = ViewDataset(splits["train"], spec, pipelines, [view], seed=recipe.seed)
+
+    def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
+        logits = net(views[view])
+        loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        return loss, {"ce": loss.detach()}, logits
+
+    return fit(
+        model, role="teacher", cfg=cfg, train_set=train_set,
+        val_inputs=splits["val"].tensors(spec), val_labels=splits["val"].labels,
+        step_fn=step, setup=setup, seed=recipe.seed, num_workers=resolve_workers(recipe.data.num_workers, setup),
+        checkpoint_dir=checkpoint_dir, checkpoint_meta=meta, model_args=args,
+        reporter=reporter, resume=resume, on_epoch=on_epoch,
+    )
+
+
+def train_student(
+    recipe: Recipe,
+    method_name: str,
+    method_cfg: Any,
+    teacher: nn.Module | None,
+    splits: dict[str, DecodedSplit],
+    classes: list[str],
+    spec: PreprocessSpec,
+    pipelines: dict[str, A.Compose],
+    setup: DeviceSetup,
+    checkpoint_dir: Path,
+    meta: dict[str, Any],
+    role: str = "student",
+    teacher_val_pred: np.ndarray | None = None,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    on_epoch=None,
+) -> FitResult:
+    """The student sees each of the method's views in its own forward pass (own BN statistics);
+    the frozen teacher sees all views in one eval-mode, gradient-free batch."""
+    cfg = recipe.student
+    method = get_method(method_name)
+    model, args = _build(recipe, "student", len(classes), spec.num_channels, recipe.seed + 1)
+    train_set = ViewDataset(splits["train"], spec, pipelines, list(method.views), seed=recipe.seed + 1)
+    if method.uses_teacher:
+        if teacher is None:
+            raise ValueError(f"method {method_name!r} needs a teacher")
+        teacher.to(setup.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
+        student_logits = {name: net(views[name]) for name in method.views}
+        teacher_logits = None
+        if method.uses_teacher:
+            with torch.no_grad():
+                stacked = teacher(torch.cat([views[name] for name in method.views])).float()
+            teacher_logits = dict(zip(method.views, stacked.split(len(target))))
+        student_logits = {k: v.float() for k, v in student_logits.items()}
+        loss, parts = method.loss(student_logits, teacher_logits, target, method_cfg)
+        return loss, parts, student_logits[method.views[0]]
+
+    return fit(
+        model, role=role, cfg=cfg, train_set=train_set,
+        val_inputs=splits["val"].tensors(spec), val_labels=splits["val"].labels,
+        step_fn=step, setup=setup, seed=recipe.seed + 1, num_workers=resolve_workers(recipe.data.num_workers, setup),
+        checkpoint_dir=checkpoint_dir, checkpoint_meta=meta, model_args=args,
+        val_reference=teacher_val_pred, reporter=reporter, resume=resume, on_epoch=on_epoch,
+    )

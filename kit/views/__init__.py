@@ -1,0 +1,6 @@
+"""Weak and strong training views: albumentations pipelines built from the recipe."""
+
+from kit.views.build import apply_view, build_view, list_transforms
+from kit.views.presets import get_preset, list_presets, register_preset
+
+__all__ = ["apply_view", "build_view", "get_preset", "list_presets", "list_transforms", "register_preset"]
