@@ -43,31 +43,33 @@ class RichReporter:
     """Progress bars with epoch, loss and images/s."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=False,
-        )
+        self.progress: Progress | None = None
         self.task = None
         self.status = ""
 
     def stage_start(self, role: str, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
+        self.progress = Progress(  # one bar per stage; a finished stage's bar stays on screen
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+        )
         self.progress.start()
         self.task = self.progress.add_task(role, total=epochs, completed=first_epoch, status="")
 
     def step(self, role: str, epoch: int, step: int, loss: float) -> None:
-        if self.task is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.update(self.task, status=f"{self.status} step {step} loss {loss:.3f}")
 
     def epoch_end(self, role: str, row: dict[str, Any]) -> None:
         self.status = f"val acc {row['val_accuracy']:.3f}  {row['images_per_s']:.0f} img/s"
         if "val_agreement" in row:
             self.status += f"  agree {row['val_agreement']:.3f}"
-        if self.task is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.update(self.task, advance=1, status=self.status)
 
     def stage_end(self, role: str) -> None:
-        self.progress.stop()
-        self.task, self.status = None, ""
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.task, self.status = None, None, ""
 
     def log(self, message: str) -> None:
         console.print(message, highlight=False, markup=False)
@@ -115,6 +117,60 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         table.add_row(role, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{worst[1]['recall']:.3f} ({worst[0]})")
     console.print(table)
     console.print(f"teacher-student agreement {metrics['agreement']:.3f}; accuracy gap {metrics['accuracy_gap']:+.3f}")
+
+
+@app.command()
+@_user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (runs/<line>/<run-id>)."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Comma list: onnx,onnx-int8,tensorrt-fp16,tensorrt-int8 (default: the recipe's export.formats)."),
+) -> None:
+    """Export the student as an edge bundle and check it rung by rung (parity ladder).
+
+    Writes RUN_DIR/bundle/ (model.onnx, model.int8.onnx, TensorRT plans where a GPU exists,
+    model.json, parity.json). Exits 1 when a parity gate fails.
+    Example: kit export runs/sample_line/20261129-101500 --formats onnx,onnx-int8
+    """
+    from kit.export import ParityGateError, export_bundle
+
+    chosen = None
+    if formats:
+        chosen = [f.strip() for f in formats.split(",") if f.strip()]
+        valid = ("onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8")
+        for f in chosen:
+            if f not in valid:
+                raise KitError(f"--formats: unknown format {f!r}; choose from {', '.join(valid)}")
+    try:
+        result = export_bundle(run_dir, chosen, log=lambda m: console.print(m, highlight=False, markup=False))
+        _print_parity(result.parity)
+    except ParityGateError:
+        from kit.io import read_json
+
+        _print_parity(read_json(Path(run_dir) / "bundle" / "parity.json"))
+        raise
+    typer.echo(str(result.bundle_dir))
+
+
+def _print_parity(parity: dict[str, Any]) -> None:
+    from rich import box
+
+    table = Table(title=f"parity ladder ({parity['test_images']} test images)", box=box.SIMPLE_HEAD)
+    for col in ("rung", "acc", "vs", "agree", "max|dp|", "mean|dp|", "flips", "agree teacher"):
+        table.add_column(col, no_wrap=True)
+    for row in parity["rungs"]:
+        vp, vt = row.get("vs_parent"), row.get("vs_teacher")
+        table.add_row(
+            row["rung"], f"{row['accuracy']:.3f}", row.get("parent", ""),
+            f"{vp['agreement']:.3f}" if vp else "", f"{vp['max_abs_delta_p']:.1e}" if vp else "",
+            f"{vp['mean_abs_delta_p']:.1e}" if vp else "", str(vp["decisions_flipped"]) if vp else "",
+            f"{vt['agreement']:.3f}" if vt else "",
+        )
+    console.print(table)
+    for row in parity["rungs"]:
+        console.print(f"  {row['rung']}: {row['runtime']}", highlight=False)
+    for gate in parity["gates"]:
+        mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        console.print(f"{mark} {gate['rung']}: {gate['check']} = {gate['value']:.6g} (limit {gate['op']} {gate['limit']:g})")
 
 
 @app.command()

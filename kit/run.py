@@ -32,15 +32,15 @@ import torch
 from kit.data import decode_line, index_line, preprocess_spec
 from kit.errors import RunDirError
 from kit.evaluate import agreement, classification_metrics, predict_logits
-from kit.io import read_json, write_json_atomic, write_text_atomic
+from kit.io import write_json_atomic, write_text_atomic
 from kit.models import load_model, save_checkpoint
 from kit.recipe import Recipe, load_recipe, read_recipe_lock, recipe_hash, write_recipe_lock
+from kit.rundir import LOCK_NAME, SPLIT_NAME, mark_stage, read_state
 from kit.train import Reporter, resolve_device, train_student, train_teacher
 from kit.views import build_view
 from kit.views.preview import render_views_preview
 
 log = logging.getLogger("kit")
-LOCK_NAME, STATE_NAME = "recipe.lock.yaml", "state.json"
 
 
 @dataclass
@@ -88,19 +88,6 @@ def new_run_dir(out_root: str | Path, line: str, name: str | None = None) -> Pat
     return run_dir
 
 
-def read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE_NAME
-    return read_json(path) if path.is_file() else {"stages": {}}
-
-
-def _mark_done(run_dir: Path, state: dict[str, Any], stage: str, seconds: float, **extra: Any) -> None:
-    state.setdefault("stages", {})[stage] = {
-        "status": "done", "seconds": round(seconds, 2),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
-    }
-    write_json_atomic(run_dir / STATE_NAME, state)
-
-
 def _write_history(run_dir: Path, role: str, rows: list[dict[str, Any]]) -> None:
     """history.csv holds every role; a stage rewrites only its own rows."""
     path = run_dir / "history.csv"
@@ -126,7 +113,7 @@ def _write_split(run_dir: Path, index, unreadable: list[str]) -> None:
     writer.writerow(["path", "label", "split"])
     for s in index.samples:
         writer.writerow([str(s.path), index.classes[s.label], s.split])
-    write_text_atomic(run_dir / "split.csv", buf.getvalue())
+    write_text_atomic(run_dir / SPLIT_NAME, buf.getvalue())
 
 
 def _finish_stage_checkpoint(checkpoint_dir: Path, role: str, final_path: Path) -> None:
@@ -218,7 +205,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, channels) for v in ("weak", "strong")}
     if not (run_dir / "views.png").is_file():
         render_views_preview(splits["train"], index.classes, pipelines, run_dir / "views.png", seed=recipe.seed)
-    _mark_done(run_dir, state, "data", time.perf_counter() - started, counts=counts,
+    mark_stage(run_dir, state, "data", time.perf_counter() - started, counts=counts,
                duplicates_dropped=len(index.duplicates_dropped), unreadable=len(unreadable))
 
     checkpoint_dir = run_dir / "checkpoints"
@@ -238,7 +225,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
             train_teacher(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, {**meta, "role": "teacher"},
                           reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "teacher", rows))
             _finish_stage_checkpoint(checkpoint_dir, "teacher", teacher_path)
-        _mark_done(run_dir, state, "teacher", time.perf_counter() - started)
+        mark_stage(run_dir, state, "teacher", time.perf_counter() - started)
     teacher, _ = load_model(teacher_path, expect_classes=index.classes, expect_in_chans=channels)
     teacher.to(setup.device).eval()
     val_inputs, test_inputs = splits["val"].tensors(spec), splits["test"].tensors(spec)
@@ -253,7 +240,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
                       checkpoint_dir, {**meta, "role": "student", "method": method}, teacher_val_pred=teacher_val_pred,
                       reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "student", rows))
         _finish_stage_checkpoint(checkpoint_dir, "student", student_path)
-        _mark_done(run_dir, state, "student", time.perf_counter() - started, method=method)
+        mark_stage(run_dir, state, "student", time.perf_counter() - started, method=method)
     student, _ = load_model(student_path, expect_classes=index.classes, expect_in_chans=channels)
 
     # -- evaluate on the held-back test split
@@ -265,7 +252,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     metrics["recipe_hash"] = state["recipe_hash"]
     metrics["stage_seconds"] = {k: v.get("seconds") for k, v in done.items()}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    _mark_done(run_dir, state, "evaluate", time.perf_counter() - started)
+    mark_stage(run_dir, state, "evaluate", time.perf_counter() - started)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     t, s = metrics["teacher"], metrics["student"]
     reporter.log(

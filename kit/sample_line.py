@@ -29,7 +29,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     grain /= grain.std() + 1e-6
     y = np.arange(size, dtype=np.float32)[:, None]
     bands = np.sin(2 * np.pi * y / rng.uniform(9, 20) + rng.uniform(0, 2 * np.pi))
-    return 5.0 * streaks + 2.5 * grain + rng.uniform(1.0, 3.0) * bands
+    return 3.5 * streaks + 2.0 * grain + rng.uniform(1.0, 3.0) * bands
 
 
 def _point(rng: np.random.Generator, size: int, margin: int) -> tuple[int, int]:
@@ -43,9 +43,9 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> None:
     length = rng.uniform(0.35, 0.7) * size
     dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
     layer = np.zeros_like(img)
-    cv2.line(layer, (int(x0 - dx), int(y0 - dy)), (int(x0 + dx), int(y0 + dy)), 1.0, int(rng.integers(2, 4)), cv2.LINE_AA)
+    cv2.line(layer, (int(x0 - dx), int(y0 - dy)), (int(x0 + dx), int(y0 + dy)), 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
     sign = rng.choice([-1.0, 1.0])
-    img += sign * rng.uniform(35, 60) * cv2.GaussianBlur(layer, (0, 0), 0.6)
+    img += sign * rng.uniform(45, 70) * cv2.GaussianBlur(layer, (0, 0), 0.6)
 
 
 def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -57,18 +57,18 @@ def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
         points = [(x, y)]
         for _step in range(int(rng.integers(8, 16))):
             heading += rng.normal(0, 0.6)
-            step = rng.uniform(2.5, 5.0)
+            step = rng.uniform(3.5, 6.0)
             x, y = x + np.cos(heading) * step, y + np.sin(heading) * step
             points.append((x, y))
         pts = np.array(points, dtype=np.int32).reshape(-1, 1, 2)
-        cv2.polylines(layer, [pts], False, 1.0, int(rng.integers(2, 4)), cv2.LINE_AA)
+        cv2.polylines(layer, [pts], False, 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
     img -= rng.uniform(35, 55) * cv2.GaussianBlur(layer, (0, 0), 0.5)
 
 
 def _dent(img: np.ndarray, rng: np.random.Generator) -> None:
     size = img.shape[0]
     cx, cy = _point(rng, size, size // 4)
-    r = rng.uniform(8, 14)
+    r = rng.uniform(10, 16)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     bump = np.exp(-(((xx - cx) ** 2) / (2 * r**2) + ((yy - cy) ** 2) / (2 * (r * rng.uniform(0.6, 1.4)) ** 2)))
     light = rng.uniform(0, 2 * np.pi)
@@ -86,7 +86,7 @@ def _stain(img: np.ndarray, rng: np.random.Generator) -> None:
         cv2.ellipse(mask, (int(cx + ox), int(cy + oy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
     mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(2.0, 4.0))
     mottled = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 2.0)
-    img += mask * (rng.choice([-1.0, 1.0]) * rng.uniform(22, 35) + 12.0 * mottled)
+    img += mask * (rng.choice([-1.0, 1.0]) * rng.uniform(30, 45) + 12.0 * mottled)
     img *= 1.0 - 0.6 * mask  # a film flattens the texture underneath
 
 
@@ -96,7 +96,7 @@ def _inclusion(img: np.ndarray, rng: np.random.Generator) -> None:
     layer = np.zeros_like(img)
     for _dot in range(int(rng.integers(2, 6))):
         px, py = cx + rng.normal(0, 7), cy + rng.normal(0, 2)
-        axes = (int(rng.integers(2, 5)), int(rng.integers(2, 4)))
+        axes = (int(rng.integers(3, 7)), int(rng.integers(2, 5)))
         cv2.ellipse(layer, (int(px), int(py)), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     img -= rng.uniform(40, 70) * cv2.GaussianBlur(layer, (0, 0), 0.7)
 

@@ -185,6 +185,42 @@ class NoDistillConfig(_Strict):
 DistillConfig = Annotated[Union[CRLDConfig, KDConfig, NoDistillConfig], Field(discriminator="method")]
 
 
+ExportFormat = Literal["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"]
+
+
+class ParityGates(_Strict):
+    """Decision-level tolerances between rungs of the parity ladder; a miss fails ``kit export``."""
+
+    onnx_min_agreement: Annotated[float, Field(ge=0, le=1)] = 1.0  # ONNX FP32 vs torch student, top-1
+    onnx_max_abs_prob_delta: Annotated[float, Field(ge=0)] = 1e-4  # ONNX FP32 vs torch student
+    int8_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.99  # ONNX INT8 vs ONNX FP32
+    tensorrt_fp16_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.99  # vs ONNX FP32
+    tensorrt_int8_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.98  # vs ONNX FP32
+
+
+class ExportConfig(_Strict):
+    """The edge bundle: which artefacts, how INT8 is calibrated, how big a batch engines take."""
+
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"])
+    opset: Annotated[int, Field(ge=17, le=23)] = 18
+    calibration_images: Annotated[int, Field(ge=1, le=100_000)] = 128  # from the training split
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    min_batch: Annotated[int, Field(ge=1)] = 1
+    opt_batch: Annotated[int, Field(ge=1)] = 8
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 32
+    workspace_mb: Annotated[int, Field(ge=64)] = 1024
+    operating_threshold: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # abstain below this confidence
+    parity: ParityGates = ParityGates()
+
+    @model_validator(mode="after")
+    def _batch_order(self) -> "ExportConfig":
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"need min_batch <= opt_batch <= max_batch (got {self.min_batch}, {self.opt_batch}, {self.max_batch})")
+        if "onnx" not in self.formats:
+            raise ValueError("formats must include 'onnx': every other artefact is built from it")
+        return self
+
+
 class Recipe(_Strict):
     """One camera line: data, views, teacher, student, distillation."""
 
@@ -195,6 +231,7 @@ class Recipe(_Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = CRLDConfig()
+    export: ExportConfig = ExportConfig()
     seed: int = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 

@@ -1,0 +1,65 @@
+"""``deploy``: the edge command, torch-free.
+
+``deploy predict BUNDLE IMAGE_OR_DIR...`` prints one JSON line per image.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+import typer
+
+from deploy.errors import DeployError
+from deploy.preprocess import IMAGE_SUFFIXES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Edge runtime of the inspection kit (no torch needed).")
+
+
+@app.callback()
+def _root() -> None:
+    """Edge runtime of the inspection kit (no torch needed)."""
+
+
+def _expand(inputs: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="An exported bundle folder (RUN_DIR/bundle)."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt-fp16 | tensorrt-int8"),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+) -> None:
+    """Classify images with a bundle; one JSON line per image.
+
+    Example: deploy predict runs/sample_line/RUN/bundle part_0001.png
+    """
+    from deploy.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_bundle(bundle, runtime, intra_op_threads=threads or None)
+        typer.echo(f"# {predictor.describe()}", err=True)
+        for decision in predictor.predict_paths(_expand(inputs)):
+            typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

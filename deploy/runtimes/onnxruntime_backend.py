@@ -1,0 +1,74 @@
+"""ONNX Runtime for the FP32 and INT8 ONNX artefacts; providers TensorRT > CUDA > CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError
+from deploy.manifest import Manifest
+
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: list[str] | None = None) -> list[str]:
+    """The requested providers, or every available one in preference order."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise DeployError(f"ONNX Runtime provider {missing[0]} is not available here (available: {', '.join(available)})")
+        return list(requested)
+    return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, name: str, model_path: Path, *, providers: list[str] | None = None,
+                 intra_op_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=choose_providers(providers))
+        except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DeployError(f"{model_path}: ONNX Runtime cannot load the model ({first})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.intra_op_threads = intra_op_threads
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def describe(self) -> str:
+        threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""
+        return f"{self.name} on ONNX Runtime ({', '.join(self.providers)}{threads})"
+
+
+def _factory(fmt: str):
+    def build(model_path: Path, manifest: Manifest, options: dict[str, Any]) -> OnnxRuntimeBackend:
+        return OnnxRuntimeBackend(fmt, model_path, providers=options.get("providers"),
+                                  intra_op_threads=options.get("intra_op_threads"))
+
+    return build
+
+
+def _register() -> None:
+    from deploy.runtimes import register_runtime
+
+    register_runtime("onnx", _factory("onnx"))
+    register_runtime("onnx-int8", _factory("onnx-int8"))
+
+
+_register()

@@ -1,0 +1,153 @@
+"""TensorRT engines (``model.fp16.plan``, ``model.int8.plan``), run with NVIDIA's own bindings.
+
+Needs the ``gpu`` extra (tensorrt, cuda-python) and a CUDA device; both are imported inside
+functions so the edge runtime imports cleanly without them. An engine only runs on the
+TensorRT version and GPU it was built for: the manifest's fingerprint is checked first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError
+from deploy.manifest import BundleError, Manifest
+
+
+class TensorRTUnavailable(DeployError):
+    """No tensorrt package, no cuda-python, or no CUDA device on this machine."""
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+        except ImportError:
+            raise TensorRTUnavailable("cuda-python is not installed (pip install 'inspection-kit[gpu]')") from None
+    return cudart
+
+
+def _check(result: tuple) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise DeployError(f"CUDA call failed: {err}")
+    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when engines can be built and run here, else why not (one line)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed (pip install 'inspection-kit[gpu]')"
+    try:
+        cudart = _cudart()
+    except TensorRTUnavailable as exc:
+        return str(exc)
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return "no CUDA device is visible"
+    return None
+
+
+def machine_fingerprint(device: int = 0) -> dict[str, Any]:
+    """What a TensorRT plan is tied to: TensorRT version, GPU model, compute capability."""
+    import tensorrt as trt
+
+    cudart = _cudart()
+    prop = _check(cudart.cudaGetDeviceProperties(device))
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"tensorrt": trt.__version__, "gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+class TensorRTBackend:
+    def __init__(self, name: str, plan_path: Path, expected_fingerprint: dict[str, Any] | None) -> None:
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise TensorRTUnavailable(f"{plan_path}: cannot run a TensorRT engine here: {reason}")
+        import tensorrt as trt
+
+        here = machine_fingerprint()
+        if expected_fingerprint:
+            for key in ("tensorrt", "gpu", "compute_capability"):
+                if expected_fingerprint.get(key) != here[key]:
+                    raise BundleError(
+                        f"{plan_path}: engine was built for {key} {expected_fingerprint.get(key)!r}, this machine has "
+                        f"{here[key]!r}; rebuild it here with `kit export RUN_DIR --formats tensorrt-fp16`"
+                    )
+        self.name, self.fingerprint = name, here
+        self._cudart = _cudart()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:
+            raise BundleError(f"{plan_path}: TensorRT could not deserialize the engine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        self.stream = _check(self._cudart.cudaStreamCreate())
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self._cudart.cudaFree(ptr))
+            ptr = _check(self._cudart.cudaMalloc(nbytes))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        outputs = [self._run_chunk(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+    def _run_chunk(self, images: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        self.context.set_input_shape(self.input_name, x.shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = np.empty(out_shape, dtype=np.float32)
+        d_in, d_out = self._device_buffer("in", x.nbytes), self._device_buffer("out", out.nbytes)
+        kind = cudart.cudaMemcpyKind
+        _check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
+        self.context.set_tensor_address(self.input_name, d_in)
+        self.context.set_tensor_address(self.output_name, d_out)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise DeployError(f"{self.name}: TensorRT execution failed")
+        _check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+        _check(cudart.cudaStreamSynchronize(self.stream))
+        return out
+
+    def describe(self) -> str:
+        return f"{self.name} on TensorRT {self.fingerprint['tensorrt']} ({self.fingerprint['gpu']})"
+
+    def __del__(self) -> None:
+        try:
+            for ptr, _size in self._buffers.values():
+                self._cudart.cudaFree(ptr)
+            self._cudart.cudaStreamDestroy(self.stream)
+        except Exception:  # interpreter shutdown: the driver frees everything anyway
+            pass
+
+
+def _factory(fmt: str):
+    def build(plan_path: Path, manifest: Manifest, options: dict[str, Any]) -> TensorRTBackend:
+        return TensorRTBackend(fmt, plan_path, manifest.artefacts.get(fmt, {}).get("fingerprint"))
+
+    return build
+
+
+def _register() -> None:
+    from deploy.runtimes import register_runtime
+
+    register_runtime("tensorrt-fp16", _factory("tensorrt-fp16"))
+    register_runtime("tensorrt-int8", _factory("tensorrt-int8"))
+
+
+_register()

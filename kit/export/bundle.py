@@ -1,0 +1,192 @@
+"""``kit export``: a run's student -> ``RUN_DIR/bundle/``, verified by the parity ladder.
+
+The bundle is assembled in a staging folder and renamed into place when complete, so a
+crash never leaves a ``bundle/`` that looks finished. Every runtime in the ladder is the real
+edge ``Predictor`` on the staged bundle, not a look-alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
+from deploy.predictor import Predictor, softmax
+from deploy.preprocess import load_and_preprocess
+from kit.data import preprocess_spec
+from kit.errors import KitError
+from kit.evaluate import predict_logits
+from kit.export.onnx_fp32 import embed_manifest, export_onnx
+from kit.export.onnx_int8 import export_onnx_int8
+from kit.export.parity import Rung, run_ladder
+from kit.export.tensorrt_engine import EngineSkipped, build_engine
+from kit.io import write_json_atomic
+from kit.models import load_model
+from kit.recipe import read_recipe_lock, recipe_hash
+from kit.recipe.schema import ExportFormat
+from kit.rundir import BUNDLE_DIR, LOCK_NAME, mark_stage, read_split, require_stages
+
+FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
+                         "tensorrt-fp16": "model.fp16.plan", "tensorrt-int8": "model.int8.plan"}
+CALIBRATION_CACHE = "calibration.cache"
+
+
+class ParityGateError(KitError):
+    """The bundle was written, but a rung of the parity ladder missed its tolerance."""
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    parity: dict[str, Any]
+    built: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> reason
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import onnx
+    import onnxruntime
+    import timm
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
+           "numpy": np.__version__}
+    try:
+        import tensorrt
+
+        out["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _calibration_set(run_dir: Path, spec, count: int, seed: int) -> np.ndarray:
+    """``count`` training images (seeded pick), through the runtime's own preprocessing."""
+    paths, _labels = read_split(run_dir, "train")
+    order = np.random.default_rng(seed).permutation(len(paths))[:count]
+    return np.stack([load_and_preprocess(paths[i], spec) for i in sorted(order)])
+
+
+def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None,
+                  log: Callable[[str], None] = print) -> ExportResult:
+    run_dir = Path(run_dir)
+    state = require_stages(run_dir, ["student"], "kit export")
+    started = time.perf_counter()
+    recipe = read_recipe_lock(run_dir / LOCK_NAME)
+    cfg = recipe.export
+    formats = list(formats or cfg.formats)
+    if "onnx" not in formats:
+        formats.insert(0, "onnx")
+    spec = preprocess_spec(recipe)
+    student, student_ckpt = load_model(run_dir / "student.pt")
+    teacher, _ = load_model(run_dir / "teacher.pt")
+    classes = list(student_ckpt["classes"])
+    input_shape = (spec.num_channels, *spec.image_size)
+
+    staging = run_dir / f".{BUNDLE_DIR}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    artefacts: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+
+    exporter = export_onnx(student, staging / FILES["onnx"], input_shape, opset=cfg.opset, max_batch=max(cfg.max_batch, 4096))
+    artefacts["onnx"] = {"file": FILES["onnx"], "exporter": exporter, "opset": cfg.opset}
+    log(f"onnx: {FILES['onnx']} (exporter: {exporter}, opset {cfg.opset})")
+    calibration = None
+    if any(f != "onnx" and "int8" in f for f in formats):
+        calibration = _calibration_set(run_dir, spec, cfg.calibration_images, recipe.seed)
+    if "onnx-int8" in formats:
+        assert calibration is not None
+        export_onnx_int8(staging / FILES["onnx"], staging / FILES["onnx-int8"], calibration, method=cfg.calibration_method)
+        artefacts["onnx-int8"] = {"file": FILES["onnx-int8"], "quantization": "QDQ static, per-channel int8 weights",
+                                  "calibration_images": int(len(calibration)), "calibration_method": cfg.calibration_method}
+        log(f"onnx-int8: {FILES['onnx-int8']} ({len(calibration)} calibration images, {cfg.calibration_method})")
+    for fmt in ("tensorrt-fp16", "tensorrt-int8"):
+        if fmt not in formats:
+            continue
+        precision = fmt.split("-")[1]
+        source = staging / FILES["onnx"]
+        try:
+            import tensorrt  # noqa: F401
+
+            if precision == "int8" and int(tensorrt.__version__.split(".")[0]) >= 11:
+                source = staging / FILES["onnx-int8"]  # explicit quantization from the QDQ model
+                if not source.is_file():
+                    raise EngineSkipped("TensorRT >= 11 builds INT8 from model.int8.onnx; add onnx-int8 to the formats")
+        except ImportError:
+            pass
+        try:
+            fingerprint = build_engine(
+                source, staging / FILES[fmt], precision, input_shape=input_shape,
+                batch_range=(cfg.min_batch, cfg.opt_batch, cfg.max_batch), workspace_mb=cfg.workspace_mb,
+                calibration=calibration, cache_path=staging / CALIBRATION_CACHE,
+            )
+            artefacts[fmt] = {"file": FILES[fmt], "fingerprint": fingerprint}
+            log(f"{fmt}: {FILES[fmt]} ({fingerprint['gpu']}, TensorRT {fingerprint['tensorrt']})")
+        except EngineSkipped as exc:
+            skipped[fmt] = str(exc)
+            log(f"{fmt}: skipped ({exc})")
+
+    manifest = Manifest(
+        classes=classes, preprocess=spec, artefacts={}, temperature=1.0, operating_threshold=cfg.operating_threshold,
+        extra={
+            "line": recipe.line.name, "recipe_hash": recipe_hash(recipe),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "student": {**student_ckpt["model_args"], "method": student_ckpt.get("method")},
+            "versions": _versions(), "platform": f"{platform.system()} {platform.machine()}",
+        },
+    )
+    for fmt in ("onnx", "onnx-int8"):
+        if fmt in artefacts:
+            embed_manifest(staging / FILES[fmt], manifest.to_dict())
+    for fmt, entry in artefacts.items():
+        path = staging / entry["file"]
+        entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    manifest.artefacts = artefacts
+    write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
+
+    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe, log)
+    write_json_atomic(staging / "parity.json", parity)
+
+    bundle = run_dir / BUNDLE_DIR
+    old = run_dir / f".{BUNDLE_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if bundle.exists():
+        bundle.rename(old)
+    staging.rename(bundle)
+    shutil.rmtree(old, ignore_errors=True)
+    mark_stage(run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
+               built=list(artefacts), skipped=skipped)
+    result = ExportResult(bundle_dir=bundle, parity=parity, built=list(artefacts), skipped=skipped)
+    if not parity["passed"]:
+        failed = [f"{c['rung']} {c['check']} = {c['value']:.6g} (limit {c['op']} {c['limit']:g})" for c in parity["gates"] if not c["passed"]]
+        raise ParityGateError(f"{bundle}: parity gate failed: {'; '.join(failed)}")
+    return result
+
+
+def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,
+                   recipe, log: Callable[[str], None]) -> dict[str, Any]:
+    paths, labels = read_split(run_dir, "test")
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = np.array([lookup[label] for label in labels])
+    inputs = np.stack([load_and_preprocess(p, spec) for p in paths])
+    device = torch.device("cpu")
+    rungs = [
+        Rung("teacher", "torch (cpu)", softmax(predict_logits(teacher, torch.from_numpy(inputs), device).numpy())),
+        Rung("student", "torch (cpu)", softmax(predict_logits(student, torch.from_numpy(inputs), device).numpy())),
+    ]
+    for fmt in manifest.artefacts:
+        predictor = Predictor.from_bundle(bundle, fmt)
+        rungs.append(Rung(fmt, predictor.describe(), softmax(np.concatenate(
+            [predictor.logits(inputs[i : i + 64]) for i in range(0, len(inputs), 64)]), manifest.temperature)))
+    return run_ladder(rungs, y, [str(p) for p in paths], manifest.operating_threshold, recipe.export.parity)

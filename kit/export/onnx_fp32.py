@@ -1,0 +1,96 @@
+"""FP32 ONNX export with fixed tensor names and a dynamic batch axis, checked by onnx itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from kit.errors import KitError
+from kit.io import write_atomic
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+MANIFEST_KEY = "inspection_kit_manifest"
+
+
+class ExportError(KitError):
+    """An artefact could not be produced."""
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = 18,
+                max_batch: int = 4096) -> str:
+    """Export with torch's ``torch.export``-based exporter; fall back to the TorchScript one.
+
+    Returns the exporter used (it goes into the manifest). The graph is checked with
+    ``onnx.checker`` and shape inference before the file takes its final name.
+    """
+    model = model.eval().cpu()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    path = Path(path)
+    errors = []
+    for exporter in ("dynamo", "torchscript"):
+        try:
+            write_atomic(path, lambda tmp: _export(model, example, tmp, opset, max_batch, exporter))
+            check_onnx(path)
+            return exporter
+        except ExportError:
+            raise
+        except Exception as exc:  # exporter internals raise many types; try the other exporter
+            errors.append(f"{exporter}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    raise ExportError(f"{path}: ONNX export failed ({'; '.join(errors)})")
+
+
+def _export(model: nn.Module, example: torch.Tensor, out: Path, opset: int, max_batch: int, exporter: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=max_batch)
+            program = torch.onnx.export(
+                model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+            )
+            program.save(str(out))
+        else:
+            torch.onnx.export(
+                model, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=min(opset, 20),
+                dynamo=False,
+            )
+
+
+def check_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:  # onnx raises ValidationError, InferenceError, DecodeError ...
+        raise ExportError(f"{path}: invalid ONNX model ({str(exc).strip().splitlines()[0]})") from None
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        raise ExportError(f"{path}: expected tensors {INPUT_NAME!r} -> {OUTPUT_NAME!r}, got {inputs} -> {outputs}")
+    return model
+
+
+def embed_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into the ONNX file's ``metadata_props`` (atomically)."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest, sort_keys=True)
+    write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def read_embedded_manifest(path: str | Path) -> dict[str, Any] | None:
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == MANIFEST_KEY:
+            return json.loads(prop.value)
+    return None
