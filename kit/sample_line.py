@@ -29,7 +29,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     grain /= grain.std() + 1e-6
     y = np.arange(size, dtype=np.float32)[:, None]
     bands = np.sin(2 * np.pi * y / rng.uniform(9, 20) + rng.uniform(0, 2 * np.pi))
-    return 3.5 * streaks + 2.0 * grain + rng.uniform(1.0, 3.0) * bands
+    return 3.0 * streaks + 1.5 * grain + rng.uniform(1.0, 2.5) * bands
 
 
 def _point(rng: np.random.Generator, size: int, margin: int) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> None:
     layer = np.zeros_like(img)
     cv2.line(layer, (int(x0 - dx), int(y0 - dy)), (int(x0 + dx), int(y0 + dy)), 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
     sign = rng.choice([-1.0, 1.0])
-    img += sign * rng.uniform(45, 70) * cv2.GaussianBlur(layer, (0, 0), 0.6)
+    img += sign * rng.uniform(60, 90) * cv2.GaussianBlur(layer, (0, 0), 0.6)
 
 
 def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -62,7 +62,7 @@ def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
             points.append((x, y))
         pts = np.array(points, dtype=np.int32).reshape(-1, 1, 2)
         cv2.polylines(layer, [pts], False, 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
-    img -= rng.uniform(35, 55) * cv2.GaussianBlur(layer, (0, 0), 0.5)
+    img -= rng.uniform(50, 75) * cv2.GaussianBlur(layer, (0, 0), 0.5)
 
 
 def _dent(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -73,7 +73,7 @@ def _dent(img: np.ndarray, rng: np.random.Generator) -> None:
     bump = np.exp(-(((xx - cx) ** 2) / (2 * r**2) + ((yy - cy) ** 2) / (2 * (r * rng.uniform(0.6, 1.4)) ** 2)))
     light = rng.uniform(0, 2 * np.pi)
     shade = np.cos(light) * np.gradient(bump, axis=1) + np.sin(light) * np.gradient(bump, axis=0)
-    img += rng.uniform(400, 650) * shade
+    img += rng.uniform(600, 900) * shade
 
 
 def _stain(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -86,7 +86,7 @@ def _stain(img: np.ndarray, rng: np.random.Generator) -> None:
         cv2.ellipse(mask, (int(cx + ox), int(cy + oy)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
     mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(2.0, 4.0))
     mottled = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 2.0)
-    img += mask * (rng.choice([-1.0, 1.0]) * rng.uniform(30, 45) + 12.0 * mottled)
+    img += mask * (rng.choice([-1.0, 1.0]) * rng.uniform(40, 60) + 15.0 * mottled)
     img *= 1.0 - 0.6 * mask  # a film flattens the texture underneath
 
 
@@ -98,7 +98,7 @@ def _inclusion(img: np.ndarray, rng: np.random.Generator) -> None:
         px, py = cx + rng.normal(0, 7), cy + rng.normal(0, 2)
         axes = (int(rng.integers(3, 7)), int(rng.integers(2, 5)))
         cv2.ellipse(layer, (int(px), int(py)), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
-    img -= rng.uniform(40, 70) * cv2.GaussianBlur(layer, (0, 0), 0.7)
+    img -= rng.uniform(60, 90) * cv2.GaussianBlur(layer, (0, 0), 0.7)
 
 
 _DEFECTS = {"scratch": _scratch, "dent": _dent, "stain": _stain, "crack": _crack, "inclusion": _inclusion}

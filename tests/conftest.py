@@ -33,6 +33,10 @@ def tiny_recipe_dict(data_root: Path | str, **overrides) -> dict:
         "teacher": {"arch": "resnet10t", "epochs": 1, "batch_size": 4, "lr": 0.01},
         "student": {"arch": "mobilenetv3_small_050", "epochs": 2, "batch_size": 4, "lr": 0.01},
         "distill": {"method": "crld"},
+        # A 2-epoch model has flat probabilities, so INT8 flips more than a trained one would;
+        # the strict default gate is exercised on its own in test_export.py.
+        "export": {"formats": ["onnx", "onnx-int8", "tensorrt-fp16"], "calibration_images": 8,
+                   "parity": {"int8_min_agreement": 0.5}},
         "seed": 0,
         "device": "cpu",
     }
@@ -53,3 +57,17 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_line) -> Path:
     return write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_line))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_line) -> Path:
+    """One real tiny ``kit run`` (teacher 1 epoch, CRLD student 2 epochs), shared read-only."""
+    from typer.testing import CliRunner
+
+    from kit.cli import app
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    recipe = write_recipe(tmp / "tiny.yaml", tiny_recipe_dict(tiny_line))
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp / "runs"), "--name", "r1"])
+    assert result.exit_code == 0, result.output
+    return tmp / "runs" / "tiny_line" / "r1"

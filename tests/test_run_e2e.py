@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -17,15 +15,6 @@ from tests.conftest import tiny_recipe_dict, write_recipe
 
 RUN_FILES = ["recipe.lock.yaml", "state.json", "split.csv", "views.png", "teacher.pt", "student.pt",
              "history.csv", "metrics.json", "run.log"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_line) -> Path:
-    tmp = tmp_path_factory.mktemp("e2e")
-    recipe = write_recipe(tmp / "tiny.yaml", tiny_recipe_dict(tiny_line))
-    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp / "runs"), "--name", "r1"])
-    assert result.exit_code == 0, result.output
-    return tmp / "runs" / "tiny_line" / "r1"
 
 
 def test_run_directory_is_complete(finished_run):

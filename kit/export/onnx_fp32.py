@@ -25,8 +25,12 @@ class ExportError(KitError):
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = 18,
                 max_batch: int = 4096) -> str:
-    """Export with torch's ``torch.export``-based exporter; fall back to the TorchScript one.
+    """Export with torch's TorchScript-based exporter; fall back to the ``torch.export`` one.
 
+    The TorchScript exporter goes first because its graphs are read correctly by more
+    consumers: OpenCV 5's DNN module computes wrong logits for timm's MobileNetV3 exported by
+    the ``torch.export`` path (opset 18) and right ones for the TorchScript path (see
+    tests/test_export.py::test_opencv_dnn_gives_the_same_top1). It is also ~8x faster.
     Returns the exporter used (it goes into the manifest). The graph is checked with
     ``onnx.checker`` and shape inference before the file takes its final name.
     """
@@ -34,7 +38,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     path = Path(path)
     errors = []
-    for exporter in ("dynamo", "torchscript"):
+    for exporter in ("torchscript", "dynamo"):
         try:
             write_atomic(path, lambda tmp: _export(model, example, tmp, opset, max_batch, exporter))
             check_onnx(path)
