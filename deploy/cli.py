@@ -57,6 +57,37 @@ def predict(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="An exported bundle folder."),
+    runtime: List[str] = typer.Option(["onnx", "onnx-int8"], "--runtime", help="Runtimes to time (repeat the option)."),
+    batch: List[int] = typer.Option([1], "--batch", help="Batch sizes (repeat the option)."),
+    images: List[Path] = typer.Option([], "--images", help="Images for the end-to-end timing (files or folders)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    iters: int = typer.Option(100, "--iters", min=5),
+) -> None:
+    """Latency p50/p95/p99 and throughput per runtime and batch size; JSON lines.
+
+    Example: deploy bench runs/sample_line/RUN/bundle --runtime onnx --runtime onnx-int8 --batch 1 --batch 32
+    """
+    from deploy.bench import bench_end_to_end, bench_model
+    from deploy.predictor import Predictor
+
+    paths = _expand(images)
+    try:
+        for name in runtime:
+            predictor = Predictor.from_bundle(bundle, name, intra_op_threads=threads or None)
+            for b in batch:
+                row = {"runtime": name, "providers": predictor.describe(), "threads": threads or "default",
+                       "model_only": bench_model(predictor, b, iters=iters)}
+                if paths:
+                    row["end_to_end"] = bench_end_to_end(predictor, paths, b, iters=max(5, iters // 2))
+                typer.echo(json.dumps(row))
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
 

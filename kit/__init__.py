@@ -1,13 +1,26 @@
-"""Inspection deployment kit: one recipe per camera line -> a small, robust, verified edge model."""
+"""Inspection deployment kit: one recipe per camera line -> a small, robust, verified edge model.
 
-from kit.distill import crld_loss, kd_loss
-from kit.errors import CheckpointError, DataError, KitError, RecipeError
-from kit.recipe import Recipe, load_recipe
-from kit.run import run_line
-from kit.views import build_view, list_presets
+The public names load lazily, so ``kit --help`` does not pay for importing torch.
+"""
 
-__all__ = [
-    "CheckpointError", "DataError", "KitError", "Recipe", "RecipeError",
-    "build_view", "crld_loss", "kd_loss", "list_presets", "load_recipe", "run_line",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Recipe": "kit.recipe", "load_recipe": "kit.recipe",
+    "run_line": "kit.run", "export_bundle": "kit.export",
+    "crld_loss": "kit.distill", "kd_loss": "kit.distill",
+    "build_view": "kit.views", "list_presets": "kit.views",
+    "KitError": "kit.errors", "RecipeError": "kit.errors", "DataError": "kit.errors", "CheckpointError": "kit.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kit' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from deploy.errors import DeployError
 from kit.errors import KitError
+from kit.progress import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Inspection deployment kit: recipe -> robust edge model -> KPI report.")
 console = Console(stderr=True)
@@ -39,7 +40,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """Progress bars with epoch, loss and images/s."""
 
     def __init__(self) -> None:

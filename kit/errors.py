@@ -23,3 +23,7 @@ class CheckpointError(KitError):
 
 class RunDirError(KitError):
     """A run directory is missing a stage's output or belongs to another recipe."""
+
+
+class TrainingDiverged(KitError):
+    """The loss became NaN or infinite; the best checkpoint so far is kept."""

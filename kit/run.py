@@ -36,7 +36,7 @@ from kit.io import write_json_atomic, write_text_atomic
 from kit.models import load_model, save_checkpoint
 from kit.recipe import Recipe, load_recipe, read_recipe_lock, recipe_hash, write_recipe_lock
 from kit.rundir import LOCK_NAME, SPLIT_NAME, mark_stage, read_state
-from kit.train import Reporter, resolve_device, train_student, train_teacher
+from kit.train import Reporter, StageContext, resolve_device, train_student, train_teacher
 from kit.views import build_view
 from kit.views.preview import render_views_preview
 
@@ -211,6 +211,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint_dir.mkdir(exist_ok=True)
     meta = {"classes": index.classes, "preprocess": spec.to_dict(), "recipe_hash": state["recipe_hash"]}
+    ctx = StageContext(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, reporter, resume)
 
     # -- teacher: trained here, or taken from a checkpoint
     teacher_path = run_dir / "teacher.pt"
@@ -222,8 +223,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
             save_checkpoint(teacher_path, model, body["model_args"], **{**meta, "role": "teacher", "source": str(source)})
             reporter.log(f"teacher: loaded {source}")
         else:
-            train_teacher(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, {**meta, "role": "teacher"},
-                          reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "teacher", rows))
+            train_teacher(ctx, {**meta, "role": "teacher"}, on_epoch=lambda rows: _write_history(run_dir, "teacher", rows))
             _finish_stage_checkpoint(checkpoint_dir, "teacher", teacher_path)
         mark_stage(run_dir, state, "teacher", time.perf_counter() - started)
     teacher, _ = load_model(teacher_path, expect_classes=index.classes, expect_in_chans=channels)
@@ -236,9 +236,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     if "student" not in done:
         started = time.perf_counter()
         method = recipe.distill.method
-        train_student(recipe, method, recipe.distill, teacher, splits, index.classes, spec, pipelines, setup,
-                      checkpoint_dir, {**meta, "role": "student", "method": method}, teacher_val_pred=teacher_val_pred,
-                      reporter=reporter, resume=resume, on_epoch=lambda rows: _write_history(run_dir, "student", rows))
+        train_student(ctx, method, recipe.distill, teacher, {**meta, "role": "student", "method": method},
+                      teacher_val_pred=teacher_val_pred, on_epoch=lambda rows: _write_history(run_dir, "student", rows))
         _finish_stage_checkpoint(checkpoint_dir, "student", student_path)
         mark_stage(run_dir, state, "student", time.perf_counter() - started, method=method)
     student, _ = load_model(student_path, expect_classes=index.classes, expect_in_chans=channels)

@@ -63,3 +63,16 @@ def test_committed_sample_data_matches_the_generator():
         assert len(list((root / label).glob("*.png"))) == count
         stored = cv2.imread(str(root / label / f"{label}_0001.png"), cv2.IMREAD_UNCHANGED)
         assert (stored == render_sample_image(label, 1)).all()
+
+
+def test_sample_classes_are_not_separable_by_mean_brightness():
+    """A classifier on mean brightness alone must stay near chance (1/6), or the line is a toy."""
+    import numpy as np
+
+    from kit.sample_line import CLASS_COUNTS, render_sample_image
+
+    labels = sorted(CLASS_COUNTS)
+    means = {c: np.array([render_sample_image(c, i).mean() for i in range(40)]) for c in labels}
+    train = {c: m[:20].mean() for c, m in means.items()}
+    hits = sum(int(min(labels, key=lambda k: abs(train[k] - v)) == c) for c in labels for v in means[c][20:])
+    assert hits / (20 * len(labels)) < 0.35

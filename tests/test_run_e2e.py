@@ -92,3 +92,18 @@ def test_teacher_checkpoint_with_other_classes_is_refused(tmp_path, tiny_line, f
     result = CliRunner().invoke(app, ["run", str(write_recipe(tmp_path / "r.yaml", d)), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 1
     assert "teacher.pt: checkpoint has 3 classes, the line's data has 2 (dent, ok)" in result.output
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, finished_run):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = json.loads((run_dir / "metrics.json").read_text())
+    result = CliRunner().invoke(app, ["run", str(run_dir), "--resume"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["student"] == before["student"] and after["teacher"] == before["teacher"]
+    plain = CliRunner().invoke(app, ["run", str(run_dir)])
+    assert plain.exit_code == 1
+    assert f"error: {run_dir}: is a run directory; add --resume to continue it" in plain.output

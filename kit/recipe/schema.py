@@ -143,6 +143,8 @@ class TrainConfig(_Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     pretrained_file: Optional[str] = None  # local timm weights (.safetensors/.pth); never a hub download
     drop_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Clip the global gradient norm: distillation losses carry a T^2 factor and can spike early.
+    grad_clip_norm: Optional[Annotated[float, Field(gt=0)]] = 5.0
 
 
 class TeacherConfig(TrainConfig):

@@ -18,24 +18,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from kit.data.dataset import SEED_SHUFFLE, SEED_TORCH, ViewDataset, derive_seed
+from kit.errors import TrainingDiverged
 from kit.evaluate import agreement, predict_logits
 from kit.io import write_atomic
 from kit.models import load_checkpoint_file, save_checkpoint
 from kit.recipe.schema import TrainConfig
+from kit.progress import Reporter
 from kit.train.device import DeviceSetup
 
 # (model, {view: input batch}, target) -> (loss, {part: tensor}, logits of the first view)
 StepFn = Callable[[nn.Module, dict[str, Tensor], Tensor], tuple[Tensor, dict[str, Tensor], Tensor]]
-
-
-class Reporter:
-    """Progress hooks; the CLI plugs in rich bars, a library user can plug in anything."""
-
-    def stage_start(self, role: str, epochs: int, steps_per_epoch: int, first_epoch: int) -> None: ...
-    def step(self, role: str, epoch: int, step: int, loss: float) -> None: ...
-    def epoch_end(self, role: str, row: dict[str, Any]) -> None: ...
-    def stage_end(self, role: str) -> None: ...
-    def log(self, message: str) -> None: ...
 
 
 @dataclass
@@ -144,10 +136,15 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if cfg.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                if cfg.grad_clip_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
                 optimizer.step()
             scheduler.step()
             # -- bookkeeping stays on the device; one sync per epoch, not per step
@@ -160,6 +157,11 @@ def fit(
             if step % 5 == 0 or step == steps_per_epoch - 1:
                 reporter.step(role, epoch, step + 1, float(loss.detach()))
         train_s = time.perf_counter() - started
+        if not torch.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"{role}: the training loss became NaN/inf in epoch {epoch + 1}; lower {role}.lr (now {cfg.lr:g}) "
+                f"or {role}.grad_clip_norm (now {cfg.grad_clip_norm}); the best epoch so far ({best_epoch}) is kept"
+            )
 
         # -- validate on clean, runtime-identical inputs
         val_logits = predict_logits(model, val_inputs, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,67 +29,67 @@ def _build(recipe: Recipe, role: str, num_classes: int, in_chans: int, seed: int
     return model, model_args(cfg.arch, num_classes, in_chans)
 
 
-def train_teacher(
-    recipe: Recipe,
-    splits: dict[str, DecodedSplit],
-    classes: list[str],
-    spec: PreprocessSpec,
-    pipelines: dict[str, A.Compose],
-    setup: DeviceSetup,
-    checkpoint_dir: Path,
-    meta: dict[str, Any],
-    reporter: Reporter | None = None,
-    resume: bool = False,
-    on_epoch=None,
-) -> FitResult:
+@dataclass
+class StageContext:
+    """What every training stage of one run shares."""
+
+    recipe: Recipe
+    splits: dict[str, DecodedSplit]
+    classes: list[str]
+    spec: PreprocessSpec
+    pipelines: dict[str, A.Compose]
+    setup: DeviceSetup
+    checkpoint_dir: Path
+    reporter: Reporter | None = None
+    resume: bool = False
+
+
+def _fit(ctx: StageContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
+         step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None) -> FitResult:
+    return fit(
+        model, role=role, cfg=cfg, train_set=train_set,
+        val_inputs=ctx.splits["val"].tensors(ctx.spec), val_labels=ctx.splits["val"].labels,
+        step_fn=step, setup=ctx.setup, seed=seed, num_workers=resolve_workers(ctx.recipe.data.num_workers, ctx.setup),
+        checkpoint_dir=ctx.checkpoint_dir, checkpoint_meta=meta, model_args=args, val_reference=val_reference,
+        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch,
+    )
+
+
+def train_teacher(ctx: StageContext, meta: dict[str, Any], on_epoch=None) -> FitResult:
     """Cross-entropy on the recipe's ``teacher.train_views`` (weak, strong or a 50/50 mix)."""
-    cfg = recipe.teacher
-    model, args = _build(recipe, "teacher", len(classes), spec.num_channels, recipe.seed)
+    recipe, cfg = ctx.recipe, ctx.recipe.teacher
+    model, args = _build(recipe, "teacher", len(ctx.classes), ctx.spec.num_channels, recipe.seed)
     view = cfg.train_views
-    train_set = ViewDataset(splits["train"], spec, pipelines, [view], seed=recipe.seed)
+    train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, [view], seed=recipe.seed)
 
     def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
         logits = net(views[view])
         loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
         return loss, {"ce": loss.detach()}, logits
 
-    return fit(
-        model, role="teacher", cfg=cfg, train_set=train_set,
-        val_inputs=splits["val"].tensors(spec), val_labels=splits["val"].labels,
-        step_fn=step, setup=setup, seed=recipe.seed, num_workers=resolve_workers(recipe.data.num_workers, setup),
-        checkpoint_dir=checkpoint_dir, checkpoint_meta=meta, model_args=args,
-        reporter=reporter, resume=resume, on_epoch=on_epoch,
-    )
+    return _fit(ctx, "teacher", cfg, model, args, train_set, step, recipe.seed, meta, on_epoch)
 
 
 def train_student(
-    recipe: Recipe,
+    ctx: StageContext,
     method_name: str,
     method_cfg: Any,
     teacher: nn.Module | None,
-    splits: dict[str, DecodedSplit],
-    classes: list[str],
-    spec: PreprocessSpec,
-    pipelines: dict[str, A.Compose],
-    setup: DeviceSetup,
-    checkpoint_dir: Path,
     meta: dict[str, Any],
     role: str = "student",
     teacher_val_pred: np.ndarray | None = None,
-    reporter: Reporter | None = None,
-    resume: bool = False,
     on_epoch=None,
 ) -> FitResult:
     """The student sees each of the method's views in its own forward pass (own BN statistics);
     the frozen teacher sees all views in one eval-mode, gradient-free batch."""
-    cfg = recipe.student
+    recipe, cfg = ctx.recipe, ctx.recipe.student
     method = get_method(method_name)
-    model, args = _build(recipe, "student", len(classes), spec.num_channels, recipe.seed + 1)
-    train_set = ViewDataset(splits["train"], spec, pipelines, list(method.views), seed=recipe.seed + 1)
+    model, args = _build(recipe, "student", len(ctx.classes), ctx.spec.num_channels, recipe.seed + 1)
+    train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, list(method.views), seed=recipe.seed + 1)
     if method.uses_teacher:
         if teacher is None:
             raise ValueError(f"method {method_name!r} needs a teacher")
-        teacher.to(setup.device).eval()
+        teacher.to(ctx.setup.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -103,10 +104,4 @@ def train_student(
         loss, parts = method.loss(student_logits, teacher_logits, target, method_cfg)
         return loss, parts, student_logits[method.views[0]]
 
-    return fit(
-        model, role=role, cfg=cfg, train_set=train_set,
-        val_inputs=splits["val"].tensors(spec), val_labels=splits["val"].labels,
-        step_fn=step, setup=setup, seed=recipe.seed + 1, num_workers=resolve_workers(recipe.data.num_workers, setup),
-        checkpoint_dir=checkpoint_dir, checkpoint_meta=meta, model_args=args,
-        val_reference=teacher_val_pred, reporter=reporter, resume=resume, on_epoch=on_epoch,
-    )
+    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred)
