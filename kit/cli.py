@@ -137,7 +137,11 @@ def export(
     chosen = None
     if formats:
         chosen = [f.strip() for f in formats.split(",") if f.strip()]
-        valid = ("onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8")
+        from typing import get_args
+
+        from kit.recipe.schema import ExportFormat
+
+        valid = get_args(ExportFormat)
         for f in chosen:
             if f not in valid:
                 raise KitError(f"--formats: unknown format {f!r}; choose from {', '.join(valid)}")
@@ -156,8 +160,9 @@ def _print_parity(parity: dict[str, Any]) -> None:
     from rich import box
 
     table = Table(title=f"parity ladder ({parity['test_images']} test images)", box=box.SIMPLE_HEAD)
-    for col in ("rung", "acc", "vs", "agree", "max|dp|", "mean|dp|", "flips", "agree teacher"):
-        table.add_column(col, no_wrap=True)
+    widths = {"rung": 13, "acc": 5, "vs": 7, "agree": 5, "max|dp|": 7, "mean|dp|": 8, "flips": 5, "t-agree": 7}
+    for col, width in widths.items():
+        table.add_column(col, no_wrap=True, min_width=width)
     for row in parity["rungs"]:
         vp, vt = row.get("vs_parent"), row.get("vs_teacher")
         table.add_row(
@@ -167,6 +172,7 @@ def _print_parity(parity: dict[str, Any]) -> None:
             f"{vt['agreement']:.3f}" if vt else "",
         )
     console.print(table)
+    console.print("  vs: the rung compared with; t-agree: top-1 agreement with the teacher", highlight=False)
     for row in parity["rungs"]:
         console.print(f"  {row['rung']}: {row['runtime']}", highlight=False)
     for gate in parity["gates"]:

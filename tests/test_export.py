@@ -191,3 +191,25 @@ def test_tensorrt_engine_builds_and_agrees(exported, tmp_path):
         if fmt in result.built:
             row = next(r for r in result.parity["rungs"] if r["rung"] == fmt)
             assert row["vs_parent"]["agreement"] >= 0.9
+
+
+def test_latency_bench_returns_ordered_percentiles(exported):
+    from deploy.bench import bench_end_to_end, bench_model
+
+    predictor = Predictor.from_bundle(exported / "bundle", "onnx")
+    model_only = bench_model(predictor, batch=2, warmup=2, iters=20)
+    assert 0 < model_only["p50_ms"] <= model_only["p95_ms"] <= model_only["p99_ms"]
+    assert model_only["batch"] == 2 and model_only["images_per_s"] > 0
+    e2e = bench_end_to_end(predictor, read_split(exported, "test")[0], batch=1, warmup=1, iters=10)
+    assert e2e["iters"] == 10 and 0 < e2e["p50_ms"] <= e2e["p99_ms"]
+
+
+def test_engine_fingerprint_mismatch_is_refused():
+    from deploy.runtimes.tensorrt_backend import check_fingerprint
+
+    built = {"tensorrt": "10.13.0", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
+    check_fingerprint(Path("model.fp16.plan"), built, dict(built))
+    with pytest.raises(BundleError, match=r"model.fp16.plan: engine was built for gpu 'NVIDIA H200', this machine has 'NVIDIA L4'"):
+        check_fingerprint(Path("model.fp16.plan"), built, {**built, "gpu": "NVIDIA L4"})
+    with pytest.raises(BundleError, match="no build fingerprint"):
+        check_fingerprint(Path("model.fp16.plan"), None, built)

@@ -64,6 +64,18 @@ def machine_fingerprint(device: int = 0) -> dict[str, Any]:
     return {"tensorrt": trt.__version__, "gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
 
 
+def check_fingerprint(plan_path: Path, built_for: dict[str, Any] | None, here: dict[str, Any]) -> None:
+    """A plan runs only on the TensorRT version, GPU model and compute capability it was built on."""
+    if not built_for:
+        raise BundleError(f"{plan_path}: the manifest has no build fingerprint for this engine; re-export the bundle")
+    for key in ("tensorrt", "gpu", "compute_capability"):
+        if built_for.get(key) != here.get(key):
+            raise BundleError(
+                f"{plan_path}: engine was built for {key} {built_for.get(key)!r}, this machine has {here.get(key)!r}; "
+                "rebuild it here with `kit export RUN_DIR --formats onnx,tensorrt-fp16,tensorrt-int8`"
+            )
+
+
 class TensorRTBackend:
     def __init__(self, name: str, plan_path: Path, expected_fingerprint: dict[str, Any] | None) -> None:
         reason = tensorrt_unavailable_reason()
@@ -72,13 +84,7 @@ class TensorRTBackend:
         import tensorrt as trt
 
         here = machine_fingerprint()
-        if expected_fingerprint:
-            for key in ("tensorrt", "gpu", "compute_capability"):
-                if expected_fingerprint.get(key) != here[key]:
-                    raise BundleError(
-                        f"{plan_path}: engine was built for {key} {expected_fingerprint.get(key)!r}, this machine has "
-                        f"{here[key]!r}; rebuild it here with `kit export RUN_DIR --formats tensorrt-fp16`"
-                    )
+        check_fingerprint(plan_path, expected_fingerprint, here)
         self.name, self.fingerprint = name, here
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
