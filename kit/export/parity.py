@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from deploy.predictor import softmax
 from kit.recipe.schema import ParityGates
 
 PARENT = {"student": "teacher", "onnx": "student", "onnx-int8": "onnx", "tensorrt-fp16": "onnx", "tensorrt-int8": "onnx"}
@@ -85,7 +84,3 @@ def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshol
         rows.append(row)
     return {"test_images": len(labels), "operating_threshold": threshold, "rungs": rows, "gates": checks,
             "passed": all(c["passed"] for c in checks)}
-
-
-def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return softmax(logits, temperature)
