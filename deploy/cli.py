@@ -38,7 +38,7 @@ def _expand(inputs: list[Path]) -> list[Path]:
 def predict(
     bundle: Path = typer.Argument(..., help="An exported bundle folder (RUN_DIR/bundle)."),
     inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
-    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt-fp16 | tensorrt-int8"),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt | tensorrt-fp16 | tensorrt-int8"),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
 ) -> None:
     """Classify images with a bundle; one JSON line per image.

@@ -44,7 +44,8 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, runtime: str = "auto", **options: Any) -> "Predictor":
-        """``runtime``: auto (TensorRT where it runs, else ONNX FP32), onnx, onnx-int8, tensorrt-fp16, tensorrt-int8.
+        """``runtime``: auto (TensorRT where it runs, else ONNX FP32), onnx, onnx-int8, tensorrt (the
+        bundle's FP16 engine, else its INT8 one), tensorrt-fp16, tensorrt-int8.
 
         Every artefact's sha256 is checked against the manifest before it is loaded.
         """
@@ -52,6 +53,8 @@ class Predictor:
         manifest = read_manifest(bundle_dir)
         if runtime == "auto":
             return cls._auto(bundle_dir, manifest, options)
+        if runtime == "tensorrt":
+            runtime = "tensorrt-int8" if "tensorrt-int8" in manifest.artefacts and "tensorrt-fp16" not in manifest.artefacts else "tensorrt-fp16"
         try:
             factory = get_runtime(runtime)
         except KeyError as exc:

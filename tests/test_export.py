@@ -125,6 +125,8 @@ def test_altered_artefact_is_refused(exported, tmp_path):
 def test_missing_runtime_artefact_and_tensorrt_skip(exported):
     with pytest.raises(BundleError, match=r"the bundle has no 'tensorrt-fp16' artefact \(has: onnx, onnx-int8\)"):
         Predictor.from_bundle(exported / "bundle", "tensorrt-fp16")
+    with pytest.raises(BundleError, match=r"the bundle has no 'tensorrt-fp16' artefact"):
+        Predictor.from_bundle(exported / "bundle", "tensorrt")
     assert Predictor.from_bundle(exported / "bundle").runtime.name in ("onnx", "tensorrt-fp16")
 
 
