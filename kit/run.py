@@ -107,12 +107,14 @@ def _write_history(run_dir: Path, role: str, rows: list[dict[str, Any]]) -> None
     write_text_atomic(path, buf.getvalue())
 
 
-def _write_split(run_dir: Path, index, unreadable: list[str]) -> None:
+def _write_split(run_dir: Path, classes: list[str], splits: dict[str, Any]) -> None:
+    """The images each split really used (unreadable files skipped during decoding are left out)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "label", "split"])
-    for s in index.samples:
-        writer.writerow([str(s.path), index.classes[s.label], s.split])
+    for name, split in splits.items():
+        for sample in split.samples:
+            writer.writerow([str(sample.path), classes[sample.label], name])
     write_text_atomic(run_dir / SPLIT_NAME, buf.getvalue())
 
 
@@ -200,7 +202,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     counts = {k: len(v) for k, v in splits.items()}
     reporter.log(f"data: {len(index.classes)} classes {index.classes}; images {counts}; "
                  f"{len(index.duplicates_dropped)} duplicates dropped; {len(unreadable)} unreadable skipped")
-    _write_split(run_dir, index, unreadable)
+    _write_split(run_dir, index.classes, splits)
     channels = spec.num_channels
     pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, channels) for v in ("weak", "strong")}
     if not (run_dir / "views.png").is_file():
