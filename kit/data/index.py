@@ -161,7 +161,6 @@ def index_line(recipe: Recipe) -> LineIndex:
     """All labelled samples of the line with their split, validated."""
     data: DataConfig = recipe.data
     root = recipe.resolve_path(data.root)
-    preset_splits: list[str | None]
     if data.split_folders is not None:
         classes = data.classes
         items3 = []

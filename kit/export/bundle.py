@@ -114,21 +114,12 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
         if fmt not in formats:
             continue
         precision = fmt.split("-")[1]
-        source = staging / FILES["onnx"]
-        try:
-            import tensorrt  # noqa: F401
-
-            if precision == "int8" and int(tensorrt.__version__.split(".")[0]) >= 11:
-                source = staging / FILES["onnx-int8"]  # explicit quantization from the QDQ model
-                if not source.is_file():
-                    raise EngineSkipped("TensorRT >= 11 builds INT8 from model.int8.onnx; add onnx-int8 to the formats")
-        except ImportError:
-            pass
         try:
             fingerprint = build_engine(
-                source, staging / FILES[fmt], precision, input_shape=input_shape,
+                staging / FILES["onnx"], staging / FILES[fmt], precision, input_shape=input_shape,
                 batch_range=(cfg.min_batch, cfg.opt_batch, cfg.max_batch), workspace_mb=cfg.workspace_mb,
                 calibration=calibration, cache_path=staging / CALIBRATION_CACHE,
+                qdq_onnx_path=staging / FILES["onnx-int8"],
             )
             artefacts[fmt] = {"file": FILES[fmt], "fingerprint": fingerprint}
             log(f"{fmt}: {FILES[fmt]} ({fingerprint['gpu']}, TensorRT {fingerprint['tensorrt']})")
@@ -154,7 +145,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     manifest.artefacts = artefacts
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
-    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe, log)
+    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe)
     write_json_atomic(staging / "parity.json", parity)
 
     bundle = run_dir / BUNDLE_DIR
@@ -174,7 +165,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
 
 
 def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,
-                   recipe, log: Callable[[str], None]) -> dict[str, Any]:
+                   recipe) -> dict[str, Any]:
     paths, labels = read_split(run_dir, "test")
     lookup = {c: i for i, c in enumerate(classes)}
     y = np.array([lookup[label] for label in labels])

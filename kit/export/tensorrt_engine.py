@@ -60,8 +60,12 @@ def build_engine(
     workspace_mb: int,
     calibration: np.ndarray | None = None,
     cache_path: Path | None = None,
+    qdq_onnx_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Build ``plan_path`` from ``onnx_path``; returns the build fingerprint for the manifest."""
+    """Build ``plan_path`` from ``onnx_path``; returns the build fingerprint for the manifest.
+
+    ``qdq_onnx_path``: the QDQ INT8 model, the source of an INT8 engine on TensorRT >= 11.
+    """
     reason = tensorrt_unavailable_reason()
     if reason:
         raise EngineSkipped(reason)
@@ -71,6 +75,10 @@ def build_engine(
     strongly_typed = major >= 11
     if strongly_typed and precision == "fp16":
         raise EngineSkipped(f"TensorRT {trt.__version__} builds FP16 only from an FP16 ONNX model (ModelOpt AutoCast)")
+    if strongly_typed and precision == "int8":
+        if qdq_onnx_path is None or not qdq_onnx_path.is_file():
+            raise EngineSkipped(f"TensorRT {trt.__version__} builds INT8 from model.int8.onnx; add onnx-int8 to the formats")
+        onnx_path = qdq_onnx_path  # explicit quantization: the Q/DQ nodes carry the scales
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0

@@ -23,7 +23,7 @@ from kit.views.presets import MAX_SEVERITY, get_preset, list_presets
 
 # Steps that would break the contract "views act on uint8 images of the model's size".
 _FORBIDDEN = {"Normalize", "ToTensorV2", "ToTensor3D", "ToFloat", "FromFloat", "Lambda", "ToRGB", "ToGray", "ToSepia"}
-_COMPOSES = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform"}
+_COMPOSES = ("OneOf", "SomeOf", "Sequential")  # compositions a recipe may nest, with a transforms: list
 _PRESET_ARGS = {"severity", "p"}
 
 
@@ -34,7 +34,7 @@ def _albumentations_transforms() -> dict[str, type]:
         if inspect.isclass(obj) and issubclass(obj, A.BasicTransform) and not inspect.isabstract(obj):
             if name not in _FORBIDDEN and not name.startswith("_"):
                 names[name] = obj
-    for name in ("OneOf", "SomeOf", "Sequential"):
+    for name in _COMPOSES:
         names[name] = getattr(A, name)
     return names
 
