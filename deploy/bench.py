@@ -1,4 +1,6 @@
-"""Latency of a bundle runtime: model-only and end-to-end (decode + preprocess + infer + decide).
+"""Latency of any inference function: model-only and end-to-end (decode + preprocess + infer +
+decide), so the torch models of the training side and every bundle runtime are timed by the
+same harness.
 
 Percentiles come from individual timed calls after a warm-up, with ``time.perf_counter``.
 """
@@ -11,8 +13,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from deploy.predictor import Predictor
-from deploy.preprocess import preprocess_batch, read_image
+from deploy.predictor import Predictor, softmax
+from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
+
+Infer = Callable[[np.ndarray], np.ndarray]  # preprocessed float32 NCHW batch -> logits
 
 
 def _timed(fn: Callable[[], Any], warmup: int, iters: int) -> np.ndarray:
@@ -33,24 +37,39 @@ def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
             "images_per_s": float(batch * 1000.0 / times_ms.mean())}
 
 
-def bench_model(predictor: Predictor, batch: int = 1, warmup: int = 10, iters: int = 100) -> dict[str, float]:
+def _unpack(target: Predictor | Infer, spec: PreprocessSpec | None) -> tuple[Infer, PreprocessSpec, float, float | None]:
+    if isinstance(target, Predictor):
+        m = target.manifest
+        return target.logits, m.preprocess, m.temperature, m.operating_threshold
+    if spec is None:
+        raise ValueError("a bare inference function needs the PreprocessSpec it expects")
+    return target, spec, 1.0, None
+
+
+def bench_model(target: Predictor | Infer, batch: int = 1, warmup: int = 10, iters: int = 100,
+                spec: PreprocessSpec | None = None) -> dict[str, float]:
     """Inference alone on a preprocessed batch (what the accelerator sees)."""
-    c, (h, w) = predictor.manifest.preprocess.num_channels, predictor.manifest.preprocess.image_size
+    infer, spec, _, _ = _unpack(target, spec)
+    c, (h, w) = spec.num_channels, spec.image_size
     x = np.random.default_rng(0).normal(size=(batch, c, h, w)).astype(np.float32)
-    return summarize(_timed(lambda: predictor.logits(x), warmup, iters), batch)
+    return summarize(_timed(lambda: infer(x), warmup, iters), batch)
 
 
-def bench_end_to_end(predictor: Predictor, paths: Sequence[str | Path], batch: int = 1, warmup: int = 5,
-                     iters: int = 50) -> dict[str, float]:
-    """Read files, preprocess, infer, decide: what one part on the line costs."""
+def bench_end_to_end(target: Predictor | Infer, paths: Sequence[str | Path], batch: int = 1, warmup: int = 5,
+                     iters: int = 50, spec: PreprocessSpec | None = None) -> dict[str, float]:
+    """Read files, preprocess, infer, decide (calibrated probabilities, abstain threshold): what
+    one part on the line costs."""
+    infer, spec, temperature, threshold = _unpack(target, spec)
     paths = list(paths)
-    spec = predictor.manifest.preprocess
+    if not paths:
+        raise ValueError("end-to-end timing needs at least one image")
     state = {"i": 0}
 
     def step() -> None:
         chunk = [paths[(state["i"] + k) % len(paths)] for k in range(batch)]
         state["i"] += batch
-        images = [read_image(p, spec.channels) for p in chunk]
-        predictor.decide(predictor.probabilities(preprocess_batch(images, spec)))
+        probabilities = softmax(infer(preprocess_batch([read_image(p, spec.channels) for p in chunk], spec)), temperature)
+        top, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        _ = top, (confidence < threshold if threshold is not None else None)
 
     return summarize(_timed(step, warmup, iters), batch)

@@ -21,7 +21,8 @@ from kit.errors import KitError
 from kit.progress import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Inspection deployment kit: recipe -> robust edge model -> KPI report.")
-console = Console(stderr=True)
+# Logs and CI are not terminals: give tables room instead of rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,11 +84,16 @@ def run(
     out: Path = typer.Option(Path("runs"), "--out", help="Root folder; the run goes to OUT/<line>/<run-id>/."),
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: a timestamp)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last complete epoch."),
+    stop_after: str = typer.Option("verify", "--stop-after", help="Last stage to run: train | export | verify."),
 ) -> None:
-    """Train the teacher, distil the student and evaluate both.
+    """Train teacher and student, export the edge bundle and verify it against the recipe's KPIs.
 
-    Example: kit run recipes/sample_line.yaml
+    Exits 1 when a parity gate or a KPI target fails. Example: kit run recipes/sample_line.yaml
     """
+    from kit.run import STOP_POINTS
+
+    if stop_after not in STOP_POINTS:
+        raise KitError(f"--stop-after: unknown stage {stop_after!r}; choose from {', '.join(STOP_POINTS)}")
     from kit.recipe import load_recipe
     from kit.run import find_resumable, run_line
 
@@ -103,9 +109,16 @@ def run(
             console.print(f"no unfinished run of {target} under {out}; starting a new one")
         else:
             recipe_path = None
-    result = run_line(recipe_path, out_root=out, name=name, resume_dir=resume_dir, reporter=RichReporter())
+    result = run_line(recipe_path, out_root=out, name=name, resume_dir=resume_dir, reporter=RichReporter(),
+                      stop_after=stop_after)
     _print_metrics(result.metrics)
+    if result.parity is not None:
+        _print_parity(result.parity)
+    if result.kpi is not None:
+        _print_kpi(result.kpi)
     typer.echo(str(result.run_dir))
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -178,6 +191,127 @@ def _print_parity(parity: dict[str, Any]) -> None:
     for gate in parity["gates"]:
         mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
         console.print(f"{mark} {gate['rung']}: {gate['check']} = {gate['value']:.6g} (limit {gate['op']} {gate['limit']:g})")
+
+
+@app.command()
+@_user_errors
+def verify(
+    run_dir: Path = typer.Argument(..., help="A run directory with an exported bundle."),
+) -> None:
+    """Measure the bundle against the recipe's KPI targets: accuracy, agreement, robustness,
+    calibration, operating threshold, latency.
+
+    Writes RUN_DIR/verify/kpi.json and CSV tables; exits 1 when a KPI target is missed.
+    Example: kit verify runs/sample_line/20261129-101500
+    """
+    from kit.verify import verify_run
+
+    result = verify_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
+    _print_kpi(result.kpi)
+    typer.echo(str(result.verify_dir / "kpi.json"))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def threshold(
+    run_dir: Path = typer.Argument(..., help="A run directory with an exported bundle."),
+    target: str = typer.Option(..., "--target", help="accepted_accuracy=0.995 or max_escape_rate=0.001 (with --ok-class)."),
+    ok_class: Optional[str] = typer.Option(None, "--ok-class", help="The good-part class escapes are counted into."),
+) -> None:
+    """Re-tune the operating confidence threshold on the validation split, without re-exporting.
+
+    Updates bundle/model.json (and verify/kpi.json when verification has run).
+    Example: kit threshold runs/sample_line/RUN --target accepted_accuracy=0.995
+    """
+    from kit.verify import retune_threshold
+    from kit.verify.threshold import parse_target
+
+    operating = retune_threshold(run_dir, parse_target(target, ok_class), log=lambda m: console.print(m, highlight=False, markup=False))
+    _print_operating(operating)
+
+
+@app.command()
+def corruptions() -> None:
+    """List the robustness suite's corruption families and their default severity tables."""
+    from kit.verify.corruptions import get_corruption, list_corruptions
+
+    table = Table(title="corruption families (override in verify.corruptions.severities)")
+    for col in ("family", "group", "severities 1..5", "unit"):
+        table.add_column(col)
+    for name in list_corruptions():
+        fam = get_corruption(name)
+        table.add_row(name, fam.group, ", ".join(f"{v:g}" for v in fam.severities), fam.unit)
+    Console().print(table)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _print_kpi(kpi: dict[str, Any]) -> None:
+    from rich import box
+
+    table = Table(title=f"test split ({kpi['test_images']} images); deployed runtime: {kpi['deployed_runtime']}", box=box.SIMPLE_HEAD)
+    for col in ("model", "acc %", "macro-F1", "agree %", "KL", "runs on"):
+        table.add_column(col, no_wrap=col != "runs on")
+    for name, m in kpi["models"].items():
+        table.add_row(name, _pct(m["accuracy"]), f"{m['macro_f1']:.3f}", _pct(m.get("agreement")),
+                      "-" if m.get("mean_kl") is None else f"{m['mean_kl']:.3f}", m["runtime"])
+    console.print(table)
+
+    rob = kpi["robustness"]
+    held = [f for f, v in rob["families"].items() if v["coverage"] == "held-out"]
+    table = Table(title=f"robustness: {len(rob['families'])} corruption families x 5 severities "
+                        f"(held-out: {', '.join(held) or 'none'})", box=box.SIMPLE_HEAD)
+    for col in ("model", "clean %", "corrupted %", "relative", "in-recipe %", "held-out %", "held-out rel.", "flip %", "agree %"):
+        table.add_column(col, no_wrap=True)
+    for name, s in rob["summary"].items():
+        rel = s["all"]["relative_robustness"]
+        hrel = s["held_out"]["relative_robustness"]
+        table.add_row(name, _pct(s["clean_accuracy"]), _pct(s["all"]["mean_accuracy"]), "-" if rel is None else f"{rel:.3f}",
+                      _pct(s["in_recipe"]["mean_accuracy"]), _pct(s["held_out"]["mean_accuracy"]),
+                      "-" if hrel is None else f"{hrel:.3f}", _pct(s["all"]["flip_rate"]), _pct(s["all"]["teacher_agreement"]))
+    console.print(table)
+
+    lat = kpi["latency"]
+    table = Table(title=f"latency (ms; takt {lat['takt_ms'] or '-'} ms/part; torch threads {lat['threads']['torch_threads']}, "
+                        f"ONNX Runtime threads {lat['threads']['onnxruntime_intra_op_threads']})", box=box.SIMPLE_HEAD)
+    for col in ("model", "mode", "batch", "p50", "p95", "p99", "img/s", "file MB", "+RSS MB"):
+        table.add_column(col, no_wrap=True)
+    for r in lat["rows"]:
+        table.add_row(r["model"], r["mode"].replace("_", "-"), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.0f}", f"{r['file_mb']:.1f}",
+                      "-" if r["added_rss_mb"] is None else f"{r['added_rss_mb']:.0f}")
+    console.print(table)
+    console.print("  +RSS MB: peak resident memory while loading and timing the model, above the process before it", highlight=False)
+    cal = kpi["calibration"]
+    console.print(f"calibration: temperature {cal['temperature']:.3f}; test ECE {cal['test']['ece_before']:.3f} -> "
+                  f"{cal['test']['ece_after']:.3f}", highlight=False)
+    _print_operating(kpi["operating"])
+    _print_gate(kpi["gate"])
+
+
+def _print_operating(op: dict[str, Any]) -> None:
+    t = op["test"]
+    escape = f"; escapes {t['escapes']} of {t['defective_parts']} defective parts" if "escapes" in t else ""
+    reached = "" if op.get("reached") in (None, True) else " [bold red](target not reached on val: every part goes to a person)[/]"
+    console.print(
+        f"operating threshold {op['threshold'] if op['threshold'] is not None else 'none'}"
+        f"{' for ' + op['target'] if op.get('target') else ''}{reached}: test automation {_pct(t['automation_rate'])} %, "
+        f"accepted accuracy {_pct(t['accepted_accuracy'])} %{escape}", highlight=False)
+
+
+def _print_gate(verdict: dict[str, Any]) -> None:
+    for c in verdict["checks"]:
+        value = "-" if c["value"] is None else f"{c['value']:.4g}"
+        if not c["gated"]:
+            console.print(f"[dim]info[/] {c['description']}: {value}", highlight=False)
+            continue
+        mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
+        console.print(f"{mark} {c['target']}: {c['description']} = {value} (limit {c['op']} {c['limit']:g})", highlight=False)
+    console.print("[bold green]KPI gate passed[/]" if verdict["passed"] else f"[bold red]KPI gate failed[/]: {', '.join(verdict['failed'])}")
 
 
 @app.command()

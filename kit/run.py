@@ -1,4 +1,5 @@
-"""``kit run``: recipe -> teacher -> distilled student -> metrics, in a resumable run directory.
+"""``kit run``: recipe -> teacher -> distilled student(s) -> metrics -> edge bundle -> KPI
+verification, in one resumable run directory.
 
 Run directory (``runs/<line>/<run-id>/``)::
 
@@ -8,10 +9,13 @@ Run directory (``runs/<line>/<run-id>/``)::
     views.png          original / weak / strong examples per class
     teacher.pt         best teacher (state dict + rebuild args + classes)
     student.pt         best student
+    student-<m>.pt     comparison students (recipe ``compare:``), same budget, method <m>
     history.csv        one row per epoch and role: losses, mask fractions, lr, images/s
     metrics.json       test accuracy, macro-F1, per-class recall, agreement
     run.log            the log
     checkpoints/       per-epoch resume state while a stage runs
+    bundle/            the edge bundle (``kit export``)
+    verify/            KPIs measured on the bundle (``kit verify``)
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ import torch
 from kit.data import decode_line, index_line, preprocess_spec
 from kit.errors import RunDirError
 from kit.evaluate import agreement, classification_metrics, predict_logits
-from kit.io import write_json_atomic, write_text_atomic
+from kit.io import read_json, write_json_atomic, write_text_atomic
 from kit.models import load_model, save_checkpoint
 from kit.recipe import Recipe, load_recipe, read_recipe_lock, recipe_hash, write_recipe_lock
-from kit.rundir import LOCK_NAME, SPLIT_NAME, mark_stage, read_state
+from kit.rundir import BUNDLE_DIR, LOCK_NAME, SPLIT_NAME, mark_stage, read_state
 from kit.train import Reporter, StageContext, resolve_device, train_student, train_teacher
 from kit.views import build_view
 from kit.views.preview import render_views_preview
@@ -43,10 +47,20 @@ from kit.views.preview import render_views_preview
 log = logging.getLogger("kit")
 
 
+STOP_POINTS = ("train", "export", "verify")  # where `kit run --stop-after` may end the chain
+
+
 @dataclass
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
+    parity: dict[str, Any] | None = None  # from export, when the chain got that far
+    kpi: dict[str, Any] | None = None  # from verify
+
+    @property
+    def passed(self) -> bool:
+        """Every gate that ran (parity, KPI) passed."""
+        return (self.parity is None or bool(self.parity["passed"])) and (self.kpi is None or bool(self.kpi["gate"]["passed"]))
 
 
 class _LogReporter(Reporter):
@@ -154,7 +168,7 @@ def find_resumable(out_root: str | Path, recipe: Recipe) -> Path | None:
         return None
     wanted = recipe_hash(recipe)
     for run_dir in sorted((p for p in base.iterdir() if (p / LOCK_NAME).is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
-        if "evaluate" in read_state(run_dir).get("stages", {}):
+        if read_state(run_dir).get("stages", {}).get("verify", {}).get("status") in ("done", "gate-failed"):
             continue
         try:
             if recipe_hash(read_recipe_lock(run_dir / LOCK_NAME)) == wanted:
@@ -171,12 +185,42 @@ def run_line(
     name: str | None = None,
     resume_dir: str | Path | None = None,
     reporter: Reporter | None = None,
+    stop_after: str = "verify",
 ) -> RunResult:
-    """Train the teacher (or load it), distil the student, evaluate both on the test split."""
+    """The whole chain for one line: train (teacher, student, comparison students, test metrics)
+    -> export (edge bundle + parity ladder) -> verify (KPIs on the bundle).
+
+    Stages already finished in ``resume_dir`` are not repeated. A failed parity gate stops the
+    chain with ``ParityGateError``; a missed KPI is reported in ``RunResult.kpi`` (``passed``).
+    """
+    if stop_after not in STOP_POINTS:
+        raise ValueError(f"stop_after must be one of {STOP_POINTS} (got {stop_after!r})")
     recipe, run_dir = prepare_run(recipe_path, out_root=out_root, name=name, resume_dir=resume_dir)
     handler = _attach_file_log(run_dir)
     try:
-        return _run_stages(recipe, run_dir, _LogReporter(reporter), resume=resume_dir is not None)
+        wrapped = _LogReporter(reporter)
+        result = _run_stages(recipe, run_dir, wrapped, resume=resume_dir is not None)
+        if stop_after == "train":
+            return result
+        from kit.export import export_bundle
+
+        done = read_state(run_dir)["stages"]
+        if done.get("export", {}).get("status") == "done" and (run_dir / BUNDLE_DIR).is_dir():
+            wrapped.log(f"export: already done ({run_dir / BUNDLE_DIR})")
+            result.parity = read_json(run_dir / BUNDLE_DIR / "parity.json")
+        else:
+            result.parity = export_bundle(run_dir, log=wrapped.log).parity
+        if stop_after == "export":
+            return result
+        from kit.verify import KPI_NAME, VERIFY_DIR, verify_run
+
+        kpi_path = run_dir / VERIFY_DIR / KPI_NAME
+        if done.get("verify", {}).get("status") in ("done", "gate-failed") and kpi_path.is_file():
+            wrapped.log(f"verify: already done ({kpi_path}); `kit verify {run_dir}` measures again")
+            result.kpi = read_json(kpi_path)
+        else:
+            result.kpi = verify_run(run_dir, log=wrapped.log).kpi
+        return result
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -244,9 +288,26 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
         mark_stage(run_dir, state, "student", time.perf_counter() - started, method=method)
     student, _ = load_model(student_path, expect_classes=index.classes, expect_in_chans=channels)
 
+    # -- comparison students: same architecture and budget, other methods
+    compared: dict[str, torch.nn.Module] = {}
+    for method in recipe.compare:
+        role = comparison_role(method)
+        path = run_dir / f"{role}.pt"
+        if role not in done:
+            started = time.perf_counter()
+            train_student(ctx, method, default_method_config(method), teacher, {**meta, "role": role, "method": method},
+                          role=role, teacher_val_pred=teacher_val_pred,
+                          on_epoch=lambda rows, role=role: _write_history(run_dir, role, rows))
+            _finish_stage_checkpoint(checkpoint_dir, role, path)
+            mark_stage(run_dir, state, role, time.perf_counter() - started, method=method)
+        compared[method], _ = load_model(path, expect_classes=index.classes, expect_in_chans=channels)
+
     # -- evaluate on the held-back test split
     started = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, test_inputs, splits["test"].labels, index.classes, setup.device)
+    for method, model in compared.items():
+        m = evaluate_models({"teacher": teacher, "student": model}, test_inputs, splits["test"].labels, index.classes, setup.device)
+        metrics.setdefault("compare", {})[method] = {**m["student"], "agreement": m["agreement"], "accuracy_gap": m["accuracy_gap"]}
     metrics["line"] = recipe.line.name
     metrics["distill_method"] = recipe.distill.method
     metrics["split_sizes"] = counts
@@ -261,6 +322,18 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
         f"macro-F1 {s['macro_f1']:.3f}; agreement {metrics['agreement']:.3f}"
     )
     return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def comparison_role(method: str) -> str:
+    """Role (and checkpoint name) of the comparison student trained with ``method``."""
+    return f"student-{method}"
+
+
+def default_method_config(method: str) -> Any:
+    """A method's recipe defaults: comparison students use the method as published."""
+    from kit.recipe.schema import CRLDConfig, KDConfig, NoDistillConfig
+
+    return {"crld": CRLDConfig, "kd": KDConfig, "none": NoDistillConfig}[method]()
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], inputs: torch.Tensor, labels: np.ndarray,

@@ -37,6 +37,9 @@ def tiny_recipe_dict(data_root: Path | str, **overrides) -> dict:
         # the strict default gate is exercised on its own in test_export.py.
         "export": {"formats": ["onnx", "onnx-int8", "tensorrt-fp16"], "calibration_images": 8,
                    "parity": {"int8_min_agreement": 0.5}},
+        "compare": ["none"],
+        # Tiny timings: the harness is exercised, the numbers are not the point here.
+        "verify": {"latency": {"batch": 4, "warmup": 1, "iters": 5}},
         "seed": 0,
         "device": "cpu",
     }
@@ -61,7 +64,8 @@ def tiny_recipe(tmp_path, tiny_line) -> Path:
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_line) -> Path:
-    """One real tiny ``kit run`` (teacher 1 epoch, CRLD student 2 epochs), shared read-only."""
+    """One real tiny ``kit run`` (teacher 1 epoch, CRLD student and a comparison student 2 epochs,
+    export, verify), shared read-only."""
     from typer.testing import CliRunner
 
     from kit.cli import app

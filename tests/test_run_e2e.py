@@ -14,7 +14,7 @@ from kit.run import run_line
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 RUN_FILES = ["recipe.lock.yaml", "state.json", "split.csv", "views.png", "teacher.pt", "student.pt",
-             "history.csv", "metrics.json", "run.log"]
+             "student-none.pt", "history.csv", "metrics.json", "run.log", "bundle/model.json", "verify/kpi.json"]
 
 
 def test_run_directory_is_complete(finished_run):
@@ -22,7 +22,7 @@ def test_run_directory_is_complete(finished_run):
         assert (finished_run / name).is_file(), name
     assert not (finished_run / "checkpoints").exists()
     state = json.loads((finished_run / "state.json").read_text())
-    assert list(state["stages"]) == ["data", "teacher", "student", "evaluate"]
+    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify"]
     assert all(s["status"] == "done" for s in state["stages"].values())
     assert not list(finished_run.glob(".*.tmp"))
 
@@ -42,8 +42,9 @@ def test_metrics_cover_both_models(finished_run):
 def test_history_has_crld_parts_per_epoch(finished_run):
     with (finished_run / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["role"], r["epoch"]) for r in rows] == [("teacher", "1"), ("student", "1"), ("student", "2")]
-    student = rows[-1]
+    assert [(r["role"], r["epoch"]) for r in rows] == [("teacher", "1"), ("student", "1"), ("student", "2"),
+                                                        ("student-none", "1"), ("student-none", "2")]
+    student = rows[2]
     for col in ("ce", "within", "cross", "mask_weak_frac", "mask_strong_frac", "val_agreement", "images_per_s", "lr"):
         assert student[col] != "", col
     assert 0.0 <= float(student["mask_weak_frac"]) <= 1.0
@@ -60,7 +61,7 @@ def test_checkpoints_rebuild_the_models(finished_run):
 
 def test_same_seed_gives_the_same_metrics(tmp_path, tiny_line, finished_run):
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_line))
-    again = run_line(recipe, out_root=tmp_path / "runs", name="r2")
+    again = run_line(recipe, out_root=tmp_path / "runs", name="r2", stop_after="train")
     first = json.loads((finished_run / "metrics.json").read_text())
     for role in ("teacher", "student"):
         assert again.metrics[role]["confusion_matrix"] == first[role]["confusion_matrix"]
@@ -74,12 +75,14 @@ def test_same_seed_gives_the_same_metrics(tmp_path, tiny_line, finished_run):
 def test_teacher_from_checkpoint_and_kd_student(tmp_path, tiny_line, finished_run):
     d = tiny_recipe_dict(tiny_line, **{"teacher.checkpoint": str(finished_run / "teacher.pt"), "distill": {"method": "kd"},
                                        "student.epochs": 1})
-    result = run_line(write_recipe(tmp_path / "kd.yaml", d), out_root=tmp_path / "runs", name="kd")
+    result = run_line(write_recipe(tmp_path / "kd.yaml", d), out_root=tmp_path / "runs", name="kd", stop_after="train")
     first = json.loads((finished_run / "metrics.json").read_text())
     assert result.metrics["teacher"]["confusion_matrix"] == first["teacher"]["confusion_matrix"]
     with (result.run_dir / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["role"] for r in rows] == ["student"] and rows[0]["kd"] != ""
+    assert [r["role"] for r in rows] == ["student", "student-none"] and rows[0]["kd"] != ""
+    assert "export" not in json.loads((result.run_dir / "state.json").read_text())["stages"]
+    assert not (result.run_dir / "bundle").exists()
 
 
 def test_teacher_checkpoint_with_other_classes_is_refused(tmp_path, tiny_line, finished_run):
@@ -104,6 +107,8 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, finished_run):
     assert result.exit_code == 0, result.output
     after = json.loads((run_dir / "metrics.json").read_text())
     assert after["student"] == before["student"] and after["teacher"] == before["teacher"]
+    assert (run_dir / "verify" / "kpi.json").read_bytes() == (finished_run / "verify" / "kpi.json").read_bytes()
+    assert "export: already done" in result.output and "verify: already done" in result.output
     plain = CliRunner().invoke(app, ["run", str(run_dir)])
     assert plain.exit_code == 1
     assert f"error: {run_dir}: is a run directory; add --resume to continue it" in plain.output

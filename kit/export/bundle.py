@@ -8,7 +8,6 @@ edge ``Predictor`` on the staged bundle, not a look-alike.
 from __future__ import annotations
 
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +27,7 @@ from kit.export.onnx_fp32 import embed_manifest, export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import Rung, run_ladder
 from kit.export.tensorrt_engine import EngineSkipped, build_engine
-from kit.io import write_json_atomic
+from kit.io import publish_dir, staging_dir, write_json_atomic
 from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.recipe.schema import ExportFormat
@@ -92,9 +91,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     classes = list(student_ckpt["classes"])
     input_shape = (spec.num_channels, *spec.image_size)
 
-    staging = run_dir / f".{BUNDLE_DIR}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = staging_dir(run_dir / BUNDLE_DIR)
     artefacts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
 
@@ -148,13 +145,9 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe)
     write_json_atomic(staging / "parity.json", parity)
 
-    bundle = run_dir / BUNDLE_DIR
-    old = run_dir / f".{BUNDLE_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if bundle.exists():
-        bundle.rename(old)
-    staging.rename(bundle)
-    shutil.rmtree(old, ignore_errors=True)
+    bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
+    for later in ("verify", "report"):  # measured on the previous bundle: no longer true
+        state.get("stages", {}).pop(later, None)
     mark_stage(run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
                built=list(artefacts), skipped=skipped)
     result = ExportResult(bundle_dir=bundle, parity=parity, built=list(artefacts), skipped=skipped)

@@ -71,6 +71,33 @@ def check_recipe(recipe: Recipe) -> None:
     channels = 1 if recipe.data.channels == "gray" else 3
     for name in ("weak", "strong"):
         build_view(getattr(recipe.views, name), f"views.{name}", recipe.data.image_size, channels)
+    _check_corruptions(recipe)
+
+
+def _check_corruptions(recipe: Recipe) -> None:
+    """Family names exist and every overridden severity builds a valid albumentations pipeline."""
+    import warnings
+
+    from kit.verify.corruptions import corruption_pipeline, list_corruptions
+
+    cfg = recipe.verify.corruptions
+    known = list_corruptions()
+    for where, names in (("verify.corruptions.families", cfg.families or []), ("verify.corruptions.severities", list(cfg.severities))):
+        for name in names:
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
+                raise RecipeError(f"{where}: unknown corruption family {name!r}"
+                                  f"{f' (did you mean {hint[0]}?)' if hint else ''}; choose from {', '.join(known)}")
+    for name, levels in cfg.severities.items():
+        for i, value in enumerate(levels):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    corruption_pipeline(name, value)
+            except (ValueError, TypeError, UserWarning) as exc:
+                msg = str(exc).strip().splitlines()
+                detail = next((m.strip().removeprefix("Value error, ") for m in msg if "Value error" in m), msg[0] if msg else "")
+                raise RecipeError(f"verify.corruptions.severities.{name}[{i}]: {value!r} is not a valid severity ({detail})") from None
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

@@ -223,6 +223,84 @@ class ExportConfig(_Strict):
         return self
 
 
+class ThresholdTarget(_Strict):
+    """What the operating confidence threshold is tuned for on the validation split.
+
+    ``accepted_accuracy``: the accuracy of the decisions the model takes alone must reach this.
+    ``max_escape_rate``: at most this fraction of defective parts may be auto-accepted as
+    ``ok_class``. The lowest threshold meeting the target is chosen: the most automation.
+    """
+
+    accepted_accuracy: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    max_escape_rate: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
+    ok_class: Optional[str] = None  # the good-part class; escapes are defects accepted as this
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "ThresholdTarget":
+        if (self.accepted_accuracy is None) == (self.max_escape_rate is None):
+            raise ValueError("set exactly one of accepted_accuracy or max_escape_rate")
+        if self.max_escape_rate is not None and not self.ok_class:
+            raise ValueError("max_escape_rate needs ok_class: the class a defect escapes into")
+        return self
+
+
+class CorruptionConfig(_Strict):
+    """The robustness suite: which corruption families, and optional severity tables."""
+
+    families: Optional[list[str]] = None  # default: every registered family
+    # family -> five values, mild to harsh, in the family's own unit (see `kit corruptions`)
+    severities: dict[str, list[float]] = Field(default_factory=dict)
+    max_images: Optional[Annotated[int, Field(ge=1)]] = None  # cap on test images per corruption (default: all)
+
+    @field_validator("severities")
+    @classmethod
+    def _five_levels(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, levels in v.items():
+            if len(levels) != 5:
+                raise ValueError(f"{name}: a severity table has exactly 5 values, mild to harsh (got {len(levels)})")
+        return v
+
+
+class LatencyConfig(_Strict):
+    batch: Annotated[int, Field(ge=1, le=4096)] = 8  # the batch-N measurement next to batch 1
+    warmup: Annotated[int, Field(ge=0)] = 10
+    iters: Annotated[int, Field(ge=5)] = 100
+    threads: Annotated[int, Field(ge=0)] = 0  # CPU threads for torch and ONNX Runtime; 0: their defaults
+
+
+class VerifyConfig(_Strict):
+    """``kit verify``: what is measured on the exported artefacts."""
+
+    corruptions: CorruptionConfig = CorruptionConfig()
+    latency: LatencyConfig = LatencyConfig()
+    # Fit a temperature on the validation split (stored in the bundle manifest).
+    calibrate: bool = True
+    # null: keep export.operating_threshold as it is.
+    threshold: Optional[ThresholdTarget] = ThresholdTarget(accepted_accuracy=0.99)
+
+
+class KpiTargets(_Strict):
+    """Release targets; ``kit verify`` fails when one is missed. A target left out is reported, not gated.
+
+    All are measured on the test split with the deployed runtime (TensorRT where the machine
+    runs it, else ONNX FP32), against the torch teacher.
+    """
+
+    max_accuracy_gap: Optional[Annotated[float, Field(ge=-1, le=1)]] = None  # teacher minus student accuracy
+    min_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    min_macro_f1: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    min_agreement: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # teacher-student top-1
+    min_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # mean corrupted / clean accuracy
+    min_heldout_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # held-out families only
+    max_latency_p95_ms: Optional[Annotated[float, Field(gt=0)]] = None  # end-to-end, batch 1
+    min_automation_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # share decided without a person
+    min_accepted_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    max_ece: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # after temperature scaling
+
+
+DistillMethodName = Literal["crld", "kd", "none"]
+
+
 class Recipe(_Strict):
     """One camera line: data, views, teacher, student, distillation."""
 
@@ -233,12 +311,24 @@ class Recipe(_Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = CRLDConfig()
+    # Extra students trained with the same budget and other methods, for the robustness comparison.
+    compare: list[DistillMethodName] = Field(default_factory=list)
     export: ExportConfig = ExportConfig()
+    verify: VerifyConfig = VerifyConfig()
+    kpi: KpiTargets = KpiTargets()
     seed: int = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 
     # Set by the loader, not by the user: the folder relative paths resolve against.
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path(".").resolve())
+
+    @model_validator(mode="after")
+    def _compare_methods(self) -> "Recipe":
+        if len(set(self.compare)) != len(self.compare):
+            raise ValueError("compare: lists a method twice")
+        if self.distill.method in self.compare:
+            raise ValueError(f"compare: {self.distill.method!r} is already the main method (distill.method)")
+        return self
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()

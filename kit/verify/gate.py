@@ -1,0 +1,51 @@
+"""The KPI gate: the recipe's ``kpi:`` targets against what verification measured.
+
+A target the recipe leaves out is still reported (value, no limit), never gated. The line's
+time per part (``line.parts_per_minute`` / ``line.budget_ms``) is a target when the recipe
+gives one: a model slower than the line cannot ship.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kit.recipe.schema import KpiTargets
+
+# kpi field -> (measured key, op, description)
+CHECKS: dict[str, tuple[str, str, str]] = {
+    "max_accuracy_gap": ("accuracy_gap", "<=", "teacher minus deployed student accuracy"),
+    "min_accuracy": ("accuracy", ">=", "deployed student test accuracy"),
+    "min_macro_f1": ("macro_f1", ">=", "deployed student test macro-F1"),
+    "min_agreement": ("agreement", ">=", "teacher-student top-1 agreement"),
+    "min_relative_robustness": ("relative_robustness", ">=", "mean corruption accuracy / clean accuracy, all families"),
+    "min_heldout_relative_robustness": ("heldout_relative_robustness", ">=", "same, held-out families only"),
+    "max_latency_p95_ms": ("latency_p95_ms", "<=", "end-to-end batch-1 p95 latency"),
+    "min_automation_rate": ("automation_rate", ">=", "share of test parts decided without a person"),
+    "min_accepted_accuracy": ("accepted_accuracy", ">=", "accuracy of the decisions taken alone"),
+    "max_ece": ("ece", "<=", "expected calibration error after temperature scaling"),
+}
+
+
+def evaluate_gate(measured: dict[str, float | None], targets: KpiTargets, takt_ms: float | None) -> dict[str, Any]:
+    checks = []
+    for field, (key, op, description) in CHECKS.items():
+        limit = getattr(targets, field)
+        checks.append(_check(f"kpi.{field}", key, description, measured.get(key), limit, op))
+    if takt_ms is not None:
+        checks.append(_check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
+                             measured.get("latency_p95_ms"), takt_ms, "<="))
+    gated = [c for c in checks if c["gated"]]
+    return {"passed": all(c["passed"] for c in gated), "checks": checks,
+            "failed": [c["target"] for c in gated if not c["passed"]]}
+
+
+def _check(target: str, key: str, description: str, value: float | None, limit: float | None, op: str) -> dict[str, Any]:
+    gated = limit is not None
+    if not gated:
+        passed = None
+    elif value is None:
+        passed = False  # a target that could not be measured is not met
+    else:
+        passed = bool(value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
+    return {"target": target, "measure": key, "description": description, "value": value,
+            "op": op, "limit": limit, "gated": gated, "passed": passed}

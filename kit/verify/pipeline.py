@@ -1,0 +1,300 @@
+"""``kit verify``: the exported bundle against the recipe's KPI targets.
+
+Reads ``recipe.lock.yaml``, ``split.csv``, the checkpoints and ``bundle/``; writes ``verify/``
+(``kpi.json`` plus CSV tables, assembled in a staging folder and swapped in whole) and stores
+the fitted temperature and the operating threshold in ``bundle/model.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from deploy.manifest import MANIFEST_NAME, read_manifest
+from deploy.predictor import AUTO_ORDER, softmax
+from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
+from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
+from kit.evaluate import classification_metrics
+from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic
+from kit.recipe import Recipe, read_recipe_lock, recipe_hash
+from kit.recipe.schema import ThresholdTarget
+from kit.rundir import BUNDLE_DIR, LOCK_NAME, mark_stage, read_split, require_stages
+from kit.train.device import resolve_device
+from kit.verify import calibration, gate, latency, robustness, threshold
+from kit.verify.corruptions import coverage, list_corruptions
+from kit.verify.scorers import Scorer, bundle_scorer, torch_scorer
+
+VERIFY_DIR = "verify"
+KPI_NAME = "kpi.json"
+
+
+@dataclass
+class VerifyResult:
+    verify_dir: Path
+    kpi: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.kpi["gate"]["passed"])
+
+
+@dataclass
+class SplitData:
+    paths: list[Path]
+    images: np.ndarray  # prepared uint8 NxHxWxC
+    labels: np.ndarray
+
+    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
+        return to_tensor(self.images, spec)
+
+
+def load_split(run_dir: Path, split: str, spec: PreprocessSpec, classes: list[str]) -> SplitData:
+    """A split exactly as the run used it, through the one preprocessing implementation."""
+    paths, names = read_split(run_dir, split)
+    lookup = {c: i for i, c in enumerate(classes)}
+    images = np.stack([prepare_image(read_image(p, spec.channels), spec) for p in paths])
+    return SplitData(paths, images, np.array([lookup[n] for n in names], dtype=np.int64))
+
+
+def deployed_format(formats: list[str]) -> str:
+    """What ``Predictor.from_bundle(runtime="auto")`` picks on this machine."""
+    trt_ok = tensorrt_unavailable_reason() is None
+    return next(f for f in AUTO_ORDER if f in formats and (trt_ok or not f.startswith("tensorrt")))
+
+
+def _kl(p_ref: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """KL(reference || model) per image, in nats."""
+    a, b = np.clip(p_ref.astype(np.float64), 1e-12, 1), np.clip(p.astype(np.float64), 1e-12, 1)
+    return (a * (np.log(a) - np.log(b))).sum(axis=1)
+
+
+def accuracy_section(logits: dict[str, np.ndarray], labels: np.ndarray, classes: list[str],
+                     scorers: dict[str, Scorer]) -> dict[str, Any]:
+    teacher_p = softmax(logits["teacher"])
+    teacher_pred = teacher_p.argmax(1)
+    out = {}
+    for name, z in logits.items():
+        p = softmax(z)
+        pred = p.argmax(1)
+        m = classification_metrics(labels, pred, classes)
+        m.update(kind=scorers[name].kind, runtime=scorers[name].runtime, file=scorers[name].file.name)
+        if name != "teacher":
+            kl, agree = _kl(teacher_p, p), pred == teacher_pred
+            m["agreement"] = float(agree.mean())
+            m["mean_kl"] = float(kl.mean())
+            for i, c in enumerate(classes):
+                sel = labels == i
+                m["per_class"][c]["teacher_agreement"] = float(agree[sel].mean()) if sel.any() else None
+                m["per_class"][c]["mean_kl"] = float(kl[sel].mean()) if sel.any() else None
+        out[name] = m
+    return out
+
+
+def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> VerifyResult:
+    run_dir = Path(run_dir)
+    state = require_stages(run_dir, ["export"], "kit verify")
+    started = time.perf_counter()
+    recipe = read_recipe_lock(run_dir / LOCK_NAME)
+    bundle = run_dir / BUNDLE_DIR
+    manifest = read_manifest(bundle)
+    classes, spec, cfg = manifest.classes, manifest.preprocess, recipe.verify
+    val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
+    device = resolve_device(recipe.device).device
+
+    # -- scorers: torch teacher/students, then every bundle runtime this machine can run
+    torch_files = {"teacher": run_dir / "teacher.pt", "student": run_dir / "student.pt"}
+    for method in recipe.compare:
+        torch_files[f"student-{method}"] = run_dir / f"student-{method}.pt"
+    scorers: dict[str, Scorer] = {name: torch_scorer(name, path, device) for name, path in torch_files.items() if path.is_file()}
+    skipped: dict[str, str] = {}
+    trt_reason = tensorrt_unavailable_reason()
+    for fmt in manifest.artefacts:
+        if fmt.startswith("tensorrt") and trt_reason is not None:
+            skipped[fmt] = trt_reason
+            log(f"verify: {fmt} skipped ({trt_reason})")
+            continue
+        scorers[fmt] = bundle_scorer(bundle, fmt, cfg.latency.threads)
+    deployed = deployed_format(list(manifest.artefacts))
+    log(f"verify: {len(test.labels)} test images; models {', '.join(scorers)}; deployed runtime {deployed}")
+
+    # -- clean accuracy and agreement
+    test_x, val_x = test.inputs(spec), val.inputs(spec)
+    test_logits = {name: s.logits(test_x) for name, s in scorers.items()}
+    accuracy = accuracy_section(test_logits, test.labels, classes, scorers)
+
+    # -- calibration and operating threshold, on the deployed runtime
+    val_logits = scorers[deployed].logits(val_x)
+    calib = calibration.calibration_report(val_logits, val.labels, test_logits[deployed], test.labels, fit=cfg.calibrate)
+    temperature = calib["temperature"]
+    operating = operating_section(recipe, classes, val_logits, val.labels, test_logits, test.labels, temperature,
+                                  manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed)
+    write_manifest_calibration(bundle, temperature, operating["threshold"], calib, operating)
+    log(f"verify: temperature {temperature:.3f} (test ECE {calib['test']['ece_before']:.3f} -> {calib['test']['ece_after']:.3f}); "
+        f"threshold {operating['threshold']} -> automation {operating['test']['automation_rate']:.3f}")
+
+    # -- robustness suite
+    families = cfg.corruptions.families or list_corruptions()
+    strong = _strong_view(recipe)
+    cover = coverage(strong, families)
+    idx = _suite_subset(len(test.labels), cfg.corruptions.max_images, recipe.seed)
+    suite_scorers = [scorers[n] for n in scorers]
+    suite = robustness.run_suite(
+        suite_scorers, test.images[idx], test.labels[idx], spec, families, cover, recipe.seed, cfg.corruptions.severities,
+        clean_preds={n: z.argmax(1)[idx] for n, z in test_logits.items()}, log=log,
+    )
+
+    # -- latency: each scorer rebuilt inside the measurement so loading counts toward its memory
+    factories = [_factory(name, torch_files, bundle, device, cfg.latency.threads) for name in scorers]
+    lat = latency.measure(factories, spec, test.paths, cfg.latency, recipe.line.takt_ms, log=log)
+
+    # -- gate
+    measured = measured_kpis(accuracy, suite, lat, operating, calib, deployed)
+    verdict = gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms)
+    kpi = {
+        "line": recipe.line.name, "run_dir": str(run_dir), "recipe_hash": recipe_hash(recipe),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": classes, "test_images": int(len(test.labels)), "val_images": int(len(val.labels)),
+        "deployed_runtime": deployed, "skipped_runtimes": skipped,
+        "distill_method": recipe.distill.method, "compare": list(recipe.compare),
+        "models": accuracy, "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
+        "measured": measured, "gate": verdict,
+    }
+    verify_dir = write_verify_dir(run_dir, kpi)
+    mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
+    return VerifyResult(verify_dir, kpi)
+
+
+def _strong_view(recipe: Recipe):
+    from kit.views import build_view
+
+    channels = 1 if recipe.data.channels == "gray" else 3
+    return build_view(recipe.views.strong, "views.strong", recipe.data.image_size, channels)
+
+
+def _suite_subset(n: int, cap: int | None, seed: int) -> np.ndarray:
+    if cap is None or cap >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:cap])
+
+
+def _factory(name: str, torch_files: dict[str, Path], bundle: Path, device, threads: int) -> Callable[[], Scorer]:
+    if name in torch_files:
+        return lambda: torch_scorer(name, torch_files[name], device)
+    return lambda: bundle_scorer(bundle, name, threads)
+
+
+def operating_section(recipe: Recipe, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
+                      test_logits: dict[str, np.ndarray], test_labels: np.ndarray, temperature: float,
+                      fixed_threshold: float | None, runtimes: list[str], deployed: str,
+                      target: ThresholdTarget | None | str = "recipe") -> dict[str, Any]:
+    """Tune the threshold on val for the target (default: the recipe's), report it on test."""
+    target = recipe.verify.threshold if target == "recipe" else target
+    ok_index = threshold.ok_class_index(target, classes) if isinstance(target, ThresholdTarget) else threshold.ok_class_index(None, classes)
+    out: dict[str, Any] = {"runtime": deployed, "temperature": temperature}
+    if isinstance(target, ThresholdTarget):
+        choice = threshold.choose_threshold(softmax(val_logits, temperature), val_labels, target, classes)
+        out.update(target=threshold.describe_target(target), reached=choice["reached"], threshold=choice["threshold"], val=choice["val"])
+    else:
+        out.update(target=None, reached=None, threshold=fixed_threshold,
+                   val=threshold.operating_point(softmax(val_logits, temperature), val_labels, fixed_threshold, ok_index))
+    out["ok_class"] = classes[ok_index] if ok_index is not None else None
+    out["test"] = threshold.operating_point(softmax(test_logits[deployed], temperature), test_labels, out["threshold"], ok_index)
+    out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"], ok_index)
+                          for r in runtimes if r in test_logits}
+    return out
+
+
+def write_manifest_calibration(bundle: Path, temperature: float, operating_threshold: float | None,
+                               calib: dict[str, Any], operating: dict[str, Any]) -> None:
+    """Temperature and threshold go into ``model.json``, which every runtime reads; the copy embedded in
+    the ONNX files stays the export-time one (it documents how the file was made)."""
+    manifest = read_manifest(bundle)
+    manifest.temperature = float(temperature)
+    manifest.operating_threshold = operating_threshold
+    manifest.extra["calibration"] = {"temperature": temperature, "fitted_on": calib.get("fitted_on"),
+                                     "test_ece_before": calib["test"]["ece_before"], "test_ece_after": calib["test"]["ece_after"]}
+    manifest.extra["operating_point"] = {k: operating[k] for k in ("target", "reached", "threshold", "runtime", "ok_class")}
+    manifest.extra["operating_point"].update(
+        {f"test_{k}": operating["test"].get(k) for k in ("automation_rate", "accepted_accuracy", "escape_rate")})
+    write_json_atomic(bundle / MANIFEST_NAME, manifest.to_dict())
+
+
+def measured_kpis(accuracy: dict[str, Any], suite: dict[str, Any], lat: dict[str, Any], operating: dict[str, Any],
+                  calib: dict[str, Any], deployed: str) -> dict[str, float | None]:
+    student, teacher = accuracy[deployed], accuracy["teacher"]
+    summary = suite["summary"][deployed]
+    e2e = latency.row_for(lat, deployed)
+    return {
+        "accuracy": student["accuracy"], "macro_f1": student["macro_f1"], "teacher_accuracy": teacher["accuracy"],
+        "accuracy_gap": teacher["accuracy"] - student["accuracy"], "agreement": student["agreement"],
+        "relative_robustness": summary["all"]["relative_robustness"],
+        "heldout_relative_robustness": summary["held_out"]["relative_robustness"],
+        "latency_p95_ms": e2e["p95_ms"] if e2e else None,
+        "automation_rate": operating["test"]["automation_rate"], "accepted_accuracy": operating["test"]["accepted_accuracy"],
+        "ece": calib["test"]["ece_after"],
+    }
+
+
+def write_verify_dir(run_dir: Path, kpi: dict[str, Any]) -> Path:
+    staging = staging_dir(run_dir / VERIFY_DIR)
+    write_json_atomic(staging / KPI_NAME, kpi)
+    _write_tables(staging, kpi)
+    return publish_dir(staging, run_dir / VERIFY_DIR)
+
+
+def _write_tables(folder: Path, kpi: dict[str, Any]) -> None:
+    models = kpi["models"]
+    write_csv_atomic(folder / "metrics.csv", [
+        {"model": n, "kind": m["kind"], "runtime": m["runtime"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+         "teacher_agreement": m.get("agreement"), "mean_kl_vs_teacher": m.get("mean_kl")} for n, m in models.items()])
+    write_csv_atomic(folder / "per_class.csv", [
+        {"model": n, "class": c, **v} for n, m in models.items() for c, v in m["per_class"].items()])
+    write_csv_atomic(folder / "robustness.csv", kpi["robustness"]["rows"])
+    write_csv_atomic(folder / "robustness_summary.csv", [
+        {"model": n, "families": part, "clean_accuracy": s["clean_accuracy"], "mean_accuracy": s[part]["mean_accuracy"],
+         "relative_robustness": s[part]["relative_robustness"], "flip_rate": s[part]["flip_rate"],
+         "teacher_agreement": s[part]["teacher_agreement"]}
+        for n, s in kpi["robustness"]["summary"].items() for part in ("all", "in_recipe", "held_out")])
+    write_csv_atomic(folder / "latency.csv", kpi["latency"]["rows"])
+    write_csv_atomic(folder / "reliability.csv", kpi["calibration"]["reliability_test"])
+    write_csv_atomic(folder / "gate.csv", kpi["gate"]["checks"])
+
+
+def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``kit threshold``: a new operating threshold for a new target, without re-exporting.
+
+    Uses the bundle's deployed runtime and its stored temperature; updates ``model.json`` and, when
+    verification has run, the operating section and the gate in ``verify/kpi.json``.
+    """
+    run_dir = Path(run_dir)
+    require_stages(run_dir, ["export"], "kit threshold")
+    recipe = read_recipe_lock(run_dir / LOCK_NAME)
+    bundle = run_dir / BUNDLE_DIR
+    manifest = read_manifest(bundle)
+    classes, spec = manifest.classes, manifest.preprocess
+    deployed = deployed_format(list(manifest.artefacts))
+    scorer = bundle_scorer(bundle, deployed)
+    val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
+    operating = operating_section(recipe, classes, scorer.logits(val.inputs(spec)), val.labels,
+                                  {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
+                                  manifest.operating_threshold, [deployed], deployed, target=target)
+    calib = {"fitted_on": manifest.extra.get("calibration", {}).get("fitted_on"),
+             "test": {"ece_before": manifest.extra.get("calibration", {}).get("test_ece_before"),
+                      "ece_after": manifest.extra.get("calibration", {}).get("test_ece_after")}}
+    write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], calib, operating)
+    kpi_path = run_dir / VERIFY_DIR / KPI_NAME
+    if kpi_path.is_file():
+        kpi = read_json(kpi_path)
+        kpi["operating"] = operating
+        kpi["measured"]["automation_rate"] = operating["test"]["automation_rate"]
+        kpi["measured"]["accepted_accuracy"] = operating["test"]["accepted_accuracy"]
+        kpi["gate"] = gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms)
+        write_json_atomic(kpi_path, kpi)
+        write_csv_atomic(run_dir / VERIFY_DIR / "gate.csv", kpi["gate"]["checks"])
+        log(f"threshold: updated {kpi_path}")
+    return operating

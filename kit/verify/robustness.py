@@ -1,0 +1,73 @@
+"""The robustness suite: every scorer on the same corrupted test images, family x severity.
+
+Per scorer it reports accuracy per cell, the mean corruption accuracy, relative robustness
+(mean corruption accuracy / clean accuracy), the flip rate (prediction changed versus the same
+scorer on the clean image) and agreement with the teacher under the same corruption, overall
+and separately for in-recipe and held-out families.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from deploy.preprocess import PreprocessSpec, to_tensor
+from kit.verify.corruptions import corrupt_images, get_corruption, severity_table
+from kit.verify.scorers import Scorer
+
+REFERENCE = "teacher"
+
+
+def run_suite(scorers: list[Scorer], images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
+              families: list[str], coverage: dict[str, str], run_seed: int,
+              severities: dict[str, list[float]] | None = None, clean_preds: dict[str, np.ndarray] | None = None,
+              log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """``images``: the test split as prepared uint8 NxHxWxC (what views and corruptions act on)."""
+    clean_preds = dict(clean_preds or {})
+    for s in scorers:
+        if s.name not in clean_preds:
+            clean_preds[s.name] = s.predict(to_tensor(images, spec))
+    rows: list[dict[str, Any]] = []
+    for family in families:
+        fam = get_corruption(family)
+        for severity, value in enumerate(severity_table(family, severities), start=1):
+            x = to_tensor(corrupt_images(images, family, value, run_seed), spec)
+            preds = {s.name: s.predict(x) for s in scorers}
+            for s in scorers:
+                p = preds[s.name]
+                rows.append({
+                    "model": s.name, "family": family, "group": fam.group, "coverage": coverage[family],
+                    "severity": severity, "value": value,
+                    "accuracy": float(np.mean(p == labels)),
+                    "flip_rate": float(np.mean(p != clean_preds[s.name])),
+                    "teacher_agreement": float(np.mean(p == preds[REFERENCE])) if REFERENCE in preds and s.name != REFERENCE else None,
+                })
+        log(f"robustness: {family} done")
+    summary = {s.name: summarize(rows, s.name, float(np.mean(clean_preds[s.name] == labels))) for s in scorers}
+    return {"images": int(len(labels)), "families": {f: {"group": get_corruption(f).group, "coverage": coverage[f],
+                                                         "unit": get_corruption(f).unit,
+                                                         "severities": severity_table(f, severities)} for f in families},
+            "rows": rows, "summary": summary}
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarize(rows: list[dict[str, Any]], model: str, clean_accuracy: float) -> dict[str, Any]:
+    mine = [r for r in rows if r["model"] == model]
+    out: dict[str, Any] = {"clean_accuracy": clean_accuracy}
+    for part, selected in (("all", mine), ("in_recipe", [r for r in mine if r["coverage"] == "in-recipe"]),
+                           ("held_out", [r for r in mine if r["coverage"] == "held-out"])):
+        acc = _mean([r["accuracy"] for r in selected])
+        agreements = [r["teacher_agreement"] for r in selected if r["teacher_agreement"] is not None]
+        out[part] = {
+            "families": sorted({r["family"] for r in selected}),
+            "mean_accuracy": acc,
+            "relative_robustness": acc / clean_accuracy if acc is not None and clean_accuracy > 0 else None,
+            "flip_rate": _mean([r["flip_rate"] for r in selected]),
+            "teacher_agreement": _mean(agreements),
+        }
+    out["per_family"] = {f: _mean([r["accuracy"] for r in mine if r["family"] == f]) for f in dict.fromkeys(r["family"] for r in mine)}
+    return out

@@ -1,0 +1,55 @@
+"""Everything ``kit verify`` measures, behind one interface: preprocessed batch in, logits out.
+
+Torch models (teacher, student, comparison students) and the bundle's edge runtimes (the real
+``deploy.Predictor``) become ``Scorer``s, so accuracy, robustness and latency code never asks
+which kind it is holding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from deploy.predictor import Predictor
+from kit.evaluate import predict_logits
+from kit.models import load_model
+
+CHUNK = 64
+
+
+@dataclass
+class Scorer:
+    name: str  # teacher, student, student-kd, onnx, onnx-int8, tensorrt-fp16, ...
+    kind: str  # torch | bundle
+    runtime: str  # what ran it, for the tables
+    infer: Callable[[np.ndarray], np.ndarray]  # float32 NCHW -> logits, any batch size
+    file: Path  # the checkpoint or artefact, for its size
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        if len(inputs) == 0:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate([self.infer(inputs[i : i + CHUNK]) for i in range(0, len(inputs), CHUNK)])
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        return self.logits(inputs).argmax(axis=1)
+
+
+def torch_scorer(name: str, checkpoint: Path, device: torch.device) -> Scorer:
+    model, _ = load_model(checkpoint)
+    model.to(device).eval()
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)), device, batch_size=CHUNK).numpy()
+
+    return Scorer(name, "torch", f"torch ({device.type}, {torch.get_num_threads()} threads)" if device.type == "cpu"
+                  else f"torch ({device})", infer, checkpoint)
+
+
+def bundle_scorer(bundle_dir: Path, fmt: str, threads: int = 0) -> Scorer:
+    predictor = Predictor.from_bundle(bundle_dir, fmt, intra_op_threads=threads or None)
+    return Scorer(fmt, "bundle", predictor.describe(), predictor.logits,
+                  bundle_dir / predictor.manifest.artefacts[fmt]["file"])
