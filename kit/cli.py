@@ -84,9 +84,10 @@ def run(
     out: Path = typer.Option(Path("runs"), "--out", help="Root folder; the run goes to OUT/<line>/<run-id>/."),
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: a timestamp)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last complete epoch."),
-    stop_after: str = typer.Option("verify", "--stop-after", help="Last stage to run: train | export | verify."),
+    stop_after: str = typer.Option("report", "--stop-after", help="Last stage to run: train | export | verify | report."),
 ) -> None:
-    """Train teacher and student, export the edge bundle and verify it against the recipe's KPIs.
+    """Train teacher and student, export the edge bundle, verify it against the recipe's KPIs and
+    write the management report (HTML, in the recipe's report.language).
 
     Exits 1 when a parity gate or a KPI target fails. Example: kit run recipes/sample_line.yaml
     """
@@ -230,6 +231,27 @@ def threshold(
 
     operating = retune_threshold(run_dir, parse_target(target, ok_class), log=lambda m: console.print(m, highlight=False, markup=False))
     _print_operating(operating)
+
+
+@app.command()
+@_user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A verified run directory."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="en | ja (default: the recipe's report.language)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf (needs the `report` extra: weasyprint)."),
+) -> None:
+    """Write the management report: go/no-go, KPI table, accuracy gap, speed against the line,
+    savings, robustness, latency, operating point, parity, appendix.
+
+    Writes RUN_DIR/report/report.html (self-contained) and, with --pdf, report.pdf.
+    Example: kit report runs/sample_line/RUN --lang ja --pdf
+    """
+    from kit.report import build_report
+
+    result = build_report(run_dir, lang=lang, pdf=pdf, log=lambda m: console.print(m, highlight=False, markup=False))
+    typer.echo(str(result.html))
+    if result.pdf:
+        typer.echo(str(result.pdf))
 
 
 @app.command()

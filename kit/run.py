@@ -16,6 +16,7 @@ Run directory (``runs/<line>/<run-id>/``)::
     checkpoints/       per-epoch resume state while a stage runs
     bundle/            the edge bundle (``kit export``)
     verify/            KPIs measured on the bundle (``kit verify``)
+    report/            the management report (``kit report``)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from kit.views.preview import render_views_preview
 log = logging.getLogger("kit")
 
 
-STOP_POINTS = ("train", "export", "verify")  # where `kit run --stop-after` may end the chain
+STOP_POINTS = ("train", "export", "verify", "report")  # where `kit run --stop-after` may end the chain
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunResult:
     metrics: dict[str, Any]
     parity: dict[str, Any] | None = None  # from export, when the chain got that far
     kpi: dict[str, Any] | None = None  # from verify
+    report: Path | None = None  # report/report.html
 
     @property
     def passed(self) -> bool:
@@ -168,7 +170,7 @@ def find_resumable(out_root: str | Path, recipe: Recipe) -> Path | None:
         return None
     wanted = recipe_hash(recipe)
     for run_dir in sorted((p for p in base.iterdir() if (p / LOCK_NAME).is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
-        if read_state(run_dir).get("stages", {}).get("verify", {}).get("status") in ("done", "gate-failed"):
+        if read_state(run_dir).get("stages", {}).get("report", {}).get("status") == "done":
             continue
         try:
             if recipe_hash(read_recipe_lock(run_dir / LOCK_NAME)) == wanted:
@@ -185,10 +187,10 @@ def run_line(
     name: str | None = None,
     resume_dir: str | Path | None = None,
     reporter: Reporter | None = None,
-    stop_after: str = "verify",
+    stop_after: str = "report",
 ) -> RunResult:
     """The whole chain for one line: train (teacher, student, comparison students, test metrics)
-    -> export (edge bundle + parity ladder) -> verify (KPIs on the bundle).
+    -> export (edge bundle + parity ladder) -> verify (KPIs on the bundle) -> report (HTML).
 
     Stages already finished in ``resume_dir`` are not repeated. A failed parity gate stops the
     chain with ``ParityGateError``; a missed KPI is reported in ``RunResult.kpi`` (``passed``).
@@ -220,6 +222,16 @@ def run_line(
             result.kpi = read_json(kpi_path)
         else:
             result.kpi = verify_run(run_dir, log=wrapped.log).kpi
+        if stop_after == "verify":
+            return result
+        from kit.report import REPORT_DIR, build_report
+
+        html = run_dir / REPORT_DIR / "report.html"
+        if read_state(run_dir)["stages"].get("report", {}).get("status") == "done" and html.is_file():
+            wrapped.log(f"report: already done ({html})")
+            result.report = html
+        else:
+            result.report = build_report(run_dir, log=wrapped.log).html
         return result
     finally:
         log.removeHandler(handler)

@@ -298,6 +298,24 @@ class KpiTargets(_Strict):
     max_ece: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # after temperature scaling
 
 
+class EconomicsConfig(_Strict):
+    """What a part costs to inspect by hand: the report turns the automation rate into hours and money.
+
+    Every field is printed next to the figure it produces. Without parts_per_day,
+    manual_seconds_per_part and labour_cost_per_hour the report shows the automation rate only.
+    """
+
+    parts_per_day: Optional[Annotated[float, Field(gt=0)]] = None
+    manual_seconds_per_part: Optional[Annotated[float, Field(gt=0)]] = None
+    labour_cost_per_hour: Optional[Annotated[float, Field(ge=0)]] = None
+    currency: Annotated[str, Field(min_length=1, max_length=8)] = "EUR"
+    working_days_per_month: Annotated[float, Field(gt=0, le=31)] = 21.0
+
+
+class ReportConfig(_Strict):
+    language: Literal["en", "ja"] = "en"
+
+
 DistillMethodName = Literal["crld", "kd", "none"]
 
 
@@ -316,6 +334,8 @@ class Recipe(_Strict):
     export: ExportConfig = ExportConfig()
     verify: VerifyConfig = VerifyConfig()
     kpi: KpiTargets = KpiTargets()
+    economics: EconomicsConfig = EconomicsConfig()
+    report: ReportConfig = ReportConfig()
     seed: int = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 

@@ -75,5 +75,6 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logi
         before, after = softmax(logits), softmax(logits, temperature)
         out[split] = {"ece_before": expected_calibration_error(before, labels), "ece_after": expected_calibration_error(after, labels),
                       "nll_before": nll(before, labels), "nll_after": nll(after, labels)}
+    out["reliability_test_before"] = reliability_table(softmax(test_logits), test_labels)
     out["reliability_test"] = reliability_table(softmax(test_logits, temperature), test_labels)
     return out

@@ -161,10 +161,12 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "classes": classes, "test_images": int(len(test.labels)), "val_images": int(len(val.labels)),
         "deployed_runtime": deployed, "skipped_runtimes": skipped,
         "distill_method": recipe.distill.method, "compare": list(recipe.compare),
-        "models": accuracy, "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
+        "models": accuracy, "misclassified": misclassified(test, test_logits[deployed], temperature, classes),
+        "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
         "measured": measured, "gate": verdict,
     }
     verify_dir = write_verify_dir(run_dir, kpi)
+    state.get("stages", {}).pop("report", None)  # it shows the previous measurements
     mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
     return VerifyResult(verify_dir, kpi)
 
@@ -204,9 +206,20 @@ def operating_section(recipe: Recipe, classes: list[str], val_logits: np.ndarray
                    val=threshold.operating_point(softmax(val_logits, temperature), val_labels, fixed_threshold, ok_index))
     out["ok_class"] = classes[ok_index] if ok_index is not None else None
     out["test"] = threshold.operating_point(softmax(test_logits[deployed], temperature), test_labels, out["threshold"], ok_index)
+    out["curve_test"] = threshold.coverage_curve(softmax(test_logits[deployed], temperature), test_labels)
     out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"], ok_index)
                           for r in runtimes if r in test_logits}
     return out
+
+
+def misclassified(split: SplitData, logits: np.ndarray, temperature: float, classes: list[str], limit: int = 12) -> list[dict[str, Any]]:
+    """The deployed runtime's test errors, most confident first: the ones a person should look at."""
+    p = softmax(logits, temperature)
+    pred, conf = p.argmax(1), p.max(1)
+    wrong = np.flatnonzero(pred != split.labels)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:limit]
+    return [{"path": str(split.paths[i]), "label": classes[split.labels[i]], "predicted": classes[pred[i]],
+             "confidence": float(conf[i])} for i in wrong]
 
 
 def write_manifest_calibration(bundle: Path, temperature: float, operating_threshold: float | None,

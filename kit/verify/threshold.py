@@ -40,6 +40,19 @@ def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: fl
     return out
 
 
+def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, points: int = 41) -> list[dict[str, Any]]:
+    """Automation rate vs accuracy of accepted decisions as the threshold rises (for the report's chart)."""
+    conf = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    thresholds = np.unique(np.quantile(conf, np.linspace(0, 1, points))) if len(conf) else np.array([])
+    rows = []
+    for t in thresholds:
+        accepted = conf >= t
+        rows.append({"threshold": float(t), "automation_rate": float(accepted.mean()),
+                     "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None})
+    return rows
+
+
 def _meets(point: dict[str, Any], target: ThresholdTarget) -> bool:
     if target.accepted_accuracy is not None:
         return point["accepted_accuracy"] is not None and point["accepted_accuracy"] >= target.accepted_accuracy - 1e-12
