@@ -215,3 +215,10 @@ def test_engine_fingerprint_mismatch_is_refused():
         check_fingerprint(Path("model.fp16.plan"), built, {**built, "gpu": "NVIDIA L4"})
     with pytest.raises(BundleError, match="no build fingerprint"):
         check_fingerprint(Path("model.fp16.plan"), None, built)
+
+
+def test_calibration_batches_divide_the_set_evenly():
+    from kit.export.onnx_int8 import even_batch_size
+
+    assert even_batch_size(396, 16) == 12 and even_batch_size(128, 16) == 16
+    assert even_batch_size(127, 16) == 1 and even_batch_size(5, 16) == 5

@@ -33,6 +33,12 @@ class _BatchReader:
         self._it = iter(self._batches)
 
 
+def even_batch_size(n: int, cap: int) -> int:
+    """The largest batch size <= cap that divides n: the histogram calibrators (entropy,
+    percentile) stack per-batch outputs and fail on a ragged last batch."""
+    return next(b for b in range(min(cap, n), 0, -1) if n % b == 0)
+
+
 def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, method: str = "minmax",
                      batch_size: int = 16) -> None:
     """Static QDQ quantization of ``fp32_path`` calibrated on ``calibration`` (float32 NCHW)."""
@@ -42,7 +48,8 @@ def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *
     if len(calibration) == 0:
         raise ExportError(f"{out_path}: no calibration images")
     reader_cls = type("KitCalibrationReader", (_BatchReader, CalibrationDataReader), {})
-    reader = reader_cls([calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)])
+    size = even_batch_size(len(calibration), batch_size)
+    reader = reader_cls([calibration[i : i + size] for i in range(0, len(calibration), size)])
     with tempfile.TemporaryDirectory(prefix="kit-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:

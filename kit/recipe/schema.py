@@ -205,7 +205,9 @@ class ExportConfig(_Strict):
 
     formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"])
     opset: Annotated[int, Field(ge=17, le=23)] = 18
-    calibration_images: Annotated[int, Field(ge=1, le=100_000)] = 128  # from the training split
+    # Training images to calibrate INT8 on (all of them when the split is smaller); fewer than a few
+    # hundred lets one unusual batch set the activation ranges.
+    calibration_images: Annotated[int, Field(ge=1, le=100_000)] = 512
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     min_batch: Annotated[int, Field(ge=1)] = 1
     opt_batch: Annotated[int, Field(ge=1)] = 8
