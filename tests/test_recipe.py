@@ -114,3 +114,16 @@ def test_hash_changes_with_any_setting(tmp_path):
     a = parse_recipe(__import__("yaml").safe_dump(tiny_recipe_dict(tmp_path)), check=False)
     b = parse_recipe(__import__("yaml").safe_dump(tiny_recipe_dict(tmp_path, seed=1)), check=False)
     assert recipe_hash(a) != recipe_hash(b)
+
+
+def test_the_readme_recipe_is_a_valid_recipe():
+    """The annotated recipe in the README is what users copy: it must load as written."""
+    import re
+
+    from kit.recipe import parse_recipe
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "schema_version" in b)
+    recipe = parse_recipe(block, source="README.md", base_dir=Path(__file__).resolve().parents[1] / "recipes")
+    assert recipe.compare == ["kd", "none"] and recipe.kpi.min_automation_rate == 0.70
+    assert recipe.verify.corruptions.severities["rotation"] == [2, 4, 8, 12, 16]
