@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,18 +26,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `kill`, a CI timeout) unwinds like Ctrl-C: files being written are
+    removed by their atomic writers, the last complete epoch's checkpoint stays."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except (KitError, DeployError) as exc:
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: checkpoints are intact; continue with `kit run RUN_DIR --resume`")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+            console.print(f"[yellow]{name}[/]: every finished epoch and stage is kept; "
+                          "continue with `kit run RUN_DIR --resume`", highlight=False)
+            raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -266,6 +281,29 @@ def corruptions() -> None:
         fam = get_corruption(name)
         table.add_row(name, fam.group, ", ".join(f"{v:g}" for v in fam.severities), fam.unit)
     Console().print(table)
+
+
+@app.command()
+def doctor(out: Path = typer.Option(Path("runs"), "--out", help="Where runs will be written (for the free-disk check).")) -> None:
+    """What this machine offers the kit: Python, torch and CUDA, ONNX Runtime providers, TensorRT,
+    CPU threads, PDF and Japanese-font support, free disk; flags combinations known to fail.
+
+    Exits 1 when a finding is a failure. Example: kit doctor
+    """
+    from kit.doctor import diagnose
+
+    findings = diagnose(out)
+    table = Table(title="kit doctor")
+    for col in ("", "check", "found", "what to do"):
+        table.add_column(col)
+    marks = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+    from rich.markup import escape
+
+    for f in findings:
+        table.add_row(marks[f.status], escape(f.topic), escape(f.value), escape(f.hint))
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    if any(f.status == "fail" for f in findings):
+        raise typer.Exit(1)
 
 
 def _pct(v: Any) -> str:
