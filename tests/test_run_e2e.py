@@ -14,7 +14,8 @@ from kit.run import run_line
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 RUN_FILES = ["recipe.lock.yaml", "state.json", "split.csv", "views.png", "teacher.pt", "student.pt",
-             "student-none.pt", "history.csv", "metrics.json", "run.log", "bundle/model.json", "verify/kpi.json"]
+             "student-none.pt", "history.csv", "metrics.json", "run.log", "bundle/model.json", "verify/kpi.json",
+             "report/report.html"]
 
 
 def test_run_directory_is_complete(finished_run):
@@ -22,7 +23,7 @@ def test_run_directory_is_complete(finished_run):
         assert (finished_run / name).is_file(), name
     assert not (finished_run / "checkpoints").exists()
     state = json.loads((finished_run / "state.json").read_text())
-    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify"]
+    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify", "report"]
     assert all(s["status"] == "done" for s in state["stages"].values())
     assert not list(finished_run.glob(".*.tmp"))
 

@@ -208,7 +208,7 @@ def test_verify_writes_every_section(finished_run):
                  "reliability.csv", "gate.csv"):
         assert (finished_run / "verify" / name).stat().st_size > 0, name
     state = json.loads((finished_run / "state.json").read_text())
-    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify"]
+    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify", "report"]
 
 
 @pytest.fixture
