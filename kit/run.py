@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from kit.data import decode_line, index_line, preprocess_spec
-from kit.errors import RunDirError
+from kit.errors import KitError, RunDirError
 from kit.evaluate import agreement, classification_metrics, predict_logits
 from kit.io import read_json, write_json_atomic, write_text_atomic
 from kit.models import load_model, save_checkpoint
@@ -200,42 +200,53 @@ def run_line(
     recipe, run_dir = prepare_run(recipe_path, out_root=out_root, name=name, resume_dir=resume_dir)
     handler = _attach_file_log(run_dir)
     try:
-        wrapped = _LogReporter(reporter)
-        result = _run_stages(recipe, run_dir, wrapped, resume=resume_dir is not None)
-        if stop_after == "train":
-            return result
-        from kit.export import export_bundle
-
-        done = read_state(run_dir)["stages"]
-        if done.get("export", {}).get("status") == "done" and (run_dir / BUNDLE_DIR).is_dir():
-            wrapped.log(f"export: already done ({run_dir / BUNDLE_DIR})")
-            result.parity = read_json(run_dir / BUNDLE_DIR / "parity.json")
-        else:
-            result.parity = export_bundle(run_dir, log=wrapped.log).parity
-        if stop_after == "export":
-            return result
-        from kit.verify import KPI_NAME, VERIFY_DIR, verify_run
-
-        kpi_path = run_dir / VERIFY_DIR / KPI_NAME
-        if done.get("verify", {}).get("status") in ("done", "gate-failed") and kpi_path.is_file():
-            wrapped.log(f"verify: already done ({kpi_path}); `kit verify {run_dir}` measures again")
-            result.kpi = read_json(kpi_path)
-        else:
-            result.kpi = verify_run(run_dir, log=wrapped.log).kpi
-        if stop_after == "verify":
-            return result
-        from kit.report import REPORT_DIR, build_report
-
-        html = run_dir / REPORT_DIR / "report.html"
-        if read_state(run_dir)["stages"].get("report", {}).get("status") == "done" and html.is_file():
-            wrapped.log(f"report: already done ({html})")
-            result.report = html
-        else:
-            result.report = build_report(run_dir, log=wrapped.log).html
-        return result
+        return _chain(recipe, run_dir, _LogReporter(reporter), resume_dir is not None, stop_after)
+    except KitError:
+        if resume_dir is None and not read_state(run_dir).get("stages"):
+            # Nothing finished (bad data, say): no half-made run directory is left to confuse --resume.
+            log.removeHandler(handler)
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _chain(recipe: Recipe, run_dir: Path, wrapped: _LogReporter, resume: bool, stop_after: str) -> RunResult:
+    """train -> export -> verify -> report, each skipped when it already finished."""
+    result = _run_stages(recipe, run_dir, wrapped, resume=resume)
+    if stop_after == "train":
+        return result
+    from kit.export import export_bundle
+
+    done = read_state(run_dir)["stages"]
+    if done.get("export", {}).get("status") == "done" and (run_dir / BUNDLE_DIR).is_dir():
+        wrapped.log(f"export: already done ({run_dir / BUNDLE_DIR})")
+        result.parity = read_json(run_dir / BUNDLE_DIR / "parity.json")
+    else:
+        result.parity = export_bundle(run_dir, log=wrapped.log).parity
+    if stop_after == "export":
+        return result
+    from kit.verify import KPI_NAME, VERIFY_DIR, verify_run
+
+    kpi_path = run_dir / VERIFY_DIR / KPI_NAME
+    if done.get("verify", {}).get("status") in ("done", "gate-failed") and kpi_path.is_file():
+        wrapped.log(f"verify: already done ({kpi_path}); `kit verify {run_dir}` measures again")
+        result.kpi = read_json(kpi_path)
+    else:
+        result.kpi = verify_run(run_dir, log=wrapped.log).kpi
+    if stop_after == "verify":
+        return result
+    from kit.report import REPORT_DIR, build_report
+
+    html = run_dir / REPORT_DIR / "report.html"
+    if read_state(run_dir)["stages"].get("report", {}).get("status") == "done" and html.is_file():
+        wrapped.log(f"report: already done ({html})")
+        result.report = html
+    else:
+        result.report = build_report(run_dir, log=wrapped.log).html
+    return result
 
 
 def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: bool) -> RunResult:
