@@ -1,6 +1,7 @@
 """``deploy``: the edge command, torch-free.
 
-``deploy predict BUNDLE IMAGE_OR_DIR...`` prints one JSON line per image.
+``deploy predict BUNDLE IMAGE_OR_DIR...`` prints one JSON line per image; ``deploy bench`` times the
+runtimes; ``deploy monitor`` checks recent images for drift against the bundle's reference profile.
 """
 
 from __future__ import annotations
@@ -86,6 +87,48 @@ def bench(
     except DeployError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def monitor(
+    bundle: Path = typer.Argument(..., help="The deployed bundle folder."),
+    inputs: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders)."),
+    out: Path = typer.Option(Path("monitor"), "--out", help="Folder for drift.json and drift.png."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt ..."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+) -> None:
+    """Compare recent line images with the bundle's reference profile: imaging statistics
+    (brightness, contrast, illumination, sharpness, noise, orientation), model confidence,
+    abstain rate and class mix. Prints ok / watch / drift per check; exits 2 on drift.
+
+    Example: deploy monitor runs/sample_line/RUN/bundle /data/line7/today --out monitor/today
+    """
+    from deploy.monitor import monitor as run_monitor
+    from deploy.monitor import plot_report
+
+    try:
+        report = run_monitor(bundle, _expand(inputs), runtime=runtime, intra_op_threads=threads or None)
+    except DeployError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".drift.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    tmp.replace(out / "drift.json")
+    png = plot_report(report, out / "drift.png")
+    for r in report["checks"]:
+        p = "" if r["ks_p_value"] is None else f"  KS p={r['ks_p_value']:.2g}"
+        med = "" if r["reference_median"] is None else f"  median {r['reference_median']:.3g} -> {r['new_median']:.3g}"
+        typer.echo(f"{r['status']:>5}  {r['check']:<18} PSI {r['psi']:.3f}{p}{med}")
+    if report["abstain"]:
+        a = report["abstain"]
+        typer.echo(f"abstain rate {a['reference_rate']:.1%} -> {a['new_rate']:.1%} (threshold {a['threshold']:.3f})")
+    for note in report["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"{report['status'].upper()}: {report['images']} images vs {report['reference_images']} reference; "
+               f"{out / 'drift.json'}{' and drift.png' if png else ''}")
+    if report["status"] == "drift":
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import functools
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -267,6 +267,22 @@ def report(
     typer.echo(str(result.html))
     if result.pdf:
         typer.echo(str(result.pdf))
+
+
+@app.command()
+def monitor(
+    bundle: Path = typer.Argument(..., help="The deployed bundle folder (RUN_DIR/bundle)."),
+    images: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders)."),
+    out: Path = typer.Option(Path("monitor"), "--out", help="Folder for drift.json and drift.png."),
+) -> None:
+    """Drift check of recent line images against the bundle's reference profile (the same command
+    as the torch-free `deploy monitor`). Exits 2 on drift.
+
+    Example: kit monitor runs/sample_line/RUN/bundle /data/line7/today
+    """
+    from deploy.cli import monitor as deploy_monitor
+
+    deploy_monitor(bundle, images, out=out, runtime="auto", threads=0)
 
 
 @app.command()

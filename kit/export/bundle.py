@@ -19,7 +19,8 @@ import torch
 
 from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
 from deploy.predictor import Predictor, softmax
-from deploy.preprocess import load_and_preprocess
+from deploy.preprocess import load_and_preprocess, prepare_image, read_image, to_tensor
+from deploy.profile import PROFILE_NAME, build_profile, statistics_table
 from kit.data import preprocess_spec
 from kit.errors import KitError
 from kit.evaluate import predict_logits
@@ -144,6 +145,9 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
 
     parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe)
     write_json_atomic(staging / "parity.json", parity)
+    write_json_atomic(staging / PROFILE_NAME, _reference_profile(run_dir, staging, spec, recipe))
+    manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(staging / PROFILE_NAME)}
+    write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
     bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
     for later in ("verify", "report"):  # measured on the previous bundle: no longer true
@@ -155,6 +159,17 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
         failed = [f"{c['rung']} {c['check']} = {c['value']:.6g} (limit {c['op']} {c['limit']:g})" for c in parity["gates"] if not c["passed"]]
         raise ParityGateError(f"{bundle}: parity gate failed: {'; '.join(failed)}")
     return result
+
+
+def _reference_profile(run_dir: Path, bundle: Path, spec, recipe) -> dict[str, Any]:
+    """What ``deploy monitor`` compares new images with: imaging statistics and ONNX FP32 logits on
+    the held-out (validation + test) images, the closest thing to production the run has seen."""
+    paths = read_split(run_dir, "val")[0] + read_split(run_dir, "test")[0]
+    images = [prepare_image(read_image(p, spec.channels), spec) for p in paths]
+    predictor = Predictor.from_bundle(bundle, "onnx")
+    logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + 64]), spec)) for i in range(0, len(images), 64)])
+    return build_profile(statistics_table(images), logits, source="validation + test splits",
+                         thresholds=recipe.monitor.model_dump())
 
 
 def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,

@@ -318,6 +318,21 @@ class ReportConfig(_Strict):
     language: Literal["en", "ja"] = "en"
 
 
+class MonitorConfig(_Strict):
+    """Drift thresholds, stored in the bundle's reference profile so the edge box applies them."""
+
+    psi_watch: Annotated[float, Field(gt=0)] = 0.1  # population stability index: usual rule of thumb
+    psi_drift: Annotated[float, Field(gt=0)] = 0.25
+    ks_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01  # Kolmogorov-Smirnov significance level
+    min_images: Annotated[int, Field(ge=1)] = 30  # below this the verdict is marked unreliable
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MonitorConfig":
+        if self.psi_watch >= self.psi_drift:
+            raise ValueError(f"psi_watch ({self.psi_watch:g}) must be below psi_drift ({self.psi_drift:g})")
+        return self
+
+
 DistillMethodName = Literal["crld", "kd", "none"]
 
 
@@ -338,6 +353,7 @@ class Recipe(_Strict):
     kpi: KpiTargets = KpiTargets()
     economics: EconomicsConfig = EconomicsConfig()
     report: ReportConfig = ReportConfig()
+    monitor: MonitorConfig = MonitorConfig()
     seed: int = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 

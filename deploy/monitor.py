@@ -1,0 +1,178 @@
+"""``deploy monitor``: have the line's images drifted from what the model was verified on?
+
+Compares new images with the bundle's reference profile (``profile.json``, written at export):
+each imaging statistic, the model's confidence, its abstain rate and the predicted-class mix.
+Per comparison: the population stability index (PSI, bins at the reference's deciles) and a
+two-sample Kolmogorov-Smirnov test; ``ok`` / ``watch`` / ``drift`` from the thresholds the
+recipe put in the profile. Torch-free: runs on the edge box next to the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import chisquare, ks_2samp
+
+from deploy.errors import DeployError
+from deploy.manifest import read_manifest, sha256_file
+from deploy.predictor import Predictor, softmax
+from deploy.preprocess import prepare_image, read_image, to_tensor
+from deploy.profile import PROFILE_FORMAT, PROFILE_NAME, STATISTICS, statistics_table
+
+STATUS_ORDER = ("ok", "watch", "drift")
+EPS = 1e-4
+
+
+def psi(reference: np.ndarray, new: np.ndarray, bins: int = 10) -> float:
+    """Population stability index over the reference's quantile bins (categorical when few values)."""
+    reference, new = np.asarray(reference, float), np.asarray(new, float)
+    if len(reference) == 0 or len(new) == 0:
+        return 0.0
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_share = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(reference)
+    new_share = np.bincount(np.searchsorted(edges, new, side="right"), minlength=len(edges) + 1) / len(new)
+    ref_share, new_share = np.clip(ref_share, EPS, None), np.clip(new_share, EPS, None)
+    return float(np.sum((new_share - ref_share) * np.log(new_share / ref_share)))
+
+
+def _categorical_shift(reference: np.ndarray, new: np.ndarray, n: int) -> tuple[float, float]:
+    """PSI over classes and the chi-square goodness-of-fit p-value of the new counts."""
+    ref = np.clip(np.bincount(reference, minlength=n) / max(1, len(reference)), EPS, None)
+    counts = np.bincount(new, minlength=n)
+    cur = np.clip(counts / max(1, len(new)), EPS, None)
+    expected = ref / ref.sum() * counts.sum()
+    return float(np.sum((cur - ref) * np.log(cur / ref))), float(chisquare(counts, expected).pvalue)
+
+
+def _orientation_offset(angles: np.ndarray, centre: float) -> np.ndarray:
+    """Angular distance (degrees, 0-90) to the reference's circular mean: no wrap-around at 0/180."""
+    d = np.abs((angles - centre) % 180.0)
+    return np.minimum(d, 180.0 - d)
+
+
+def _circular_mean_180(angles: np.ndarray) -> float:
+    doubled = np.radians(angles * 2)
+    return float(np.degrees(np.arctan2(np.sin(doubled).mean(), np.cos(doubled).mean())) / 2 % 180)
+
+
+@dataclass
+class Thresholds:
+    psi_watch: float = 0.1
+    psi_drift: float = 0.25
+    ks_alpha: float = 0.01
+    min_images: int = 30
+
+    def status(self, psi_value: float, p_value: float) -> str:
+        """drift: a large shift (PSI) that is also statistically significant; watch: either one alone.
+        PSI alone would flag sampling noise on small folders (its null expectation is about
+        (bins - 1) (1/n + 1/m), ~0.1 for 150 vs 250 images); the test alone would flag tiny shifts
+        on huge folders."""
+        significant = p_value < self.ks_alpha
+        if psi_value >= self.psi_drift and significant:
+            return "drift"
+        if psi_value >= self.psi_drift or (significant and psi_value >= self.psi_watch):
+            return "watch"
+        return "ok"
+
+
+def read_profile(bundle_dir: Path) -> dict[str, Any]:
+    manifest = read_manifest(bundle_dir)
+    entry = manifest.extra.get("profile")
+    path = bundle_dir / PROFILE_NAME
+    if entry is None or not path.is_file():
+        raise DeployError(f"{bundle_dir}: the bundle has no reference profile ({PROFILE_NAME}); re-export it with `kit export`")
+    if sha256_file(path) != entry["sha256"]:
+        raise DeployError(f"{path}: sha256 does not match the manifest; copy the bundle again or re-export")
+    profile = json.loads(path.read_text(encoding="utf-8"))
+    if profile.get("format") != PROFILE_FORMAT:
+        raise DeployError(f"{path}: not an inspection-kit profile")
+    return profile
+
+
+def _compare(name: str, description: str, ref: np.ndarray, new: np.ndarray, th: Thresholds) -> dict[str, Any]:
+    value = psi(ref, new)
+    test = ks_2samp(ref, new)
+    return {"check": name, "description": description, "psi": value, "ks_statistic": float(test.statistic),
+            "ks_p_value": float(test.pvalue), "reference_median": float(np.median(ref)),
+            "new_median": float(np.median(new)), "status": th.status(value, float(test.pvalue))}
+
+
+def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = "auto", batch_size: int = 32,
+            intra_op_threads: int | None = None) -> dict[str, Any]:
+    bundle_dir = Path(bundle_dir)
+    profile = read_profile(bundle_dir)
+    th = Thresholds(**profile.get("thresholds", {}))
+    predictor = Predictor.from_bundle(bundle_dir, runtime, intra_op_threads=intra_op_threads)
+    spec = predictor.manifest.preprocess
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DeployError("monitor: no images given")
+    images = [prepare_image(read_image(p, spec.channels), spec) for p in paths]
+    stats = statistics_table(images)
+    logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + batch_size]), spec))
+                             for i in range(0, len(images), batch_size)])
+
+    rows = []
+    reference = {k: np.asarray(v, float) for k, v in profile["statistics"].items()}
+    for name, description in STATISTICS.items():
+        ref, new = reference[name], stats[name]
+        if name == "orientation":
+            centre = _circular_mean_180(ref)
+            ref, new = _orientation_offset(ref, centre), _orientation_offset(new, centre)
+            description = f"distance of the dominant orientation from the reference's ({centre:.0f} deg)"
+        rows.append(_compare(name, description, ref, new, th))
+
+    temperature, threshold = predictor.manifest.temperature, predictor.manifest.operating_threshold
+    ref_p, new_p = softmax(np.asarray(profile["logits"], np.float32), temperature), softmax(logits, temperature)
+    rows.append(_compare("confidence", "model confidence (calibrated top-1 probability)", ref_p.max(1), new_p.max(1), th))
+    n_classes = len(predictor.classes)
+    mix, mix_p = _categorical_shift(ref_p.argmax(1), new_p.argmax(1), n_classes)
+    rows.append({"check": "predicted_classes", "description": "mix of predicted classes (p: chi-square test)", "psi": mix,
+                 "ks_statistic": None, "ks_p_value": mix_p, "reference_median": None, "new_median": None,
+                 "status": th.status(mix, mix_p)})
+    abstain = None
+    if threshold is not None:
+        ref_rate, new_rate = float(np.mean(ref_p.max(1) < threshold)), float(np.mean(new_p.max(1) < threshold))
+        abstain = {"threshold": threshold, "reference_rate": ref_rate, "new_rate": new_rate}
+
+    overall = max((r["status"] for r in rows), key=STATUS_ORDER.index)
+    notes = []
+    if len(paths) < th.min_images:
+        notes.append(f"only {len(paths)} images (fewer than {th.min_images}): the verdict is unreliable")
+    return {
+        "bundle": str(bundle_dir), "runtime": predictor.runtime.name, "images": len(paths),
+        "reference_images": profile["images"], "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "thresholds": th.__dict__, "status": overall, "checks": rows, "abstain": abstain,
+        "predicted_share": {c: float(np.mean(new_p.argmax(1) == i)) for i, c in enumerate(predictor.classes)},
+        "notes": notes,
+    }
+
+
+def plot_report(report: dict[str, Any], path: Path) -> Path | None:
+    """A bar chart of PSI per check, coloured by status; None where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    colours = {"ok": "#2e7d32", "watch": "#f9a825", "drift": "#c62828"}
+    rows = report["checks"]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2))
+    ax.barh([r["check"] for r in rows], [r["psi"] for r in rows], color=[colours[r["status"]] for r in rows])
+    th = report["thresholds"]
+    ax.axvline(th["psi_watch"], color=colours["watch"], linestyle="--", label=f"watch {th['psi_watch']:g}")
+    ax.axvline(th["psi_drift"], color=colours["drift"], linestyle="--", label=f"drift {th['psi_drift']:g}")
+    ax.invert_yaxis()
+    ax.set_xlabel("population stability index")
+    ax.set_title(f"{report['images']} new images vs {report['reference_images']} reference: {report['status'].upper()}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
