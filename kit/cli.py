@@ -285,6 +285,65 @@ def monitor(
     deploy_monitor(bundle, images, out=out, runtime="auto", threads=0)
 
 
+@app.command("init-line")
+@_user_errors
+def init_line(
+    images: Path = typer.Argument(..., help="Folder with one subfolder per class (or train/val/test folders of those)."),
+    name: str = typer.Option(..., "--name", help="The line's name; the recipe becomes recipes/NAME.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the recipe (default: recipes/NAME.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing recipe."),
+) -> None:
+    """Scaffold a commented recipe from a folder of labelled images: classes and counts, imbalance,
+    tiny classes and duplicates, image size and channels from the data, sensible model defaults.
+
+    Example: kit init-line /data/line7 --name line7
+    """
+    from kit.onboard.init_line import init_line as scaffold
+
+    path, survey = scaffold(images, name, out, overwrite=force)
+    console.print(f"{len(survey.classes)} classes, {survey.total} images: "
+                  + ", ".join(f"{c} {survey.counts[c]}" for c in survey.classes), highlight=False, markup=False)
+    for warning in survey.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    typer.echo(str(path))
+
+
+@app.command()
+@_user_errors
+def calibrate(
+    images: Path = typer.Argument(..., help="Unlabelled images from the camera (any folder layout)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to update (its image size, ROI and flips are used)."),
+    write: bool = typer.Option(False, "--write", help="Rewrite the recipe's views (default: print the diff)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the measured distributions (default: calibration.png here)."),
+    max_images: int = typer.Option(400, "--max-images", min=10, help="Images to measure (a seeded sample)."),
+) -> None:
+    """Measure the camera's imaging conditions (brightness, contrast, illumination, sharpness,
+    noise, orientation) and propose weak and strong views that cover them with a margin.
+
+    Example: kit calibrate /data/line7/unlabelled --recipe recipes/line7.yaml --write
+    """
+    from kit.onboard.calibrate import apply_to_recipe, calibrate as measure, plot_calibration, views_yaml
+    from kit.recipe import load_recipe
+
+    loaded = load_recipe(recipe) if recipe is not None else None
+    cal = measure(images, loaded, max_images=max_images)
+    table = Table(title=f"imaging conditions of {cal.images} images")
+    for col in ("statistic", "5 %", "median", "95 %"):
+        table.add_column(col)
+    for name, q in cal.percentiles.items():
+        table.add_row(name, f"{q['p5']:.3g}", f"{q['p50']:.3g}", f"{q['p95']:.3g}")
+    console.print(table)
+    png = plot_calibration(cal, plot or Path("calibration.png"))
+    if recipe is not None:
+        diff = apply_to_recipe(cal, recipe, write)
+        typer.echo(diff if diff else "# the recipe's views already match the proposal")
+        if write:
+            console.print(f"updated {recipe}", highlight=False, markup=False)
+    else:
+        typer.echo(views_yaml(cal))
+    console.print(f"distributions and extreme images: {png}", highlight=False, markup=False)
+
+
 @app.command()
 def corruptions() -> None:
     """List the robustness suite's corruption families and their default severity tables."""

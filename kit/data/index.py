@@ -50,7 +50,7 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _class_folders(root: Path, classes: list[str] | None, where: str) -> list[str]:
+def class_folders(root: Path, classes: list[str] | None, where: str) -> list[str]:
     if not root.is_dir():
         raise DataError(f"{where}: folder not found: {root}")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -66,14 +66,14 @@ def _class_folders(root: Path, classes: list[str] | None, where: str) -> list[st
     return list(classes)
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if _is_image(p))
 
 
 def _index_imagefolder(root: Path, classes: list[str], where: str) -> list[tuple[Path, int]]:
     items = []
     for label, name in enumerate(classes):
-        paths = _images_in(root / name)
+        paths = images_in(root / name)
         if not paths:
             raise DataError(
                 f"{where}: class folder {name!r} has no images ({', '.join(IMAGE_SUFFIXES)}): {root / name}"
@@ -120,7 +120,7 @@ def _index_manifest(root: Path, manifest: Path, classes: list[str] | None) -> tu
     return list(labels), items
 
 
-def _file_hash(path: Path) -> str:
+def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -128,7 +128,7 @@ def _dedupe(items: list[tuple], classes: list[str]) -> tuple[list[tuple], list[t
     seen: dict[str, tuple] = {}
     kept, dropped = [], []
     for item in items:
-        digest = _file_hash(item[0])
+        digest = file_hash(item[0])
         if digest in seen:
             first = seen[digest]
             if first[1] != item[1]:
@@ -166,14 +166,14 @@ def index_line(recipe: Recipe) -> LineIndex:
         items3 = []
         for split in SPLITS:
             folder = root / getattr(data.split_folders, split)
-            split_classes = _class_folders(folder, classes, f"data.split_folders.{split}")
+            split_classes = class_folders(folder, classes, f"data.split_folders.{split}")
             classes = classes or split_classes
             items3 += [(p, lab, split) for p, lab in _index_imagefolder(folder, split_classes, f"data.split_folders.{split}")]
         assert classes is not None
     elif data.layout == "manifest":
         classes, items3 = _index_manifest(root, recipe.resolve_path(data.manifest or ""), data.classes)
     else:
-        classes = _class_folders(root, data.classes, "data.root")
+        classes = class_folders(root, data.classes, "data.root")
         items3 = [(p, lab, None) for p, lab in _index_imagefolder(root, classes, "data.root")]
     if len(classes) < 2:
         raise DataError(f"data.root: found only one class ({classes[0]!r}); a classifier needs at least two class folders")
