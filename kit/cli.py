@@ -100,6 +100,10 @@ def run(
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: a timestamp)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last complete epoch."),
     stop_after: str = typer.Option("report", "--stop-after", help="Last stage to run: train | export | verify | report."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Training processes on this machine (one per GPU); >1 uses torch.distributed."),
+    nnodes: str = typer.Option("1", "--nnodes", help="Machines taking part (or MIN:MAX for elastic training)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT every node can reach (multi-node)."),
+    rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", help="Job id shared by the nodes of one run (multi-node)."),
 ) -> None:
     """Train teacher and student, export the edge bundle, verify it against the recipe's KPIs and
     write the management report (HTML, in the recipe's report.language).
@@ -107,9 +111,24 @@ def run(
     Exits 1 when a parity gate or a KPI target fails. Example: kit run recipes/sample_line.yaml
     """
     from kit.run import STOP_POINTS
+    from kit.train.distributed import launch, launched_by_torchrun
 
     if stop_after not in STOP_POINTS:
         raise KitError(f"--stop-after: unknown stage {stop_after!r}; choose from {', '.join(STOP_POINTS)}")
+    if (nproc_per_node > 1 or nnodes != "1") and not launched_by_torchrun():
+        if nnodes != "1" and not rdzv_endpoint:
+            raise KitError("--nnodes: a multi-node run needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        if nnodes != "1" and not name:
+            raise KitError("--nnodes: a multi-node run needs --name, the same on every node (it names the run directory)")
+        from datetime import datetime
+
+        argv = ["run", str(target), "--out", str(out), "--name", name or datetime.now().strftime("%Y%m%d-%H%M%S"),
+                "--stop-after", stop_after] + (["--resume"] if resume else [])
+        try:
+            launch(argv, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id)
+        except Exception as exc:  # torch.distributed.elastic's ChildFailedError: the workers printed their own errors
+            raise KitError(f"distributed run failed ({type(exc).__name__}); the workers' messages are above") from None
+        return
     from kit.recipe import load_recipe
     from kit.run import find_resumable, run_line
 
@@ -127,6 +146,8 @@ def run(
             recipe_path = None
     result = run_line(recipe_path, out_root=out, name=name, resume_dir=resume_dir, reporter=RichReporter(),
                       stop_after=stop_after)
+    if not result.metrics:  # a torch.distributed worker other than rank 0: rank 0 reports
+        return
     _print_metrics(result.metrics)
     if result.parity is not None:
         _print_parity(result.parity)

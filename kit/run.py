@@ -42,6 +42,8 @@ from kit.models import load_model, save_checkpoint
 from kit.recipe import Recipe, load_recipe, read_recipe_lock, recipe_hash, write_recipe_lock
 from kit.rundir import BUNDLE_DIR, LOCK_NAME, SPLIT_NAME, mark_stage, read_state
 from kit.train import Reporter, StageContext, resolve_device, train_student, train_teacher
+from kit.train.device import DeviceSetup
+from kit.train.distributed import SINGLE, DistContext, barrier, broadcast_object, init_distributed, launched_by_torchrun, shutdown
 from kit.views import build_view
 from kit.views.preview import render_views_preview
 
@@ -197,6 +199,8 @@ def run_line(
     """
     if stop_after not in STOP_POINTS:
         raise ValueError(f"stop_after must be one of {STOP_POINTS} (got {stop_after!r})")
+    if launched_by_torchrun():
+        return _run_line_distributed(recipe_path, out_root, name, resume_dir, reporter, stop_after)
     recipe, run_dir = prepare_run(recipe_path, out_root=out_root, name=name, resume_dir=resume_dir)
     handler = _attach_file_log(run_dir)
     try:
@@ -213,10 +217,36 @@ def run_line(
         handler.close()
 
 
-def _chain(recipe: Recipe, run_dir: Path, wrapped: _LogReporter, resume: bool, stop_after: str) -> RunResult:
+def _run_line_distributed(recipe_path, out_root, name, resume_dir, reporter, stop_after) -> RunResult:
+    """One worker of a ``torchrun`` launch: rank 0 makes (or reopens) the run directory and is the
+    only writer; every rank trains; rank 0 alone goes on to export, verify and report."""
+    source = load_recipe(recipe_path) if resume_dir is None else read_recipe_lock(Path(resume_dir) / LOCK_NAME)
+    dctx = init_distributed(resolve_device(source.device).device.type)
+    try:
+        run_dir = None
+        if dctx.is_main:
+            _, run_dir = prepare_run(recipe_path, out_root=out_root, name=name, resume_dir=resume_dir)
+        run_dir = Path(broadcast_object(dctx, str(run_dir)))
+        recipe = read_recipe_lock(run_dir / LOCK_NAME)
+        handler = _attach_file_log(run_dir) if dctx.is_main else None
+        try:
+            return _chain(recipe, run_dir, _LogReporter(reporter if dctx.is_main else None), resume_dir is not None,
+                          stop_after, dctx)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+    finally:
+        shutdown()
+
+
+def _chain(recipe: Recipe, run_dir: Path, wrapped: _LogReporter, resume: bool, stop_after: str,
+           dctx: DistContext = SINGLE) -> RunResult:
     """train -> export -> verify -> report, each skipped when it already finished."""
-    result = _run_stages(recipe, run_dir, wrapped, resume=resume)
-    if stop_after == "train":
+    result = _run_stages(recipe, run_dir, wrapped, resume=resume, dctx=dctx)
+    if dctx.enabled:
+        shutdown()  # training was the distributed part; rank 0 goes on alone
+    if stop_after == "train" or not dctx.is_main:
         return result
     from kit.export import export_bundle
 
@@ -249,13 +279,30 @@ def _chain(recipe: Recipe, run_dir: Path, wrapped: _LogReporter, resume: bool, s
     return result
 
 
-def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: bool) -> RunResult:
+def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: bool, dctx: DistContext = SINGLE) -> RunResult:
     state = read_state(run_dir)
     state["recipe_hash"] = recipe_hash(recipe)
     done = state.setdefault("stages", {})
     setup = resolve_device(recipe.device)
+    if dctx.enabled and setup.device.type == "cuda":
+        setup = DeviceSetup(torch.device("cuda", dctx.local_rank), setup.amp_dtype)
+    main = dctx.is_main
+
+    def mark(stage: str, seconds: float, **extra: Any) -> None:
+        if main:
+            mark_stage(run_dir, state, stage, seconds, **extra)
+
+    def finish(role: str, path: Path) -> None:
+        if main:
+            _finish_stage_checkpoint(checkpoint_dir, role, path)
+        barrier(dctx)  # every rank loads what rank 0 just wrote
+
+    def history(role: str):
+        return (lambda rows: _write_history(run_dir, role, rows)) if main else None
+
     torch.manual_seed(recipe.seed)
-    reporter.log(f"run {run_dir} on {setup.describe()}; recipe {state['recipe_hash'][:12]}")
+    where = f"; {dctx.world_size} processes (torch.distributed)" if dctx.enabled else ""
+    reporter.log(f"run {run_dir} on {setup.describe()}{where}; recipe {state['recipe_hash'][:12]}")
 
     # -- data: index, split, decode once
     started = time.perf_counter()
@@ -269,18 +316,21 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
     counts = {k: len(v) for k, v in splits.items()}
     reporter.log(f"data: {len(index.classes)} classes {index.classes}; images {counts}; "
                  f"{len(index.duplicates_dropped)} duplicates dropped; {len(unreadable)} unreadable skipped")
-    _write_split(run_dir, index.classes, splits)
     channels = spec.num_channels
     pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, channels) for v in ("weak", "strong")}
-    if not (run_dir / "views.png").is_file():
-        render_views_preview(splits["train"], index.classes, pipelines, run_dir / "views.png", seed=recipe.seed)
-    mark_stage(run_dir, state, "data", time.perf_counter() - started, counts=counts,
-               duplicates_dropped=len(index.duplicates_dropped), unreadable=len(unreadable))
+    if main:
+        _write_split(run_dir, index.classes, splits)
+        if not (run_dir / "views.png").is_file():
+            render_views_preview(splits["train"], index.classes, pipelines, run_dir / "views.png", seed=recipe.seed)
+    mark("data", time.perf_counter() - started, counts=counts,
+         duplicates_dropped=len(index.duplicates_dropped), unreadable=len(unreadable))
 
     checkpoint_dir = run_dir / "checkpoints"
-    checkpoint_dir.mkdir(exist_ok=True)
+    if main:
+        checkpoint_dir.mkdir(exist_ok=True)
+    barrier(dctx)
     meta = {"classes": index.classes, "preprocess": spec.to_dict(), "recipe_hash": state["recipe_hash"]}
-    ctx = StageContext(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, reporter, resume)
+    ctx = StageContext(recipe, splits, index.classes, spec, pipelines, setup, checkpoint_dir, reporter, resume, dctx)
 
     # -- teacher: trained here, or taken from a checkpoint
     teacher_path = run_dir / "teacher.pt"
@@ -289,12 +339,14 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
         if recipe.teacher.checkpoint:
             source = recipe.resolve_path(recipe.teacher.checkpoint)
             model, body = load_model(source, expect_arch=recipe.teacher.arch, expect_classes=index.classes, expect_in_chans=channels)
-            save_checkpoint(teacher_path, model, body["model_args"], **{**meta, "role": "teacher", "source": str(source)})
+            if main:
+                save_checkpoint(teacher_path, model, body["model_args"], **{**meta, "role": "teacher", "source": str(source)})
+            barrier(dctx)
             reporter.log(f"teacher: loaded {source}")
         else:
-            train_teacher(ctx, {**meta, "role": "teacher"}, on_epoch=lambda rows: _write_history(run_dir, "teacher", rows))
-            _finish_stage_checkpoint(checkpoint_dir, "teacher", teacher_path)
-        mark_stage(run_dir, state, "teacher", time.perf_counter() - started)
+            train_teacher(ctx, {**meta, "role": "teacher"}, on_epoch=history("teacher"))
+            finish("teacher", teacher_path)
+        mark("teacher", time.perf_counter() - started)
     teacher, _ = load_model(teacher_path, expect_classes=index.classes, expect_in_chans=channels)
     teacher.to(setup.device).eval()
     val_inputs, test_inputs = splits["val"].tensors(spec), splits["test"].tensors(spec)
@@ -306,9 +358,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
         started = time.perf_counter()
         method = recipe.distill.method
         train_student(ctx, method, recipe.distill, teacher, {**meta, "role": "student", "method": method},
-                      teacher_val_pred=teacher_val_pred, on_epoch=lambda rows: _write_history(run_dir, "student", rows))
-        _finish_stage_checkpoint(checkpoint_dir, "student", student_path)
-        mark_stage(run_dir, state, "student", time.perf_counter() - started, method=method)
+                      teacher_val_pred=teacher_val_pred, on_epoch=history("student"))
+        finish("student", student_path)
+        mark("student", time.perf_counter() - started, method=method)
     student, _ = load_model(student_path, expect_classes=index.classes, expect_in_chans=channels)
 
     # -- comparison students: same architecture and budget, other methods
@@ -319,13 +371,14 @@ def _run_stages(recipe: Recipe, run_dir: Path, reporter: _LogReporter, resume: b
         if role not in done:
             started = time.perf_counter()
             train_student(ctx, method, default_method_config(method), teacher, {**meta, "role": role, "method": method},
-                          role=role, teacher_val_pred=teacher_val_pred,
-                          on_epoch=lambda rows, role=role: _write_history(run_dir, role, rows))
-            _finish_stage_checkpoint(checkpoint_dir, role, path)
-            mark_stage(run_dir, state, role, time.perf_counter() - started, method=method)
+                          role=role, teacher_val_pred=teacher_val_pred, on_epoch=history(role))
+            finish(role, path)
+            mark(role, time.perf_counter() - started, method=method)
         compared[method], _ = load_model(path, expect_classes=index.classes, expect_in_chans=channels)
+    if not main:
+        return RunResult(run_dir=run_dir, metrics={})
 
-    # -- evaluate on the held-back test split
+    # -- evaluate on the held-back test split (rank 0)
     started = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, test_inputs, splits["test"].labels, index.classes, setup.device)
     for method, model in compared.items():

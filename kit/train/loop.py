@@ -22,6 +22,7 @@ from kit.errors import TrainingDiverged
 from kit.evaluate import agreement, predict_logits
 from kit.io import write_atomic
 from kit.models import load_checkpoint_file, save_checkpoint
+from kit.train.distributed import SINGLE, DistContext, SplitBatchSampler, all_reduce_sum, barrier, wrap_for_training
 from kit.recipe.schema import TrainConfig
 from kit.progress import Reporter
 from kit.train.device import DeviceSetup
@@ -35,6 +36,22 @@ class FitResult:
     best_epoch: int
     best_val_accuracy: float
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    """The model as a single process would save it (SyncBatchNorm back to BatchNorm)."""
+    if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        return model
+    import copy
+
+    plain = copy.deepcopy(model)
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            bn.load_state_dict(module.state_dict())
+            parent = plain.get_submodule(name.rsplit(".", 1)[0]) if "." in name else plain
+            setattr(parent, name.rsplit(".", 1)[-1], bn)
+    return plain
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -75,17 +92,23 @@ def fit(
     reporter: Reporter | None = None,
     resume: bool = False,
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+    dist_ctx: DistContext = SINGLE,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs``; keep the best epoch by validation accuracy.
 
     ``val_reference``: the teacher's validation predictions, for student agreement.
     Writes ``<role>.last.pt`` (resume state) and ``<role>.best.pt`` in ``checkpoint_dir``.
+    Under torch.distributed every rank trains its slice of each global batch (DDP averages the
+    gradients); metrics are summed over ranks and only rank 0 writes or reports.
     """
-    reporter = reporter or Reporter()
+    reporter = (reporter or Reporter()) if dist_ctx.is_main else Reporter()
     device = setup.device
     model.to(device)
     if device.type == "cuda":
+        if dist_ctx.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
         model.to(memory_format=torch.channels_last)
+    net = wrap_for_training(model, dist_ctx, device)
     view_names = train_set.view_names
 
     drop_last = len(train_set) > cfg.batch_size  # a last batch of one breaks BatchNorm
@@ -113,13 +136,18 @@ def fit(
         # -- seed: every epoch's randomness depends only on (seed, epoch), so resume is exact
         torch.manual_seed(derive_seed(seed, SEED_TORCH, epoch))
         train_set.set_epoch(epoch)
-        loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
-            num_workers=num_workers, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(derive_seed(seed, SEED_SHUFFLE, epoch)),
-        )
+        shuffle_seed = derive_seed(seed, SEED_SHUFFLE, epoch)
+        if dist_ctx.enabled:
+            loader = DataLoader(train_set, batch_sampler=SplitBatchSampler(len(train_set), cfg.batch_size, dist_ctx, shuffle_seed, drop_last),
+                                num_workers=num_workers, pin_memory=device.type == "cuda")
+        else:
+            loader = DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
+                num_workers=num_workers, pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(shuffle_seed),
+            )
         # -- train
-        model.train()
+        net.train()
         sums: dict[str, Tensor] = {}
         loss_sum, correct, seen, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
         started = time.perf_counter()
@@ -132,7 +160,7 @@ def fit(
                 x = x.to(device, non_blocking=non_blocking)
                 views[name] = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
             with setup.autocast():
-                loss, parts, logits = step_fn(model, views, target)
+                loss, parts, logits = step_fn(net, views, target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -157,6 +185,12 @@ def fit(
             if step % 5 == 0 or step == steps_per_epoch - 1:
                 reporter.step(role, epoch, step + 1, float(loss.detach()))
         train_s = time.perf_counter() - started
+        if dist_ctx.enabled:  # one all-reduce per epoch: every rank then logs the global figures
+            totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device),
+                                  *[sums[k] for k in sorted(sums)]])
+            all_reduce_sum(dist_ctx, totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
+            sums = {k: totals[3 + i] for i, k in enumerate(sorted(sums))}
         if not torch.isfinite(loss_sum):
             raise TrainingDiverged(
                 f"{role}: the training loss became NaN/inf in epoch {epoch + 1}; lower {role}.lr (now {cfg.lr:g}) "
@@ -179,20 +213,23 @@ def fit(
         row["epoch_s"] = time.perf_counter() - started
         history.append(row)
 
-        # -- checkpoint: best weights, then the resume state (both atomic)
+        # -- checkpoint: best weights, then the resume state (both atomic; rank 0 only)
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
-            save_checkpoint(best_path, model, model_args, **checkpoint_meta, epoch=epoch + 1, val_accuracy=val_acc)
+            if dist_ctx.is_main:
+                save_checkpoint(best_path, _plain(model), model_args, **checkpoint_meta, epoch=epoch + 1, val_accuracy=val_acc)
         state = {
             "format": "inspection-kit/model", "version": 1, "model_args": model_args,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in _plain(model).state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "best_val_accuracy": best_acc, "best_epoch": best_epoch, "history": history,
         }
-        write_atomic(last_path, lambda tmp: torch.save(state, tmp))
+        if dist_ctx.is_main:
+            write_atomic(last_path, lambda tmp: torch.save(state, tmp))
+        barrier(dist_ctx)  # no rank runs ahead of the checkpoint it would resume from
         reporter.epoch_end(role, row)
-        if on_epoch is not None:
+        if on_epoch is not None and dist_ctx.is_main:
             on_epoch(history)
     reporter.stage_end(role)
     return FitResult(best_epoch=best_epoch, best_val_accuracy=best_acc, history=history)

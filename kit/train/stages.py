@@ -18,6 +18,7 @@ from kit.distill.methods import get_method
 from kit.models import create_model, model_args
 from kit.recipe.schema import Recipe
 from kit.train.device import DeviceSetup, resolve_workers
+from kit.train.distributed import SINGLE, DistContext
 from kit.train.loop import FitResult, Reporter, fit
 
 
@@ -42,6 +43,7 @@ class StageContext:
     checkpoint_dir: Path
     reporter: Reporter | None = None
     resume: bool = False
+    dist_ctx: DistContext = SINGLE
 
 
 def _fit(ctx: StageContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
@@ -51,7 +53,7 @@ def _fit(ctx: StageContext, role: str, cfg: Any, model: nn.Module, args: dict[st
         val_inputs=ctx.splits["val"].tensors(ctx.spec), val_labels=ctx.splits["val"].labels,
         step_fn=step, setup=ctx.setup, seed=seed, num_workers=resolve_workers(ctx.recipe.data.num_workers, ctx.setup),
         checkpoint_dir=ctx.checkpoint_dir, checkpoint_meta=meta, model_args=args, val_reference=val_reference,
-        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch,
+        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch, dist_ctx=ctx.dist_ctx,
     )
 
 
@@ -63,7 +65,7 @@ def train_teacher(ctx: StageContext, meta: dict[str, Any], on_epoch=None) -> Fit
     train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, [view], seed=recipe.seed)
 
     def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
-        logits = net(views[view])
+        (logits,) = net(views[view])
         loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
         return loss, {"ce": loss.detach()}, logits
 
@@ -94,7 +96,7 @@ def train_student(
             p.requires_grad_(False)
 
     def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
-        student_logits = {name: net(views[name]) for name in method.views}
+        student_logits = dict(zip(method.views, net(*[views[name] for name in method.views])))
         teacher_logits = None
         if method.uses_teacher:
             with torch.no_grad():
