@@ -140,15 +140,19 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def _view(self, image: np.ndarray, name: str, index: int, slot: int) -> np.ndarray:
-        seed = view_seed(self.seed, self.epoch, index, slot)
+    def _view(self, image: np.ndarray, name: str, index: int, slot: int, epoch: int) -> np.ndarray:
+        seed = view_seed(self.seed, epoch, index, slot)
         if name == "mix":
             name = "weak" if seed % 2 == 0 else "strong"
         if name == "clean":
             return image
         return apply_view(self.pipelines[name], image, seed)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``index``, or ``(epoch, index)`` from the training sampler: the epoch travels with the
+        index, so persistent DataLoader workers never apply a stale epoch's views."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         image = self.split.images[index]
-        views = [torch.from_numpy(to_tensor(self._view(image, n, index, slot), self.spec)) for slot, n in enumerate(self.view_names)]
+        views = [torch.from_numpy(to_tensor(self._view(image, n, index, slot, epoch), self.spec))
+                 for slot, n in enumerate(self.view_names)]
         return (*views, int(self.split.labels[index]))

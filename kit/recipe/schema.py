@@ -145,6 +145,7 @@ class TrainConfig(_Strict):
     drop_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # Clip the global gradient norm: distillation losses carry a T^2 factor and can spike early.
     grad_clip_norm: Optional[Annotated[float, Field(gt=0)]] = 5.0
+    compile: bool = False  # torch.compile the training step's model (worth it on GPU for long runs)
 
 
 class TeacherConfig(TrainConfig):

@@ -81,7 +81,7 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
-class SplitBatchSampler(Sampler[list[int]]):
+class SplitBatchSampler(Sampler):
     """The single-process batches, each split across the ranks.
 
     Every rank draws the epoch's global batches exactly as the single-process loader does (same
@@ -90,10 +90,14 @@ class SplitBatchSampler(Sampler[list[int]]):
     same up to per-rank BatchNorm statistics and float summation order.
     """
 
-    def __init__(self, n: int, batch_size: int, ctx: DistContext, seed: int, drop_last: bool) -> None:
+    def __init__(self, n: int, batch_size: int, ctx: DistContext, seed: int, drop_last: bool, epoch: int | None = None) -> None:
         if batch_size % ctx.world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {ctx.world_size} processes")
         self.n, self.batch_size, self.ctx, self.epoch_seed, self.drop_last = n, batch_size, ctx, seed, drop_last
+        self.epoch = epoch  # when set, indices are yielded as (epoch, index) for ViewDataset
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch, self.epoch_seed = epoch, seed
 
     def _global_batches(self) -> list[np.ndarray]:
         # Exactly the batches the single-process loader draws: the same DataLoader, over indices.
@@ -106,9 +110,9 @@ class SplitBatchSampler(Sampler[list[int]]):
         r = self.ctx.rank
         for batch in self._global_batches():
             share = max(1, int(np.ceil(len(batch) / self.ctx.world_size))) if len(batch) < self.batch_size else per_rank
-            part = batch[r * share : (r + 1) * share]
-            if len(part):
-                yield part.tolist()
+            part = batch[r * share : (r + 1) * share].tolist()
+            if part:
+                yield part if self.epoch is None else [(self.epoch, i) for i in part]
 
     def __len__(self) -> int:
         return len(self._global_batches())

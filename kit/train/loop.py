@@ -109,6 +109,8 @@ def fit(
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
         model.to(memory_format=torch.channels_last)
     net = wrap_for_training(model, dist_ctx, device)
+    if cfg.compile:
+        net = torch.compile(net)  # checkpoints keep the plain model's names: only the wrapper is compiled
     view_names = train_set.view_names
 
     drop_last = len(train_set) > cfg.batch_size  # a last batch of one breaks BatchNorm
@@ -131,21 +133,16 @@ def fit(
         history = list(state["history"])
         reporter.log(f"{role}: resuming after epoch {state['epoch'] + 1}/{cfg.epochs}")
 
+    # One loader for the whole stage: workers persist across epochs (the epoch travels with each
+    # index); the sampler draws the single-process batches, split across ranks under DDP.
+    sampler = SplitBatchSampler(len(train_set), cfg.batch_size, dist_ctx, 0, drop_last, epoch=first_epoch)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=num_workers > 0)
     reporter.stage_start(role, cfg.epochs, steps_per_epoch, first_epoch)
     for epoch in range(first_epoch, cfg.epochs):
         # -- seed: every epoch's randomness depends only on (seed, epoch), so resume is exact
         torch.manual_seed(derive_seed(seed, SEED_TORCH, epoch))
-        train_set.set_epoch(epoch)
-        shuffle_seed = derive_seed(seed, SEED_SHUFFLE, epoch)
-        if dist_ctx.enabled:
-            loader = DataLoader(train_set, batch_sampler=SplitBatchSampler(len(train_set), cfg.batch_size, dist_ctx, shuffle_seed, drop_last),
-                                num_workers=num_workers, pin_memory=device.type == "cuda")
-        else:
-            loader = DataLoader(
-                train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
-                num_workers=num_workers, pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(shuffle_seed),
-            )
+        sampler.set_epoch(epoch, derive_seed(seed, SEED_SHUFFLE, epoch))
         # -- train
         net.train()
         sums: dict[str, Tensor] = {}

@@ -99,8 +99,9 @@ def train_student(
         student_logits = dict(zip(method.views, net(*[views[name] for name in method.views])))
         teacher_logits = None
         if method.uses_teacher:
-            with torch.no_grad():
+            with torch.inference_mode():  # all views in one batch; no autograd bookkeeping at all
                 stacked = teacher(torch.cat([views[name] for name in method.views])).float()
+            stacked = stacked.clone()  # a normal tensor again: the loss may save it for backward
             teacher_logits = dict(zip(method.views, stacked.split(len(target))))
         student_logits = {k: v.float() for k, v in student_logits.items()}
         loss, parts = method.loss(student_logits, teacher_logits, target, method_cfg)
