@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints a table and appends it to benchmarks/RESULTS.md."""
