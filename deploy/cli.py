@@ -117,7 +117,8 @@ def monitor(
     tmp.replace(out / "drift.json")
     png = plot_report(report, out / "drift.png")
     for r in report["checks"]:
-        p = "" if r["ks_p_value"] is None else f"  KS p={r['ks_p_value']:.2g}"
+        test = "chi2" if r["check"] == "predicted_classes" else "KS"
+        p = "" if r["ks_p_value"] is None else f"  {test} p={r['ks_p_value']:.2g}"
         med = "" if r["reference_median"] is None else f"  median {r['reference_median']:.3g} -> {r['new_median']:.3g}"
         typer.echo(f"{r['status']:>5}  {r['check']:<18} PSI {r['psi']:.3f}{p}{med}")
     if report["abstain"]:
