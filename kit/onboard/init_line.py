@@ -124,7 +124,8 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_recipe(survey: LineSurvey, name: str, recipe_dir: Path, gpu: bool) -> str:
+def render_recipe(survey: LineSurvey, name: str, recipe_dir: Path, gpu: bool, recipe_path: str = "") -> str:
+    recipe_path = recipe_path or f"recipes/{name}.yaml"
     size = propose_image_size(survey.median_hw, gpu)
     rel_root = Path(os.path.relpath(survey.root, recipe_dir.resolve()))
     small = survey.total < SMALL_DATA
@@ -140,8 +141,8 @@ def render_recipe(survey: LineSurvey, name: str, recipe_dir: Path, gpu: bool) ->
 # {len(survey.classes)} classes, {survey.total} images: {counts}
 # Survey warnings:
 {warnings}#
-# Next: `kit views recipes/{name}.yaml` to look at the views, `kit calibrate {rel_root}` to fit them to
-# this camera, then `kit run recipes/{name}.yaml`.
+# Next: `kit views {recipe_path}` to look at the views, `kit calibrate {survey.root}` to fit them to
+# this camera, then `kit run {recipe_path}`.
 schema_version: 1
 
 line:
@@ -221,7 +222,7 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     if path.exists() and not overwrite:
         raise KitError(f"{path}: already exists; pass --force to replace it")
     survey = survey_line(images_dir)
-    text = render_recipe(survey, name, path.parent, torch.cuda.is_available() if gpu is None else gpu)
+    text = render_recipe(survey, name, path.parent, torch.cuda.is_available() if gpu is None else gpu, str(path))
     tmp = path.parent / f".{path.name}.check.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(tmp, text)
