@@ -9,7 +9,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "title": "Release report: inspection model for line {line}",
         "subtitle": "Run {run} · generated {date}",
-        "go": "GO", "no_go": "NO-GO",
+        "go": "GO", "no_go": "NO-GO", "no_verdict": "NO VERDICT",
         "go_reason": "Every release target is met ({n} of {n}).",
         "no_go_reason": "Missed: {targets}.",
         "no_targets": "No release targets are set in the recipe (kpi:); figures are reported without a verdict.",
@@ -79,7 +79,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "ja": {
         "title": "リリース判定レポート：ライン {line} の検査モデル",
         "subtitle": "実行 {run} ・ 作成 {date}",
-        "go": "GO（導入可）", "no_go": "NO-GO（導入不可）",
+        "go": "GO（導入可）", "no_go": "NO-GO（導入不可）", "no_verdict": "判定なし",
         "go_reason": "リリース目標をすべて満たしています（{n} 件中 {n} 件）。",
         "no_go_reason": "未達の目標：{targets}。",
         "no_targets": "レシピにリリース目標（kpi:）が設定されていないため、判定なしで数値のみを示します。",
