@@ -40,7 +40,7 @@ def exported(finished_run, tmp_path_factory) -> Path:
 
 def test_bundle_files_and_manifest(exported):
     bundle = exported / "bundle"
-    assert sorted(p.name for p in bundle.iterdir()) == ["model.int8.onnx", "model.json", "model.onnx", "parity.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.int8.onnx", "model.json", "model.onnx", "parity.json", "profile.json"]
     manifest = read_manifest(bundle)
     assert manifest.classes == ["dent", "ok", "scratch"]
     assert manifest.preprocess.image_size == (32, 32) and manifest.preprocess.channels == "gray"
