@@ -131,7 +131,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     val_logits = scorers[deployed].logits(val_x)
     calib = calibration.calibration_report(val_logits, val.labels, test_logits[deployed], test.labels, fit=cfg.calibrate)
     temperature = calib["temperature"]
-    operating = operating_section(recipe, classes, val_logits, val.labels, test_logits, test.labels, temperature,
+    operating = operating_section(cfg.threshold, classes, val_logits, val.labels, test_logits, test.labels, temperature,
                                   manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed)
     write_manifest_calibration(bundle, temperature, operating["threshold"], calib, operating)
     log(f"verify: temperature {temperature:.3f} (test ECE {calib['test']['ece_before']:.3f} -> {calib['test']['ece_after']:.3f}); "
@@ -190,15 +190,13 @@ def _factory(name: str, torch_files: dict[str, Path], bundle: Path, device, thre
     return lambda: bundle_scorer(bundle, name, threads)
 
 
-def operating_section(recipe: Recipe, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
+def operating_section(target: ThresholdTarget | None, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
                       test_logits: dict[str, np.ndarray], test_labels: np.ndarray, temperature: float,
-                      fixed_threshold: float | None, runtimes: list[str], deployed: str,
-                      target: ThresholdTarget | None | str = "recipe") -> dict[str, Any]:
-    """Tune the threshold on val for the target (default: the recipe's), report it on test."""
-    target = recipe.verify.threshold if target == "recipe" else target
-    ok_index = threshold.ok_class_index(target, classes) if isinstance(target, ThresholdTarget) else threshold.ok_class_index(None, classes)
+                      fixed_threshold: float | None, runtimes: list[str], deployed: str) -> dict[str, Any]:
+    """Tune the threshold on val for ``target`` (None: keep ``fixed_threshold``), report it on test."""
+    ok_index = threshold.ok_class_index(target, classes)
     out: dict[str, Any] = {"runtime": deployed, "temperature": temperature}
-    if isinstance(target, ThresholdTarget):
+    if target is not None:
         choice = threshold.choose_threshold(softmax(val_logits, temperature), val_labels, target, classes)
         out.update(target=threshold.describe_target(target), reached=choice["reached"], threshold=choice["threshold"], val=choice["val"])
     else:
@@ -293,9 +291,9 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     deployed = deployed_format(list(manifest.artefacts))
     scorer = bundle_scorer(bundle, deployed)
     val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
-    operating = operating_section(recipe, classes, scorer.logits(val.inputs(spec)), val.labels,
+    operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
-                                  manifest.operating_threshold, [deployed], deployed, target=target)
+                                  manifest.operating_threshold, [deployed], deployed)
     calib = {"fitted_on": manifest.extra.get("calibration", {}).get("fitted_on"),
              "test": {"ece_before": manifest.extra.get("calibration", {}).get("test_ece_before"),
                       "ece_after": manifest.extra.get("calibration", {}).get("test_ece_after")}}
