@@ -33,6 +33,7 @@ from kit.train.device import resolve_device, resolve_workers
 from kit.views import build_view
 
 REPO = Path(__file__).resolve().parents[1]
+WARMUP = 3
 
 
 def _steps(kind: str, recipe, splits, spec, pipelines, setup, steps: int, workers: int, cached: bool) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def _steps(kind: str, recipe, splits, spec, pipelines, setup, steps: int, worker
     batches = []
     if cached:  # the ceiling: the same tensors, already made, already on the device
         first = next(iter(loader))
-        batches = [[t.to(setup.device) for t in first]] * steps
+        batches = [[t.to(setup.device) for t in first]] * (steps + WARMUP)
     method = get_method("crld" if kind == "crld" else "kd") if kind != "teacher" else None
     method_cfg = CRLDConfig() if kind == "crld" else KDConfig()
 
@@ -74,7 +75,7 @@ def _steps(kind: str, recipe, splits, spec, pipelines, setup, steps: int, worker
 
     model.train()
     it = iter(batches) if cached else _forever(loader)
-    for _ in range(3):  # warm-up (cudnn autotune, allocator, worker start)
+    for _ in range(WARMUP):  # cudnn autotune, allocator, worker start
         step(next(it))
     wait = compute = 0.0
     images = 0
