@@ -24,7 +24,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks.common import append_results, markdown_table  # noqa: E402
 from kit.data import decode_line, index_line, preprocess_spec  # noqa: E402
@@ -37,7 +36,7 @@ from kit.recipe.schema import CRLDConfig, KDConfig, NoDistillConfig  # noqa: E40
 from kit.train import StageContext, resolve_device, train_student, train_teacher  # noqa: E402
 from kit.verify.corruptions import coverage, list_corruptions  # noqa: E402
 from kit.verify.robustness import run_suite  # noqa: E402
-from kit.verify.scorers import Scorer  # noqa: E402
+from kit.verify.scorers import model_scorer  # noqa: E402
 from kit.views import build_view  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,11 +64,6 @@ def _scaled(recipe: Recipe, image_size: int | None, epochs: int | None, teacher_
     out = Recipe.model_validate(d)
     out._base_dir = recipe._base_dir
     return out
-
-
-def _scorer(name: str, model: torch.nn.Module, device: torch.device) -> Scorer:
-    model.eval()
-    return Scorer(name, "torch", "torch", lambda x: predict_logits(model, torch.from_numpy(x), device).numpy(), Path(name))
 
 
 def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
@@ -100,7 +94,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
     teacher.to(setup.device).eval()
     teacher_pred = predict_logits(teacher, test_x, setup.device).argmax(1).numpy()
     teacher_val = predict_logits(teacher, splits["val"].tensors(spec), setup.device).argmax(1).numpy()
-    teacher_suite = run_suite([_scorer("teacher", teacher, setup.device)], splits["test"].images[cap], test_y[cap], spec,
+    teacher_suite = run_suite([model_scorer("teacher", teacher, setup.device, work / "teacher.best.pt")], splits["test"].images[cap], test_y[cap], spec,
                               families, cover, run_seed=0)["summary"]["teacher"]
     print(f"{name}: teacher {recipe.teacher.arch} trained in {time.perf_counter() - started:.0f} s; "
           f"test accuracy {np.mean(teacher_pred == test_y):.3f}")
@@ -120,7 +114,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
             student, _ = load_model(work / f"{role}.best.pt")
             student.to(setup.device)
             pred = predict_logits(student, test_x, setup.device).argmax(1).numpy()
-            suite = run_suite([_scorer("teacher", teacher, setup.device), _scorer("student", student, setup.device)],
+            suite = run_suite([model_scorer("teacher", teacher, setup.device, work / "teacher.best.pt"), model_scorer("student", student, setup.device, work / f"{role}.best.pt")],
                               splits["test"].images[cap], test_y[cap], spec, families, cover, run_seed=0)["summary"]["student"]
             row = {"method": label, "seed": seed, "accuracy": float(np.mean(pred == test_y)),
                    "macro_f1": classification_metrics(test_y, pred, index.classes)["macro_f1"],
@@ -129,7 +123,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
             raw.append(row)
             print(f"{name} seed {seed} {label:<17} acc {row['accuracy']:.3f} held-out {row['held_out']:.3f} "
                   f"in-recipe {row['in_recipe']:.3f} ({row['seconds']:.0f} s)")
-    (REPO / "benchmarks" / f"distill_quality_{name}.json").write_text(json.dumps(raw, indent=1))
+    if not args.no_record:
+        (REPO / "benchmarks" / f"distill_quality_{name}.json").write_text(json.dumps(raw, indent=1))
     return raw
 
 

@@ -132,10 +132,6 @@ class ViewDataset(Dataset):
         self.split, self.spec, self.pipelines = split, spec, pipelines
         self.view_names = list(view_names)
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.split)
@@ -149,9 +145,9 @@ class ViewDataset(Dataset):
         return apply_view(self.pipelines[name], image, seed)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        """``index``, or ``(epoch, index)`` from the training sampler: the epoch travels with the
-        index, so persistent DataLoader workers never apply a stale epoch's views."""
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        """``(epoch, index)`` from the training sampler (a plain index means epoch 0): the epoch travels
+        with the index, so persistent DataLoader workers never apply a stale epoch's views."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         image = self.split.images[index]
         views = [torch.from_numpy(to_tensor(self._view(image, n, index, slot, epoch), self.spec))
                  for slot, n in enumerate(self.view_names)]

@@ -221,14 +221,16 @@ def misclassified(split: SplitData, logits: np.ndarray, temperature: float, clas
 
 
 def write_manifest_calibration(bundle: Path, temperature: float, operating_threshold: float | None,
-                               calib: dict[str, Any], operating: dict[str, Any]) -> None:
+                               calib: dict[str, Any] | None, operating: dict[str, Any]) -> None:
     """Temperature and threshold go into ``model.json``, which every runtime reads; the copy embedded in
-    the ONNX files stays the export-time one (it documents how the file was made)."""
+    the ONNX files stays the export-time one (it documents how the file was made). ``calib`` None keeps
+    the stored calibration summary (a threshold re-tune does not refit the temperature)."""
     manifest = read_manifest(bundle)
     manifest.temperature = float(temperature)
     manifest.operating_threshold = operating_threshold
-    manifest.extra["calibration"] = {"temperature": temperature, "fitted_on": calib.get("fitted_on"),
-                                     "test_ece_before": calib["test"]["ece_before"], "test_ece_after": calib["test"]["ece_after"]}
+    if calib is not None:
+        manifest.extra["calibration"] = {"temperature": temperature, "fitted_on": calib.get("fitted_on"),
+                                         "test_ece_before": calib["test"]["ece_before"], "test_ece_after": calib["test"]["ece_after"]}
     manifest.extra["operating_point"] = {k: operating[k] for k in ("target", "reached", "threshold", "runtime", "ok_class")}
     manifest.extra["operating_point"].update(
         {f"test_{k}": operating["test"].get(k) for k in ("automation_rate", "accepted_accuracy", "escape_rate")})
@@ -294,10 +296,7 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
                                   manifest.operating_threshold, [deployed], deployed)
-    calib = {"fitted_on": manifest.extra.get("calibration", {}).get("fitted_on"),
-             "test": {"ece_before": manifest.extra.get("calibration", {}).get("test_ece_before"),
-                      "ece_after": manifest.extra.get("calibration", {}).get("test_ece_after")}}
-    write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], calib, operating)
+    write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], None, operating)
     kpi_path = run_dir / VERIFY_DIR / KPI_NAME
     if kpi_path.is_file():
         kpi = read_json(kpi_path)

@@ -40,13 +40,18 @@ class Scorer:
 
 def torch_scorer(name: str, checkpoint: Path, device: torch.device) -> Scorer:
     model, _ = load_model(checkpoint)
+    return model_scorer(name, model, device, checkpoint)
+
+
+def model_scorer(name: str, model: torch.nn.Module, device: torch.device, file: Path) -> Scorer:
+    """A torch model already in memory (``file``: where it is, or will be, saved)."""
     model.to(device).eval()
 
     def infer(x: np.ndarray) -> np.ndarray:
         return predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)), device, batch_size=CHUNK).numpy()
 
     return Scorer(name, "torch", f"torch ({device.type}, {torch.get_num_threads()} threads)" if device.type == "cpu"
-                  else f"torch ({device})", infer, checkpoint)
+                  else f"torch ({device})", infer, file)
 
 
 def bundle_scorer(bundle_dir: Path, fmt: str, threads: int = 0) -> Scorer:
