@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from kit.views import build_view  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"sample": REPO / "recipes" / "sample_line.yaml", "x-sdd": REPO / "recipes" / "x-sdd.yaml"}
+# Order matters when a run is cut short: the headline methods first, then the ablations.
 METHODS: dict[str, tuple[str, Any]] = {
     "none": ("none", NoDistillConfig()),
     "kd": ("kd", KDConfig()),
@@ -48,94 +53,176 @@ METHODS: dict[str, tuple[str, Any]] = {
     "crld-within-only": ("crld", CRLDConfig(cross_weight=0.0)),
     "crld-cross-only": ("crld", CRLDConfig(within_weight=0.0)),
     "crld-no-masks": ("crld", CRLDConfig(tau_weak=0.0, tau_strong=0.0)),
+    # A tuning candidate, not an ablation: cross-view terms weighted above within-view ones.
+    "crld-cross-heavy": ("crld", CRLDConfig(within_weight=1.0, cross_weight=2.0)),
 }
+DEFAULT_METHODS = ["none", "kd", "crld", "crld-within-only", "crld-cross-only", "crld-no-masks"]
 
 
-def _scaled(recipe: Recipe, image_size: int | None, epochs: int | None, teacher_epochs: int | None, seed: int) -> Recipe:
+def _scaled(recipe: Recipe, args: argparse.Namespace, seed: int) -> Recipe:
     d = recipe_to_dict(recipe)
-    if image_size:
-        d["data"]["image_size"] = [image_size, image_size]
-    if epochs:
-        d["student"]["epochs"] = epochs
-    if teacher_epochs:
-        d["teacher"]["epochs"] = teacher_epochs
-    d["data"]["num_workers"] = 0
+    if args.image_size:
+        d["data"]["image_size"] = [args.image_size, args.image_size]
+    if args.epochs:
+        d["student"]["epochs"] = args.epochs
+    if args.teacher_epochs:
+        d["teacher"]["epochs"] = args.teacher_epochs
+    d["data"]["num_workers"] = args.workers
     d["seed"] = seed
     out = Recipe.model_validate(d)
     out._base_dir = recipe._base_dir
     return out
 
 
-def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    try:
-        base = load_recipe(DATASETS[name])
-        recipe = _scaled(base, args.image_size, args.epochs, args.teacher_epochs, seed=0)
-        index = index_line(recipe)
-    except DataError as exc:
-        print(f"{name}: skipped ({exc})")
-        return None
+@dataclass
+class Bench:
+    """What one dataset's runs share; rebuilt identically in every worker process (cheap: decode only)."""
+
+    name: str
+    base: Recipe
+    splits: dict[str, Any]
+    classes: list[str]
+    spec: Any
+    setup: Any
+    pipelines: dict[str, Any]
+    families: list[str]
+    cover: dict[str, Any]
+    cap: np.ndarray
+    work: Path
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"classes": self.classes, "preprocess": self.spec.to_dict(), "recipe_hash": "benchmark"}
+
+    def context(self, args: argparse.Namespace, seed: int) -> StageContext:
+        return StageContext(_scaled(self.base, args, seed), self.splits, self.classes, self.spec, self.pipelines,
+                            self.setup, self.work, None, False)
+
+    def suite(self, scorers: list) -> dict[str, Any]:
+        test = self.splits["test"]
+        return run_suite(scorers, test.images[self.cap], test.labels[self.cap], self.spec, self.families, self.cover,
+                         run_seed=0)["summary"]
+
+
+def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
+    base = load_recipe(DATASETS[name])
+    recipe = _scaled(base, args, seed=0)
+    index = index_line(recipe)
     spec = preprocess_spec(recipe)
     splits, _ = decode_line(index, recipe, spec)
-    setup = resolve_device(args.device)
     pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, spec.num_channels)
                  for v in ("weak", "strong")}
     families = list_corruptions()
-    cover = coverage(pipelines["strong"], families)
-    test_x = splits["test"].tensors(spec)
-    test_y = splits["test"].labels
-    cap = np.sort(np.random.default_rng(0).permutation(len(test_y))[: args.max_corruption_images])  # a class-balanced-ish subset
-    meta = {"classes": index.classes, "preprocess": spec.to_dict(), "recipe_hash": "benchmark"}
-    work = Path(tempfile.mkdtemp(prefix=f"kit-distill-{name}-"))
+    n_test = len(splits["test"].labels)
+    cap = np.sort(np.random.default_rng(0).permutation(n_test)[: args.max_corruption_images])
+    return Bench(name, base, splits, index.classes, spec, resolve_device(args.device), pipelines, families,
+                 coverage(pipelines["strong"], families), cap, work)
 
-    started = time.perf_counter()
-    ctx = StageContext(recipe, splits, index.classes, spec, pipelines, setup, work, None, False)
-    train_teacher(ctx, {**meta, "role": "teacher"})
-    teacher, _ = load_model(work / "teacher.best.pt")
-    teacher.to(setup.device).eval()
-    teacher_pred = predict_logits(teacher, test_x, setup.device).argmax(1).numpy()
-    teacher_val = predict_logits(teacher, splits["val"].tensors(spec), setup.device).argmax(1).numpy()
-    teacher_suite = run_suite([model_scorer("teacher", teacher, setup.device, work / "teacher.best.pt")], splits["test"].images[cap], test_y[cap], spec,
-                              families, cover, run_seed=0)["summary"]["teacher"]
-    print(f"{name}: teacher {recipe.teacher.arch} trained in {time.perf_counter() - started:.0f} s; "
-          f"test accuracy {np.mean(teacher_pred == test_y):.3f}")
 
-    raw: list[dict[str, Any]] = [{"method": "teacher", "seed": 0, "accuracy": float(np.mean(teacher_pred == test_y)),
-                                  "macro_f1": classification_metrics(test_y, teacher_pred, index.classes)["macro_f1"],
-                                  "agreement": 1.0, "in_recipe": teacher_suite["in_recipe"]["mean_accuracy"],
-                                  "held_out": teacher_suite["held_out"]["mean_accuracy"], "seconds": 0.0}]
-    for seed in range(args.seeds):
-        seeded = _scaled(base, args.image_size, args.epochs, args.teacher_epochs, seed=seed)
-        for label in args.methods:
-            method, cfg = METHODS[label]
-            role = f"student-{label}-s{seed}"
-            t0 = time.perf_counter()
-            ctx = StageContext(seeded, splits, index.classes, spec, pipelines, setup, work, None, False)
-            train_student(ctx, method, cfg, teacher, {**meta, "role": role, "method": method}, role=role, teacher_val_pred=teacher_val)
-            student, _ = load_model(work / f"{role}.best.pt")
-            student.to(setup.device)
-            pred = predict_logits(student, test_x, setup.device).argmax(1).numpy()
-            suite = run_suite([model_scorer("teacher", teacher, setup.device, work / "teacher.best.pt"), model_scorer("student", student, setup.device, work / f"{role}.best.pt")],
-                              splits["test"].images[cap], test_y[cap], spec, families, cover, run_seed=0)["summary"]["student"]
-            row = {"method": label, "seed": seed, "accuracy": float(np.mean(pred == test_y)),
-                   "macro_f1": classification_metrics(test_y, pred, index.classes)["macro_f1"],
-                   "agreement": agreement(pred, teacher_pred), "in_recipe": suite["in_recipe"]["mean_accuracy"],
-                   "held_out": suite["held_out"]["mean_accuracy"], "seconds": time.perf_counter() - t0}
-            raw.append(row)
-            print(f"{name} seed {seed} {label:<17} acc {row['accuracy']:.3f} held-out {row['held_out']:.3f} "
-                  f"in-recipe {row['in_recipe']:.3f} ({row['seconds']:.0f} s)")
+def _teacher(bench: Bench, args: argparse.Namespace):
+    """Train the reference teacher once per work folder; later calls (and workers) load it."""
+    path = bench.work / "teacher.best.pt"
+    if not path.is_file():
+        started = time.perf_counter()
+        train_teacher(bench.context(args, seed=0), {**bench.meta, "role": "teacher"})
+        print(f"{bench.name}: teacher trained in {time.perf_counter() - started:.0f} s", flush=True)
+    teacher, _ = load_model(path)
+    return teacher.to(bench.setup.device).eval(), path
+
+
+def _predict(model, bench: Bench, split: str) -> np.ndarray:
+    return predict_logits(model, bench.splits[split].tensors(bench.spec), bench.setup.device).argmax(1).numpy()
+
+
+def _row(bench: Bench, method: str, seed: int, pred: np.ndarray, teacher_pred: np.ndarray, suite: dict[str, Any],
+         seconds: float) -> dict[str, Any]:
+    labels = bench.splits["test"].labels
+    return {"method": method, "seed": seed, "accuracy": float(np.mean(pred == labels)),
+            "macro_f1": classification_metrics(labels, pred, bench.classes)["macro_f1"],
+            "agreement": agreement(pred, teacher_pred), "in_recipe": suite["in_recipe"]["mean_accuracy"],
+            "held_out": suite["held_out"]["mean_accuracy"], "seconds": seconds}
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:  # one line per finished model: a cut run keeps what it measured
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+
+
+def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> list[dict[str, Any]]:
+    """Every requested method for one seed, skipping those already in the rows file (resume)."""
+    bench = prepare(name, args, work)
+    teacher, teacher_path = _teacher(bench, args)
+    teacher_pred, teacher_val = _predict(teacher, bench, "test"), _predict(teacher, bench, "val")
+    rows_path = work / "rows.jsonl"
+    done = {(r["method"], r["seed"]) for r in read_rows(rows_path)}
+    out = []
+    for label in args.methods:
+        if (label, seed) in done:
+            continue
+        method, cfg = METHODS[label]
+        role = f"student-{label}-s{seed}"
+        t0 = time.perf_counter()
+        train_student(bench.context(args, seed), method, cfg, teacher, {**bench.meta, "role": role, "method": method},
+                      role=role, teacher_val_pred=teacher_val)
+        student, _ = load_model(work / f"{role}.best.pt")
+        student.to(bench.setup.device)
+        suite = bench.suite([model_scorer("teacher", teacher, bench.setup.device, teacher_path),
+                             model_scorer("student", student, bench.setup.device, work / f"{role}.best.pt")])["student"]
+        row = _row(bench, label, seed, _predict(student, bench, "test"), teacher_pred, suite, time.perf_counter() - t0)
+        _append_row(rows_path, row)
+        out.append(row)
+        print(f"{name} seed {seed} {label:<17} acc {row['accuracy']:.3f} held-out {row['held_out']:.3f} "
+              f"in-recipe {row['in_recipe']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-distill-{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        bench = prepare(name, args, work)
+    except DataError as exc:
+        print(f"{name}: skipped ({exc})")
+        return None
+    rows_path = work / "rows.jsonl"
+    teacher, teacher_path = _teacher(bench, args)
+    if not any(r["method"] == "teacher" for r in read_rows(rows_path)):
+        suite = bench.suite([model_scorer("teacher", teacher, bench.setup.device, teacher_path)])["teacher"]
+        pred = _predict(teacher, bench, "test")
+        _append_row(rows_path, _row(bench, "teacher", 0, pred, pred, suite, 0.0))
+    print(f"{name}: rows in {rows_path}", flush=True)
+    del teacher
+    seeds = range(args.seeds)
+    if args.jobs > 1:
+        # Seeds in parallel processes (spawned: CUDA does not survive fork); each appends its own rows.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            for future in [pool.submit(seed_rows, name, args, seed, work) for seed in seeds]:
+                future.result()
+    else:
+        for seed in seeds:
+            seed_rows(name, args, seed, work)
+    raw = read_rows(rows_path)
     if not args.no_record:
         (REPO / "benchmarks" / f"distill_quality_{name}.json").write_text(json.dumps(raw, indent=1))
     return raw
 
 
-def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(raw: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     out = []
-    for method in dict.fromkeys(r["method"] for r in raw):
+    for method in ["teacher", *methods]:
         rows = [r for r in raw if r["method"] == method]
+        if not rows:
+            continue
         entry: dict[str, Any] = {"method": method, "seeds": len(rows)}
         for key in ("accuracy", "macro_f1", "agreement", "held_out", "in_recipe"):
             v = np.array([r[key] for r in rows], float) * (100 if key != "macro_f1" else 1)
             entry[key] = f"{v.mean():.1f} ± {v.std():.1f}" if key != "macro_f1" else f"{v.mean():.3f} ± {v.std():.3f}"
+        entry["train_s"] = f"{np.mean([r['seconds'] for r in rows]):.0f}" if method != "teacher" else ""
         out.append(entry)
     return out
 
@@ -143,22 +230,35 @@ def summarize(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="sample", help="comma list of: sample, x-sdd")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of: {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of: {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=12, help="student epochs (recipe value when 0)")
     parser.add_argument("--teacher-epochs", type=int, default=20, help="teacher epochs (recipe value when 0)")
     parser.add_argument("--image-size", type=int, default=48, help="px (recipe value when 0)")
     parser.add_argument("--max-corruption-images", type=int, default=200)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (useful on a GPU)")
+    parser.add_argument("--workers", default=None, help="DataLoader workers per process (default: 0 on CPU, "
+                                                         "the cores shared among --jobs on CUDA)")
+    parser.add_argument("--work-dir", default=None, help="keep checkpoints and rows.jsonl here; a second call resumes")
+    parser.add_argument("--from-rows", default=None, type=Path, help="summarise and record a rows.jsonl (a run cut short)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if args.workers is None:
+        cuda = resolve_device(args.device).device.type == "cuda"
+        args.workers = max(1, ((os.cpu_count() or 2) - 1) // args.jobs) if cuda else 0
+    else:
+        args.workers = int(args.workers)
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        raw = bench_dataset(name, args)
-        if raw is None:
+        raw = read_rows(args.from_rows) if args.from_rows else bench_dataset(name, args)
+        if not raw:
             continue
-        rows = summarize(raw)
-        columns = ["method", "seeds", "accuracy", "macro_f1", "agreement", "held_out", "in_recipe"]
+        rows = summarize(raw, args.methods)
+        columns = ["method", "seeds", "accuracy", "macro_f1", "agreement", "held_out", "in_recipe", "train_s"]
         recipe = load_recipe(DATASETS[name])
         title = (f"Distillation quality: {name}, {args.image_size or recipe.data.image_size[0]} px, teacher {recipe.teacher.arch} "
                  f"({args.teacher_epochs or recipe.teacher.epochs} ep), student {recipe.student.arch} "
@@ -169,7 +269,8 @@ def main() -> None:
         if not args.no_record:
             append_results(title, table, notes="test split; accuracy, agreement, held_out and in_recipe in % (mean ± std over "
                                                "seeds); held_out/in_recipe = mean accuracy over the corruption families "
-                                               "the strong view does not / does cover, 5 severities each")
+                                               "the strong view does not / does cover, 5 severities each; train_s = "
+                                               "seconds per student, training and its corruption suite")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ from torch import nn
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-    """Eval-mode logits for a preprocessed NxCxHxW tensor, on the CPU, float32."""
-    model.eval()
+    """Eval-mode logits for a preprocessed NxCxHxW tensor, on the CPU, float32.
+
+    The model is moved to ``device`` here: a checkpoint just loaded sits on the CPU, and a CUDA
+    run evaluates it on the GPU (the first CUDA run found that gap)."""
+    model.to(device).eval()
     out = []
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start : start + batch_size].to(device, non_blocking=True)

@@ -12,6 +12,18 @@ from kit.sample_line import generate_sample_line
 TINY_COUNTS = {"ok": 8, "scratch": 6, "dent": 6}
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need a CUDA device; without one they are skipped with the reason, not failed."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_line(tmp_path_factory) -> Path:
     """Three classes, 20 images of 48 px: enough to split, train one epoch and evaluate."""
