@@ -5,7 +5,8 @@ with the teacher, and corruption accuracy on in-recipe and held-out families (ki
 
     python benchmarks/distill_quality.py                                  # sample line, small budget
     python benchmarks/distill_quality.py --datasets x-sdd --seeds 3 --epochs 20 --image-size 64
-    python benchmarks/distill_quality.py --datasets sample,x-sdd --epochs 40 --image-size 96   # the recipes' budget
+    python benchmarks/distill_quality.py --datasets x-sdd --epochs 0 --teacher-epochs 0 --image-size 0   # the recipe's budget
+    python benchmarks/distill_quality.py ... --jobs 3 --work-dir /tmp/dq   # GPU: seeds in parallel; resumable
 
 x-sdd is read through recipes/x-sdd.yaml (../shared/datasets/x-sdd); it is skipped with a message
 where absent. Prints one table per dataset and appends it to benchmarks/RESULTS.md.
@@ -68,6 +69,16 @@ def _scaled(recipe: Recipe, args: argparse.Namespace, seed: int) -> Recipe:
     if args.teacher_epochs:
         d["teacher"]["epochs"] = args.teacher_epochs
     d["data"]["num_workers"] = args.workers
+    if args.teacher_views:
+        d["teacher"]["train_views"] = args.teacher_views
+    strong = d["views"]["strong"]  # steps are one-key mappings: {lighting: {severity: 2, p: 0.8}}
+    missing = set(args.view_severity) - {next(iter(step)) for step in strong}
+    if missing:
+        raise SystemExit(f"--view-severity: the strong view of {recipe.line.name} has no preset {sorted(missing)[0]!r}")
+    for step in strong:
+        (preset, kwargs), = step.items()
+        if preset in args.view_severity:
+            step[preset] = {**(kwargs or {}), "severity": args.view_severity[preset]}
     d["seed"] = seed
     out = Recipe.model_validate(d)
     out._base_dir = recipe._base_dir
@@ -180,6 +191,30 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
     return out
 
 
+SETTINGS = ("image_size", "epochs", "teacher_epochs", "teacher_views", "view_severity", "max_corruption_images", "device")
+
+
+def _claim_work_dir(work: Path, args: argparse.Namespace) -> None:
+    """Rows from other settings must never be summarised together: a work folder keeps its settings."""
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    path = work / "settings.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [k for k in SETTINGS if before.get(k) != settings[k]]
+        if changed:
+            raise SystemExit(f"{work}: made with other settings ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); "
+                             f"use another --work-dir")
+    else:
+        path.write_text(json.dumps(settings, indent=1))
+
+
+def held_out_families(name: str, args: argparse.Namespace) -> list[str]:
+    base = load_recipe(DATASETS[name])
+    recipe = _scaled(base, args, seed=0)
+    strong = build_view(recipe.views.strong, "views.strong", recipe.data.image_size, preprocess_spec(recipe).num_channels)
+    return [f for f, where in coverage(strong, list_corruptions()).items() if where == "held-out"]
+
+
 def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
     work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-distill-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -188,6 +223,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
     except DataError as exc:
         print(f"{name}: skipped ({exc})")
         return None
+    _claim_work_dir(work, args)
     rows_path = work / "rows.jsonl"
     teacher, teacher_path = _teacher(bench, args)
     if not any(r["method"] == "teacher" for r in read_rows(rows_path)):
@@ -242,8 +278,15 @@ def main() -> None:
                                                          "the cores shared among --jobs on CUDA)")
     parser.add_argument("--work-dir", default=None, help="keep checkpoints and rows.jsonl here; a second call resumes")
     parser.add_argument("--from-rows", default=None, type=Path, help="summarise and record a rows.jsonl (a run cut short)")
+    parser.add_argument("--teacher-views", choices=["weak", "strong", "mix"], default=None,
+                        help="views the teacher trains on (recipe value by default)")
+    parser.add_argument("--view-severity", default="", help="strong-view preset severities, e.g. angle=3,blur=3")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    try:
+        args.view_severity = {k.strip(): int(v) for k, v in (item.split("=") for item in args.view_severity.split(",") if item.strip())}
+    except ValueError:
+        parser.error(f"--view-severity: expected preset=N pairs like angle=3,blur=3 (got {args.view_severity!r})")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -263,13 +306,18 @@ def main() -> None:
         title = (f"Distillation quality: {name}, {args.image_size or recipe.data.image_size[0]} px, teacher {recipe.teacher.arch} "
                  f"({args.teacher_epochs or recipe.teacher.epochs} ep), student {recipe.student.arch} "
                  f"({args.epochs or recipe.student.epochs} ep), {args.seeds} seeds")
+        tuned = [f"teacher views {args.teacher_views}"] if args.teacher_views else []
+        tuned += [f"strong view {k} severity {v}" for k, v in args.view_severity.items()]
+        if tuned:
+            title += ", " + ", ".join(tuned)
         table = markdown_table(rows, columns)
         print(title)
         print(table)
         if not args.no_record:
             append_results(title, table, notes="test split; accuracy, agreement, held_out and in_recipe in % (mean ± std over "
                                                "seeds); held_out/in_recipe = mean accuracy over the corruption families "
-                                               "the strong view does not / does cover, 5 severities each; train_s = "
+                                               "the strong view does not / does cover, 5 severities each (held-out "
+                                               f"here: {', '.join(held_out_families(name, args))}); train_s = "
                                                "seconds per student, training and its corruption suite")
 
 
