@@ -215,6 +215,13 @@ def held_out_families(name: str, args: argparse.Namespace) -> list[str]:
     return [f for f, where in coverage(strong, list_corruptions()).items() if where == "held-out"]
 
 
+def _variant_tag(args: argparse.Namespace) -> str:
+    """File-name suffix of a tuned configuration, so its rows never overwrite the recipe's own."""
+    parts = [f"teacher-{args.teacher_views}"] if args.teacher_views else []
+    parts += [f"{k}{v}" for k, v in args.view_severity.items()]
+    return "_" + "-".join(parts) if parts else ""
+
+
 def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
     work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-distill-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +251,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
             seed_rows(name, args, seed, work)
     raw = read_rows(rows_path)
     if not args.no_record:
-        (REPO / "benchmarks" / f"distill_quality_{name}.json").write_text(json.dumps(raw, indent=1))
+        (REPO / "benchmarks" / f"distill_quality_{name}{_variant_tag(args)}.json").write_text(json.dumps(raw, indent=1))
     return raw
 
 
