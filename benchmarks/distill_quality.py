@@ -166,7 +166,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> list[dict[str, Any]]:
     """Every requested method for one seed, skipping those already in the rows file (resume)."""
     bench = prepare(name, args, work)
-    teacher, teacher_path = _teacher(bench, args)
+    teacher, _ = _teacher(bench, args)
     teacher_pred, teacher_val = _predict(teacher, bench, "test"), _predict(teacher, bench, "val")
     rows_path = work / "rows.jsonl"
     done = {(r["method"], r["seed"]) for r in read_rows(rows_path)}
@@ -181,8 +181,8 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
                       role=role, teacher_val_pred=teacher_val)
         student, _ = load_model(work / f"{role}.best.pt")
         student.to(bench.setup.device)
-        suite = bench.suite([model_scorer("teacher", teacher, bench.setup.device, teacher_path),
-                             model_scorer("student", student, bench.setup.device, work / f"{role}.best.pt")])["student"]
+        # The teacher's corrupted-image scores are not in a row: score the student alone.
+        suite = bench.suite([model_scorer("student", student, bench.setup.device, work / f"{role}.best.pt")])["student"]
         row = _row(bench, label, seed, _predict(student, bench, "test"), teacher_pred, suite, time.perf_counter() - t0)
         _append_row(rows_path, row)
         out.append(row)
