@@ -180,7 +180,6 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
         train_student(bench.context(args, seed), method, cfg, teacher, {**bench.meta, "role": role, "method": method},
                       role=role, teacher_val_pred=teacher_val)
         student, _ = load_model(work / f"{role}.best.pt")
-        student.to(bench.setup.device)
         # The teacher's corrupted-image scores are not in a row: score the student alone.
         suite = bench.suite([model_scorer("student", student, bench.setup.device, work / f"{role}.best.pt")])["student"]
         row = _row(bench, label, seed, _predict(student, bench, "test"), teacher_pred, suite, time.perf_counter() - t0)

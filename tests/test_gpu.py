@@ -36,7 +36,7 @@ def test_cuda_run_trains_with_bf16_autocast_and_finishes_the_chain(tmp_path, tin
     assert {r for r, _, _ in losses} == {"teacher", "student"}
     assert all(math.isfinite(loss) and ips > 0 for _, loss, ips in losses)
     # A checkpoint trained on the GPU loads on the CPU (weights_only) and its ONNX export agrees.
-    student, body = load_model(result.run_dir / "student.pt")
+    _, body = load_model(result.run_dir / "student.pt")
     assert body["method"] == "crld"
     parity = json.loads((result.run_dir / "bundle" / "parity.json").read_text())
     onnx_rung = next(r for r in parity["rungs"] if r["rung"] == "onnx")
