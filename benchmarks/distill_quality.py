@@ -37,11 +37,11 @@ from kit.evaluate import agreement, classification_metrics, predict_logits  # no
 from kit.models import load_model  # noqa: E402
 from kit.recipe import Recipe, load_recipe  # noqa: E402
 from kit.recipe.load import recipe_to_dict  # noqa: E402
-from kit.recipe.schema import CRLDConfig, KDConfig, NoDistillConfig  # noqa: E402
-from kit.train import StageContext, resolve_device, train_student, train_teacher  # noqa: E402
+from kit.distill.methods import CRLDConfig, KDConfig, NoDistillConfig  # noqa: E402
+from kit.train import TrainContext, resolve_device, train_student, train_teacher  # noqa: E402
 from kit.verify.corruptions import coverage, list_corruptions  # noqa: E402
 from kit.verify.robustness import run_suite  # noqa: E402
-from kit.verify.scorers import model_scorer  # noqa: E402
+from kit.scorers import model_scorer  # noqa: E402
 from kit.views import build_view  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,8 +105,8 @@ class Bench:
     def meta(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.spec.to_dict(), "recipe_hash": "benchmark"}
 
-    def context(self, args: argparse.Namespace, seed: int) -> StageContext:
-        return StageContext(_scaled(self.base, args, seed), self.splits, self.classes, self.spec, self.pipelines,
+    def context(self, args: argparse.Namespace, seed: int) -> TrainContext:
+        return TrainContext(_scaled(self.base, args, seed), self.splits, self.classes, self.spec, self.pipelines,
                             self.setup, self.work, None, False)
 
     def suite(self, scorers: list) -> dict[str, Any]:

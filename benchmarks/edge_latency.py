@@ -24,7 +24,7 @@ from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason  # noqa
 from kit.recipe.schema import LatencyConfig  # noqa: E402
 from kit.rundir import read_split  # noqa: E402
 from kit.verify.latency import measure  # noqa: E402
-from kit.verify.scorers import bundle_scorer, torch_scorer  # noqa: E402
+from kit.scorers import bundle_scorer, torch_scorer  # noqa: E402
 
 
 def main() -> None:

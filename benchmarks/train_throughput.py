@@ -28,7 +28,7 @@ from kit.data.dataset import ViewDataset
 from kit.distill.methods import get_method
 from kit.models import create_model
 from kit.recipe import load_recipe
-from kit.recipe.schema import CRLDConfig, KDConfig
+from kit.distill.methods import CRLDConfig, KDConfig
 from kit.train.device import resolve_device, resolve_workers
 from kit.views import build_view
 

@@ -1,7 +1,12 @@
 """Edge side of the inspection kit: torch-free preprocessing, runtimes and the Predictor.
 
-Imports only numpy, OpenCV, onnxruntime and (optionally, inside functions) tensorrt and
-cuda-python. Never imports ``kit``, torch, timm or albumentations.
+Imports only what the base install (``pip install inspection-kit``) provides: numpy, OpenCV,
+onnxruntime, typer (the CLI) and scipy (monitor); optionally, inside functions, tensorrt and
+cuda-python (the ``gpu`` extra) and matplotlib (``plot``, for drift.png). Never imports ``kit``,
+torch, timm or albumentations; tests/test_edge_install.py checks both.
+
+    predictor = Predictor.from_bundle("runs/sample_line/RUN/bundle")
+    decisions = predictor.predict(["part_0001.png", "part_0002.png"])   # or an image array
 """
 
 from deploy.errors import DeployError, ImageReadError

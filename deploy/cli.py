@@ -6,15 +6,19 @@ runtimes; ``deploy monitor`` checks recent images for drift against the bundle's
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, Any, Callable, List
 
 import typer
 
 from deploy.errors import DeployError
 from deploy.preprocess import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:  # deploy.monitor pulls in scipy: only the monitor command pays for it
+    from deploy.monitor import MonitorFiles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Edge runtime of the inspection kit (no torch needed).")
@@ -23,6 +27,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root() -> None:
     """Edge runtime of the inspection kit (no torch needed)."""
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``DeployError`` -> ``error: ...`` on stderr and exit 1: the user gets what to fix, not a
+    traceback. Every command uses it, so they fail the same way; other exceptions are bugs and keep
+    their traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DeployError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
 
 
 def _expand(inputs: list[Path]) -> list[Path]:
@@ -36,6 +56,7 @@ def _expand(inputs: list[Path]) -> list[Path]:
 
 
 @app.command()
+@_one_line_errors
 def predict(
     bundle: Path = typer.Argument(..., help="An exported bundle folder (RUN_DIR/bundle)."),
     inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
@@ -48,17 +69,14 @@ def predict(
     """
     from deploy.predictor import Predictor
 
-    try:
-        predictor = Predictor.from_bundle(bundle, runtime, intra_op_threads=threads or None)
-        typer.echo(f"# {predictor.describe()}", err=True)
-        for decision in predictor.predict_paths(_expand(inputs)):
-            typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
-    except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    predictor = Predictor.from_bundle(bundle, runtime, intra_op_threads=threads or None)
+    typer.echo(f"# {predictor.describe()}", err=True)
+    for decision in predictor.predict_paths(_expand(inputs)):
+        typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
 
 
 @app.command()
+@_one_line_errors
 def bench(
     bundle: Path = typer.Argument(..., help="An exported bundle folder."),
     runtime: List[str] = typer.Option(["onnx", "onnx-int8"], "--runtime", help="Runtimes to time (repeat the option)."),
@@ -75,21 +93,18 @@ def bench(
     from deploy.predictor import Predictor
 
     paths = _expand(images)
-    try:
-        for name in runtime:
-            predictor = Predictor.from_bundle(bundle, name, intra_op_threads=threads or None)
-            for b in batch:
-                row = {"runtime": name, "providers": predictor.describe(), "threads": threads or "default",
-                       "model_only": bench_model(predictor, b, iters=iters)}
-                if paths:
-                    row["end_to_end"] = bench_end_to_end(predictor, paths, b, iters=max(5, iters // 2))
-                typer.echo(json.dumps(row))
-    except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    for name in runtime:
+        predictor = Predictor.from_bundle(bundle, name, intra_op_threads=threads or None)
+        for b in batch:
+            row = {"runtime": name, "providers": predictor.describe(), "threads": threads or "default",
+                   "model_only": bench_model(predictor, b, iters=iters)}
+            if paths:
+                row["end_to_end"] = bench_end_to_end(predictor, paths, b, iters=max(5, iters // 2))
+            typer.echo(json.dumps(row))
 
 
 @app.command()
+@_one_line_errors
 def monitor(
     bundle: Path = typer.Argument(..., help="The deployed bundle folder."),
     inputs: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders)."),
@@ -104,32 +119,33 @@ def monitor(
     Example: deploy monitor runs/sample_line/RUN/bundle /data/line7/today --out monitor/today
     """
     from deploy.monitor import monitor as run_monitor
-    from deploy.monitor import plot_report
+    from deploy.monitor import write_monitor_report
 
-    try:
-        report = run_monitor(bundle, _expand(inputs), runtime=runtime, intra_op_threads=threads or None)
-    except DeployError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".drift.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "drift.json")
-    png = plot_report(report, out / "drift.png")
+    report = run_monitor(bundle, _expand(inputs), runtime=runtime, intra_op_threads=threads or None)
+    files = write_monitor_report(report, out)
+    for line in _monitor_lines(report, files):
+        typer.echo(line)
+    if report["status"] == "drift":
+        raise typer.Exit(2)
+
+
+def _monitor_lines(report: dict[str, Any], files: MonitorFiles) -> list[str]:
+    """The human summary of a monitor report: one line per check, then the verdict and where it went."""
+    lines = []
     for r in report["checks"]:
         test = "chi2" if r["check"] == "predicted_classes" else "KS"
         p = "" if r["ks_p_value"] is None else f"  {test} p={r['ks_p_value']:.2g}"
         med = "" if r["reference_median"] is None else f"  median {r['reference_median']:.3g} -> {r['new_median']:.3g}"
-        typer.echo(f"{r['status']:>5}  {r['check']:<18} PSI {r['psi']:.3f}{p}{med}")
+        lines.append(f"{r['status']:>5}  {r['check']:<18} PSI {r['psi']:.3f}{p}{med}")
     if report["abstain"]:
         a = report["abstain"]
-        typer.echo(f"abstain rate {a['reference_rate']:.1%} -> {a['new_rate']:.1%} (threshold {a['threshold']:.3f})")
-    for note in report["notes"]:
-        typer.echo(f"note: {note}")
-    typer.echo(f"{report['status'].upper()}: {report['images']} images vs {report['reference_images']} reference; "
-               f"{out / 'drift.json'}{' and drift.png' if png else ''}")
-    if report["status"] == "drift":
-        raise typer.Exit(2)
+        lines.append(f"abstain rate {a['reference_rate']:.1%} -> {a['new_rate']:.1%} (threshold {a['threshold']:.3f})")
+    lines += [f"note: {note}" for note in report["notes"]]
+    if files.drift_png is None:
+        lines.append('note: drift.png not written: matplotlib is not installed (pip install "inspection-kit[plot]")')
+    lines.append(f"{report['status'].upper()}: {report['images']} images vs {report['reference_images']} reference; "
+                 f"{files.drift_json}{' and drift.png' if files.drift_png else ''}")
+    return lines
 
 
 def main() -> None:

@@ -3,18 +3,21 @@ and the abstain decision, all driven by the bundle manifest."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
 from deploy.errors import DeployError
 from deploy.manifest import Manifest, read_manifest, verified_artefact
-from deploy.preprocess import preprocess_batch, read_image
+from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
 from deploy.runtimes import Runtime, get_runtime
 
 AUTO_ORDER = ("tensorrt-fp16", "tensorrt-int8", "onnx", "onnx-int8")
+PredictSource = Union[str, os.PathLike, np.ndarray, Sequence[Union[str, os.PathLike, np.ndarray]]]
+_ACCEPTED = "pass a path (str or Path), a decoded uint8 image (numpy HxW or HxWxC) or a list of either"
 
 
 @dataclass
@@ -27,6 +30,16 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def auto_runtime(formats: Iterable[str]) -> str | None:
+    """What ``runtime="auto"`` deploys on this machine: TensorRT where it runs, else ONNX FP32 (else
+    INT8). The one answer to "which runtime is deployed" for the Predictor and for ``kit verify``."""
+    from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
+
+    available = set(formats)
+    trt_ok = tensorrt_unavailable_reason() is None
+    return next((f for f in AUTO_ORDER if f in available and (trt_ok or not f.startswith("tensorrt"))), None)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -63,13 +76,10 @@ class Predictor:
 
     @classmethod
     def _auto(cls, bundle_dir: Path, manifest: Manifest, options: dict[str, Any]) -> "Predictor":
-        from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
-
-        trt_ok = tensorrt_unavailable_reason() is None
-        for fmt in AUTO_ORDER:
-            if fmt in manifest.artefacts and (trt_ok or not fmt.startswith("tensorrt")):
-                return cls.from_bundle(bundle_dir, fmt, **options)
-        raise DeployError(f"{bundle_dir}: no artefact this machine can run (bundle has: {', '.join(manifest.artefacts)})")
+        fmt = auto_runtime(manifest.artefacts)
+        if fmt is None:
+            raise DeployError(f"{bundle_dir}: no artefact this machine can run (bundle has: {', '.join(manifest.artefacts)})")
+        return cls.from_bundle(bundle_dir, fmt, **options)
 
     @property
     def classes(self) -> list[str]:
@@ -95,9 +105,32 @@ class Predictor:
             ))
         return out
 
-    def predict_images(self, images: Sequence[np.ndarray]) -> list[Decision]:
-        """Decoded uint8 images (HxWxC, any size) -> decisions."""
-        return self.decide(self.probabilities(preprocess_batch(images, self.manifest.preprocess)))
+    def predict(self, source: PredictSource, batch_size: int = 32) -> list[Decision]:
+        """The one call for every input: a path (str or Path), a decoded image (numpy uint8 HxW or
+        HxWxC, in the bundle's channels: gray, or RGB order for an rgb bundle), or a list of either.
+
+        Always returns a list of ``Decision``, one per image in input order; a single path or image
+        gives a list of one (as Ultralytics' ``predict`` does), so callers never branch on the
+        result type. A list must hold one kind: mixing paths and images raises ``DeployError``.
+        """
+        kind, items = _split_source(source)
+        if kind == "path":
+            return self.predict_paths(items, batch_size)
+        return self.predict_images(items, batch_size)
+
+    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[Decision]:
+        """Decoded uint8 images (HxW or HxWxC in the bundle's channels, any size) -> decisions.
+
+        Images are checked first: a float or wrong-channel array would otherwise reach the model as
+        a silently wrong tensor or fail deep inside the runtime.
+        """
+        spec, images = self.manifest.preprocess, list(images)
+        for index, image in enumerate(images):
+            _check_image(image, index, spec)
+        out: list[Decision] = []
+        for start in range(0, len(images), batch_size):
+            out += self.decide(self.probabilities(preprocess_batch(images[start : start + batch_size], spec)))
+        return out
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32) -> list[Decision]:
         paths = [Path(p) for p in paths]
@@ -111,3 +144,57 @@ class Predictor:
 
     def describe(self) -> str:
         return self.runtime.describe()
+
+
+def _source_kind(item: Any) -> str | None:
+    if isinstance(item, (str, os.PathLike)):
+        return "path"
+    if isinstance(item, np.ndarray):
+        return "image"
+    return None
+
+
+def _describe(item: Any) -> str:
+    """What the caller gave, short enough for a one-line error."""
+    if isinstance(item, np.ndarray):
+        return f"a {item.dtype} array of shape {tuple(item.shape)}"
+    if isinstance(item, (str, os.PathLike)):
+        return f"the path {str(item)!r}"
+    text = repr(item)
+    return f"{type(item).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _split_source(source: Any) -> tuple[str, list[Any]]:
+    """(kind, items) for ``Predictor.predict``: one kind per call, so a list of paths is never half
+    read from disk and half taken as pixels."""
+    is_list = isinstance(source, (list, tuple))
+    items = list(source) if is_list else [source]
+    kinds = [_source_kind(item) for item in items]
+    for index, (item, kind) in enumerate(zip(items, kinds)):
+        if kind is None:
+            where = f"item {index} of the list is " if is_list else "got "
+            raise DeployError(f"predict: unsupported input ({where}{_describe(item)}); {_ACCEPTED}")
+    if len(set(kinds)) > 1:
+        first_path, first_image = kinds.index("path"), kinds.index("image")
+        raise DeployError(
+            f"predict: the list mixes paths and images (item {first_path}: {_describe(items[first_path])}, "
+            f"item {first_image}: {_describe(items[first_image])}); pass one kind per call"
+        )
+    return (kinds[0] if kinds else "path"), items
+
+
+def _check_image(image: Any, index: int, spec: PreprocessSpec) -> None:
+    """A decoded image the bundle can take as it is: uint8, HxW or HxWxC, the bundle's channel count.
+    Nothing is converted here: a 3-channel array could be BGR or RGB, and guessing would be silent."""
+    if not isinstance(image, np.ndarray):
+        raise DeployError(f"image {index}: expected a numpy array, got {_describe(image)}; {_ACCEPTED}")
+    if image.dtype != np.uint8:
+        raise DeployError(f"image {index}: {_describe(image)}; expected uint8 pixels (deploy.read_image decodes files so)")
+    if image.ndim not in (2, 3):
+        raise DeployError(f"image {index}: {_describe(image)}; expected HxW or HxWxC (a batch goes in as a list of images)")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != spec.num_channels:
+        raise DeployError(
+            f"image {index}: {_describe(image)} has {channels} channel(s), the bundle expects {spec.channels} "
+            f"({spec.num_channels}); convert it first, e.g. deploy.read_image(path, {spec.channels!r})"
+        )

@@ -14,11 +14,12 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deploy.errors import DeployError
-from kit.errors import KitError
+from kit.errors import ArgumentError, KitError
 from kit.progress import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Inspection deployment kit: recipe -> robust edge model -> KPI report.")
@@ -35,6 +36,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+# What the `train` extra brings: without it `kit` can only say which extra to install.
+TRAINING_MODULES = {"torch", "timm", "albumentations", "onnx", "pydantic", "yaml", "jinja2", "matplotlib"}
+
+# Library parameters whose option is not simply --<name-with-dashes>.
+_FLAGS = {"overwrite": "--force"}
+
+
+def _flag(parameter: str) -> str:
+    """How the CLI spells a library parameter named in an ``ArgumentError``."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,8 +55,17 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (KitError, DeployError) as exc:
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+            text = exc.worded(_flag) if isinstance(exc, ArgumentError) else str(exc)
+            for line in text.splitlines() or [type(exc).__name__]:
+                console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if missing not in TRAINING_MODULES:
+                raise
+            message = (f"`kit {fn.__name__.replace('_', '-')}` needs the training side, and {missing} is not installed "
+                       "here: pip install 'inspection-kit[train]' (the edge runtime alone is `deploy`)")
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             name = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
@@ -110,43 +132,11 @@ def run(
 
     Exits 1 when a parity gate or a KPI target fails. Example: kit run recipes/sample_line.yaml
     """
-    from kit.run import STOP_POINTS
-    from kit.train.distributed import launch, launched_by_torchrun
+    from kit.run import Launch, run_line
 
-    if stop_after not in STOP_POINTS:
-        raise KitError(f"--stop-after: unknown stage {stop_after!r}; choose from {', '.join(STOP_POINTS)}")
-    if (nproc_per_node > 1 or nnodes != "1") and not launched_by_torchrun():
-        if nnodes != "1" and not rdzv_endpoint:
-            raise KitError("--nnodes: a multi-node run needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        if nnodes != "1" and not name:
-            raise KitError("--nnodes: a multi-node run needs --name, the same on every node (it names the run directory)")
-        from datetime import datetime
-
-        argv = ["run", str(target), "--out", str(out), "--name", name or datetime.now().strftime("%Y%m%d-%H%M%S"),
-                "--stop-after", stop_after] + (["--resume"] if resume else [])
-        try:
-            launch(argv, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id)
-        except Exception as exc:  # torch.distributed.elastic's ChildFailedError: the workers printed their own errors
-            raise KitError(f"distributed run failed ({type(exc).__name__}); the workers' messages are above") from None
-        return
-    from kit.recipe import load_recipe
-    from kit.run import find_resumable, run_line
-
-    resume_dir = None
-    recipe_path: Path | None = target
-    if target.is_dir():
-        if not resume:
-            raise KitError(f"{target}: is a run directory; add --resume to continue it, or pass a recipe file")
-        resume_dir, recipe_path = target, None
-    elif resume:
-        resume_dir = find_resumable(out, load_recipe(target))
-        if resume_dir is None:
-            console.print(f"no unfinished run of {target} under {out}; starting a new one")
-        else:
-            recipe_path = None
-    result = run_line(recipe_path, out_root=out, name=name, resume_dir=resume_dir, reporter=RichReporter(),
-                      stop_after=stop_after)
-    if not result.metrics:  # a torch.distributed worker other than rank 0: rank 0 reports
+    result = run_line(target, out_root=out, name=name, resume=resume, reporter=RichReporter(), stop_after=stop_after,
+                      launch=Launch(nproc_per_node, nnodes, rdzv_endpoint, rdzv_id))
+    if not result.metrics:  # the launcher, or a torch.distributed worker other than rank 0: rank 0 reports
         return
     _print_metrics(result.metrics)
     if result.parity is not None:
@@ -184,24 +174,15 @@ def export(
     """
     from kit.export import ParityGateError, export_bundle
 
-    chosen = None
-    if formats:
-        chosen = [f.strip() for f in formats.split(",") if f.strip()]
-        from typing import get_args
-
-        from kit.recipe.schema import ExportFormat
-
-        valid = get_args(ExportFormat)
-        for f in chosen:
-            if f not in valid:
-                raise KitError(f"--formats: unknown format {f!r}; choose from {', '.join(valid)}")
+    chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     try:
         result = export_bundle(run_dir, chosen, log=lambda m: console.print(m, highlight=False, markup=False))
         _print_parity(result.parity)
     except ParityGateError:
         from kit.io import read_json
+        from kit.rundir import parity_path
 
-        _print_parity(read_json(Path(run_dir) / "bundle" / "parity.json"))
+        _print_parity(read_json(parity_path(run_dir)))
         raise
     typer.echo(str(result.bundle_dir))
 
@@ -225,9 +206,7 @@ def _print_parity(parity: dict[str, Any]) -> None:
     console.print("  vs: the rung compared with; t-agree: top-1 agreement with the teacher", highlight=False)
     for row in parity["rungs"]:
         console.print(f"  {row['rung']}: {row['runtime']}", highlight=False)
-    for gate in parity["gates"]:
-        mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
-        console.print(f"{mark} {gate['rung']}: {gate['check']} = {gate['value']:.6g} (limit {gate['op']} {gate['limit']:g})")
+    _print_gate(parity["gate"], "parity gate")
 
 
 @app.command()
@@ -241,11 +220,12 @@ def verify(
     Writes RUN_DIR/verify/kpi.json and CSV tables; exits 1 when a KPI target is missed.
     Example: kit verify runs/sample_line/20261129-101500
     """
+    from kit.rundir import kpi_path
     from kit.verify import verify_run
 
     result = verify_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
     _print_kpi(result.kpi)
-    typer.echo(str(result.verify_dir / "kpi.json"))
+    typer.echo(str(kpi_path(result.verify_dir.parent)))
     if not result.passed:
         raise typer.Exit(1)
 
@@ -291,6 +271,7 @@ def report(
 
 
 @app.command()
+@_user_errors
 def monitor(
     bundle: Path = typer.Argument(..., help="The deployed bundle folder (RUN_DIR/bundle)."),
     images: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders)."),
@@ -366,8 +347,12 @@ def calibrate(
 
 
 @app.command()
+@_user_errors
 def corruptions() -> None:
-    """List the robustness suite's corruption families and their default severity tables."""
+    """List the robustness suite's corruption families and their default severity tables.
+
+    Example: kit corruptions
+    """
     from kit.verify.corruptions import get_corruption, list_corruptions
 
     table = Table(title="corruption families (override in verify.corruptions.severities)")
@@ -380,6 +365,7 @@ def corruptions() -> None:
 
 
 @app.command()
+@_user_errors
 def doctor(out: Path = typer.Option(Path("runs"), "--out", help="Where runs will be written (for the free-disk check).")) -> None:
     """What this machine offers the kit: Python, torch and CUDA, ONNX Runtime providers, TensorRT,
     CPU threads, PDF and Japanese-font support, free disk; flags combinations known to fail.
@@ -393,8 +379,6 @@ def doctor(out: Path = typer.Option(Path("runs"), "--out", help="Where runs will
     for col in ("", "check", "found", "what to do"):
         table.add_column(col)
     marks = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
-    from rich.markup import escape
-
     for f in findings:
         table.add_row(marks[f.status], escape(f.topic), escape(f.value), escape(f.hint))
     Console(width=None if sys.stdout.isatty() else 150).print(table)
@@ -459,7 +443,8 @@ def _print_operating(op: dict[str, Any]) -> None:
         f"accepted accuracy {_pct(t['accepted_accuracy'])} %{escape}", highlight=False)
 
 
-def _print_gate(verdict: dict[str, Any]) -> None:
+def _print_gate(verdict: dict[str, Any], name: str = "KPI gate") -> None:
+    """Any verdict of ``kit.gate``: the parity ladder's and the KPI gate's print the same way."""
     for c in verdict["checks"]:
         value = "-" if c["value"] is None else f"{c['value']:.4g}"
         if not c["gated"]:
@@ -467,7 +452,7 @@ def _print_gate(verdict: dict[str, Any]) -> None:
             continue
         mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
         console.print(f"{mark} {c['target']}: {c['description']} = {value} (limit {c['op']} {c['limit']:g})", highlight=False)
-    console.print("[bold green]KPI gate passed[/]" if verdict["passed"] else f"[bold red]KPI gate failed[/]: {', '.join(verdict['failed'])}")
+    console.print(f"[bold green]{name} passed[/]" if verdict["passed"] else f"[bold red]{name} failed[/]: {', '.join(verdict['failed'])}")
 
 
 @app.command()
@@ -481,7 +466,7 @@ def views(
 
     Example: kit views recipes/sample_line.yaml --out views.png
     """
-    from kit.preview import preview_views
+    from kit.views.preview import preview_views
 
     path = preview_views(recipe, out, per_class=per_class)
     typer.echo(str(path))

@@ -27,3 +27,26 @@ class RunDirError(KitError):
 
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite; the best checkpoint so far is kept."""
+
+
+class ArgumentError(KitError):
+    """An argument of a library call has a value the call cannot use.
+
+    ``argument`` names the parameter; the message may name parameters as ``{name}``. ``str()``
+    spells them as Python parameters; a front end words them its own way (the CLI: as its options,
+    ``{overwrite}`` -> ``--force``), so the library never speaks in CLI flags.
+    """
+
+    def __init__(self, argument: str, message: str, *, prefix: bool = True) -> None:
+        self.argument, self.message, self.prefix = argument, message, prefix
+        super().__init__(self.worded(lambda name: name))
+
+    def worded(self, spell) -> str:
+        """The message with every parameter written by ``spell(name)``."""
+
+        class _Spelled(dict):
+            def __missing__(self, key: str) -> str:
+                return spell(key)
+
+        text = self.message.format_map(_Spelled())
+        return f"{spell(self.argument)}: {text}" if self.prefix else text

@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 
+EVAL_BATCH = 128  # images per forward pass when a run evaluates its models
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Eval-mode logits for a preprocessed NxCxHxW tensor, on the CPU, float32.
 
     The model is moved to ``device`` here: a checkpoint just loaded sits on the CPU, and a CUDA
@@ -36,6 +39,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of correct top-1 decisions; the one definition every table of the kit uses."""
+    return float(np.mean(np.asarray(y_pred) == np.asarray(y_true))) if len(y_true) else 0.0
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 (classes absent from both truth and prediction are left out), per class."""
     cm = confusion_matrix(y_true, y_pred, len(classes))
@@ -49,7 +57,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     present = (support + predicted) > 0
     return {
         "n": int(len(y_true)),
-        "accuracy": float(tp.sum() / max(1, len(y_true))),
+        "accuracy": accuracy(y_true, y_pred),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
             name: {"recall": float(recall[i]), "precision": float(precision[i]), "f1": float(f1[i]), "support": int(support[i])}
@@ -62,3 +70,44 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     """Fraction of images on which two models give the same top-1 class."""
     return float(np.mean(np.asarray(pred_a) == np.asarray(pred_b))) if len(pred_a) else 0.0
+
+
+def evaluate_models(models: dict[str, nn.Module], inputs: torch.Tensor, labels: np.ndarray,
+                    classes: list[str], device: torch.device) -> dict[str, Any]:
+    preds = {name: predict_logits(m, inputs, device).argmax(1).numpy() for name, m in models.items()}
+    out: dict[str, Any] = {name: classification_metrics(labels, p, classes) for name, p in preds.items()}
+    if "teacher" in preds and "student" in preds:
+        out["agreement"] = agreement(preds["teacher"], preds["student"])
+        out["accuracy_gap"] = out["teacher"]["accuracy"] - out["student"]["accuracy"]
+    out["classes"] = classes
+    return out
+
+
+def run_evaluate_stage(ctx: Any) -> dict[str, Any]:
+    """The run's stage: teacher, student and comparison students on the held-back test split ->
+    ``metrics.json``; the per-epoch resume state is removed, training being over."""
+    import shutil
+
+    from kit.io import write_json_atomic
+    from kit.rundir import METRICS_NAME, comparison_role
+
+    recipe, data, device = ctx.recipe, ctx.data, ctx.setup.device
+    test = data.splits["test"]
+    test_inputs = test.tensors(data.spec)
+    teacher, student = ctx.teacher, ctx.load_role("student")
+    metrics = evaluate_models({"teacher": teacher, "student": student}, test_inputs, test.labels, data.classes, device)
+    for method in recipe.compare:
+        m = evaluate_models({"teacher": teacher, "student": ctx.load_role(comparison_role(method))}, test_inputs,
+                            test.labels, data.classes, device)
+        metrics.setdefault("compare", {})[method] = {**m["student"], "agreement": m["agreement"], "accuracy_gap": m["accuracy_gap"]}
+    metrics["line"] = recipe.line.name
+    metrics["distill_method"] = recipe.distill.method
+    metrics["split_sizes"] = data.counts
+    metrics["recipe_hash"] = ctx.state["recipe_hash"]
+    metrics["stage_seconds"] = {k: v.get("seconds") for k, v in ctx.state.get("stages", {}).items()}
+    write_json_atomic(ctx.run_dir / METRICS_NAME, metrics)
+    shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+    t, s = metrics["teacher"], metrics["student"]
+    ctx.log(f"test: teacher acc {t['accuracy']:.3f} / macro-F1 {t['macro_f1']:.3f}; student acc {s['accuracy']:.3f} / "
+            f"macro-F1 {s['macro_f1']:.3f}; agreement {metrics['agreement']:.3f}")
+    return {}

@@ -1,43 +1,103 @@
-"""The run directory contract: file names, stage state, the recorded split.
+"""The run directory contract: every file and folder name of a run, its stage state, and the
+readers of the files several stages share (the recorded split, the history).
 
-Every stage reads only files written by earlier stages; these helpers are how it finds them.
+Every stage reads only files written by earlier stages; these names and helpers are how it
+finds them. Nothing else in the kit spells a run's file names.
+
+```
+runs/<line>/<run-id>/
+  recipe.lock.yaml  state.json  split.csv  views.png  history.csv  metrics.json  run.log
+  teacher.pt  student.pt  student-<method>.pt  checkpoints/
+  bundle/ (parity.json ...)  verify/ (kpi.json ...)  report/ (report.html, report.pdf)
+```
 """
 
 from __future__ import annotations
 
 import csv
+import io
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
 from kit.errors import RunDirError
-from kit.io import read_json, write_json_atomic
+from kit.io import read_json, write_json_atomic, write_text_atomic
 
 LOCK_NAME, STATE_NAME, SPLIT_NAME = "recipe.lock.yaml", "state.json", "split.csv"
-BUNDLE_DIR = "bundle"
+VIEWS_NAME, HISTORY_NAME, METRICS_NAME, LOG_NAME = "views.png", "history.csv", "metrics.json", "run.log"
+CHECKPOINT_DIR = "checkpoints"  # per-epoch resume state while a training stage runs
+BUNDLE_DIR, PARITY_NAME = "bundle", "parity.json"
+VERIFY_DIR, KPI_NAME = "verify", "kpi.json"
+REPORT_DIR, HTML_NAME, PDF_NAME = "report", "report.html", "report.pdf"
+
+# The order stages run in. Recording a stage drops every later one from the state: what they
+# wrote was made from the earlier stage's previous output. Comparison students share one slot.
+STAGE_ORDER = ("data", "teacher", "student", "compare", "evaluate", "export", "verify", "report")
 
 
-def read_state(run_dir: Path) -> dict[str, Any]:
+def comparison_role(method: str) -> str:
+    """Role (and checkpoint stem) of the comparison student trained with ``method``."""
+    return f"student-{method}"
+
+
+def checkpoint_path(run_dir: str | Path, role: str) -> Path:
+    """``teacher.pt``, ``student.pt``, ``student-<method>.pt``."""
+    return Path(run_dir) / f"{role}.pt"
+
+
+def parity_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / BUNDLE_DIR / PARITY_NAME
+
+
+def kpi_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / VERIFY_DIR / KPI_NAME
+
+
+def report_html_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / REPORT_DIR / HTML_NAME
+
+
+# -- stage state ---------------------------------------------------------------------------------
+
+def read_state(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / STATE_NAME
     return read_json(path) if path.is_file() else {"stages": {}}
 
 
-def mark_stage(run_dir: Path, state: dict[str, Any], stage: str, seconds: float, status: str = "done", **extra: Any) -> None:
-    state.setdefault("stages", {})[stage] = {
+def stage_status(state: dict[str, Any], stage: str) -> str | None:
+    """``done``, ``gate-failed`` or None (never ran, or dropped because an earlier stage ran again)."""
+    return state.get("stages", {}).get(stage, {}).get("status")
+
+
+def _slot(stage: str) -> int:
+    return STAGE_ORDER.index("compare" if stage.startswith("student-") else stage)
+
+
+def mark_stage(run_dir: str | Path, state: dict[str, Any], stage: str, seconds: float, status: str = "done",
+               **extra: Any) -> None:
+    """Record ``stage`` as finished (atomically) and drop the stages after it."""
+    stages = state.setdefault("stages", {})
+    for later in [s for s in stages if _slot(s) > _slot(stage)]:
+        del stages[later]
+    stages[stage] = {
         "status": status, "seconds": round(seconds, 2),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
     }
     write_json_atomic(Path(run_dir) / STATE_NAME, state)
 
 
-def require_stages(run_dir: Path, stages: list[str], command: str) -> dict[str, Any]:
+def require_stages(run_dir: str | Path, stages: list[str], command: str) -> dict[str, Any]:
     """The run's state, or a one-line error saying which stage is missing and how to finish it."""
     run_dir = Path(run_dir)
     if not (run_dir / LOCK_NAME).is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {LOCK_NAME}); make one with `kit run RECIPE`")
     state = read_state(run_dir)
     for stage in stages:
-        if state.get("stages", {}).get(stage, {}).get("status") != "done":
+        if stage_status(state, stage) != "done":
             raise RunDirError(
                 f"{run_dir}: stage '{stage}' has not finished, so `{command}` cannot run; "
                 f"finish the run with `kit run {run_dir} --resume`"
@@ -45,7 +105,20 @@ def require_stages(run_dir: Path, stages: list[str], command: str) -> dict[str, 
     return state
 
 
-def read_split(run_dir: Path, split: str) -> tuple[list[Path], list[str]]:
+# -- the recorded split ----------------------------------------------------------------------------
+
+def write_split(run_dir: str | Path, classes: list[str], splits: dict[str, Any]) -> None:
+    """The images each split really used (unreadable files skipped during decoding are left out)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label", "split"])
+    for name, split in splits.items():
+        for sample in split.samples:
+            writer.writerow([str(sample.path), classes[sample.label], name])
+    write_text_atomic(Path(run_dir) / SPLIT_NAME, buf.getvalue())
+
+
+def read_split(run_dir: str | Path, split: str) -> tuple[list[Path], list[str]]:
     """Paths and labels of one split exactly as the run used it."""
     path = Path(run_dir) / SPLIT_NAME
     if not path.is_file():
@@ -53,3 +126,52 @@ def read_split(run_dir: Path, split: str) -> tuple[list[Path], list[str]]:
     with path.open(newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     return [Path(r["path"]) for r in rows], [r["label"] for r in rows]
+
+
+@dataclass
+class SplitData:
+    """One recorded split, decoded and prepared by the edge runtime's own preprocessing."""
+
+    paths: list[Path]
+    images: np.ndarray  # prepared uint8 NxHxWxC
+    labels: np.ndarray
+
+    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
+        """The float32 NCHW model inputs."""
+        return to_tensor(self.images, spec)
+
+    def subset(self, indices: np.ndarray) -> "SplitData":
+        return SplitData([self.paths[i] for i in indices], self.images[indices], self.labels[indices])
+
+
+def load_split(run_dir: str | Path, split: str, spec: PreprocessSpec, classes: list[str]) -> SplitData:
+    """A split exactly as the run used it, through the one preprocessing implementation."""
+    paths, names = read_split(run_dir, split)
+    lookup = {c: i for i, c in enumerate(classes)}
+    images = np.stack([prepare_image(read_image(p, spec.channels), spec) for p in paths])
+    return SplitData(paths, images, np.array([lookup[n] for n in names], dtype=np.int64))
+
+
+# -- training history --------------------------------------------------------------------------------
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_history(run_dir: str | Path, role: str, rows: list[dict[str, Any]]) -> None:
+    """history.csv holds every role; a stage rewrites only its own rows."""
+    path = Path(run_dir) / HISTORY_NAME
+    kept: list[dict[str, Any]] = []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as fh:
+            kept = [r for r in csv.DictReader(fh) if r.get("role") != role]
+    all_rows = kept + rows
+    columns: list[str] = []
+    for r in all_rows:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    for r in all_rows:
+        writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())

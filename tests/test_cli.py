@@ -9,7 +9,12 @@ from kit.cli import app
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 runner = CliRunner()
-COMMANDS = ["run", "views", "sample-data"]
+COMMANDS = sorted(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)
+
+
+def test_the_command_list_is_complete():
+    assert COMMANDS == ["calibrate", "corruptions", "doctor", "export", "init-line", "monitor", "report", "run",
+                        "sample-data", "threshold", "verify", "views"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -76,3 +81,35 @@ def test_sample_classes_are_not_separable_by_mean_brightness():
     train = {c: m[:20].mean() for c, m in means.items()}
     hits = sum(int(min(labels, key=lambda k: abs(train[k] - v)) == c) for c in labels for v in means[c][20:])
     assert hits / (20 * len(labels)) < 0.35
+
+
+def test_kit_without_the_train_extra_says_which_extra_to_install():
+    import typer
+
+    from kit.cli import _user_errors
+
+    edge = typer.Typer()
+
+    @edge.command()
+    @_user_errors
+    def run() -> None:
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    @edge.command()
+    @_user_errors
+    def other() -> None:
+        raise ModuleNotFoundError("No module named 'left_pad'", name="left_pad")
+
+    result = runner.invoke(edge, ["run"])
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "error: `kit run` needs the training side, and torch is not installed here: "
+        "pip install 'inspection-kit[train]' (the edge runtime alone is `deploy`)"]
+    assert isinstance(runner.invoke(edge, ["other"]).exception, ModuleNotFoundError)  # a bug keeps its traceback
+
+
+def test_an_error_line_with_brackets_is_printed_as_written(tmp_path, tiny_line):
+    bad = write_recipe(tmp_path / "bad.yaml", tiny_recipe_dict(tiny_line, **{"views.strong": [{"MotionBlurr": {}}]}))
+    result = runner.invoke(app, ["views", str(bad), "--out", str(tmp_path / "v.png")])
+    assert result.exit_code == 1
+    assert f"error: {bad}: views.strong[0]: unknown transform 'MotionBlurr' (did you mean MotionBlur?)" in result.output

@@ -157,14 +157,14 @@ def test_unicode_and_spaces_in_names(tmp_path, tiny_line):
 def test_split_csv_lists_only_the_images_the_run_used(tmp_path, tiny_line):
     import csv
 
-    from kit.run import _write_split
+    from kit.rundir import write_split
 
     root = _copy_line(tiny_line, tmp_path)
     (root / "ok" / "ok_0003.png").write_bytes(b"")
     recipe = _recipe(tmp_path, root, **{"data.max_unreadable_fraction": 0.1})
     index = index_line(recipe)
     splits, _ = decode_line(index, recipe, preprocess_spec(recipe))
-    _write_split(tmp_path, index.classes, splits)
+    write_split(tmp_path, index.classes, splits)
     with (tmp_path / "split.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 19 and not any(r["path"].endswith("ok_0003.png") for r in rows)

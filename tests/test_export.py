@@ -88,7 +88,7 @@ def test_parity_ladder_contents(exported):
     int8_row = parity["rungs"][3]
     assert int8_row["parent"] == "onnx" and 0.5 <= int8_row["vs_parent"]["agreement"] <= 1.0
     assert parity["passed"] is True
-    assert {g["rung"] for g in parity["gates"]} == {"onnx", "onnx-int8"}
+    assert {g["rung"] for g in parity["gate"]["checks"]} == {"onnx", "onnx-int8"}
 
 
 def test_int8_model_is_quantized_and_runs(exported):
@@ -140,8 +140,9 @@ def test_failed_gate_exits_nonzero_with_the_table(exported, tmp_path):
     (run_dir / "recipe.lock.yaml").write_text(yaml.safe_dump(lock))
     result = CliRunner().invoke(app, ["export", str(run_dir), "--formats", "onnx"])
     assert result.exit_code == 1
-    assert "FAIL onnx: max |delta p| vs student" in result.output
-    assert "parity gate failed: onnx max |delta p| vs student" in result.output
+    assert "FAIL export.parity.onnx_max_abs_prob_delta: ONNX FP32 max |delta p| against the torch student" in result.output
+    assert "parity gate failed: export.parity.onnx_max_abs_prob_delta" in result.output
+    assert "error: " in result.output and "parity gate failed: export.parity.onnx_max_abs_prob_delta = " in result.output
     with pytest.raises(ParityGateError):
         export_bundle(run_dir, ["onnx"], log=lambda m: None)
 

@@ -133,12 +133,13 @@ def test_threshold_search_reaches_its_target_on_validation():
 def test_threshold_target_parsing():
     assert parse_target("accepted_accuracy=0.995").accepted_accuracy == 0.995
     assert parse_target("max_escape_rate=0.001", ok_class="ok").max_escape_rate == 0.001
-    from kit.errors import RecipeError
+    from kit.errors import ArgumentError
 
-    with pytest.raises(RecipeError, match="needs ok_class"):
+    with pytest.raises(ArgumentError, match="^target: max_escape_rate=0.001: max_escape_rate needs ok_class"):
         parse_target("max_escape_rate=0.001")
-    with pytest.raises(RecipeError, match="expected accepted_accuracy=VALUE"):
+    with pytest.raises(ArgumentError, match="^target: expected accepted_accuracy=VALUE") as raised:
         parse_target("accuracy>0.9")
+    assert raised.value.worded(lambda name: "--" + name).startswith("--target: expected")
 
 
 # -- gate and latency harness -------------------------------------------------------------------

@@ -1,22 +1,33 @@
 """The registry of student training methods: ``crld``, ``kd``, ``none``.
 
-A method says which views the student sees and turns student (and teacher) logits into a
-loss plus the parts worth logging. The training loop knows nothing method-specific.
+A method is everything about it in one place: the recipe settings it accepts (a pydantic model,
+as albumentations keeps each transform's schema with the transform), the views the student sees,
+whether it needs a teacher, and its loss. The recipe schema validates ``distill:`` and
+``compare:`` against this registry, and the training loop knows nothing method-specific, so a new
+method is one ``register_method`` call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from kit.distill.losses import crld_loss, kd_loss
 
-# (student logits per view, teacher logits per view or None, target, config) -> (loss, parts).
+# (student logits per view, teacher logits per view or None, target, settings) -> (loss, parts).
 # Parts stay tensors: calling .item() every step would be a CPU-GPU sync point.
-LossFn = Callable[[dict[str, Tensor], dict[str, Tensor] | None, Tensor, Any], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[[dict[str, Tensor], "dict[str, Tensor] | None", Tensor, Any], tuple[Tensor, dict[str, Tensor]]]
+
+
+class MethodSettings(BaseModel):
+    """Base of every method's ``distill:`` settings; ``method`` names the registered method."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    method: str
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,7 @@ class DistillMethod:
     uses_teacher: bool
     loss: LossFn
     description: str
+    settings: type[MethodSettings]  # the recipe's ``distill:`` block for this method
 
 
 _METHODS: dict[str, DistillMethod] = {}
@@ -34,8 +46,16 @@ _METHODS: dict[str, DistillMethod] = {}
 def register_method(method: DistillMethod) -> DistillMethod:
     if method.name in _METHODS:
         raise ValueError(f"distillation method {method.name!r} is registered twice")
+    declared = method.settings.model_fields["method"].default
+    if declared != method.name:
+        raise ValueError(f"distillation method {method.name!r}: its settings declare method={declared!r}")
     _METHODS[method.name] = method
     return method
+
+
+def unregister_method(name: str) -> None:
+    """For tests and plug-ins that register a method for a while."""
+    _METHODS.pop(name, None)
 
 
 def get_method(name: str) -> DistillMethod:
@@ -49,7 +69,26 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: Any):
+def default_settings(name: str) -> MethodSettings:
+    """A method's recipe defaults: comparison students use the method as published."""
+    return get_method(name).settings()
+
+
+# -- crld ------------------------------------------------------------------------------------------
+
+class CRLDConfig(MethodSettings):
+    """Cross-view consistency distillation; see ``kit.distill.losses.crld_loss``."""
+
+    method: Literal["crld"] = "crld"
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    ce_weight: Annotated[float, Field(ge=0)] = 1.0
+    within_weight: Annotated[float, Field(ge=0)] = 2.0
+    cross_weight: Annotated[float, Field(ge=0)] = 0.5
+    tau_weak: Annotated[float, Field(ge=0, le=1)] = 0.9
+    tau_strong: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: CRLDConfig):
     assert teacher is not None
     out = crld_loss(
         student["weak"], student["strong"], teacher["weak"], teacher["strong"], target,
@@ -63,19 +102,40 @@ def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target:
     return out.total, parts
 
 
-def _kd(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: Any):
+# -- kd --------------------------------------------------------------------------------------------
+
+class KDConfig(MethodSettings):
+    """Hinton knowledge distillation on the weak view."""
+
+    method: Literal["kd"] = "kd"
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    ce_weight: Annotated[float, Field(ge=0)] = 0.1
+    kd_weight: Annotated[float, Field(ge=0)] = 0.9
+
+
+def _kd(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: KDConfig):
     assert teacher is not None
     out = kd_loss(student["weak"], teacher["weak"], target, temperature=cfg.temperature,
                   ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight)
     return out.total, {"ce": out.ce, "kd": out.kd}
 
 
-def _none(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: Any):
+# -- none ------------------------------------------------------------------------------------------
+
+class NoDistillConfig(MethodSettings):
+    """Cross-entropy on the weak view only: the baseline a distillation method must beat."""
+
+    method: Literal["none"] = "none"
+
+
+def _none(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: NoDistillConfig):
     ce = F.cross_entropy(student["weak"], target)
     return ce, {"ce": ce}
 
 
 register_method(DistillMethod("crld", ("weak", "strong"), True, _crld,
-                              "cross-view consistency distillation: within- and cross-view KD, confidence-masked"))
-register_method(DistillMethod("kd", ("weak",), True, _kd, "Hinton KD on the weak view"))
-register_method(DistillMethod("none", ("weak",), False, _none, "cross-entropy on the weak view, no teacher"))
+                              "cross-view consistency distillation: within- and cross-view KD, confidence-masked",
+                              CRLDConfig))
+register_method(DistillMethod("kd", ("weak",), True, _kd, "Hinton KD on the weak view", KDConfig))
+register_method(DistillMethod("none", ("weak",), False, _none, "cross-entropy on the weak view, no teacher",
+                              NoDistillConfig))

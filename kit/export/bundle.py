@@ -12,27 +12,30 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 import torch
 
 from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
-from deploy.predictor import Predictor, softmax
-from deploy.preprocess import load_and_preprocess, prepare_image, read_image, to_tensor
+from deploy.manifest import read_manifest
+from deploy.predictor import softmax
+from deploy.preprocess import load_and_preprocess, to_tensor
 from deploy.profile import PROFILE_NAME, build_profile, statistics_table
 from kit.data import preprocess_spec
-from kit.errors import KitError
-from kit.evaluate import predict_logits
+from kit.errors import ArgumentError, KitError
 from kit.export.onnx_fp32 import embed_manifest, export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import Rung, run_ladder
+from kit.evaluate import EVAL_BATCH
+from kit.gate import describe_failures
 from kit.export.tensorrt_engine import EngineSkipped, build_engine
 from kit.io import publish_dir, staging_dir, write_json_atomic
 from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.recipe.schema import ExportFormat
-from kit.rundir import BUNDLE_DIR, LOCK_NAME, mark_stage, read_split, require_stages
+from kit.scorers import bundle_scorer, model_scorer
+from kit.rundir import BUNDLE_DIR, LOCK_NAME, PARITY_NAME, checkpoint_path, load_split, mark_stage, read_split, require_stages
 
 FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
                          "tensorrt-fp16": "model.fp16.plan", "tensorrt-int8": "model.int8.plan"}
@@ -84,11 +87,15 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     cfg = recipe.export
     formats = list(formats or cfg.formats)
+    valid = get_args(ExportFormat)
+    for fmt in formats:
+        if fmt not in valid:
+            raise ArgumentError("formats", f"unknown format {fmt!r}; choose from {', '.join(valid)}")
     if "onnx" not in formats:
         formats.insert(0, "onnx")
     spec = preprocess_spec(recipe)
-    student, student_ckpt = load_model(run_dir / "student.pt")
-    teacher, _ = load_model(run_dir / "teacher.pt")
+    student, student_ckpt = load_model(checkpoint_path(run_dir, "student"))
+    teacher, _ = load_model(checkpoint_path(run_dir, "teacher"))
     classes = list(student_ckpt["classes"])
     input_shape = (spec.num_channels, *spec.image_size)
 
@@ -144,47 +151,42 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
     parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe)
-    write_json_atomic(staging / "parity.json", parity)
+    write_json_atomic(staging / PARITY_NAME, parity)
     write_json_atomic(staging / PROFILE_NAME, _reference_profile(run_dir, staging, spec, recipe))
     manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(staging / PROFILE_NAME)}
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
     bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
-    for later in ("verify", "report"):  # measured on the previous bundle: no longer true
-        state.get("stages", {}).pop(later, None)
-    mark_stage(run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
+    mark_stage(  # drops verify and report: they measured the previous bundle
+        run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
                built=list(artefacts), skipped=skipped)
     result = ExportResult(bundle_dir=bundle, parity=parity, built=list(artefacts), skipped=skipped)
     if not parity["passed"]:
-        failed = [f"{c['rung']} {c['check']} = {c['value']:.6g} (limit {c['op']} {c['limit']:g})" for c in parity["gates"] if not c["passed"]]
-        raise ParityGateError(f"{bundle}: parity gate failed: {'; '.join(failed)}")
+        raise ParityGateError(f"{bundle}: parity gate failed: {describe_failures(parity['gate'])}")
     return result
 
 
 def _reference_profile(run_dir: Path, bundle: Path, spec, recipe) -> dict[str, Any]:
     """What ``deploy monitor`` compares new images with: imaging statistics and ONNX FP32 logits on
     the held-out (validation + test) images, the closest thing to production the run has seen."""
-    paths = read_split(run_dir, "val")[0] + read_split(run_dir, "test")[0]
-    images = [prepare_image(read_image(p, spec.channels), spec) for p in paths]
-    predictor = Predictor.from_bundle(bundle, "onnx")
-    logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + 64]), spec)) for i in range(0, len(images), 64)])
-    return build_profile(statistics_table(images), logits, source="validation + test splits",
+    classes = read_manifest(bundle).classes
+    images = np.concatenate([load_split(run_dir, split, spec, classes).images for split in ("val", "test")])
+    logits = bundle_scorer(bundle, "onnx").logits(to_tensor(images, spec))
+    return build_profile(statistics_table(list(images)), logits, source="validation + test splits",
                          thresholds=recipe.monitor.model_dump())
 
 
 def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,
                    recipe) -> dict[str, Any]:
-    paths, labels = read_split(run_dir, "test")
-    lookup = {c: i for i, c in enumerate(classes)}
-    y = np.array([lookup[label] for label in labels])
-    inputs = np.stack([load_and_preprocess(p, spec) for p in paths])
-    device = torch.device("cpu")
-    rungs = [
-        Rung("teacher", "torch (cpu)", softmax(predict_logits(teacher, torch.from_numpy(inputs), device).numpy())),
-        Rung("student", "torch (cpu)", softmax(predict_logits(student, torch.from_numpy(inputs), device).numpy())),
-    ]
-    for fmt in manifest.artefacts:
-        predictor = Predictor.from_bundle(bundle, fmt)
-        rungs.append(Rung(fmt, predictor.describe(), softmax(np.concatenate(
-            [predictor.logits(inputs[i : i + 64]) for i in range(0, len(inputs), 64)]), manifest.temperature)))
-    return run_ladder(rungs, y, [str(p) for p in paths], manifest.operating_threshold, recipe.export.parity)
+    test = load_split(run_dir, "test", spec, classes)
+    # A fresh C-ordered copy: canonical strides even for one channel, where the batched view's channel
+    # stride would make torch pick its channels-last kernels (same values to ~1e-6, other rounding).
+    inputs = np.array(test.inputs(spec), order="C", copy=True)
+    cpu = torch.device("cpu")
+    # The torch rungs batch as the run's evaluation does, so their figures equal metrics.json's.
+    scorers = [model_scorer(role, model, cpu, checkpoint_path(run_dir, role), batch_size=EVAL_BATCH)
+               for role, model in (("teacher", teacher), ("student", student))]
+    scorers += [bundle_scorer(bundle, fmt) for fmt in manifest.artefacts]
+    rungs = [Rung(s.name, "torch (cpu)" if s.kind == "torch" else s.runtime, softmax(s.logits(inputs), manifest.temperature))
+             for s in scorers]
+    return run_ladder(rungs, test.labels, [str(p) for p in test.paths], manifest.operating_threshold, recipe.export.parity)

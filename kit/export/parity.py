@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from kit.evaluate import accuracy
+from kit.gate import check, verdict
 from kit.recipe.schema import ParityGates
 
 PARENT = {"student": "teacher", "onnx": "student", "onnx-int8": "onnx", "tensorrt-fp16": "onnx", "tensorrt-int8": "onnx"}
@@ -48,22 +50,19 @@ def compare(a: np.ndarray, b: np.ndarray, paths: list[str], threshold: float | N
     }
 
 
+# rung -> the recipe's ``export.parity`` limits it is held to: (field, measure, op, description)
+GATES: dict[str, list[tuple[str, str, str, str]]] = {
+    "onnx": [("onnx_min_agreement", "agreement", ">=", "ONNX FP32 top-1 agreement with the torch student"),
+             ("onnx_max_abs_prob_delta", "max_abs_delta_p", "<=", "ONNX FP32 max |delta p| against the torch student")],
+    "onnx-int8": [("int8_min_agreement", "agreement", ">=", "ONNX INT8 top-1 agreement with ONNX FP32")],
+    "tensorrt-fp16": [("tensorrt_fp16_min_agreement", "agreement", ">=", "TensorRT FP16 top-1 agreement with ONNX FP32")],
+    "tensorrt-int8": [("tensorrt_int8_min_agreement", "agreement", ">=", "TensorRT INT8 top-1 agreement with ONNX FP32")],
+}
+
+
 def gate_checks(name: str, vs_parent: dict[str, Any], gates: ParityGates) -> list[dict[str, Any]]:
-    checks: list[tuple[str, float, float, str]] = []
-    if name == "onnx":
-        checks += [("agreement vs student", vs_parent["agreement"], gates.onnx_min_agreement, ">="),
-                   ("max |delta p| vs student", vs_parent["max_abs_delta_p"], gates.onnx_max_abs_prob_delta, "<=")]
-    elif name == "onnx-int8":
-        checks.append(("agreement vs ONNX FP32", vs_parent["agreement"], gates.int8_min_agreement, ">="))
-    elif name == "tensorrt-fp16":
-        checks.append(("agreement vs ONNX FP32", vs_parent["agreement"], gates.tensorrt_fp16_min_agreement, ">="))
-    elif name == "tensorrt-int8":
-        checks.append(("agreement vs ONNX FP32", vs_parent["agreement"], gates.tensorrt_int8_min_agreement, ">="))
-    return [
-        {"rung": name, "check": label, "value": value, "limit": limit, "op": op,
-         "passed": bool(value >= limit if op == ">=" else value <= limit)}
-        for label, value, limit, op in checks
-    ]
+    return [check(f"export.parity.{field}", measure, description, vs_parent[measure], getattr(gates, field), op, rung=name)
+            for field, measure, op, description in GATES.get(name, [])]
 
 
 def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshold: float | None,
@@ -73,7 +72,7 @@ def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshol
     rows, checks = [], []
     for rung in rungs:
         row: dict[str, Any] = {"rung": rung.name, "runtime": rung.runtime,
-                               "accuracy": float(np.mean(rung.probabilities.argmax(1) == labels))}
+                               "accuracy": accuracy(labels, rung.probabilities.argmax(1))}
         parent = PARENT.get(rung.name)
         if parent in by_name:
             row["parent"] = parent
@@ -82,5 +81,6 @@ def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshol
         if teacher is not None and rung is not teacher:
             row["vs_teacher"] = compare(teacher.probabilities, rung.probabilities, paths, threshold)
         rows.append(row)
-    return {"test_images": len(labels), "operating_threshold": threshold, "rungs": rows, "gates": checks,
-            "passed": all(c["passed"] for c in checks)}
+    result = verdict(checks)
+    return {"test_images": len(labels), "operating_threshold": threshold, "rungs": rows, "gate": result,
+            "passed": result["passed"]}

@@ -17,7 +17,7 @@ import numpy as np
 from deploy.errors import ImageReadError
 from deploy.preprocess import read_image
 from kit.data.index import SPLITS, class_folders, file_hash, images_in
-from kit.errors import DataError, KitError
+from kit.errors import ArgumentError, DataError
 from kit.io import write_text_atomic
 from kit.recipe import load_recipe
 
@@ -217,10 +217,10 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     try:
         LineConfig(name=name)
     except ValidationError:
-        raise KitError(f"--name: {name!r} is not a valid line name (letters, digits, _ . - ; starting with a letter or digit)") from None
+        raise ArgumentError("name", f"{name!r} is not a valid line name (letters, digits, _ . - ; starting with a letter or digit)") from None
     path = Path(out) if out is not None else Path("recipes") / f"{name}.yaml"
     if path.exists() and not overwrite:
-        raise KitError(f"{path}: already exists; pass --force to replace it")
+        raise ArgumentError("overwrite", f"{path}: already exists; pass {{overwrite}} to replace it", prefix=False)
     survey = survey_line(images_dir)
     text = render_recipe(survey, name, path.parent, torch.cuda.is_available() if gpu is None else gpu, str(path))
     tmp = path.parent / f".{path.name}.check.yaml"

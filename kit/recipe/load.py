@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from kit.errors import RecipeError
 from kit.io import write_text_atomic
+from kit.distill.methods import MethodSettings, get_method, list_methods
 from kit.recipe.schema import Recipe
 
 _MAX_VALUE_REPR = 60
@@ -46,7 +47,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None =
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError("\n".join(f"{source}: {line}" for line in format_validation_error(exc))) from None
+        raise RecipeError("\n".join(f"{source}: {line}" for line in format_validation_error(exc, data))) from None
     recipe._base_dir = (base_dir or Path.cwd()).resolve()
     if check:
         try:
@@ -68,9 +69,8 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"{role}.pretrained_file: file not found: {recipe.resolve_path(cfg.pretrained_file)}")
     if recipe.teacher.checkpoint and not recipe.resolve_path(recipe.teacher.checkpoint).is_file():
         raise RecipeError(f"teacher.checkpoint: file not found: {recipe.resolve_path(recipe.teacher.checkpoint)}")
-    channels = 1 if recipe.data.channels == "gray" else 3
     for name in ("weak", "strong"):
-        build_view(getattr(recipe.views, name), f"views.{name}", recipe.data.image_size, channels)
+        build_view(getattr(recipe.views, name), f"views.{name}", recipe.data.image_size, recipe.data.num_channels)
     _check_corruptions(recipe)
 
 
@@ -110,15 +110,16 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return f"{where}invalid YAML: {problem}"
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per error: field path, what is wrong, the bad value."""
+def format_validation_error(exc: ValidationError, data: Any = None) -> list[str]:
+    """One line per error: field path, what is wrong, the bad value (``data``: the raw recipe, which
+    names the distillation method whose fields a typo is matched against)."""
     lines = []
     for err in exc.errors():
-        loc = _strip_union_tags(err["loc"])
+        loc = tuple(err["loc"])
         path = _format_loc(loc)
         kind = err["type"]
         if kind == "extra_forbidden":
-            known = _fields_at(loc[:-1])
+            known = _fields_at(loc[:-1], data)
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
             suffix = f" (did you mean {hint[0]}?)" if hint else (f"; known fields: {', '.join(known)}" if known else "")
             lines.append(f"{path}: unknown field{suffix}")
@@ -134,13 +135,6 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``('distill', 'crld', 'tau_weak')`` -> ``('distill', 'tau_weak')``."""
-    if len(loc) >= 2 and loc[0] == "distill" and loc[1] in ("crld", "kd", "none"):
-        return (loc[0], *loc[2:])
-    return tuple(loc)
-
-
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -148,16 +142,28 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+def _fields_at(loc: tuple[Any, ...], data: Any = None) -> list[str]:
     model: Any = Recipe
     for part in loc:
+        data = _child(data, part)
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return []
         model = _model_in(field.annotation)
+        if model is MethodSettings:  # the method named in the data decides which settings apply
+            name = data.get("method", "crld") if isinstance(data, dict) else "crld"
+            model = get_method(name).settings if name in list_methods() else model
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _child(data: Any, part: Any) -> Any:
+    if isinstance(data, dict):
+        return data.get(part)
+    if isinstance(data, list) and isinstance(part, int) and part < len(data):
+        return data[part]
+    return None
 
 
 def _model_in(annotation: Any) -> Any:

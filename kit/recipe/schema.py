@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from kit.distill.methods import CRLDConfig, MethodSettings, get_method, list_methods
 
 SCHEMA_VERSION = 1
 
@@ -97,6 +101,10 @@ class DataConfig(_Strict):
             raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
         return v
 
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.channels == "gray" else 3
+
     @field_validator("roi")
     @classmethod
     def _roi_positive(cls, v: Any) -> Any:
@@ -113,7 +121,7 @@ class DataConfig(_Strict):
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes contains duplicates")
         if self.normalize is not None:
-            n = 1 if self.channels == "gray" else 3
+            n = self.num_channels
             if len(self.normalize.mean) != n or len(self.normalize.std) != n:
                 raise ValueError(f"normalize.mean and normalize.std need {n} value(s) for channels {self.channels!r}")
         return self
@@ -156,36 +164,6 @@ class TeacherConfig(TrainConfig):
 
 class StudentConfig(TrainConfig):
     arch: Annotated[str, Field(min_length=1)] = "mobilenetv3_small_100"
-
-
-class CRLDConfig(_Strict):
-    """Cross-view consistency distillation; see ``kit.distill.losses.crld_loss``."""
-
-    method: Literal["crld"] = "crld"
-    temperature: Annotated[float, Field(gt=0)] = 4.0
-    ce_weight: Annotated[float, Field(ge=0)] = 1.0
-    within_weight: Annotated[float, Field(ge=0)] = 2.0
-    cross_weight: Annotated[float, Field(ge=0)] = 0.5
-    tau_weak: Annotated[float, Field(ge=0, le=1)] = 0.9
-    tau_strong: Annotated[float, Field(ge=0, le=1)] = 0.2
-
-
-class KDConfig(_Strict):
-    """Hinton knowledge distillation on the weak view."""
-
-    method: Literal["kd"] = "kd"
-    temperature: Annotated[float, Field(gt=0)] = 4.0
-    ce_weight: Annotated[float, Field(ge=0)] = 0.1
-    kd_weight: Annotated[float, Field(ge=0)] = 0.9
-
-
-class NoDistillConfig(_Strict):
-    """Cross-entropy on the weak view only: the baseline a distillation method must beat."""
-
-    method: Literal["none"] = "none"
-
-
-DistillConfig = Annotated[Union[CRLDConfig, KDConfig, NoDistillConfig], Field(discriminator="method")]
 
 
 ExportFormat = Literal["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"]
@@ -334,9 +312,6 @@ class MonitorConfig(_Strict):
         return self
 
 
-DistillMethodName = Literal["crld", "kd", "none"]
-
-
 class Recipe(_Strict):
     """One camera line: data, views, teacher, student, distillation."""
 
@@ -346,9 +321,10 @@ class Recipe(_Strict):
     views: ViewsConfig = ViewsConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
-    distill: DistillConfig = CRLDConfig()
+    # Validated against the method registry (``kit.distill.methods``): each method brings its settings.
+    distill: SerializeAsAny[MethodSettings] = CRLDConfig()
     # Extra students trained with the same budget and other methods, for the robustness comparison.
-    compare: list[DistillMethodName] = Field(default_factory=list)
+    compare: list[str] = Field(default_factory=list)
     export: ExportConfig = ExportConfig()
     verify: VerifyConfig = VerifyConfig()
     kpi: KpiTargets = KpiTargets()
@@ -360,6 +336,30 @@ class Recipe(_Strict):
 
     # Set by the loader, not by the user: the folder relative paths resolve against.
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path(".").resolve())
+
+    @field_validator("distill", mode="wrap")
+    @classmethod
+    def _distill_settings(cls, value: Any, handler: Any) -> MethodSettings:
+        """The settings model of the method named in ``distill.method`` (default crld) validates the block."""
+        if isinstance(value, MethodSettings):
+            return value
+        if not isinstance(value, dict):
+            return handler(value)  # pydantic's own "should be a valid dictionary" error
+        name = value.get("method", "crld")
+        if name not in list_methods():
+            raise ValidationError.from_exception_data("distill", [InitErrorDetails(
+                type=PydanticCustomError("unknown_method", "unknown distillation method; choose from {choices}",
+                                         {"choices": ", ".join(list_methods())}),
+                loc=("method",), input=name)])
+        return get_method(name).settings.model_validate(value)
+
+    @field_validator("compare")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in list_methods()]
+        if unknown:
+            raise ValueError(f"unknown distillation method {unknown[0]!r}; choose from {', '.join(list_methods())}")
+        return value
 
     @model_validator(mode="after")
     def _compare_methods(self) -> "Recipe":

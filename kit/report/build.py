@@ -21,17 +21,17 @@ import jinja2
 
 from deploy.manifest import read_manifest
 from deploy.preprocess import read_image
-from kit.errors import KitError
+from kit.errors import ArgumentError, KitError
 from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.report import charts
 from kit.report.economics import savings
 from kit.report.fonts import INSTALL_HINT, cjk_font
 from kit.report.i18n import LANGUAGES, translator
-from kit.rundir import BUNDLE_DIR, LOCK_NAME, mark_stage, read_state, require_stages
-
-REPORT_DIR = "report"
-HTML_NAME, PDF_NAME = "report.html", "report.pdf"
+from kit.rundir import (
+    BUNDLE_DIR, HTML_NAME, LOCK_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
+    read_state, require_stages,
+)
 THUMB_PX = 96
 
 
@@ -78,11 +78,10 @@ def _hardware() -> dict[str, str]:
 
 
 def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str, Any]:
-    kpi = read_json(run_dir / "verify" / "kpi.json")
+    kpi = read_json(kpi_path(run_dir))
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     manifest = read_manifest(run_dir / BUNDLE_DIR)
-    parity_path = run_dir / BUNDLE_DIR / "parity.json"
-    parity = read_json(parity_path) if parity_path.is_file() else None
+    parity = read_json(parity_path(run_dir)) if parity_path(run_dir).is_file() else None
     t = translator(lang)
     deployed = kpi["deployed_runtime"]
     measured, gate = kpi["measured"], kpi["gate"]
@@ -93,9 +92,9 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     teacher_lat, deployed_lat = by_model.get("teacher"), by_model.get(deployed)
     speedup = teacher_lat["p95_ms"] / deployed_lat["p95_ms"] if teacher_lat and deployed_lat and deployed_lat["p95_ms"] > 0 else None
     money = savings(kpi["operating"]["test"]["automation_rate"], recipe.economics)
-    students = ["student"] + [f"student-{m}" for m in kpi.get("compare", []) if f"student-{m}" in summary]
+    students = ["student"] + [comparison_role(m) for m in kpi.get("compare", []) if comparison_role(m) in summary]
     model_labels = {"teacher": f"teacher ({recipe.teacher.arch})", "student": f"student {recipe.distill.method} ({recipe.student.arch})"}
-    model_labels.update({f"student-{m}": f"student {m}" for m in kpi.get("compare", [])})
+    model_labels.update({comparison_role(m): f"student {m}" for m in kpi.get("compare", [])})
     for name in kpi["models"]:
         model_labels.setdefault(name, f"student {name}")
 
@@ -109,7 +108,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
                                                     kpi["calibration"]["reliability_test"], t),
             "confusion": charts.confusion_chart(kpi["models"][deployed]["confusion_matrix"], kpi["classes"], t),
         }
-    views_png = run_dir / "views.png"
+    views_png = run_dir / VIEWS_NAME
     state = read_state(run_dir)
     return {
         "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": run_dir.name,
@@ -168,7 +167,7 @@ def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
         from weasyprint import CSS, HTML
         from weasyprint.text.fonts import FontConfiguration
     except (ImportError, OSError) as exc:  # OSError: the pango/cairo system libraries are missing
-        raise ReportError(f"--pdf: the PDF renderer is not available ({type(exc).__name__}: {exc}); "
+        raise ArgumentError("pdf", f"the PDF renderer is not available ({type(exc).__name__}: {exc}); "
                           "pip install 'inspection-kit[report]' (weasyprint; needs the pango system library)") from None
     fonts = FontConfiguration()
     stylesheets = []
@@ -182,13 +181,13 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
                  log: Callable[[str], None] = print) -> ReportResult:
     run_dir = Path(run_dir)
     state = require_stages(run_dir, ["export"], "kit report")
-    if not (run_dir / "verify" / "kpi.json").is_file():
+    if not kpi_path(run_dir).is_file():
         raise ReportError(f"{run_dir}: no verify/kpi.json; run `kit verify {run_dir}` first")
     started = time.perf_counter()
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     lang = lang or recipe.report.language
     if lang not in LANGUAGES:
-        raise ReportError(f"--lang: unknown language {lang!r}; choose from {', '.join(LANGUAGES)}")
+        raise ArgumentError("lang", f"unknown language {lang!r}; choose from {', '.join(LANGUAGES)}")
     font_family, font_file = (None, None)
     if lang == "ja":
         font_family, font_file = cjk_font()
@@ -198,7 +197,7 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     if pdf:
         write_pdf(html, staging / PDF_NAME, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
-    kpi = read_json(run_dir / "verify" / "kpi.json")
+    kpi = read_json(kpi_path(run_dir))
     gated = [c for c in kpi["gate"]["checks"] if c["gated"]]
     go = None if not gated else bool(kpi["gate"]["passed"])
     mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf)
@@ -207,4 +206,4 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, go)
 
 
-__all__ = ["INSTALL_HINT", "REPORT_DIR", "ReportError", "ReportResult", "build_report", "render_html"]
+__all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]

@@ -1,8 +1,9 @@
 """One training loop for teachers and students, readable top to bottom.
 
-Phases per epoch: seed, train (forward per view, loss from the method, backward, step, lr),
-validate on clean preprocessed tensors, log a history row, checkpoint (atomically: the last
-state for resume, the best weights by validation accuracy).
+``fit`` runs a fitting: build the training objects, resume if asked, then per epoch seed, train
+(``train_one_epoch``: forward per view, loss from the method, backward, step, lr), validate on
+clean preprocessed tensors (``validate``), log a history row and checkpoint (the best weights by
+validation accuracy, and the last state for resume; ``kit.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from torch.utils.data import DataLoader
 from kit.data.dataset import SEED_SHUFFLE, SEED_TORCH, ViewDataset, derive_seed
 from kit.errors import TrainingDiverged
 from kit.evaluate import agreement, predict_logits
-from kit.io import write_atomic
-from kit.models import load_checkpoint_file, save_checkpoint
-from kit.train.distributed import SINGLE, DistContext, SplitBatchSampler, all_reduce_sum, barrier, wrap_for_training
-from kit.recipe.schema import TrainConfig
 from kit.progress import Reporter
+from kit.recipe.schema import TrainConfig
+from kit.train.checkpoint import RoleCheckpointer, FitProgress
 from kit.train.device import DeviceSetup
+from kit.train.distributed import SINGLE, DistContext, SplitBatchSampler, all_reduce_sum, barrier, wrap_for_training
 
 # (model, {view: input batch}, target) -> (loss, {part: tensor}, logits of the first view)
 StepFn = Callable[[nn.Module, dict[str, Tensor], Tensor], tuple[Tensor, dict[str, Tensor], Tensor]]
@@ -38,20 +38,38 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _plain(model: nn.Module) -> nn.Module:
-    """The model as a single process would save it (SyncBatchNorm back to BatchNorm)."""
-    if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-        return model
-    import copy
+@dataclass(frozen=True)
+class Fitting:
+    """What stays fixed while one role trains: its name, settings, hardware and processes."""
 
-    plain = copy.deepcopy(model)
-    for name, module in list(plain.named_modules()):
-        if isinstance(module, nn.SyncBatchNorm):
-            bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-            bn.load_state_dict(module.state_dict())
-            parent = plain.get_submodule(name.rsplit(".", 1)[0]) if "." in name else plain
-            setattr(parent, name.rsplit(".", 1)[-1], bn)
-    return plain
+    role: str
+    cfg: TrainConfig
+    setup: DeviceSetup
+    num_workers: int
+    dist_ctx: DistContext = SINGLE
+
+
+@dataclass
+class Trainer:
+    """The objects one role trains with. ``model`` is the plain module that checkpoints and validation
+    use; ``net`` is what the forward pass runs (the same module, wrapped by DDP and torch.compile)."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    grad_scaler: torch.amp.GradScaler
+
+
+@dataclass
+class EpochTotals:
+    """One epoch's training sums over its samples (over all ranks under DDP), still tensors."""
+
+    loss_sum: Tensor
+    correct: Tensor
+    seen: int
+    part_sums: dict[str, Tensor]
+    train_s: float
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -71,6 +89,144 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+
+
+def epoch_shape(train_size: int, batch_size: int) -> tuple[bool, int]:
+    """(drop_last, steps per epoch): a last batch of one breaks BatchNorm, so the ragged last batch
+    is dropped whenever there is more than one batch."""
+    drop_last = train_size > batch_size
+    return drop_last, (train_size // batch_size if drop_last else 1)
+
+
+def prepare_training(model: nn.Module, fitting: Fitting, total_steps: int) -> Trainer:
+    """Place the model, wrap it for the forward pass, and build optimiser, schedule and grad scaler.
+
+    The grad scaler exists on every device so there is one optimiser-step path; it is enabled only
+    for float16 autocast. Disabled, it passes the loss through, skips unscaling and calls
+    ``optimizer.step()`` itself, so float32 and bfloat16 steps are exactly plain PyTorch steps.
+    """
+    device = fitting.setup.device
+    model.to(device)
+    if device.type == "cuda":
+        if fitting.dist_ctx.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
+        model.to(memory_format=torch.channels_last)
+    net = wrap_for_training(model, fitting.dist_ctx, device)
+    if fitting.cfg.compile:
+        net = torch.compile(net)  # checkpoints keep the plain model's names: only the wrapper is compiled
+    optimizer = make_optimizer(model, fitting.cfg)
+    scheduler = make_scheduler(optimizer, fitting.cfg, total_steps)
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=fitting.setup.needs_grad_scaler)
+    return Trainer(model, net, optimizer, scheduler, grad_scaler)
+
+
+def make_loader(train_set: ViewDataset, fitting: Fitting, drop_last: bool,
+                first_epoch: int) -> tuple[DataLoader, SplitBatchSampler]:
+    """One loader for the whole fitting: workers persist across epochs (the epoch travels with each
+    index); the sampler draws the single-process batches, split across ranks under DDP."""
+    sampler = SplitBatchSampler(len(train_set), fitting.cfg.batch_size, fitting.dist_ctx, 0, drop_last, epoch=first_epoch)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=fitting.num_workers,
+                        pin_memory=fitting.setup.device.type == "cuda", persistent_workers=fitting.num_workers > 0)
+    return loader, sampler
+
+
+def _to_device(batch: list[Tensor], view_names: list[str], device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+    """The loader's (view..., target) batch as {view: input} and target on ``device``."""
+    *inputs, target = batch
+    non_blocking = device.type == "cuda"
+    target = target.to(device, non_blocking=non_blocking)
+    views = {}
+    for name, x in zip(view_names, inputs):
+        x = x.to(device, non_blocking=non_blocking)
+        views[name] = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return views, target
+
+
+def _optimizer_step(trainer: Trainer, loss: Tensor, grad_clip_norm: float | None) -> None:
+    """Backward, optional clipping, step, lr: one path for every precision (see ``prepare_training``)."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.grad_scaler.scale(loss).backward()
+    if grad_clip_norm:
+        trainer.grad_scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(trainer.model.parameters(), grad_clip_norm)
+    trainer.grad_scaler.step(trainer.optimizer)  # skips the step when float16 gradients overflowed
+    trainer.grad_scaler.update()
+    trainer.scheduler.step()
+
+
+def _sum_over_ranks(totals: EpochTotals, fitting: Fitting) -> EpochTotals:
+    """One all-reduce per epoch (not per step): every rank then logs the global figures."""
+    if not fitting.dist_ctx.enabled:
+        return totals
+    keys = sorted(totals.part_sums)
+    seen = torch.tensor(float(totals.seen), device=fitting.setup.device)
+    flat = torch.stack([totals.loss_sum, totals.correct.float(), seen, *[totals.part_sums[k] for k in keys]])
+    all_reduce_sum(fitting.dist_ctx, flat)
+    part_sums = {k: flat[3 + i] for i, k in enumerate(keys)}
+    return EpochTotals(flat[0], flat[1], int(flat[2].item()), part_sums, totals.train_s)
+
+
+def train_one_epoch(fitting: Fitting, trainer: Trainer, loader: DataLoader, step_fn: StepFn, epoch: int,
+                    steps_per_epoch: int, reporter: Reporter) -> EpochTotals:
+    """One pass over the loader. The sums stay on the device: one sync per epoch, not per step."""
+    device = fitting.setup.device
+    trainer.net.train()
+    part_sums: dict[str, Tensor] = {}
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    started = time.perf_counter()
+    for step, batch in enumerate(loader):
+        # -- forward: the method's step function sees every view of the batch
+        views, target = _to_device(batch, loader.dataset.view_names, device)
+        with fitting.setup.autocast():
+            loss, loss_parts, logits = step_fn(trainer.net, views, target)
+        # -- backward, step, lr
+        _optimizer_step(trainer, loss, fitting.cfg.grad_clip_norm)
+        # -- bookkeeping
+        loss_sum += loss.detach() * len(target)
+        correct += (logits.detach().argmax(1) == target).sum()
+        for k, v in loss_parts.items():
+            part_sums[k] = part_sums.get(k, torch.zeros((), device=device)) + v.detach().float() * len(target)
+        seen += len(target)
+        if step % 5 == 0 or step == steps_per_epoch - 1:
+            reporter.step(fitting.role, epoch, step + 1, float(loss.detach()))
+    totals = EpochTotals(loss_sum, correct, seen, part_sums, train_s=time.perf_counter() - started)
+    return _sum_over_ranks(totals, fitting)
+
+
+def validate(model: nn.Module, val_inputs: Tensor, val_labels: np.ndarray, device: torch.device,
+             val_reference: np.ndarray | None = None) -> tuple[float, float | None]:
+    """(accuracy, agreement with ``val_reference`` or None) of the plain model on clean,
+    runtime-identical inputs: what the exported model will see, not an augmented view."""
+    val_pred = predict_logits(model, val_inputs, device).argmax(1).numpy()
+    val_accuracy = float(np.mean(val_pred == val_labels))
+    return val_accuracy, (agreement(val_pred, val_reference) if val_reference is not None else None)
+
+
+def _check_finite(fitting: Fitting, epoch: int, totals: EpochTotals, best_epoch: int) -> None:
+    """Stop on a NaN/inf loss with the fix, instead of training on garbage."""
+    if not torch.isfinite(totals.loss_sum):
+        role, cfg = fitting.role, fitting.cfg
+        raise TrainingDiverged(
+            f"{role}: the training loss became NaN/inf in epoch {epoch + 1}; lower {role}.lr (now {cfg.lr:g}) "
+            f"or {role}.grad_clip_norm (now {cfg.grad_clip_norm}); the best epoch so far ({best_epoch}) is kept"
+        )
+
+
+def _history_row(fitting: Fitting, epoch: int, lr: float, totals: EpochTotals, val_accuracy: float,
+                 val_agreement: float | None, epoch_started: float) -> dict[str, Any]:
+    """One history.csv row: training means per sample, validation scores, throughput."""
+    n = max(1, totals.seen)
+    row: dict[str, Any] = {
+        "role": fitting.role, "epoch": epoch + 1, "lr": lr,
+        "loss": float(totals.loss_sum) / n, "train_accuracy": float(totals.correct) / n,
+        "val_accuracy": val_accuracy,
+    }
+    row.update({k: float(v) / n for k, v in totals.part_sums.items()})
+    if val_agreement is not None:
+        row["val_agreement"] = val_agreement
+    row["images_per_s"] = totals.seen / totals.train_s if totals.train_s > 0 else 0.0
+    row["epoch_s"] = time.perf_counter() - epoch_started
+    return row
 
 
 def fit(
@@ -101,132 +257,38 @@ def fit(
     Under torch.distributed every rank trains its slice of each global batch (DDP averages the
     gradients); metrics are summed over ranks and only rank 0 writes or reports.
     """
+    fitting = Fitting(role, cfg, setup, num_workers, dist_ctx)
     reporter = (reporter or Reporter()) if dist_ctx.is_main else Reporter()
-    device = setup.device
-    model.to(device)
-    if device.type == "cuda":
-        if dist_ctx.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch
-        model.to(memory_format=torch.channels_last)
-    net = wrap_for_training(model, dist_ctx, device)
-    if cfg.compile:
-        net = torch.compile(net)  # checkpoints keep the plain model's names: only the wrapper is compiled
-    view_names = train_set.view_names
-
-    drop_last = len(train_set) > cfg.batch_size  # a last batch of one breaks BatchNorm
-    steps_per_epoch = len(train_set) // cfg.batch_size if drop_last else 1
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if setup.needs_grad_scaler else None
-
-    last_path, best_path = checkpoint_dir / f"{role}.last.pt", checkpoint_dir / f"{role}.best.pt"
-    history: list[dict[str, Any]] = []
-    first_epoch, best_acc, best_epoch = 0, -1.0, -1
-    if resume and last_path.is_file():
-        state = load_checkpoint_file(last_path)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])
-        first_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_val_accuracy"], state["best_epoch"]
-        history = list(state["history"])
-        reporter.log(f"{role}: resuming after epoch {state['epoch'] + 1}/{cfg.epochs}")
-
-    # One loader for the whole stage: workers persist across epochs (the epoch travels with each
-    # index); the sampler draws the single-process batches, split across ranks under DDP.
-    sampler = SplitBatchSampler(len(train_set), cfg.batch_size, dist_ctx, 0, drop_last, epoch=first_epoch)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0)
-    reporter.stage_start(role, cfg.epochs, steps_per_epoch, first_epoch)
-    for epoch in range(first_epoch, cfg.epochs):
+    drop_last, steps_per_epoch = epoch_shape(len(train_set), cfg.batch_size)
+    trainer = prepare_training(model, fitting, cfg.epochs * steps_per_epoch)
+    checkpointer = RoleCheckpointer(checkpoint_dir, role, model_args, checkpoint_meta, is_main=dist_ctx.is_main)
+    restored = checkpointer.restore(trainer) if resume else None
+    if restored is not None:
+        reporter.log(f"{role}: resuming after epoch {restored.first_epoch}/{cfg.epochs}")
+    progress = restored or FitProgress()
+    loader, sampler = make_loader(train_set, fitting, drop_last, progress.first_epoch)
+    reporter.stage_start(role, cfg.epochs, steps_per_epoch, progress.first_epoch)
+    for epoch in range(progress.first_epoch, cfg.epochs):
         # -- seed: every epoch's randomness depends only on (seed, epoch), so resume is exact
         torch.manual_seed(derive_seed(seed, SEED_TORCH, epoch))
         sampler.set_epoch(epoch, derive_seed(seed, SEED_SHUFFLE, epoch))
         # -- train
-        net.train()
-        sums: dict[str, Tensor] = {}
-        loss_sum, correct, seen, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
-        started = time.perf_counter()
-        for step, batch in enumerate(loader):
-            *inputs, target = batch
-            non_blocking = device.type == "cuda"
-            target = target.to(device, non_blocking=non_blocking)
-            views = {}
-            for name, x in zip(view_names, inputs):
-                x = x.to(device, non_blocking=non_blocking)
-                views[name] = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-            with setup.autocast():
-                loss, parts, logits = step_fn(net, views, target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                optimizer.step()
-            scheduler.step()
-            # -- bookkeeping stays on the device; one sync per epoch, not per step
-            loss_sum += loss.detach() * len(target)
-            correct += (logits.detach().argmax(1) == target).sum()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float() * len(target)
-            seen += len(target)
-            steps += 1
-            if step % 5 == 0 or step == steps_per_epoch - 1:
-                reporter.step(role, epoch, step + 1, float(loss.detach()))
-        train_s = time.perf_counter() - started
-        if dist_ctx.enabled:  # one all-reduce per epoch: every rank then logs the global figures
-            totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device),
-                                  *[sums[k] for k in sorted(sums)]])
-            all_reduce_sum(dist_ctx, totals)
-            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
-            sums = {k: totals[3 + i] for i, k in enumerate(sorted(sums))}
-        if not torch.isfinite(loss_sum):
-            raise TrainingDiverged(
-                f"{role}: the training loss became NaN/inf in epoch {epoch + 1}; lower {role}.lr (now {cfg.lr:g}) "
-                f"or {role}.grad_clip_norm (now {cfg.grad_clip_norm}); the best epoch so far ({best_epoch}) is kept"
-            )
-
-        # -- validate on clean, runtime-identical inputs
-        val_logits = predict_logits(model, val_inputs, device)
-        val_pred = val_logits.argmax(1).numpy()
-        val_acc = float(np.mean(val_pred == val_labels))
-        row: dict[str, Any] = {
-            "role": role, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-            "loss": float(loss_sum) / max(1, seen), "train_accuracy": float(correct) / max(1, seen),
-            "val_accuracy": val_acc,
-        }
-        row.update({k: float(v) / max(1, seen) for k, v in sums.items()})
-        if val_reference is not None:
-            row["val_agreement"] = agreement(val_pred, val_reference)
-        row["images_per_s"] = seen / train_s if train_s > 0 else 0.0
-        row["epoch_s"] = time.perf_counter() - started
-        history.append(row)
-
+        epoch_started = time.perf_counter()
+        totals = train_one_epoch(fitting, trainer, loader, step_fn, epoch, steps_per_epoch, reporter)
+        _check_finite(fitting, epoch, totals, progress.best_epoch)
+        # -- validate, then log the epoch's row
+        val_accuracy, val_agreement = validate(trainer.model, val_inputs, val_labels, setup.device, val_reference)
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        row = _history_row(fitting, epoch, lr, totals, val_accuracy, val_agreement, epoch_started)
+        progress.history.append(row)
         # -- checkpoint: best weights, then the resume state (both atomic; rank 0 only)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
-            if dist_ctx.is_main:
-                save_checkpoint(best_path, _plain(model), model_args, **checkpoint_meta, epoch=epoch + 1, val_accuracy=val_acc)
-        state = {
-            "format": "inspection-kit/model", "version": 1, "model_args": model_args,
-            "state_dict": {k: v.detach().cpu() for k, v in _plain(model).state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch, "best_val_accuracy": best_acc, "best_epoch": best_epoch, "history": history,
-        }
-        if dist_ctx.is_main:
-            write_atomic(last_path, lambda tmp: torch.save(state, tmp))
+        if val_accuracy > progress.best_val_accuracy:
+            progress.best_val_accuracy, progress.best_epoch = val_accuracy, epoch + 1
+            checkpointer.save_best(trainer.model, epoch=epoch + 1, val_accuracy=val_accuracy)
+        checkpointer.save_last(trainer, epoch=epoch, progress=progress)
         barrier(dist_ctx)  # no rank runs ahead of the checkpoint it would resume from
         reporter.epoch_end(role, row)
         if on_epoch is not None and dist_ctx.is_main:
-            on_epoch(history)
+            on_epoch(progress.history)
     reporter.stage_end(role)
-    return FitResult(best_epoch=best_epoch, best_val_accuracy=best_acc, history=history)
+    return FitResult(progress.best_epoch, progress.best_val_accuracy, progress.history)

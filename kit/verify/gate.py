@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kit.gate import check, verdict
 from kit.recipe.schema import KpiTargets
 
 # kpi field -> (measured key, op, description)
@@ -27,25 +28,9 @@ CHECKS: dict[str, tuple[str, str, str]] = {
 
 
 def evaluate_gate(measured: dict[str, float | None], targets: KpiTargets, takt_ms: float | None) -> dict[str, Any]:
-    checks = []
-    for field, (key, op, description) in CHECKS.items():
-        limit = getattr(targets, field)
-        checks.append(_check(f"kpi.{field}", key, description, measured.get(key), limit, op))
+    checks = [check(f"kpi.{name}", key, description, measured.get(key), getattr(targets, name), op)
+              for name, (key, op, description) in CHECKS.items()]
     if takt_ms is not None:
-        checks.append(_check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
-                             measured.get("latency_p95_ms"), takt_ms, "<="))
-    gated = [c for c in checks if c["gated"]]
-    return {"passed": all(c["passed"] for c in gated), "checks": checks,
-            "failed": [c["target"] for c in gated if not c["passed"]]}
-
-
-def _check(target: str, key: str, description: str, value: float | None, limit: float | None, op: str) -> dict[str, Any]:
-    gated = limit is not None
-    if not gated:
-        passed = None
-    elif value is None:
-        passed = False  # a target that could not be measured is not met
-    else:
-        passed = bool(value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
-    return {"target": target, "measure": key, "description": description, "value": value,
-            "op": op, "limit": limit, "gated": gated, "passed": passed}
+        checks.append(check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
+                            measured.get("latency_p95_ms"), takt_ms, "<="))
+    return verdict(checks)

@@ -17,7 +17,7 @@ from deploy.bench import bench_end_to_end, bench_model
 from deploy.memory import PeakMemory
 from deploy.preprocess import PreprocessSpec
 from kit.recipe.schema import LatencyConfig
-from kit.verify.scorers import Scorer
+from kit.scorers import Scorer
 
 
 def thread_settings(threads: int) -> dict[str, Any]:

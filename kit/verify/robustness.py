@@ -14,7 +14,7 @@ import numpy as np
 
 from deploy.preprocess import PreprocessSpec, to_tensor
 from kit.verify.corruptions import corrupt_images, get_corruption, severity_table
-from kit.verify.scorers import Scorer
+from kit.scorers import Scorer
 
 REFERENCE = "teacher"
 

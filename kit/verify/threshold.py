@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from kit.errors import RecipeError
+from kit.errors import ArgumentError, RecipeError
 from kit.recipe.schema import ThresholdTarget
 
 
@@ -93,14 +93,14 @@ def parse_target(text: str, ok_class: str | None = None) -> ThresholdTarget:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or key not in ("accepted_accuracy", "max_escape_rate"):
-        raise RecipeError(f"--target: expected accepted_accuracy=VALUE or max_escape_rate=VALUE (got {text!r})")
+        raise ArgumentError("target", f"expected accepted_accuracy=VALUE or max_escape_rate=VALUE (got {text!r})")
     try:
         number = float(value)
     except ValueError:
-        raise RecipeError(f"--target: {value.strip()!r} is not a number") from None
+        raise ArgumentError("target", f"{value.strip()!r} is not a number") from None
     try:
         return ThresholdTarget(**{key: number, "ok_class": ok_class})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise RecipeError(f"--target {text}: {where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None
+        raise ArgumentError("target", f"{text}: {where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None

@@ -1,4 +1,5 @@
-"""Teacher and student training stages: build the model, its views and its step function."""
+"""Teacher and student training: build the model, its views and its step function, and the run
+stages that train (or load) each role and leave its checkpoint in the run directory."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from torch import Tensor, nn
 from deploy.preprocess import PreprocessSpec
 from kit.data.dataset import DecodedSplit, ViewDataset
 from kit.distill.methods import get_method
-from kit.models import create_model, model_args
+from kit.models import create_model, load_model, model_args, save_checkpoint
+from kit.rundir import checkpoint_path
 from kit.recipe.schema import Recipe
+from kit.train.checkpoint import publish_best
 from kit.train.device import DeviceSetup, resolve_workers
-from kit.train.distributed import SINGLE, DistContext
+from kit.train.distributed import SINGLE, DistContext, barrier
 from kit.train.loop import FitResult, Reporter, fit
 
 
@@ -31,8 +34,8 @@ def _build(recipe: Recipe, role: str, num_classes: int, in_chans: int, seed: int
 
 
 @dataclass
-class StageContext:
-    """What every training stage of one run shares."""
+class TrainContext:
+    """What the training of every role in one run shares."""
 
     recipe: Recipe
     splits: dict[str, DecodedSplit]
@@ -46,7 +49,7 @@ class StageContext:
     dist_ctx: DistContext = SINGLE
 
 
-def _fit(ctx: StageContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
+def _fit(ctx: TrainContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
          step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None) -> FitResult:
     return fit(
         model, role=role, cfg=cfg, train_set=train_set,
@@ -57,7 +60,7 @@ def _fit(ctx: StageContext, role: str, cfg: Any, model: nn.Module, args: dict[st
     )
 
 
-def train_teacher(ctx: StageContext, meta: dict[str, Any], on_epoch=None) -> FitResult:
+def train_teacher(ctx: TrainContext, meta: dict[str, Any], on_epoch=None) -> FitResult:
     """Cross-entropy on the recipe's ``teacher.train_views`` (weak, strong or a 50/50 mix)."""
     recipe, cfg = ctx.recipe, ctx.recipe.teacher
     model, args = _build(recipe, "teacher", len(ctx.classes), ctx.spec.num_channels, recipe.seed)
@@ -73,7 +76,7 @@ def train_teacher(ctx: StageContext, meta: dict[str, Any], on_epoch=None) -> Fit
 
 
 def train_student(
-    ctx: StageContext,
+    ctx: TrainContext,
     method_name: str,
     method_cfg: Any,
     teacher: nn.Module | None,
@@ -108,3 +111,39 @@ def train_student(
         return loss, parts, student_logits[method.views[0]]
 
     return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred)
+
+
+# -- run stages (walked by ``kit.run.stages``; ``ctx`` is the run's ``RunContext``) ----------------
+
+def _publish_best(ctx: Any, role: str) -> None:
+    """The best epoch's weights become ``<role>.pt``; the resume state is no longer needed."""
+    if ctx.is_main:
+        publish_best(ctx.checkpoint_dir, role, checkpoint_path(ctx.run_dir, role))
+    barrier(ctx.dctx)  # every rank loads what rank 0 just wrote
+
+
+def run_teacher_stage(ctx: Any) -> dict[str, Any]:
+    """Train the teacher, or take it from ``teacher.checkpoint``."""
+    recipe = ctx.recipe
+    meta = {**ctx.checkpoint_meta, "role": "teacher"}
+    if recipe.teacher.checkpoint:
+        source = recipe.resolve_path(recipe.teacher.checkpoint)
+        model, body = load_model(source, expect_arch=recipe.teacher.arch, expect_classes=ctx.data.classes,
+                                 expect_in_chans=ctx.data.spec.num_channels)
+        if ctx.is_main:
+            save_checkpoint(checkpoint_path(ctx.run_dir, "teacher"), model, body["model_args"], **meta, source=str(source))
+        barrier(ctx.dctx)
+        ctx.log(f"teacher: loaded {source}")
+        return {}
+    train_teacher(ctx.train, meta, on_epoch=ctx.history("teacher"))
+    _publish_best(ctx, "teacher")
+    return {}
+
+
+def run_student_stage(ctx: Any, role: str, method: str, settings: Any) -> dict[str, Any]:
+    """Distil a student with ``method``: the main student, or a comparison student on the same budget."""
+    teacher = ctx.teacher if get_method(method).uses_teacher else None
+    train_student(ctx.train, method, settings, teacher, {**ctx.checkpoint_meta, "role": role, "method": method},
+                  role=role, teacher_val_pred=ctx.teacher_val_pred, on_epoch=ctx.history(role))
+    _publish_best(ctx, role)
+    return {"method": method}

@@ -16,21 +16,20 @@ from typing import Any, Callable
 import numpy as np
 
 from deploy.manifest import MANIFEST_NAME, read_manifest
-from deploy.predictor import AUTO_ORDER, softmax
-from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
+from deploy.predictor import auto_runtime, softmax
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
 from kit.evaluate import classification_metrics
 from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic
 from kit.recipe import Recipe, read_recipe_lock, recipe_hash
 from kit.recipe.schema import ThresholdTarget
-from kit.rundir import BUNDLE_DIR, LOCK_NAME, mark_stage, read_split, require_stages
+from kit.rundir import (
+    BUNDLE_DIR, KPI_NAME, LOCK_NAME, VERIFY_DIR, SplitData, checkpoint_path, comparison_role, kpi_path, load_split, mark_stage,
+    require_stages,
+)
 from kit.train.device import resolve_device
 from kit.verify import calibration, gate, latency, robustness, threshold
 from kit.verify.corruptions import coverage, list_corruptions
-from kit.verify.scorers import Scorer, bundle_scorer, torch_scorer
-
-VERIFY_DIR = "verify"
-KPI_NAME = "kpi.json"
+from kit.scorers import Scorer, bundle_scorer, torch_scorer
 
 
 @dataclass
@@ -41,30 +40,6 @@ class VerifyResult:
     @property
     def passed(self) -> bool:
         return bool(self.kpi["gate"]["passed"])
-
-
-@dataclass
-class SplitData:
-    paths: list[Path]
-    images: np.ndarray  # prepared uint8 NxHxWxC
-    labels: np.ndarray
-
-    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
-        return to_tensor(self.images, spec)
-
-
-def load_split(run_dir: Path, split: str, spec: PreprocessSpec, classes: list[str]) -> SplitData:
-    """A split exactly as the run used it, through the one preprocessing implementation."""
-    paths, names = read_split(run_dir, split)
-    lookup = {c: i for i, c in enumerate(classes)}
-    images = np.stack([prepare_image(read_image(p, spec.channels), spec) for p in paths])
-    return SplitData(paths, images, np.array([lookup[n] for n in names], dtype=np.int64))
-
-
-def deployed_format(formats: list[str]) -> str:
-    """What ``Predictor.from_bundle(runtime="auto")`` picks on this machine."""
-    trt_ok = tensorrt_unavailable_reason() is None
-    return next(f for f in AUTO_ORDER if f in formats and (trt_ok or not f.startswith("tensorrt")))
 
 
 def _kl(p_ref: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -107,9 +82,8 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     device = resolve_device(recipe.device).device
 
     # -- scorers: torch teacher/students, then every bundle runtime this machine can run
-    torch_files = {"teacher": run_dir / "teacher.pt", "student": run_dir / "student.pt"}
-    for method in recipe.compare:
-        torch_files[f"student-{method}"] = run_dir / f"student-{method}.pt"
+    roles = ["teacher", "student"] + [comparison_role(m) for m in recipe.compare]
+    torch_files = {role: checkpoint_path(run_dir, role) for role in roles}
     scorers: dict[str, Scorer] = {name: torch_scorer(name, path, device) for name, path in torch_files.items() if path.is_file()}
     skipped: dict[str, str] = {}
     trt_reason = tensorrt_unavailable_reason()
@@ -119,7 +93,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
             log(f"verify: {fmt} skipped ({trt_reason})")
             continue
         scorers[fmt] = bundle_scorer(bundle, fmt, cfg.latency.threads)
-    deployed = deployed_format(list(manifest.artefacts))
+    deployed = auto_runtime(manifest.artefacts)
     log(f"verify: {len(test.labels)} test images; models {', '.join(scorers)}; deployed runtime {deployed}")
 
     # -- clean accuracy and agreement
@@ -166,16 +140,15 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "measured": measured, "gate": verdict,
     }
     verify_dir = write_verify_dir(run_dir, kpi)
-    state.get("stages", {}).pop("report", None)  # it shows the previous measurements
-    mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
+    mark_stage(  # drops the report: it shows the previous measurements
+        run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
     return VerifyResult(verify_dir, kpi)
 
 
 def _strong_view(recipe: Recipe):
     from kit.views import build_view
 
-    channels = 1 if recipe.data.channels == "gray" else 3
-    return build_view(recipe.views.strong, "views.strong", recipe.data.image_size, channels)
+    return build_view(recipe.views.strong, "views.strong", recipe.data.image_size, recipe.data.num_channels)
 
 
 def _suite_subset(n: int, cap: int | None, seed: int) -> np.ndarray:
@@ -290,21 +263,21 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     bundle = run_dir / BUNDLE_DIR
     manifest = read_manifest(bundle)
     classes, spec = manifest.classes, manifest.preprocess
-    deployed = deployed_format(list(manifest.artefacts))
+    deployed = auto_runtime(manifest.artefacts)
     scorer = bundle_scorer(bundle, deployed)
     val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
     operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
                                   manifest.operating_threshold, [deployed], deployed)
     write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], None, operating)
-    kpi_path = run_dir / VERIFY_DIR / KPI_NAME
-    if kpi_path.is_file():
-        kpi = read_json(kpi_path)
+    path = kpi_path(run_dir)
+    if path.is_file():
+        kpi = read_json(path)
         kpi["operating"] = operating
         kpi["measured"]["automation_rate"] = operating["test"]["automation_rate"]
         kpi["measured"]["accepted_accuracy"] = operating["test"]["accepted_accuracy"]
         kpi["gate"] = gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms)
-        write_json_atomic(kpi_path, kpi)
-        write_csv_atomic(run_dir / VERIFY_DIR / "gate.csv", kpi["gate"]["checks"])
-        log(f"threshold: updated {kpi_path}")
+        write_json_atomic(path, kpi)
+        write_csv_atomic(path.parent / "gate.csv", kpi["gate"]["checks"])
+        log(f"threshold: updated {path}")
     return operating

@@ -1,4 +1,5 @@
-"""Everything ``kit verify`` measures, behind one interface: preprocessed batch in, logits out.
+"""Every model the kit measures (the parity ladder, verification, benchmarks), behind one
+interface: preprocessed batch in, logits out.
 
 Torch models (teacher, student, comparison students) and the bundle's edge runtimes (the real
 ``deploy.Predictor``) become ``Scorer``s, so accuracy, robustness and latency code never asks
@@ -28,11 +29,13 @@ class Scorer:
     runtime: str  # what ran it, for the tables
     infer: Callable[[np.ndarray], np.ndarray]  # float32 NCHW -> logits, any batch size
     file: Path  # the checkpoint or artefact, for its size
+    batch_size: int = CHUNK  # images per call; torch CPU kernels round differently at other batch sizes
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) == 0:
             return np.zeros((0, 0), np.float32)
-        return np.concatenate([self.infer(inputs[i : i + CHUNK]) for i in range(0, len(inputs), CHUNK)])
+        n = self.batch_size
+        return np.concatenate([self.infer(inputs[i : i + n]) for i in range(0, len(inputs), n)])
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         return self.logits(inputs).argmax(axis=1)
@@ -43,12 +46,12 @@ def torch_scorer(name: str, checkpoint: Path, device: torch.device) -> Scorer:
     return model_scorer(name, model, device, checkpoint)
 
 
-def model_scorer(name: str, model: torch.nn.Module, device: torch.device, file: Path) -> Scorer:
+def model_scorer(name: str, model: torch.nn.Module, device: torch.device, file: Path, batch_size: int = CHUNK) -> Scorer:
     """A torch model already in memory (``file``: where it is, or will be, saved)."""
     model.to(device).eval()
 
     def infer(x: np.ndarray) -> np.ndarray:
-        return predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)), device, batch_size=CHUNK).numpy()
+        return predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)), device, batch_size=batch_size).numpy()
 
     return Scorer(name, "torch", f"torch ({device.type}, {torch.get_num_threads()} threads)" if device.type == "cpu"
                   else f"torch ({device})", infer, file)
