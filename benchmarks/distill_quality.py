@@ -9,7 +9,10 @@ with the teacher, and corruption accuracy on in-recipe and held-out families (ki
     python benchmarks/distill_quality.py ... --jobs 3 --work-dir /tmp/dq   # GPU: seeds in parallel; resumable
 
 x-sdd is read through recipes/x-sdd.yaml (../shared/datasets/x-sdd); it is skipped with a message
-where absent. Prints one table per dataset and appends it to benchmarks/RESULTS.md.
+where absent. The sparse line (90 % good parts, defects a few pixels across, recipes/sparse_line.yaml)
+is generated into sample_data/sparse_line on first use. ``--balance none --select-by accuracy``
+trains as the kit did before class balancing (the "before" rows). Prints one table per dataset and
+appends it to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ from kit.scorers import model_scorer  # noqa: E402
 from kit.views import build_view  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = {"sample": REPO / "recipes" / "sample_line.yaml", "x-sdd": REPO / "recipes" / "x-sdd.yaml"}
+DATASETS = {"sample": REPO / "recipes" / "sample_line.yaml", "x-sdd": REPO / "recipes" / "x-sdd.yaml",
+            "sparse": REPO / "recipes" / "sparse_line.yaml"}
+GENERATED = {"sparse": REPO / "sample_data" / "sparse_line"}  # made on the fly, never committed
+OK_NAMES = ("ok", "good", "normal")  # the good-part class, for the share of defective parts called good
 # Order matters when a run is cut short: the headline methods first, then the ablations.
 METHODS: dict[str, tuple[str, Any]] = {
     "none": ("none", NoDistillConfig()),
@@ -79,6 +85,11 @@ def _scaled(recipe: Recipe, args: argparse.Namespace, seed: int) -> Recipe:
         (preset, kwargs), = step.items()
         if preset in args.view_severity:
             step[preset] = {**(kwargs or {}), "severity": args.view_severity[preset]}
+    for role in ("teacher", "student"):
+        if args.balance:
+            d[role]["balance"] = args.balance
+        if args.select_by:
+            d[role]["select_by"] = args.select_by
     d["seed"] = seed
     out = Recipe.model_validate(d)
     out._base_dir = recipe._base_dir
@@ -116,6 +127,10 @@ class Bench:
 
 
 def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
+    if name in GENERATED and not GENERATED[name].is_dir():
+        from kit.sample_line import generate_line
+
+        generate_line(name, GENERATED[name])
     base = load_recipe(DATASETS[name])
     recipe = _scaled(base, args, seed=0)
     index = index_line(recipe)
@@ -148,8 +163,11 @@ def _predict(model, bench: Bench, split: str) -> np.ndarray:
 def _row(bench: Bench, method: str, seed: int, pred: np.ndarray, teacher_pred: np.ndarray, suite: dict[str, Any],
          seconds: float) -> dict[str, Any]:
     labels = bench.splits["test"].labels
+    ok = next((i for i, c in enumerate(bench.classes) if c.lower() in OK_NAMES), None)
+    defective = labels != ok if ok is not None else np.zeros(len(labels), bool)
+    escaped = float(np.mean(pred[defective] == ok)) if defective.any() else None
     return {"method": method, "seed": seed, "accuracy": float(np.mean(pred == labels)),
-            "macro_f1": classification_metrics(labels, pred, bench.classes)["macro_f1"],
+            "macro_f1": classification_metrics(labels, pred, bench.classes)["macro_f1"], "escaped": escaped,
             "agreement": agreement(pred, teacher_pred), "in_recipe": suite["in_recipe"]["mean_accuracy"],
             "held_out": suite["held_out"]["mean_accuracy"], "seconds": seconds}
 
@@ -190,7 +208,8 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
     return out
 
 
-SETTINGS = ("image_size", "epochs", "teacher_epochs", "teacher_views", "view_severity", "max_corruption_images", "device")
+SETTINGS = ("image_size", "epochs", "teacher_epochs", "teacher_views", "view_severity", "max_corruption_images", "device",
+            "balance", "select_by")
 
 
 def _claim_work_dir(work: Path, args: argparse.Namespace) -> None:
@@ -218,6 +237,8 @@ def _variant_tag(args: argparse.Namespace) -> str:
     """File-name suffix of a tuned configuration, so its rows never overwrite the recipe's own."""
     parts = [f"teacher-{args.teacher_views}"] if args.teacher_views else []
     parts += [f"{k}{v}" for k, v in args.view_severity.items()]
+    parts += [f"balance-{args.balance}"] if args.balance else []
+    parts += [f"select-{args.select_by}"] if args.select_by else []
     return "_" + "-".join(parts) if parts else ""
 
 
@@ -261,7 +282,10 @@ def summarize(raw: list[dict[str, Any]], methods: list[str]) -> list[dict[str, A
         if not rows:
             continue
         entry: dict[str, Any] = {"method": method, "seeds": len(rows)}
-        for key in ("accuracy", "macro_f1", "agreement", "held_out", "in_recipe"):
+        for key in ("accuracy", "macro_f1", "escaped", "agreement", "held_out", "in_recipe"):
+            if any(r.get(key) is None for r in rows):  # no good-part class (x-sdd), or rows from before the column
+                entry[key] = "-"
+                continue
             v = np.array([r[key] for r in rows], float) * (100 if key != "macro_f1" else 1)
             entry[key] = f"{v.mean():.1f} ± {v.std():.1f}" if key != "macro_f1" else f"{v.mean():.3f} ± {v.std():.3f}"
         entry["train_s"] = f"{np.mean([r['seconds'] for r in rows]):.0f}" if method != "teacher" else ""
@@ -271,7 +295,7 @@ def summarize(raw: list[dict[str, Any]], methods: list[str]) -> list[dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="sample", help="comma list of: sample, x-sdd")
+    parser.add_argument("--datasets", default="sample", help="comma list of: sample, x-sdd, sparse")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of: {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=12, help="student epochs (recipe value when 0)")
@@ -287,6 +311,10 @@ def main() -> None:
     parser.add_argument("--teacher-views", choices=["weak", "strong", "mix"], default=None,
                         help="views the teacher trains on (recipe value by default)")
     parser.add_argument("--view-severity", default="", help="strong-view preset severities, e.g. angle=3,blur=3")
+    parser.add_argument("--balance", choices=["auto", "none", "sampler", "loss"], default=None,
+                        help="teacher and student balance (recipe value by default; none = before class balancing)")
+    parser.add_argument("--select-by", choices=["macro_f1", "balanced_accuracy", "accuracy"], default=None,
+                        help="best-epoch criterion (recipe value by default; accuracy = before)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     try:
@@ -307,13 +335,15 @@ def main() -> None:
         if not raw:
             continue
         rows = summarize(raw, args.methods)
-        columns = ["method", "seeds", "accuracy", "macro_f1", "agreement", "held_out", "in_recipe", "train_s"]
+        columns = ["method", "seeds", "accuracy", "macro_f1", "escaped", "agreement", "held_out", "in_recipe", "train_s"]
         recipe = load_recipe(DATASETS[name])
         title = (f"Distillation quality: {name}, {args.image_size or recipe.data.image_size[0]} px, teacher {recipe.teacher.arch} "
                  f"({args.teacher_epochs or recipe.teacher.epochs} ep), student {recipe.student.arch} "
                  f"({args.epochs or recipe.student.epochs} ep), {args.seeds} seeds")
         tuned = [f"teacher views {args.teacher_views}"] if args.teacher_views else []
         tuned += [f"strong view {k} severity {v}" for k, v in args.view_severity.items()]
+        tuned += [f"balance {args.balance}"] if args.balance else []
+        tuned += [f"best epoch by {args.select_by}"] if args.select_by else []
         if tuned:
             title += ", " + ", ".join(tuned)
         table = markdown_table(rows, columns)
@@ -321,7 +351,8 @@ def main() -> None:
         print(table)
         if not args.no_record:
             append_results(title, table, notes="test split; accuracy, agreement, held_out and in_recipe in % (mean ± std over "
-                                               "seeds); held_out/in_recipe = mean accuracy over the corruption families "
+                                               "seeds); escaped = share of defective test parts called good (- where "
+                                               "the line has no good-part class); held_out/in_recipe = mean accuracy over the corruption families "
                                                "the strong view does not / does cover, 5 severities each (held-out "
                                                f"here: {', '.join(held_out_families(name, args))}); train_s = "
                                                "seconds per student, training and its corruption suite")

@@ -475,18 +475,20 @@ def views(
 @app.command("sample-data")
 @_user_errors
 def sample_data(
-    out: Path = typer.Argument(Path("sample_data/sample_line"), help="Folder to write <class>/<image>.png into."),
+    out: Optional[Path] = typer.Argument(None, help="Folder to write <class>/<image>.png into (default for --line sample: sample_data/sample_line)."),
+    line: str = typer.Option("sample", "--line", help="Which synthetic line: sample (six classes, 96 px, committed) or sparse (90 % good parts, defects a few px across, 256 px)."),
     seed: int = typer.Option(0, "--seed"),
-    size: int = typer.Option(96, "--size", min=32, help="Image side in px."),
+    size: Optional[int] = typer.Option(None, "--size", min=32, help="Image side in px (default: the line's own size, 96 for sample, 256 for sparse)."),
 ) -> None:
-    """Regenerate the synthetic sample line (deterministic for a seed).
+    """Regenerate a synthetic line (deterministic for a seed).
 
     Example: kit sample-data sample_data/sample_line
+    Example: kit sample-data --line sparse /tmp/sparse
     """
-    from kit.sample_line import generate_sample_line
+    from kit.sample_line import SAMPLE_LINES, generate_line
 
-    counts = generate_sample_line(out, seed=seed, size_px=size)
-    typer.echo(f"{sum(counts.values())} images in {out}: {counts}")
+    counts = generate_line(line, out, seed=seed, size_px=size)
+    typer.echo(f"{sum(counts.values())} images in {out or SAMPLE_LINES[line].committed_dir}: {counts}")
 
 
 def main() -> None:

@@ -59,6 +59,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "n": int(len(y_true)),
         "accuracy": accuracy(y_true, y_pred),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        # mean recall over the classes that occur: a model that calls everything the majority class scores 1/k
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
         "per_class": {
             name: {"recall": float(recall[i]), "precision": float(precision[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(classes)
@@ -88,8 +90,8 @@ def run_evaluate_stage(ctx: Any) -> dict[str, Any]:
     ``metrics.json``; the per-epoch resume state is removed, training being over."""
     import shutil
 
-    from kit.io import write_json_atomic
-    from kit.rundir import METRICS_NAME, comparison_role
+    from kit.io import read_json, write_json_atomic
+    from kit.rundir import METRICS_NAME, TEACHER_CHECK_NAME, comparison_role
 
     recipe, data, device = ctx.recipe, ctx.data, ctx.setup.device
     test = data.splits["test"]
@@ -105,9 +107,28 @@ def run_evaluate_stage(ctx: Any) -> dict[str, Any]:
     metrics["split_sizes"] = data.counts
     metrics["recipe_hash"] = ctx.state["recipe_hash"]
     metrics["stage_seconds"] = {k: v.get("seconds") for k, v in ctx.state.get("stages", {}).items()}
+    check_path = ctx.run_dir / TEACHER_CHECK_NAME
+    metrics["teacher_check"] = read_json(check_path) if check_path.is_file() else None
+    metrics["warnings"] = training_warnings(metrics)
     write_json_atomic(ctx.run_dir / METRICS_NAME, metrics)
+    for warning in metrics["warnings"]:
+        ctx.log(f"warning: {warning}")
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     t, s = metrics["teacher"], metrics["student"]
     ctx.log(f"test: teacher acc {t['accuracy']:.3f} / macro-F1 {t['macro_f1']:.3f}; student acc {s['accuracy']:.3f} / "
             f"macro-F1 {s['macro_f1']:.3f}; agreement {metrics['agreement']:.3f}")
     return {}
+
+
+def training_warnings(metrics: dict[str, Any]) -> list[str]:
+    """What the report must say about the teacher: the teacher check's warnings, and a teacher below the
+    student trained alone (``compare: [none]``), which distillation can only pull the student toward."""
+    warnings = list((metrics.get("teacher_check") or {}).get("warnings", []))
+    alone = metrics.get("compare", {}).get("none")
+    teacher = metrics["teacher"]
+    if alone is not None and teacher["macro_f1"] < alone["macro_f1"]:
+        warnings.append(f"the teacher (test macro-F1 {teacher['macro_f1']:.3f}, accuracy {teacher['accuracy']:.3f}) is "
+                        f"below the student trained alone ({alone['macro_f1']:.3f}, {alone['accuracy']:.3f}): distillation "
+                        "pulls the student toward a weaker model; strengthen the teacher (epochs, image size, "
+                        "teacher.pretrained, teacher.ensemble) or compare against `none` before going live")
+    return warnings

@@ -1,21 +1,27 @@
-"""timm models and self-describing checkpoints.
+"""timm models, teacher ensembles and self-describing checkpoints.
 
-Every model comes from ``timm.create_model``. Pretrained weights come only from a local file
-(``pretrained_file``), loaded by timm itself, which adapts the first convolution to the
-line's channel count and drops a mismatched classifier. Checkpoints carry the arguments that
-rebuild the model, and are loaded with ``torch.load(weights_only=True)``: a pickle that tries
-to run code is refused.
+Every model comes from ``timm.create_model``. Pretrained weights come from a local file
+(``pretrained_file``) or from timm's published weights through its own Hugging Face cache
+(``pretrained``); either way timm loads them itself, which adapts the first convolution to the
+line's channel count (grey: the sum of the RGB kernels) and drops a mismatched classifier.
+An ``EnsembleModel`` averages the logits of several such models. Checkpoints carry the
+arguments that rebuild the model (an ensemble: each member's), and are loaded with
+``torch.load(weights_only=True)``: a pickle that tries to run code is refused.
 """
 
 from __future__ import annotations
 
 import difflib
 import pickle
+import urllib.error
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from safetensors import SafetensorError
 from torch import nn
 
 from kit.errors import CheckpointError, RecipeError
@@ -23,6 +29,7 @@ from kit.io import write_atomic
 
 CHECKPOINT_FORMAT = "inspection-kit/model"
 CHECKPOINT_VERSION = 1
+ENSEMBLE_ARCH = "ensemble"  # model_args["arch"] of an EnsembleModel checkpoint
 
 
 def check_arch(arch: str, where: str = "arch") -> None:
@@ -37,22 +44,118 @@ def create_model(
     num_classes: int,
     in_chans: int,
     *,
+    pretrained: bool = False,
     pretrained_file: str | Path | None = None,
     drop_rate: float = 0.0,
+    where: str = "model",
 ) -> nn.Module:
-    """A timm classifier; with ``pretrained_file``, timm loads and adapts local weights."""
+    """A timm classifier, randomly initialised or with weights timm loads and adapts itself.
+
+    ``pretrained_file``: a local weights file. ``pretrained``: timm's published weights, from
+    its Hugging Face cache (downloaded into it when the machine is online). ``where`` names the
+    recipe block (``teacher``, ``student``) in error messages.
+    """
     check_arch(arch)
     kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if pretrained and pretrained_file is not None:
+        raise CheckpointError(f"{where}: pretrained and pretrained_file exclude each other; set one")
     if pretrained_file is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)))
+        return _create_from_file(arch, kwargs, pretrained_file)
+    if pretrained:
+        return _create_from_hub(arch, kwargs, where)
+    return timm.create_model(arch, **kwargs)
+
+
+def _create_from_file(arch: str, kwargs: dict[str, Any], pretrained_file: str | Path) -> nn.Module:
+    """timm's ``file`` override goes through the same loader as published weights, so the first
+    convolution and the classifier are adapted exactly as they would be for those."""
     try:
-        return timm.create_model(arch, **kwargs)
-    except (RuntimeError, pickle.UnpicklingError, OSError, KeyError) as exc:
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)), **kwargs)
+    except (RuntimeError, pickle.UnpicklingError, OSError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"{pretrained_file}: timm cannot load these weights into {arch}: {str(exc).splitlines()[0]}") from None
+
+
+def check_pretrained(arch: str, where: str = "model") -> None:
+    """timm publishes weights for ``arch`` (a registry look-up; nothing is downloaded)."""
+    if not timm.models.is_model_pretrained(arch):
+        raise RecipeError(f"{where}.pretrained: timm publishes no weights for {arch!r}; "
+                          f"train from scratch (pretrained: false) or set {where}.pretrained_file")
+
+
+def _create_from_hub(arch: str, kwargs: dict[str, Any], where: str) -> nn.Module:
+    """timm's published weights through its own cache. A plant PC is usually offline, so a cache
+    miss becomes one line saying how to fill the cache on a connected machine."""
+    check_pretrained(arch, where)
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, urllib.error.URLError):
+        raise CheckpointError(_not_cached_message(arch, where)) from None
+    except HfHubHTTPError as exc:
+        raise CheckpointError(f"{where}.pretrained: the Hugging Face hub refused the {arch} weights: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+    except (RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise CheckpointError(f"{where}.pretrained: timm cannot load its published {arch} weights "
+                              f"(a damaged cache?): {str(exc).strip().splitlines()[0]}") from None
+
+
+def _not_cached_message(arch: str, where: str) -> str:
+    """Where timm looked, why it could not download, and the two ways to bring the weights over."""
+    if timm.models.get_pretrained_cfg(arch).hf_hub_id:
+        cache, copy, env = hub_constants.HF_HUB_CACHE, "~/.cache/huggingface", "HF_HOME"
+        why = "HF_HUB_OFFLINE=1" if hub_constants.HF_HUB_OFFLINE else "the hub is not reachable"
+    else:  # a few older weights are plain URLs, cached by torch.hub
+        cache, copy, env, why = torch.hub.get_dir(), "~/.cache/torch", "TORCH_HOME", "the host is not reachable"
+    return (f"{where}.pretrained: the published {arch} weights are not in the local cache ({cache}) and cannot be "
+            f"downloaded ({why}); pre-fetch them on a connected machine with "
+            f"`python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` and copy {copy} to this PC "
+            f"(or point {env} at the copy), or download the weights file and set {where}.pretrained_file")
 
 
 def model_args(arch: str, num_classes: int, in_chans: int) -> dict[str, Any]:
     return {"arch": arch, "num_classes": num_classes, "in_chans": in_chans}
+
+
+class EnsembleModel(nn.Module):
+    """Several classifiers as one teacher: the mean of their logits.
+
+    Averaging logits is averaging log-probabilities, so the ensemble's softmax is the normalised
+    geometric mean of the members' probabilities: confident only where the members agree, which
+    is what CRLD's confidence masks should see. The mean is taken in float32 (members may run
+    under autocast).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members (got {len(members)})")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x).float() for member in self.members]).mean(dim=0)
+
+
+def ensemble_args(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ensemble's rebuild arguments: every member's own, plus the class and channel counts
+    they share (so ``load_model`` checks an ensemble like any other model)."""
+    shapes = {(m["num_classes"], m["in_chans"]) for m in members}
+    if len(shapes) != 1:
+        raise CheckpointError(f"ensemble members disagree on (classes, input channels): {sorted(shapes)}")
+    ((num_classes, in_chans),) = shapes
+    return {"arch": ENSEMBLE_ARCH, "num_classes": num_classes, "in_chans": in_chans, "members": [dict(m) for m in members]}
+
+
+def create_from_args(args: dict[str, Any]) -> nn.Module:
+    """The randomly initialised model that ``args`` (a checkpoint's ``model_args``) describes."""
+    if args["arch"] == ENSEMBLE_ARCH:
+        return EnsembleModel([create_from_args(m) for m in args["members"]])
+    return create_model(args["arch"], args["num_classes"], args["in_chans"])
+
+
+def member_archs(args: dict[str, Any]) -> list[str]:
+    """The timm architectures inside ``args``: one for a single model, every member's for an ensemble."""
+    if args["arch"] == ENSEMBLE_ARCH:
+        return [arch for m in args["members"] for arch in member_archs(m)]
+    return [args["arch"]]
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, args: dict[str, Any], **meta: Any) -> Path:
@@ -91,11 +194,15 @@ def load_model(
     expect_classes: list[str] | None = None,
     expect_in_chans: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a kit checkpoint and check that it fits what the recipe expects."""
+    """Rebuild a model from a kit checkpoint and check that it fits what the recipe expects.
+
+    An ensemble checkpoint fits ``expect_arch`` when it is ``"ensemble"`` or when every member is
+    that architecture: ``teacher.arch`` names what the teacher is built from, and an ensemble of
+    seeds of it (``teacher.ensemble.members``) is still that teacher.
+    """
     body = load_checkpoint_file(path)
     args = body["model_args"]
-    if expect_arch is not None and args["arch"] != expect_arch:
-        raise CheckpointError(f"{path}: checkpoint is a {args['arch']!r}, the recipe asks for {expect_arch!r}")
+    _check_arch_fits(path, args, expect_arch)
     if expect_classes is not None:
         saved = body.get("classes")
         if args["num_classes"] != len(expect_classes):
@@ -106,9 +213,19 @@ def load_model(
             raise CheckpointError(f"{path}: checkpoint classes {saved} differ from the data's classes {expect_classes}")
     if expect_in_chans is not None and args["in_chans"] != expect_in_chans:
         raise CheckpointError(f"{path}: checkpoint expects {args['in_chans']} input channel(s), the recipe gives {expect_in_chans}")
-    model = create_model(args["arch"], args["num_classes"], args["in_chans"])
+    model = create_from_args(args)
     try:
         model.load_state_dict(body["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {args['arch']}: {str(exc).splitlines()[0]}") from None
     return model, body
+
+
+def _check_arch_fits(path: str | Path, args: dict[str, Any], expect_arch: str | None) -> None:
+    if expect_arch is None or args["arch"] == expect_arch:
+        return
+    if args["arch"] != ENSEMBLE_ARCH:
+        raise CheckpointError(f"{path}: checkpoint is a {args['arch']!r}, the recipe asks for {expect_arch!r}")
+    archs = member_archs(args)
+    if set(archs) != {expect_arch}:
+        raise CheckpointError(f"{path}: checkpoint is an ensemble of {', '.join(archs)}, the recipe asks for {expect_arch!r}")

@@ -6,7 +6,7 @@ finds them. Nothing else in the kit spells a run's file names.
 
 ```
 runs/<line>/<run-id>/
-  recipe.lock.yaml  state.json  split.csv  views.png  history.csv  metrics.json  run.log
+  recipe.lock.yaml  state.json  split.csv  views.png  history.csv  teacher_check.json  metrics.json  run.log
   teacher.pt  student.pt  student-<method>.pt  checkpoints/
   bundle/ (parity.json ...)  verify/ (kpi.json ...)  report/ (report.html, report.pdf)
 ```
@@ -29,6 +29,7 @@ from kit.io import read_json, write_json_atomic, write_text_atomic
 
 LOCK_NAME, STATE_NAME, SPLIT_NAME = "recipe.lock.yaml", "state.json", "split.csv"
 VIEWS_NAME, HISTORY_NAME, METRICS_NAME, LOG_NAME = "views.png", "history.csv", "metrics.json", "run.log"
+TEACHER_CHECK_NAME = "teacher_check.json"  # the teacher against the majority-class baseline, on validation
 CHECKPOINT_DIR = "checkpoints"  # per-epoch resume state while a training stage runs
 BUNDLE_DIR, PARITY_NAME = "bundle", "parity.json"
 VERIFY_DIR, KPI_NAME = "verify", "kpi.json"
@@ -36,12 +37,17 @@ REPORT_DIR, HTML_NAME, PDF_NAME = "report", "report.html", "report.pdf"
 
 # The order stages run in. Recording a stage drops every later one from the state: what they
 # wrote was made from the earlier stage's previous output. Comparison students share one slot.
-STAGE_ORDER = ("data", "teacher", "student", "compare", "evaluate", "export", "verify", "report")
+STAGE_ORDER = ("data", "teacher", "teacher-check", "student", "compare", "evaluate", "export", "verify", "report")
 
 
 def comparison_role(method: str) -> str:
     """Role (and checkpoint stem) of the comparison student trained with ``method``."""
     return f"student-{method}"
+
+
+def ensemble_member_role(index: int) -> str:
+    """Role (checkpoint stem, history rows) of the ensemble's ``index``-th member."""
+    return f"teacher-m{index}"
 
 
 def checkpoint_path(run_dir: str | Path, role: str) -> Path:

@@ -42,7 +42,8 @@ def tiny_recipe_dict(data_root: Path | str, **overrides) -> dict:
             "weak": [{"HorizontalFlip": {"p": 0.5}}],
             "strong": [{"lighting": {"severity": 3, "p": 1.0}}, {"blur": {"severity": 2}}, {"noise": {"severity": 2}}],
         },
-        "teacher": {"arch": "resnet10t", "epochs": 1, "batch_size": 4, "lr": 0.01},
+        # A 1-epoch teacher is no better than chance: the check warns instead of stopping these plumbing runs.
+        "teacher": {"arch": "resnet10t", "epochs": 1, "batch_size": 4, "lr": 0.01, "check": "warn"},
         "student": {"arch": "mobilenetv3_small_050", "epochs": 2, "batch_size": 4, "lr": 0.01},
         "distill": {"method": "crld"},
         # A 2-epoch model has flat probabilities, so INT8 flips more than a trained one would;
@@ -51,7 +52,9 @@ def tiny_recipe_dict(data_root: Path | str, **overrides) -> dict:
                    "parity": {"int8_min_agreement": 0.5}},
         "compare": ["none"],
         # Tiny timings: the harness is exercised, the numbers are not the point here.
-        "verify": {"latency": {"batch": 4, "warmup": 1, "iters": 5}},
+        # Five validation images certify no operating target: none is set, so these plumbing runs pass their gate
+        # (test_verify and test_report certify targets on purpose).
+        "verify": {"latency": {"batch": 4, "warmup": 1, "iters": 5}, "threshold": None},
         "seed": 0,
         "device": "cpu",
     }

@@ -46,6 +46,8 @@ MODULE_TO_DISTRIBUTION = {
     "pydantic_core": "pydantic",  # pydantic's own core, installed with it
     "yaml": "pyyaml",
     "jinja2": "jinja2",
+    "huggingface_hub": "huggingface-hub",  # timm's weight hub; kit names its offline errors
+    "safetensors": "safetensors",
 }
 
 # Per package: the dependency lists that must provide its module-level imports, and the extras

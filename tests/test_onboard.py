@@ -14,8 +14,17 @@ from typer.testing import CliRunner
 
 from kit.cli import app
 from kit.onboard.calibrate import calibrate, replace_views
-from kit.onboard.init_line import init_line, propose_image_size
+from kit.onboard.init_line import (
+    CPU_PIXEL_BUDGET,
+    CPU_SIZES_PX,
+    LineSurvey,
+    detect_ok_class,
+    init_line,
+    plan_image_size,
+    propose_image_size,
+)
 from kit.recipe import load_recipe
+from kit.sample_line import generate_sparse_line
 
 
 def test_init_line_writes_a_valid_commented_recipe(tmp_path, tiny_line):
@@ -39,7 +48,9 @@ def test_init_line_writes_a_valid_commented_recipe(tmp_path, tiny_line):
 
 def test_scaffolded_recipe_runs_without_edits(tmp_path, tiny_line):
     path, _ = init_line(tiny_line, "scaffolded", tmp_path / "scaffolded.yaml", gpu=False)
-    text = path.read_text().replace("epochs: 30", "epochs: 1").replace("epochs: 40", "epochs: 1")  # test budget only
+    # Test budget only: one epoch each, and a 1-epoch teacher is no better than chance, so its check only warns.
+    text = (path.read_text().replace("epochs: 30", "epochs: 1").replace("epochs: 40", "epochs: 1")
+            .replace("  train_views: mix", "  check: warn\n  train_views: mix"))
     path.write_text(text)
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs"), "--stop-after", "export"])
     assert result.exit_code == 0, result.output
@@ -53,10 +64,86 @@ def test_init_line_refuses_a_single_class(tmp_path, tiny_line):
 
 
 def test_image_size_proposal():
-    assert propose_image_size((128, 160), gpu=True) == 128
-    assert propose_image_size((128, 160), gpu=False) == 96
-    assert propose_image_size((20, 20), gpu=False) == 32
-    assert propose_image_size((1000, 1000), gpu=True) == 224
+    assert propose_image_size((128, 160), gpu=True, total_images=660) == 128
+    assert propose_image_size((128, 160), gpu=False, total_images=660) == 128  # 10.8 M px per epoch: affordable
+    assert propose_image_size((20, 20), gpu=False, total_images=50) == 32
+    assert propose_image_size((1000, 1000), gpu=True, total_images=100_000) == 224
+
+
+@pytest.mark.parametrize(("total_images", "source_px", "expected_px"), [
+    (1000, 256, 128),    # 160^2 x 1000 = 25.6 M px > 20 M
+    (660, 96, 96),       # the sample line: never above the source
+    (5000, 256, 96),     # over budget even at 96: the CPU floor
+    (600, 256, 160),
+    (400, 256, 192),     # 224^2 x 400 = 20.07 M px, just over
+    (200, 256, 224),
+    (100, 48, 48),       # a source below the floor keeps its size
+])
+def test_cpu_image_size_is_the_largest_that_fits_the_pixel_budget(total_images, source_px, expected_px):
+    assert propose_image_size((source_px, source_px), gpu=False, total_images=total_images) == expected_px
+    if expected_px > CPU_SIZES_PX[0]:
+        assert total_images * expected_px**2 <= CPU_PIXEL_BUDGET
+
+
+def _survey(total_images: int, source_px: int) -> LineSurvey:
+    counts = {"ok": total_images - 10, "pit": 10}
+    return LineSurvey(Path("/data/line"), sorted(counts), counts, False, (source_px, source_px), "gray")
+
+
+def test_size_comment_says_what_the_resize_does_to_a_small_defect():
+    plan = plan_image_size(_survey(1000, 256), gpu=False)
+    assert plan.size_px == 128 and plan.warning() is None
+    assert plan.cost() == "median source 256x256 px -> 2.0x smaller: a 4 px defect becomes 2.0 px"
+    assert plan.reason == ("the largest size whose 1000 images x 128^2 px = 16 M px per epoch fit the CPU budget (20 M); "
+                           "a GPU affords 224")
+    assert plan_image_size(_survey(100, 48), gpu=False).cost() == "median source 48x48 px: no detail lost in the resize"
+
+
+def test_a_shrink_beyond_2x_is_a_survey_warning():
+    plan = plan_image_size(_survey(5000, 256), gpu=False)
+    assert plan.size_px == 96
+    assert plan.warning() == ("images are shrunk 2.7x (256x256 px -> 96 px): defects smaller than about 5 px will be lost; "
+                              "consider data.roi (crop to the part), a larger data.image_size on a GPU")
+    assert plan.reason == "5000 images are over the CPU budget (20 M px per epoch) even at 96 px; a GPU affords 224"
+
+
+@pytest.mark.parametrize("folder", ["ok", "OK", "okay", "good", "Normal", "pass", "free", "no_defect", "No-Defect",
+                                    "defect_free", "ok_parts", "good_2024"])
+def test_the_good_part_class_is_found_by_its_folder_name(folder):
+    assert detect_ok_class(["crack", folder, "scratch"]) == folder
+
+
+@pytest.mark.parametrize("classes", [["nok", "crack"], ["NOK", "goods"], ["not_ok", "bad"],
+                                     ["ok", "good"]])
+def test_no_good_part_class_is_guessed(classes):
+    assert detect_ok_class(classes) is None
+
+
+def test_init_line_on_a_sparse_line_proposes_a_larger_input_and_says_why(tmp_path):
+    counts = {"ok": 180, "scratch": 7, "pit": 7, "crack": 6}
+    generate_sparse_line(tmp_path / "sparse", counts=counts, seed=2)
+    path, survey = init_line(tmp_path / "sparse", "sparse", tmp_path / "sparse.yaml", gpu=False)
+    expected = max(s for s in CPU_SIZES_PX if s <= 224 and 200 * s**2 <= CPU_PIXEL_BUDGET)
+    assert expected == 224
+    recipe = load_recipe(path)
+    assert recipe.data.image_size == (expected, expected)
+    assert recipe.teacher.balance == recipe.student.balance == "auto"
+    assert recipe.teacher.select_by == recipe.student.select_by == "macro_f1"
+    assert survey.ok_class == "ok" and survey.imbalanced
+    text = path.read_text()
+    assert "# good-part class: ok (recognised by its folder name)\n" in text
+    assert f"image_size: {expected}               # median source 256x256 px -> 1.1x smaller: a 4 px defect becomes 3.5 px\n" in text
+    assert "balance: auto                 # imbalanced here (ok 180 vs crack 6): auto uses class-balanced sampling" in text
+    assert text.count("select_by: macro_f1") == 2 and not any("shrunk" in w for w in survey.warnings)
+
+
+def test_init_line_warns_when_the_resize_erases_small_defects(tmp_path):
+    generate_sparse_line(tmp_path / "big", counts={"ok": 4, "pit": 2}, size_px=512)
+    path, survey = init_line(tmp_path / "big", "big", tmp_path / "big.yaml", gpu=False)
+    warning = ("images are shrunk 2.3x (512x512 px -> 224 px): defects smaller than about 5 px will be lost; "
+               "consider data.roi (crop to the part), a larger data.image_size on a GPU")
+    assert warning in survey.warnings and f"#   ! {warning}\n" in path.read_text()
+    assert load_recipe(path).data.image_size == (224, 224)
 
 
 def _darkened_copy(src: Path, dst: Path) -> Path:

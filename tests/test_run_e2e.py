@@ -23,7 +23,8 @@ def test_run_directory_is_complete(finished_run):
         assert (finished_run / name).is_file(), name
     assert not (finished_run / "checkpoints").exists()
     state = json.loads((finished_run / "state.json").read_text())
-    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify", "report"]
+    assert list(state["stages"]) == ["data", "teacher", "teacher-check", "student", "student-none", "evaluate", "export",
+                                     "verify", "report"]
     assert all(s["status"] == "done" for s in state["stages"].values())
     assert not list(finished_run.glob(".*.tmp"))
 
@@ -38,6 +39,10 @@ def test_metrics_cover_both_models(finished_run):
         assert sum(map(sum, m["confusion_matrix"])) == metrics["split_sizes"]["test"] == m["n"]
     assert 0.0 <= metrics["agreement"] <= 1.0
     assert metrics["distill_method"] == "crld"
+    # the 1-epoch teacher is degenerate; conftest's recipe says teacher.check: warn, so it is a warning
+    assert metrics["teacher_check"]["degenerate"] and metrics["warnings"][0].startswith("validation balanced accuracy")
+    report = (finished_run / "report" / "report.html").read_text()
+    assert 'id="training-warnings"' in report and "is no better than calling every part" in report
 
 
 def test_history_has_crld_parts_per_epoch(finished_run):

@@ -18,9 +18,9 @@ from tests.conftest import tiny_recipe_dict, write_recipe
 def test_the_table_lists_every_stage_in_order(tmp_path):
     recipe = parse_recipe(json.dumps(tiny_recipe_dict(tmp_path, compare=["kd", "none"])), check=False)
     assert [s.name for s in build_stages(recipe)] == [
-        "data", "teacher", "student", "student-kd", "student-none", "evaluate", "export", "verify", "report"]
+        "data", "teacher", "teacher-check", "student", "student-kd", "student-none", "evaluate", "export", "verify", "report"]
     assert [s.name for s in build_stages(recipe) if s.all_ranks] == [
-        "data", "teacher", "student", "student-kd", "student-none"]
+        "data", "teacher", "teacher-check", "student", "student-kd", "student-none"]
     assert set(STOP_POINTS) == {"train", "export", "verify", "report"}
 
 

@@ -17,10 +17,12 @@ from deploy.manifest import read_manifest
 from deploy.memory import PeakMemory
 from deploy.preprocess import PreprocessSpec, prepare_image, read_image
 from kit.cli import app
+from kit.evaluate import classification_metrics
 from kit.recipe.schema import KpiTargets, ThresholdTarget
 from kit.verify.calibration import expected_calibration_error, fit_temperature, reliability_table
 from kit.verify.corruptions import corrupt_images, coverage, image_seed, list_corruptions, severity_table
 from kit.verify.gate import evaluate_gate
+from kit.verify.stats import clopper_pearson
 from kit.verify.threshold import choose_threshold, operating_point, parse_target
 from kit.views import build_view
 
@@ -127,7 +129,8 @@ def test_threshold_search_reaches_its_target_on_validation():
     escape = choose_threshold(probs, labels, ThresholdTarget(max_escape_rate=0.01, ok_class="ok"), classes)
     assert escape["reached"] and escape["val"]["escape_rate"] <= 0.01
     impossible = choose_threshold(np.full((10, 3), 1 / 3, np.float32), np.arange(10) % 3, ThresholdTarget(accepted_accuracy=0.99), classes)
-    assert not impossible["reached"] and impossible["threshold"] == 1.0
+    assert not impossible["reached"] and impossible["threshold"] > 1.0  # above every confidence: nothing automated
+    assert operating_point(probs, labels, impossible["threshold"])["automation_rate"] == 0.0
 
 
 def test_threshold_target_parsing():
@@ -135,8 +138,14 @@ def test_threshold_target_parsing():
     assert parse_target("max_escape_rate=0.001", ok_class="ok").max_escape_rate == 0.001
     from kit.errors import ArgumentError
 
-    with pytest.raises(ArgumentError, match="^target: max_escape_rate=0.001: max_escape_rate needs ok_class"):
-        parse_target("max_escape_rate=0.001")
+    from kit.errors import RecipeError
+    from kit.verify.threshold import ok_class_index
+
+    # the good-part class may come from line.ok_class, so parsing accepts it; resolving without one fails
+    bare = parse_target("max_escape_rate=0.001")
+    assert ok_class_index(bare, ["good", "dent"], "good") == 0
+    with pytest.raises(RecipeError, match="max_escape_rate needs the good-part class: set line.ok_class"):
+        ok_class_index(bare, ["good", "dent"])
     with pytest.raises(ArgumentError, match="^target: expected accepted_accuracy=VALUE") as raised:
         parse_target("accuracy>0.9")
     assert raised.value.worded(lambda name: "--" + name).startswith("--target: expected")
@@ -209,7 +218,11 @@ def test_verify_writes_every_section(finished_run):
                  "reliability.csv", "gate.csv"):
         assert (finished_run / "verify" / name).stat().st_size > 0, name
     state = json.loads((finished_run / "state.json").read_text())
-    assert list(state["stages"]) == ["data", "teacher", "student", "student-none", "evaluate", "export", "verify", "report"]
+    assert list(state["stages"]) == ["data", "teacher", "teacher-check", "student", "student-none", "evaluate", "export",
+                                     "verify", "report"]
+    acc = kpi["intervals"]["accuracy"]  # every rate carries its n and a 95 % Clopper-Pearson interval
+    assert acc["n"] == kpi["test_images"] and acc["k"] == round(kpi["models"]["onnx"]["accuracy"] * acc["n"])
+    assert (acc["low"], acc["high"]) == pytest.approx(clopper_pearson(acc["k"], acc["n"]))
 
 
 @pytest.fixture
@@ -255,3 +268,42 @@ def test_kit_threshold_retunes_without_reexport(run_copy):
 def test_verify_needs_an_export(tmp_path):
     result = CliRunner().invoke(app, ["verify", str(tmp_path)])
     assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+def test_an_uncertifiable_operating_target_is_a_missed_target_on_page_one(run_copy):
+    from kit.report import build_report
+
+    _set_lock(run_copy, "verify", {"latency": {"batch": 4, "warmup": 1, "iters": 5},
+                                   "threshold": {"accepted_accuracy": 0.99, "confidence": 0.95}})
+    result = CliRunner().invoke(app, ["verify", str(run_copy)])
+    assert result.exit_code == 1, result.output
+    assert "not certifiable with" in result.output
+    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+    assert kpi["operating"]["certificate"]["message"] == (
+        f"not certifiable with {kpi['val_images']} validation images: 99 % accepted accuracy at 95 % confidence "
+        "needs about 299 accepted validation images with no error")
+    assert kpi["gate"]["failed"] == ["verify.threshold"] and kpi["operating"]["certified"] is False
+    assert kpi["operating"]["threshold"] > 1.0 and kpi["operating"]["test"]["automation_rate"] == 0.0
+    html = build_report(run_copy, log=lambda m: None).html.read_text(encoding="utf-8")
+    assert 'class="verdict nogo"' in html and "Operating target certified on validation" in html
+
+
+def test_a_model_that_calls_every_part_good_fails_the_default_gate():
+    """The targets the shipped sample recipe sets (and kit init-line suggests) stop a constant-"ok" model,
+    whatever its accuracy on a mostly-good test mix."""
+    from kit.recipe import load_recipe
+    from kit.verify.escapes import escape_table
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "sample_line.yaml", check=False)
+    classes = ["crack", "dent", "ok", "scratch"]
+    labels = np.array([2] * 960 + [0] * 20 + [1] * 10 + [3] * 10)  # 96 % good parts
+    always_ok = np.tile(np.eye(4)[2], (len(labels), 1)).astype(np.float32)
+    escapes = escape_table(always_ok, labels, classes, ok_index=2, threshold=0.9)
+    assert escapes["worst"] in ("crack", "dent", "scratch") and escapes["worst_rate"] == 1.0
+    assert escapes["classes"]["dent"]["k"] == 10 and escapes["classes"]["ok"]["kind"] == "false_reject"
+    m = classification_metrics(labels, always_ok.argmax(1), classes)
+    measured = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "automation_rate": 1.0, "accepted_accuracy": 0.96,
+                "max_class_escape_rate": escapes["worst_rate"], "agreement": 1.0, "accuracy_gap": 0.0}
+    verdict = evaluate_gate(measured, recipe.kpi, takt_ms=None)
+    assert m["accuracy"] == 0.96 and not verdict["passed"]
+    assert "kpi.max_class_escape_rate" in verdict["failed"] and "kpi.min_macro_f1" in verdict["failed"]

@@ -34,9 +34,11 @@ def kd_loss(
     temperature: float = 4.0,
     ce_weight: float = 0.1,
     kd_weight: float = 0.9,
+    class_weight: Tensor | None = None,
 ) -> KDLoss:
-    """``total = ce_weight * CE(s, y) + kd_weight * mean_B KD_T(s, t)`` on one (weak) view."""
-    ce = F.cross_entropy(student_logits, target)
+    """``total = ce_weight * CE(s, y) + kd_weight * mean_B KD_T(s, t)`` on one (weak) view.
+    ``class_weight`` (recipe ``balance: loss``) weights the cross-entropy per class."""
+    ce = F.cross_entropy(student_logits, target, weight=class_weight)
     kd = kd_per_sample(student_logits, teacher_logits.detach(), temperature).mean()
     return KDLoss(ce_weight * ce + kd_weight * kd, ce, kd)
 
@@ -63,6 +65,7 @@ def crld_loss(
     cross_weight: float = 0.5,
     tau_weak: float = 0.9,
     tau_strong: float = 0.2,
+    class_weight: Tensor | None = None,
 ) -> CRLDLoss:
     """Cross-view consistency distillation (CRLD), as the method's reference implementation.
 
@@ -78,12 +81,13 @@ def crld_loss(
 
     The mean runs over the whole batch: masked samples count as zero, they do not shrink the
     denominator. Teacher logits are detached; the teacher runs in eval mode without gradients.
+    ``class_weight`` (recipe ``balance: loss``) weights the two cross-entropy terms per class.
     """
     teacher_weak, teacher_strong = teacher_weak.detach(), teacher_strong.detach()
     with torch.no_grad():
         mask_weak = (F.softmax(teacher_weak, dim=1).amax(dim=1) >= tau_weak).to(student_weak.dtype)
         mask_strong = (F.softmax(teacher_strong, dim=1).amax(dim=1) >= tau_strong).to(student_weak.dtype)
-    ce = F.cross_entropy(student_weak, target) + F.cross_entropy(student_strong, target)
+    ce = F.cross_entropy(student_weak, target, weight=class_weight) + F.cross_entropy(student_strong, target, weight=class_weight)
     within = (mask_weak * (kd_per_sample(student_weak, teacher_weak, temperature)
                            + kd_per_sample(student_strong, teacher_strong, temperature))).mean()
     cross = (mask_strong * (kd_per_sample(student_strong, teacher_weak, temperature)

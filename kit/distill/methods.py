@@ -19,7 +19,8 @@ from torch import Tensor
 from kit.distill.losses import crld_loss, kd_loss
 
 # (student logits per view, teacher logits per view or None, target, settings) -> (loss, parts).
-# Parts stay tensors: calling .item() every step would be a CPU-GPU sync point.
+# Parts stay tensors: calling .item() every step would be a CPU-GPU sync point. With recipe
+# ``balance: loss`` the loss is also called with ``class_weight=`` (per-class cross-entropy weights).
 LossFn = Callable[[dict[str, Tensor], "dict[str, Tensor] | None", Tensor, Any], tuple[Tensor, dict[str, Tensor]]]
 
 
@@ -88,12 +89,13 @@ class CRLDConfig(MethodSettings):
     tau_strong: Annotated[float, Field(ge=0, le=1)] = 0.2
 
 
-def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: CRLDConfig):
+def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: CRLDConfig,
+          class_weight: Tensor | None = None):
     assert teacher is not None
     out = crld_loss(
         student["weak"], student["strong"], teacher["weak"], teacher["strong"], target,
         temperature=cfg.temperature, ce_weight=cfg.ce_weight, within_weight=cfg.within_weight,
-        cross_weight=cfg.cross_weight, tau_weak=cfg.tau_weak, tau_strong=cfg.tau_strong,
+        cross_weight=cfg.cross_weight, tau_weak=cfg.tau_weak, tau_strong=cfg.tau_strong, class_weight=class_weight,
     )
     parts = {
         "ce": out.ce, "within": out.within, "cross": out.cross,
@@ -113,10 +115,11 @@ class KDConfig(MethodSettings):
     kd_weight: Annotated[float, Field(ge=0)] = 0.9
 
 
-def _kd(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: KDConfig):
+def _kd(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: KDConfig,
+        class_weight: Tensor | None = None):
     assert teacher is not None
     out = kd_loss(student["weak"], teacher["weak"], target, temperature=cfg.temperature,
-                  ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight)
+                  ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, class_weight=class_weight)
     return out.total, {"ce": out.ce, "kd": out.kd}
 
 
@@ -128,8 +131,9 @@ class NoDistillConfig(MethodSettings):
     method: Literal["none"] = "none"
 
 
-def _none(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: NoDistillConfig):
-    ce = F.cross_entropy(student["weak"], target)
+def _none(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: NoDistillConfig,
+          class_weight: Tensor | None = None):
+    ce = F.cross_entropy(student["weak"], target, weight=class_weight)
     return ce, {"ce": ce}
 
 

@@ -1,8 +1,9 @@
 """``kit init-line``: a commented, valid recipe scaffolded from a folder of labelled images.
 
 It looks at the data the way an engineer would before writing a recipe: which classes, how many
-images each, how imbalanced, exact duplicates, image sizes and colour. The recipe it writes loads
-and runs as is; every choice it made is explained in a comment next to the field.
+images each, how imbalanced, which one holds the good parts, exact duplicates, image sizes and
+colour. The recipe it writes loads and runs as is; every choice it made is explained in a comment
+next to the field, in plain numbers where it costs something (what the resize does to a small defect).
 """
 
 from __future__ import annotations
@@ -16,14 +17,25 @@ import numpy as np
 
 from deploy.errors import ImageReadError
 from deploy.preprocess import read_image
+from kit.data.balance import IMBALANCE_RATIO
 from kit.data.index import SPLITS, class_folders, file_hash, images_in
 from kit.errors import ArgumentError, DataError
 from kit.io import write_text_atomic
 from kit.recipe import load_recipe
 
 SIZE_PROBES = 64  # images opened per class to learn sizes and colour
-CPU_SIZE_CAP = 96  # px: keeps the default run within minutes on a laptop CPU
+MIN_SIZE_PX, MAX_SIZE_PX = 32, 224  # the input sides the scaffold proposes (timm backbones stride 32)
+# Without a GPU an epoch costs about images x side^2 pixels. 20 M px is ~1000 images at 128 px, which
+# trains in minutes on a laptop CPU; a bigger input is worth it whenever the data is small enough to
+# afford it, because a fixed 96 px cap erased defects a few px across on ~300 px images (issue 19).
+CPU_PIXEL_BUDGET = 20_000_000  # px per epoch
+CPU_SIZES_PX = (96, 128, 160, 192, 224)  # the CPU candidates; the first is the floor however large the data
+SMALL_DEFECT_PX = 4  # the defect the image_size comment follows through the resize
+MIN_VISIBLE_DEFECT_PX = 2  # a defect narrower than this at the model's input is averaged into the background
 SMALL_DATA = 1000  # images: below this a smaller teacher with AdamW trains more reliably from scratch
+# Folder names of the good-part class, compared lower-case with - and spaces as _; a folder named exactly
+# one of these or starting with one and "_" ("ok_parts", "good_2024") is it. "nok" is not.
+OK_CLASS_NAMES = ("ok", "okay", "good", "normal", "pass", "free", "no_defect", "defect_free")
 
 
 @dataclass
@@ -36,10 +48,27 @@ class LineSurvey:
     channels: str
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ok_class: str | None = None  # the good-part class, when a folder name says which
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def imbalanced(self) -> bool:
+        return max(self.counts.values()) > IMBALANCE_RATIO * min(self.counts.values())
+
+
+def _is_ok_name(folder: str) -> bool:
+    name = folder.lower().replace("-", "_").replace(" ", "_")
+    return any(name == ok or name.startswith(ok + "_") for ok in OK_CLASS_NAMES)
+
+
+def detect_ok_class(classes: list[str]) -> str | None:
+    """The good-part class, recognised by its folder name (see ``OK_CLASS_NAMES``); ``None`` when no
+    folder or more than one looks like it, because guessing wrong would invert every later judgement."""
+    matches = [c for c in classes if _is_ok_name(c)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _is_colour(img: np.ndarray) -> bool:
@@ -94,9 +123,9 @@ def survey_line(root: str | Path) -> LineSurvey:
                 seen[digest] = path
 
     survey = LineSurvey(root, classes, dict(counts), split_folders, median_hw,  # type: ignore[arg-type]
-                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates)
+                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=detect_ok_class(classes))
     low, high = min(counts.values()), max(counts.values())
-    if high > 5 * low:
+    if survey.imbalanced:
         survey.warnings.append(f"imbalanced: {high} images of {counts.most_common(1)[0][0]!r} but only {low} of "
                                f"{min(counts, key=counts.get)!r}; read macro-F1 and per-class recall, not only accuracy")
     tiny = [c for c in classes if counts[c] < 20]
@@ -113,10 +142,69 @@ def survey_line(root: str | Path) -> LineSurvey:
     return survey
 
 
-def propose_image_size(median_hw: tuple[int, int], gpu: bool) -> int:
-    """The median short side rounded down to a multiple of 16, 32..224 px (96 without a GPU)."""
-    side = max(32, min(224, (min(median_hw) // 16) * 16))
-    return min(side, CPU_SIZE_CAP) if not gpu else side
+def propose_image_size(median_hw: tuple[int, int], gpu: bool, total_images: int) -> int:
+    """The model's input side in px.
+
+    The median source short side rounded down to a multiple of 16 and kept within 32..224 px: more
+    than the source adds cost and no detail. A GPU affords that. On a CPU an epoch costs about
+    ``total_images x side^2`` pixels, so the side is the largest of ``CPU_SIZES_PX`` (never above the
+    source) whose epoch fits ``CPU_PIXEL_BUDGET``; data too large for even the smallest gets the
+    smallest, and a source smaller than that keeps its own size.
+    """
+    source_side = max(MIN_SIZE_PX, min(MAX_SIZE_PX, (min(median_hw) // 16) * 16))
+    if gpu:
+        return source_side
+    affordable = [s for s in CPU_SIZES_PX if s <= source_side and total_images * s**2 <= CPU_PIXEL_BUDGET]
+    return max(affordable, default=min(source_side, CPU_SIZES_PX[0]))
+
+
+@dataclass(frozen=True)
+class SizeProposal:
+    """The proposed ``data.image_size`` and what the resize costs: the comment and warning say it in
+    pixels of defect, the unit an inspection engineer judges a camera by."""
+
+    size_px: int
+    source_hw: tuple[int, int]
+    reason: str
+
+    @property
+    def shrink(self) -> float:
+        """Source px per input px along the longer side, where a defect loses most."""
+        return max(self.source_hw) / self.size_px
+
+    def cost(self) -> str:
+        source = f"median source {self.source_hw[0]}x{self.source_hw[1]} px"
+        if self.shrink <= 1.0:
+            return f"{source}: no detail lost in the resize"
+        return (f"{source} -> {self.shrink:.1f}x smaller: a {SMALL_DEFECT_PX} px defect becomes "
+                f"{SMALL_DEFECT_PX / self.shrink:.1f} px")
+
+    def warning(self) -> str | None:
+        """Past 2x, a defect must be at least ``MIN_VISIBLE_DEFECT_PX x shrink`` source px to survive."""
+        if self.shrink <= 2.0:
+            return None
+        return (f"images are shrunk {self.shrink:.1f}x ({self.source_hw[0]}x{self.source_hw[1]} px -> {self.size_px} px): "
+                f"defects smaller than about {MIN_VISIBLE_DEFECT_PX * self.shrink:.0f} px will be lost; consider data.roi "
+                "(crop to the part), a larger data.image_size on a GPU")
+
+
+def plan_image_size(survey: LineSurvey, gpu: bool) -> SizeProposal:
+    """``propose_image_size`` for the surveyed line, with the reason in words."""
+    size = propose_image_size(survey.median_hw, gpu, survey.total)
+    gpu_size = propose_image_size(survey.median_hw, True, survey.total)
+    epoch_mpx = survey.total * size**2 / 1e6
+    budget_mpx = CPU_PIXEL_BUDGET / 1e6
+    on_gpu = f"; a GPU affords {gpu_size}" if gpu_size > size else ""
+    if gpu:
+        reason = f"a GPU affords the source's size (at most {MAX_SIZE_PX} px)"
+    elif epoch_mpx > budget_mpx:
+        reason = f"{survey.total} images are over the CPU budget ({budget_mpx:g} M px per epoch) even at {size} px{on_gpu}"
+    elif size == gpu_size:
+        reason = f"the source's size: {survey.total} images x {size}^2 px = {epoch_mpx:.0f} M px per epoch fit the CPU budget ({budget_mpx:g} M)"
+    else:
+        reason = (f"the largest size whose {survey.total} images x {size}^2 px = {epoch_mpx:.0f} M px per epoch fit the "
+                  f"CPU budget ({budget_mpx:g} M){on_gpu}")
+    return SizeProposal(size, survey.median_hw, reason)
 
 
 def _q(text: str) -> str:
@@ -124,9 +212,35 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_recipe(survey: LineSurvey, name: str, recipe_dir: Path, gpu: bool, recipe_path: str = "") -> str:
+def _ok_class_line(survey: LineSurvey) -> str:
+    if survey.ok_class is None:
+        return "  # ok_class: good            # the good-part class (none recognised from the folder names)\n"
+    return f"  ok_class: {_q(survey.ok_class)}              # the good-part class: a defect accepted as it is an escape\n"
+
+
+def _escape_target_line(survey: LineSurvey) -> str:
+    if survey.ok_class is None:
+        return "  # max_class_escape_rate: 0.05 # needs line.ok_class\n"
+    return "  max_class_escape_rate: 0.05   # worst defect class: at most 5 % of its parts accepted as good\n"
+
+
+def _ok_class_note(survey: LineSurvey) -> str:
+    if survey.ok_class is not None:
+        return f"{survey.ok_class} (recognised by its folder name)"
+    return f"none recognised among the folder names (looked for {', '.join(OK_CLASS_NAMES)})"
+
+
+def _balance_note(survey: LineSurvey) -> str:
+    if survey.imbalanced:
+        largest = max(survey.counts, key=lambda c: survey.counts[c])
+        smallest = min(survey.counts, key=lambda c: survey.counts[c])
+        return (f"imbalanced here ({largest} {survey.counts[largest]} vs {smallest} {survey.counts[smallest]}): "
+                "auto uses class-balanced sampling")
+    return f"class-balanced sampling only if the training split is imbalanced (largest class > {IMBALANCE_RATIO:g}x smallest)"
+
+
+def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "") -> str:
     recipe_path = recipe_path or f"recipes/{name}.yaml"
-    size = propose_image_size(survey.median_hw, gpu)
     rel_root = Path(os.path.relpath(survey.root, recipe_dir.resolve()))
     small = survey.total < SMALL_DATA
     teacher, opt, lr, wd, bs = (("resnet10t", "adamw", 0.003, 0.05, 16) if small else ("resnet18", "sgd", 0.05, 0.0005, 32))
@@ -137,8 +251,11 @@ def render_recipe(survey: LineSurvey, name: str, recipe_dir: Path, gpu: bool, re
         "  split: {train: 0.7, val: 0.15, test: 0.15, seed: 0}   # stratified random split, fixed seed\n"
     )
     warnings = "".join(f"#   ! {w}\n" for w in survey.warnings) or "#   no warnings\n"
+    balance = _balance_note(survey)
+    select_by = "the epoch with the best validation macro-F1 is kept: calling every part good cannot win it"
     return f"""# Recipe scaffolded by `kit init-line` from {survey.root}
 # {len(survey.classes)} classes, {survey.total} images: {counts}
+# good-part class: {_ok_class_note(survey)}
 # Survey warnings:
 {warnings}#
 # Next: `kit views {recipe_path}` to look at the views, `kit calibrate {survey.root}` to fit them to
@@ -149,12 +266,13 @@ line:
   name: {name}
   description: {_q(f"Scaffolded from {survey.root.name}")}
   # parts_per_minute: 120       # the line's speed: sets the time-per-part target that verify gates on
-
+{_ok_class_line(survey)}
 data:
   root: {_q(str(rel_root))}        # relative to this recipe's folder
   layout: imagefolder           # one folder per class
   classes: [{", ".join(_q(c) for c in survey.classes)}]   # fixed order: it becomes the model's output order
-  image_size: {size}               # median source image {survey.median_hw[0]}x{survey.median_hw[1]} px{"" if gpu else f"; capped at {CPU_SIZE_CAP} px without a GPU (raise it on one)"}
+  image_size: {size.size_px:<18}# {size.cost()}
+                                # {size.reason}
   channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
 {data_split}  dedupe: true                  # drop exact duplicate files before splitting (they leak train -> test)
   max_unreadable_fraction: 0.0  # stop on an unreadable file; raise to skip a few and log them
@@ -173,12 +291,14 @@ views:                          # albumentations on the resized uint8 image; pre
     - noise: {{severity: 2, p: 0.5}}
 
 teacher:
-  arch: {teacher}               # {"small data: a 4.9 M-parameter ResNet trains reliably from scratch" if small else "ResNet-18, 11 M parameters"}
+  arch: {teacher:<24}# {"small data: a 4.9 M-parameter ResNet trains reliably from scratch" if small else "ResNet-18, 11 M parameters"}
   epochs: 30
   batch_size: {bs}
   optimizer: {opt}
   lr: {lr}
   weight_decay: {wd}
+  balance: auto                 # {balance}
+  select_by: macro_f1           # {select_by}
   train_views: mix              # weak or strong per sample: CRLD needs trustworthy strong-view outputs
 
 student:
@@ -188,17 +308,20 @@ student:
   optimizer: {opt}
   lr: {lr}
   weight_decay: {wd}
+  balance: auto                 # {balance}
+  select_by: macro_f1           # {select_by}
 
 distill:
   method: crld                  # cross-view consistency distillation (defaults as published)
 
 compare: []                     # add [kd, none] to train comparison students (doubles training time)
 
-# kpi:                          # release targets; uncomment to gate `kit verify` and the report's GO / NO-GO
-#   max_accuracy_gap: 0.03
-#   min_agreement: 0.90
-#   min_heldout_relative_robustness: 0.70
-#   min_automation_rate: 0.70
+kpi:                            # release targets: `kit verify` and the report's GO / NO-GO gate on them
+  min_macro_f1: 0.85            # every defect class counts: a model that calls every part good scores low
+{_escape_target_line(survey)}  # max_accuracy_gap: 0.03       # uncomment the ones management signs off on
+  # min_agreement: 0.90
+  # min_heldout_relative_robustness: 0.70
+  # min_automation_rate: 0.70
 
 seed: 0
 device: auto
@@ -222,7 +345,11 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     if path.exists() and not overwrite:
         raise ArgumentError("overwrite", f"{path}: already exists; pass {{overwrite}} to replace it", prefix=False)
     survey = survey_line(images_dir)
-    text = render_recipe(survey, name, path.parent, torch.cuda.is_available() if gpu is None else gpu, str(path))
+    size = plan_image_size(survey, torch.cuda.is_available() if gpu is None else gpu)
+    resize_warning = size.warning()
+    if resize_warning:
+        survey.warnings.append(resize_warning)
+    text = render_recipe(survey, size, name, path.parent, str(path))
     tmp = path.parent / f".{path.name}.check.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(tmp, text)

@@ -59,7 +59,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>", base_dir: Path | None =
 
 def check_recipe(recipe: Recipe) -> None:
     """Checks that need timm, albumentations or the file system."""
-    from kit.models import check_arch
+    from kit.models import check_arch, check_pretrained
     from kit.views import build_view
 
     for role in ("teacher", "student"):
@@ -69,9 +69,38 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"{role}.pretrained_file: file not found: {recipe.resolve_path(cfg.pretrained_file)}")
     if recipe.teacher.checkpoint and not recipe.resolve_path(recipe.teacher.checkpoint).is_file():
         raise RecipeError(f"teacher.checkpoint: file not found: {recipe.resolve_path(recipe.teacher.checkpoint)}")
+    _check_ensemble(recipe)
+    for role in ("teacher", "student"):
+        if getattr(recipe, role).pretrained:
+            for arch in _trained_archs(recipe, role):
+                check_pretrained(arch, where=role)
     for name in ("weak", "strong"):
         build_view(getattr(recipe.views, name), f"views.{name}", recipe.data.image_size, recipe.data.num_channels)
     _check_corruptions(recipe)
+
+
+def _check_ensemble(recipe: Recipe) -> None:
+    """Every architecture of ``teacher.ensemble.archs`` exists and every checkpoint is there."""
+    from kit.models import check_arch
+
+    ensemble = recipe.teacher.ensemble
+    if ensemble is None:
+        return
+    for i, arch in enumerate(ensemble.archs or []):
+        check_arch(arch, where=f"teacher.ensemble.archs[{i}]")
+    for i, file in enumerate(ensemble.checkpoints or []):
+        if not recipe.resolve_path(file).is_file():
+            raise RecipeError(f"teacher.ensemble.checkpoints[{i}]: file not found: {recipe.resolve_path(file)}")
+
+
+def _trained_archs(recipe: Recipe, role: str) -> list[str]:
+    """The architectures a role builds from scratch or from published weights (none for an ensemble of checkpoints)."""
+    ensemble = recipe.teacher.ensemble if role == "teacher" else None
+    if ensemble is not None and ensemble.checkpoints is not None:
+        return []
+    if ensemble is not None and ensemble.archs is not None:
+        return list(ensemble.archs)
+    return [getattr(recipe, role).arch]
 
 
 def _check_corruptions(recipe: Recipe) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from kit.distill.methods import CRLDConfig, MethodSettings, get_method, list_methods
@@ -30,6 +30,9 @@ class LineConfig(_Strict):
     description: str = ""
     parts_per_minute: Optional[Annotated[float, Field(gt=0)]] = None
     budget_ms: Optional[Annotated[float, Field(gt=0)]] = None
+    # The good-part class: escapes are defective parts accepted as this class (kpi.max_class_escape_rate,
+    # escape-rate thresholds). null: a class literally named "ok", if any; a line of defect types has none.
+    ok_class: Optional[str] = None
 
     @property
     def takt_ms(self) -> float | None:
@@ -149,17 +152,71 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    pretrained_file: Optional[str] = None  # local timm weights (.safetensors/.pth); never a hub download
+    # timm's published weights, through its Hugging Face cache (pre-fetch them for an offline plant PC: README).
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None  # local timm weights (.safetensors/.pth); excludes `pretrained`
     drop_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # Clip the global gradient norm: distillation losses carry a T^2 factor and can spike early.
     grad_clip_norm: Optional[Annotated[float, Field(gt=0)]] = 5.0
     compile: bool = False  # torch.compile the training step's model (worth it on GPU for long runs)
+    # Imbalanced lines (mostly good parts): `sampler` draws every class equally often per epoch, `loss` weights
+    # cross-entropy by inverse class frequency; `auto` is `sampler` when the largest training class has more than
+    # kit.data.balance.IMBALANCE_RATIO times the images of the smallest, else `none`.
+    balance: Literal["auto", "none", "sampler", "loss"] = "auto"
+    # The validation score that picks the best epoch; a model that calls every part good cannot win macro-F1.
+    select_by: Literal["macro_f1", "balanced_accuracy", "accuracy"] = "macro_f1"
+
+    @field_validator("pretrained_file")
+    @classmethod
+    def _one_weights_source(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is not None and info.data.get("pretrained"):
+            raise ValueError("set pretrained: true or pretrained_file, not both")
+        return v
+
+
+class EnsembleConfig(_Strict):
+    """A teacher made of several models whose averaged logits are the teacher (``kit.models.EnsembleModel``).
+
+    Exactly one of: ``members`` seeds of ``teacher.arch``; one member per architecture in
+    ``archs`` (same training settings); or existing teacher checkpoints, used as they are.
+    """
+
+    members: Optional[int] = None
+    archs: Optional[list[Annotated[str, Field(min_length=1)]]] = None
+    checkpoints: Optional[list[Annotated[str, Field(min_length=1)]]] = None
+
+    @field_validator("members", "archs", "checkpoints")
+    @classmethod
+    def _at_least_two(cls, v: Any, info: ValidationInfo) -> Any:
+        count = v if isinstance(v, int) else len(v) if v is not None else None
+        if count is not None and count < 2:
+            raise ValueError(f"an ensemble needs at least 2 {info.field_name}; for a single teacher leave teacher.ensemble out")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EnsembleConfig":
+        if sum(v is not None for v in (self.members, self.archs, self.checkpoints)) != 1:
+            raise ValueError("set exactly one of members, archs or checkpoints")
+        return self
 
 
 class TeacherConfig(TrainConfig):
     arch: Annotated[str, Field(min_length=1)] = "resnet18"
     checkpoint: Optional[str] = None  # an existing teacher.pt: skip teacher training
     train_views: Literal["weak", "strong", "mix"] = "mix"  # mix: each sample weak or strong, 50/50
+    ensemble: Optional[EnsembleConfig] = None  # several models averaged into one teacher; null: a single teacher
+    # After training: a teacher no better than calling every part the majority class stops the run (stop), or
+    # is only a warning (warn); see kit.train.teacher_check.
+    check: Literal["stop", "warn"] = "stop"
+
+    @field_validator("ensemble")
+    @classmethod
+    def _ensemble_fits(cls, v: Optional[EnsembleConfig], info: ValidationInfo) -> Optional[EnsembleConfig]:
+        if v is not None and info.data.get("checkpoint"):
+            raise ValueError("teacher.checkpoint already is the teacher; for an ensemble of checkpoints use ensemble.checkpoints")
+        if v is not None and v.archs and info.data.get("pretrained_file"):
+            raise ValueError("pretrained_file holds weights for one architecture; with ensemble.archs use pretrained: true")
+        return v
 
 
 class StudentConfig(TrainConfig):
@@ -214,14 +271,15 @@ class ThresholdTarget(_Strict):
 
     accepted_accuracy: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     max_escape_rate: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
-    ok_class: Optional[str] = None  # the good-part class; escapes are defects accepted as this
+    ok_class: Optional[str] = None  # the good-part class; escapes are defects accepted as this (default line.ok_class)
+    # The target must hold on new parts with this probability: the threshold is certified by a one-sided
+    # Clopper-Pearson bound on validation (kit.verify.threshold.certify_threshold), not by a point estimate.
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
 
     @model_validator(mode="after")
     def _one_target(self) -> "ThresholdTarget":
         if (self.accepted_accuracy is None) == (self.max_escape_rate is None):
             raise ValueError("set exactly one of accepted_accuracy or max_escape_rate")
-        if self.max_escape_rate is not None and not self.ok_class:
-            raise ValueError("max_escape_rate needs ok_class: the class a defect escapes into")
         return self
 
 
@@ -270,6 +328,9 @@ class KpiTargets(_Strict):
     max_accuracy_gap: Optional[Annotated[float, Field(ge=-1, le=1)]] = None  # teacher minus student accuracy
     min_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     min_macro_f1: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    # Per defect class: the share of its test parts accepted as the good-part class (line.ok_class); the worst
+    # class is gated, so a model that calls every part good fails it whatever its accuracy.
+    max_class_escape_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     min_agreement: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # teacher-student top-1
     min_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # mean corrupted / clean accuracy
     min_heldout_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # held-out families only
@@ -367,6 +428,12 @@ class Recipe(_Strict):
             raise ValueError("compare: lists a method twice")
         if self.distill.method in self.compare:
             raise ValueError(f"compare: {self.distill.method!r} is already the main method (distill.method)")
+        target = self.verify.threshold
+        if target is not None and target.max_escape_rate is not None and not (target.ok_class or self.line.ok_class):
+            raise ValueError("verify.threshold.max_escape_rate needs the good-part class: set line.ok_class "
+                             "(or verify.threshold.ok_class)")
+        if self.line.ok_class and self.data.classes is not None and self.line.ok_class not in self.data.classes:
+            raise ValueError(f"line.ok_class: {self.line.ok_class!r} is not one of data.classes ({', '.join(self.data.classes)})")
         return self
 
     def resolve_path(self, value: str) -> Path:

@@ -29,7 +29,7 @@ from kit.report.economics import savings
 from kit.report.fonts import INSTALL_HINT, cjk_font
 from kit.report.i18n import LANGUAGES, translator
 from kit.rundir import (
-    BUNDLE_DIR, HTML_NAME, LOCK_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
+    BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
     read_state, require_stages,
 )
 THUMB_PX = 96
@@ -93,7 +93,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     speedup = teacher_lat["p95_ms"] / deployed_lat["p95_ms"] if teacher_lat and deployed_lat and deployed_lat["p95_ms"] > 0 else None
     money = savings(kpi["operating"]["test"]["automation_rate"], recipe.economics)
     students = ["student"] + [comparison_role(m) for m in kpi.get("compare", []) if comparison_role(m) in summary]
-    model_labels = {"teacher": f"teacher ({recipe.teacher.arch})", "student": f"student {recipe.distill.method} ({recipe.student.arch})"}
+    model_labels = {"teacher": f"teacher ({_teacher_arch(recipe)})", "student": f"student {recipe.distill.method} ({recipe.student.arch})"}
     model_labels.update({comparison_role(m): f"student {m}" for m in kpi.get("compare", [])})
     for name in kpi["models"]:
         model_labels.setdefault(name, f"student {name}")
@@ -125,10 +125,28 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
         "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}), "hardware": _hardware(),
         "stages": state.get("stages", {}),
+        "training_warnings": _training_warnings(run_dir),
     }
 
 
-PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "accepted_accuracy", "accuracy_gap"}
+def _teacher_arch(recipe: Any) -> str:
+    """The teacher's architecture as a reader should see it, ensembles included."""
+    e = recipe.teacher.ensemble
+    if e is None:
+        return recipe.teacher.arch
+    if e.members:
+        return f"ensemble of {e.members} x {recipe.teacher.arch}"
+    return " + ".join(e.archs) if e.archs else f"ensemble of {len(e.checkpoints)} checkpoints"
+
+
+def _training_warnings(run_dir: Path) -> list[str]:
+    """Warnings the run's evaluation recorded (a weak or miscalibrated teacher); raw English log text."""
+    path = run_dir / METRICS_NAME
+    return list(read_json(path).get("warnings", [])) if path.is_file() else []
+
+
+PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "accepted_accuracy", "accuracy_gap",
+                    "max_class_escape_rate", "operating_risk_upper"}
 
 
 def _display(check: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "go_reason": "Every release target is met ({n} of {n}).",
         "no_go_reason": "Missed: {targets}.",
         "no_targets": "No release targets are set in the recipe (kpi:); figures are reported without a verdict.",
+        "training_warnings": "Warnings from training (read before going live)",
         "headline_accuracy": "Accuracy",
         "headline_speed": "Speed",
         "headline_savings": "Savings",
@@ -75,6 +76,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "g_min_accepted_accuracy": "Accuracy of automated decisions",
         "g_max_ece": "Confidence calibration error",
         "g_line_takt": "Keeps up with the line (time per part within the line's budget)",
+        "g_max_class_escape_rate": "Escapes: worst defect class accepted as good",
+        "g_verify.threshold": "Operating target certified on validation (95 % upper bound)",
     },
     "ja": {
         "title": "リリース判定レポート：ライン {line} の検査モデル",
@@ -83,6 +86,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "go_reason": "リリース目標をすべて満たしています（{n} 件中 {n} 件）。",
         "no_go_reason": "未達の目標：{targets}。",
         "no_targets": "レシピにリリース目標（kpi:）が設定されていないため、判定なしで数値のみを示します。",
+        "training_warnings": "学習時の警告（稼働前に確認してください）",
         "headline_accuracy": "精度",
         "headline_speed": "速度",
         "headline_savings": "削減効果",
@@ -145,6 +149,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "g_min_accepted_accuracy": "自動判定の正解率",
         "g_max_ece": "信頼度の較正誤差",
         "g_line_takt": "ライン速度への追従（1 部品あたりの許容時間内）",
+        "g_max_class_escape_rate": "流出：良品と判定された欠陥の最悪クラス",
+        "g_verify.threshold": "運用目標の検証データでの保証（95 % 上限）",
     },
 }
 

@@ -83,16 +83,18 @@ def _report(ctx: RunContext) -> None:
 
 
 def build_stages(recipe: Any) -> list[Stage]:
-    """data -> teacher -> student -> comparison students -> evaluate -> export -> verify -> report."""
+    """data -> teacher -> teacher-check -> student -> comparison students -> evaluate -> export -> verify -> report."""
     from kit.data.stage import run_data_stage
     from kit.evaluate import run_evaluate_stage
     from kit.train.roles import run_student_stage, run_teacher_stage
+    from kit.train.teacher_check import run_teacher_check_stage
 
     main = recipe.distill.method
     stages = [
         Stage("data", run_data_stage, lambda ctx: "data" in ctx.finished_before and (ctx.run_dir / SPLIT_NAME).is_file(),
               all_ranks=True),
         Stage("teacher", run_teacher_stage, _trained("teacher"), all_ranks=True),
+        Stage("teacher-check", run_teacher_check_stage, _trained("teacher-check"), all_ranks=True),
         Stage("student", lambda ctx: run_student_stage(ctx, "student", main, recipe.distill), _trained("student"),
               all_ranks=True),
     ]

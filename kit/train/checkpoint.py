@@ -35,7 +35,7 @@ class FitProgress:
     """Where a role's training stands: the next epoch to run, the best epoch so far, one history row per epoch."""
 
     first_epoch: int = 0  # 0-based index of the next epoch to train
-    best_val_accuracy: float = -1.0
+    best_score: float = -1.0  # the validation score the recipe's ``select_by`` names, of the best epoch
     best_epoch: int = -1  # 1-based, as written in history; -1 until an epoch is validated
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -95,14 +95,16 @@ class RoleCheckpointer:
         trainer.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):
             trainer.grad_scaler.load_state_dict(state["grad_scaler"])
-        return FitProgress(first_epoch=state["epoch"] + 1, best_val_accuracy=state["best_val_accuracy"],
-                             best_epoch=state["best_epoch"], history=list(state["history"]))
+        best = state.get("best_score", state.get("best_val_accuracy"))  # resume states before select_by
+        return FitProgress(first_epoch=state["epoch"] + 1, best_score=best, best_epoch=state["best_epoch"],
+                           history=list(state["history"]))
 
-    def save_best(self, model: nn.Module, *, epoch: int, val_accuracy: float) -> None:
-        """The weights of a new best epoch (1-based ``epoch``), as a loadable model checkpoint."""
+    def save_best(self, model: nn.Module, *, epoch: int, val_scores: dict[str, float]) -> None:
+        """The weights of a new best epoch (1-based ``epoch``), as a loadable model checkpoint that
+        records its validation scores."""
         if self.is_main:
             save_checkpoint(self.best_path, plain_model(model), self.model_args, **self.meta, epoch=epoch,
-                            val_accuracy=val_accuracy)
+                            val_accuracy=val_scores["accuracy"], val_scores=dict(val_scores))
 
     def save_last(self, trainer: Trainable, *, epoch: int, progress: FitProgress) -> None:
         """The resume state after the 0-based ``epoch``. The grad scaler is stored as None when it is
@@ -115,7 +117,7 @@ class RoleCheckpointer:
             "state_dict": {k: v.detach().cpu() for k, v in plain_model(trainer.model).state_dict().items()},
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "epoch": epoch, "best_val_accuracy": progress.best_val_accuracy, "best_epoch": progress.best_epoch,
+            "epoch": epoch, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
             "history": progress.history,
         }
         write_atomic(self.last_path, lambda tmp: torch.save(state, tmp))

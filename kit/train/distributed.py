@@ -90,16 +90,25 @@ class SplitBatchSampler(Sampler):
     same up to per-rank BatchNorm statistics and float summation order.
     """
 
-    def __init__(self, n: int, batch_size: int, ctx: DistContext, seed: int, drop_last: bool, epoch: int | None = None) -> None:
+    def __init__(self, n: int, batch_size: int, ctx: DistContext, seed: int, drop_last: bool, epoch: int | None = None,
+                 balance_labels: np.ndarray | None = None) -> None:
         if batch_size % ctx.world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {ctx.world_size} processes")
         self.n, self.batch_size, self.ctx, self.epoch_seed, self.drop_last = n, batch_size, ctx, seed, drop_last
         self.epoch = epoch  # when set, indices are yielded as (epoch, index) for ViewDataset
+        # With labels, each epoch draws every class equally often (kit.data.balance) instead of a shuffle.
+        self.balance_labels = balance_labels
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         self.epoch, self.epoch_seed = epoch, seed
 
     def _global_batches(self) -> list[np.ndarray]:
+        if self.balance_labels is not None:
+            from kit.data.balance import balanced_order
+
+            order = balanced_order(self.balance_labels, np.random.default_rng(self.epoch_seed), self.n)
+            stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+            return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
         # Exactly the batches the single-process loader draws: the same DataLoader, over indices.
         loader = DataLoader(range(self.n), batch_size=self.batch_size, shuffle=True, drop_last=self.drop_last,
                             generator=torch.Generator().manual_seed(self.epoch_seed))

@@ -3,7 +3,7 @@
 ``fit`` runs a fitting: build the training objects, resume if asked, then per epoch seed, train
 (``train_one_epoch``: forward per view, loss from the method, backward, step, lr), validate on
 clean preprocessed tensors (``validate``), log a history row and checkpoint (the best weights by
-validation accuracy, and the last state for resume; ``kit.train.checkpoint``).
+the recipe's ``select_by`` score, and the last state for resume; ``kit.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from kit.data.dataset import SEED_SHUFFLE, SEED_TORCH, ViewDataset, derive_seed
 from kit.errors import TrainingDiverged
-from kit.evaluate import agreement, predict_logits
+from kit.evaluate import agreement, classification_metrics, predict_logits
 from kit.progress import Reporter
 from kit.recipe.schema import TrainConfig
 from kit.train.checkpoint import RoleCheckpointer, FitProgress
@@ -34,7 +34,7 @@ StepFn = Callable[[nn.Module, dict[str, Tensor], Tensor], tuple[Tensor, dict[str
 @dataclass
 class FitResult:
     best_epoch: int
-    best_val_accuracy: float
+    best_score: float  # the ``select_by`` validation score of the best epoch
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -47,6 +47,7 @@ class Fitting:
     setup: DeviceSetup
     num_workers: int
     dist_ctx: DistContext = SINGLE
+    balance: str = "none"  # resolved: none | sampler | loss (kit.data.balance)
 
 
 @dataclass
@@ -124,7 +125,9 @@ def make_loader(train_set: ViewDataset, fitting: Fitting, drop_last: bool,
                 first_epoch: int) -> tuple[DataLoader, SplitBatchSampler]:
     """One loader for the whole fitting: workers persist across epochs (the epoch travels with each
     index); the sampler draws the single-process batches, split across ranks under DDP."""
-    sampler = SplitBatchSampler(len(train_set), fitting.cfg.batch_size, fitting.dist_ctx, 0, drop_last, epoch=first_epoch)
+    labels = train_set.split.labels if fitting.balance == "sampler" else None
+    sampler = SplitBatchSampler(len(train_set), fitting.cfg.batch_size, fitting.dist_ctx, 0, drop_last, epoch=first_epoch,
+                                balance_labels=labels)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=fitting.num_workers,
                         pin_memory=fitting.setup.device.type == "cuda", persistent_workers=fitting.num_workers > 0)
     return loader, sampler
@@ -194,12 +197,17 @@ def train_one_epoch(fitting: Fitting, trainer: Trainer, loader: DataLoader, step
 
 
 def validate(model: nn.Module, val_inputs: Tensor, val_labels: np.ndarray, device: torch.device,
-             val_reference: np.ndarray | None = None) -> tuple[float, float | None]:
-    """(accuracy, agreement with ``val_reference`` or None) of the plain model on clean,
-    runtime-identical inputs: what the exported model will see, not an augmented view."""
+             classes: list[str], val_reference: np.ndarray | None = None) -> dict[str, float]:
+    """Validation scores of the plain model on clean, runtime-identical inputs (what the exported model
+    will see, not an augmented view): accuracy, macro-F1, balanced accuracy, recall per class and,
+    with ``val_reference``, agreement with it."""
     val_pred = predict_logits(model, val_inputs, device).argmax(1).numpy()
-    val_accuracy = float(np.mean(val_pred == val_labels))
-    return val_accuracy, (agreement(val_pred, val_reference) if val_reference is not None else None)
+    m = classification_metrics(val_labels, val_pred, classes)
+    scores = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
+    scores.update({f"recall_{c}": v["recall"] for c, v in m["per_class"].items()})
+    if val_reference is not None:
+        scores["agreement"] = agreement(val_pred, val_reference)
+    return scores
 
 
 def _check_finite(fitting: Fitting, epoch: int, totals: EpochTotals, best_epoch: int) -> None:
@@ -212,18 +220,18 @@ def _check_finite(fitting: Fitting, epoch: int, totals: EpochTotals, best_epoch:
         )
 
 
-def _history_row(fitting: Fitting, epoch: int, lr: float, totals: EpochTotals, val_accuracy: float,
-                 val_agreement: float | None, epoch_started: float) -> dict[str, Any]:
-    """One history.csv row: training means per sample, validation scores, throughput."""
+def _history_row(fitting: Fitting, epoch: int, lr: float, totals: EpochTotals, val_scores: dict[str, float],
+                 epoch_started: float) -> dict[str, Any]:
+    """One history.csv row: training means per sample, validation scores (per-class recall too: a
+    majority-class model shows as one recall of 1 and the rest 0), throughput."""
     n = max(1, totals.seen)
     row: dict[str, Any] = {
         "role": fitting.role, "epoch": epoch + 1, "lr": lr,
         "loss": float(totals.loss_sum) / n, "train_accuracy": float(totals.correct) / n,
-        "val_accuracy": val_accuracy,
+        "val_accuracy": val_scores["accuracy"],
     }
     row.update({k: float(v) / n for k, v in totals.part_sums.items()})
-    if val_agreement is not None:
-        row["val_agreement"] = val_agreement
+    row.update({f"val_{k}": v for k, v in val_scores.items() if k != "accuracy"})
     row["images_per_s"] = totals.seen / totals.train_s if totals.train_s > 0 else 0.0
     row["epoch_s"] = time.perf_counter() - epoch_started
     return row
@@ -249,15 +257,21 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     dist_ctx: DistContext = SINGLE,
+    classes: list[str] | None = None,
+    balance: str = "none",
 ) -> FitResult:
-    """Train ``model`` for ``cfg.epochs``; keep the best epoch by validation accuracy.
+    """Train ``model`` for ``cfg.epochs``; keep the best epoch by the ``cfg.select_by`` validation score
+    (ties keep the earlier epoch).
 
-    ``val_reference``: the teacher's validation predictions, for student agreement.
+    ``val_reference``: the teacher's validation predictions, for student agreement. ``classes``: names
+    for the per-class recall columns. ``balance``: ``sampler`` draws classes evenly (resolved by the
+    caller from ``cfg.balance``; ``loss`` lives in ``step_fn``).
     Writes ``<role>.last.pt`` (resume state) and ``<role>.best.pt`` in ``checkpoint_dir``.
     Under torch.distributed every rank trains its slice of each global batch (DDP averages the
     gradients); metrics are summed over ranks and only rank 0 writes or reports.
     """
-    fitting = Fitting(role, cfg, setup, num_workers, dist_ctx)
+    fitting = Fitting(role, cfg, setup, num_workers, dist_ctx, balance)
+    classes = classes or [str(i) for i in range(int(val_labels.max()) + 1)]
     reporter = (reporter or Reporter()) if dist_ctx.is_main else Reporter()
     drop_last, steps_per_epoch = epoch_shape(len(train_set), cfg.batch_size)
     trainer = prepare_training(model, fitting, cfg.epochs * steps_per_epoch)
@@ -277,18 +291,19 @@ def fit(
         totals = train_one_epoch(fitting, trainer, loader, step_fn, epoch, steps_per_epoch, reporter)
         _check_finite(fitting, epoch, totals, progress.best_epoch)
         # -- validate, then log the epoch's row
-        val_accuracy, val_agreement = validate(trainer.model, val_inputs, val_labels, setup.device, val_reference)
+        val_scores = validate(trainer.model, val_inputs, val_labels, setup.device, classes, val_reference)
         lr = trainer.optimizer.param_groups[0]["lr"]
-        row = _history_row(fitting, epoch, lr, totals, val_accuracy, val_agreement, epoch_started)
+        row = _history_row(fitting, epoch, lr, totals, val_scores, epoch_started)
         progress.history.append(row)
         # -- checkpoint: best weights, then the resume state (both atomic; rank 0 only)
-        if val_accuracy > progress.best_val_accuracy:
-            progress.best_val_accuracy, progress.best_epoch = val_accuracy, epoch + 1
-            checkpointer.save_best(trainer.model, epoch=epoch + 1, val_accuracy=val_accuracy)
+        score = val_scores[cfg.select_by]
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch = score, epoch + 1
+            checkpointer.save_best(trainer.model, epoch=epoch + 1, val_scores=val_scores)
         checkpointer.save_last(trainer, epoch=epoch, progress=progress)
         barrier(dist_ctx)  # no rank runs ahead of the checkpoint it would resume from
         reporter.epoch_end(role, row)
         if on_epoch is not None and dist_ctx.is_main:
             on_epoch(progress.history)
     reporter.stage_end(role)
-    return FitResult(progress.best_epoch, progress.best_val_accuracy, progress.history)
+    return FitResult(progress.best_epoch, progress.best_score, progress.history)

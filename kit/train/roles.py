@@ -3,9 +3,9 @@ stages that train (or load) each role and leave its checkpoint in the run direct
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import albumentations as A
 import numpy as np
@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deploy.preprocess import PreprocessSpec
+from kit.data.balance import class_weights, imbalance_ratio, resolve_balance
 from kit.data.dataset import DecodedSplit, ViewDataset
 from kit.distill.methods import get_method
-from kit.models import create_model, load_model, model_args, save_checkpoint
-from kit.rundir import checkpoint_path
+from kit.models import EnsembleModel, create_model, ensemble_args, load_model, model_args, save_checkpoint
+from kit.rundir import checkpoint_path, ensemble_member_role
 from kit.recipe.schema import Recipe
 from kit.train.checkpoint import publish_best
 from kit.train.device import DeviceSetup, resolve_workers
@@ -28,8 +29,9 @@ from kit.train.loop import FitResult, Reporter, fit
 def _build(recipe: Recipe, role: str, num_classes: int, in_chans: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     cfg = getattr(recipe, role)
     torch.manual_seed(seed)  # identical initial weights for a given recipe seed
-    pretrained = recipe.resolve_path(cfg.pretrained_file) if cfg.pretrained_file else None
-    model = create_model(cfg.arch, num_classes, in_chans, pretrained_file=pretrained, drop_rate=cfg.drop_rate)
+    pretrained_file = recipe.resolve_path(cfg.pretrained_file) if cfg.pretrained_file else None
+    model = create_model(cfg.arch, num_classes, in_chans, pretrained=cfg.pretrained, pretrained_file=pretrained_file,
+                         drop_rate=cfg.drop_rate, where=role)
     return model, model_args(cfg.arch, num_classes, in_chans)
 
 
@@ -50,29 +52,48 @@ class TrainContext:
 
 
 def _fit(ctx: TrainContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
-         step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None) -> FitResult:
+         step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None,
+         balance: str = "none") -> FitResult:
     return fit(
         model, role=role, cfg=cfg, train_set=train_set,
         val_inputs=ctx.splits["val"].tensors(ctx.spec), val_labels=ctx.splits["val"].labels,
         step_fn=step, setup=ctx.setup, seed=seed, num_workers=resolve_workers(ctx.recipe.data.num_workers, ctx.setup),
         checkpoint_dir=ctx.checkpoint_dir, checkpoint_meta=meta, model_args=args, val_reference=val_reference,
-        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch, dist_ctx=ctx.dist_ctx,
+        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch, dist_ctx=ctx.dist_ctx, classes=ctx.classes,
+        balance=balance,
     )
 
 
-def train_teacher(ctx: TrainContext, meta: dict[str, Any], on_epoch=None) -> FitResult:
-    """Cross-entropy on the recipe's ``teacher.train_views`` (weak, strong or a 50/50 mix)."""
+def _balance(ctx: TrainContext, role: str, cfg: Any) -> tuple[str, Tensor | None]:
+    """The role's resolved ``balance`` mode, and the cross-entropy class weights when it is ``loss``."""
+    labels = ctx.splits["train"].labels
+    mode = resolve_balance(cfg.balance, labels, len(ctx.classes))
+    if ctx.reporter is not None and ctx.dist_ctx.is_main:
+        section = "teacher" if cfg is ctx.recipe.teacher else "student"
+        ctx.reporter.log(f"{role}: balance {mode} ({section}.balance: {cfg.balance}; largest/smallest training class "
+                         f"{imbalance_ratio(labels, len(ctx.classes)):.1f}x)")
+    if mode != "loss":
+        return mode, None
+    return mode, torch.from_numpy(class_weights(labels, len(ctx.classes))).to(ctx.setup.device)
+
+
+def train_teacher(ctx: TrainContext, meta: dict[str, Any], on_epoch=None, role: str = "teacher") -> FitResult:
+    """Cross-entropy on the recipe's ``teacher.train_views`` (weak, strong or a 50/50 mix).
+
+    ``role`` names the checkpoint files and history rows: ``teacher``, or an ensemble member's.
+    """
     recipe, cfg = ctx.recipe, ctx.recipe.teacher
     model, args = _build(recipe, "teacher", len(ctx.classes), ctx.spec.num_channels, recipe.seed)
     view = cfg.train_views
     train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, [view], seed=recipe.seed)
+    balance, weight = _balance(ctx, role, cfg)
 
     def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
         (logits,) = net(views[view])
-        loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
         return loss, {"ce": loss.detach()}, logits
 
-    return _fit(ctx, "teacher", cfg, model, args, train_set, step, recipe.seed, meta, on_epoch)
+    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed, meta, on_epoch, balance=balance)
 
 
 def train_student(
@@ -107,10 +128,13 @@ def train_student(
             stacked = stacked.clone()  # a normal tensor again: the loss may save it for backward
             teacher_logits = dict(zip(method.views, stacked.split(len(target))))
         student_logits = {k: v.float() for k, v in student_logits.items()}
-        loss, parts = method.loss(student_logits, teacher_logits, target, method_cfg)
+        extra = {"class_weight": weight} if weight is not None else {}
+        loss, parts = method.loss(student_logits, teacher_logits, target, method_cfg, **extra)
         return loss, parts, student_logits[method.views[0]]
 
-    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred)
+    balance, weight = _balance(ctx, role, cfg)
+    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred,
+                balance=balance)
 
 
 # -- run stages (walked by ``kit.run.stages``; ``ctx`` is the run's ``RunContext``) ----------------
@@ -123,7 +147,7 @@ def _publish_best(ctx: Any, role: str) -> None:
 
 
 def run_teacher_stage(ctx: Any) -> dict[str, Any]:
-    """Train the teacher, or take it from ``teacher.checkpoint``."""
+    """Train the teacher (or each member of ``teacher.ensemble``), or take it from ``teacher.checkpoint``."""
     recipe = ctx.recipe
     meta = {**ctx.checkpoint_meta, "role": "teacher"}
     if recipe.teacher.checkpoint:
@@ -135,9 +159,74 @@ def run_teacher_stage(ctx: Any) -> dict[str, Any]:
         barrier(ctx.dctx)
         ctx.log(f"teacher: loaded {source}")
         return {}
+    if recipe.teacher.ensemble is not None:
+        train_teacher_ensemble(ctx, meta, on_epoch=ctx.history)
+        return {}
     train_teacher(ctx.train, meta, on_epoch=ctx.history("teacher"))
     _publish_best(ctx, "teacher")
     return {}
+
+
+# -- a teacher built from several models (``teacher.ensemble``) ------------------------------------
+
+ENSEMBLE_SEED_STRIDE = 100  # member i trains with seed recipe.seed + 100 * i
+
+
+def ensemble_member_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
+    """(role, recipe) of each member to train: ``teacher.arch`` (or ``ensemble.archs[i]``) with its own
+    seed, so members differ in initialisation, augmentation and batch order, which is what makes
+    their average better than any one of them."""
+    ensemble = recipe.teacher.ensemble
+    archs = ensemble.archs or [recipe.teacher.arch] * ensemble.members
+    return [(ensemble_member_role(i), recipe.model_copy(update={
+        "seed": recipe.seed + ENSEMBLE_SEED_STRIDE * i,
+        "teacher": recipe.teacher.model_copy(update={"arch": arch, "ensemble": None}),
+    })) for i, arch in enumerate(archs)]
+
+
+def train_teacher_ensemble(ctx: Any, meta: dict[str, Any], on_epoch: Callable[[str], Any]) -> None:
+    """Train every member under its own role, then save their average as ``teacher.pt``.
+
+    ``ctx`` is the run's ``RunContext``; ``on_epoch(role)`` gives a member's history callback. An
+    ensemble of ``checkpoints`` trains nothing: the checkpoints are the members.
+    """
+    recipe = ctx.recipe
+    if recipe.teacher.ensemble.checkpoints is not None:
+        sources = [recipe.resolve_path(file) for file in recipe.teacher.ensemble.checkpoints]
+        _save_ensemble(ctx, sources, meta, record_sources=True)
+        return
+    sources = [_train_member(ctx, role, member, meta, on_epoch(role)) for role, member in ensemble_member_recipes(recipe)]
+    _save_ensemble(ctx, sources, meta, record_sources=False)
+
+
+def _train_member(ctx: Any, role: str, member: Recipe, meta: dict[str, Any], on_epoch) -> Path:
+    """One member, trained like a single teacher; its best weights wait in ``checkpoints/<role>.pt``
+    for the ensemble (a resumed run does not train a finished member again)."""
+    path = checkpoint_path(ctx.checkpoint_dir, role)
+    if ctx.resume and path.is_file():
+        ctx.log(f"{role}: already trained ({path})")
+        return path
+    train_teacher(replace(ctx.train, recipe=member), {**meta, "role": role}, on_epoch=on_epoch, role=role)
+    if ctx.is_main:
+        publish_best(ctx.checkpoint_dir, role, path)
+    barrier(ctx.dctx)
+    return path
+
+
+def _save_ensemble(ctx: Any, sources: list[Path], meta: dict[str, Any], *, record_sources: bool) -> None:
+    """Every member must fit the line's classes and channels; their average becomes ``teacher.pt``.
+    ``record_sources``: note where each member came from (not for members trained in ``checkpoints/``,
+    which goes when the run finishes)."""
+    loaded = [load_model(p, expect_classes=ctx.train.classes, expect_in_chans=ctx.train.spec.num_channels) for p in sources]
+    members = [{"role": body.get("role"), "arch": body["model_args"]["arch"], "val_accuracy": body.get("val_accuracy"),
+                **({"source": str(p)} if record_sources else {})} for p, (_, body) in zip(sources, loaded)]
+    if ctx.is_main:
+        save_checkpoint(checkpoint_path(ctx.run_dir, "teacher"), EnsembleModel([m for m, _ in loaded]),
+                        ensemble_args([body["model_args"] for _, body in loaded]), **meta, ensemble=members)
+    barrier(ctx.dctx)
+    described = ", ".join(f"{m['arch']} (val acc {m['val_accuracy']:.3f})" if m["val_accuracy"] is not None else m["arch"]
+                          for m in members)
+    ctx.log(f"teacher: ensemble of {len(members)}: {described}")
 
 
 def run_student_stage(ctx: Any, role: str, method: str, settings: Any) -> dict[str, Any]:

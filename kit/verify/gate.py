@@ -24,12 +24,18 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "min_automation_rate": ("automation_rate", ">=", "share of test parts decided without a person"),
     "min_accepted_accuracy": ("accepted_accuracy", ">=", "accuracy of the decisions taken alone"),
     "max_ece": ("ece", "<=", "expected calibration error after temperature scaling"),
+    "max_class_escape_rate": ("max_class_escape_rate", "<=", "worst defect class: share of its test parts accepted as good"),
 }
 
 
 def evaluate_gate(measured: dict[str, float | None], targets: KpiTargets, takt_ms: float | None) -> dict[str, Any]:
     checks = [check(f"kpi.{name}", key, description, measured.get(key), getattr(targets, name), op)
               for name, (key, op, description) in CHECKS.items()]
+    if measured.get("operating_target") is not None:
+        # The operating threshold's own target is a release target: certified on validation, or missed.
+        checks.append(check("verify.threshold", "operating_risk_upper",
+                            f"{measured['operating_target']}, certified on validation (upper bound)",
+                            measured.get("operating_risk_upper"), measured.get("operating_risk_limit"), "<="))
     if takt_ms is not None:
         checks.append(check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
                             measured.get("latency_p95_ms"), takt_ms, "<="))

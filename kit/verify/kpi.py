@@ -27,7 +27,8 @@ from kit.rundir import (
     require_stages,
 )
 from kit.train.device import resolve_device
-from kit.verify import calibration, gate, latency, robustness, threshold
+from kit.verify import calibration, gate, latency, robustness, stats, threshold
+from kit.verify.escapes import escape_table
 from kit.verify.corruptions import coverage, list_corruptions
 from kit.scorers import Scorer, bundle_scorer, torch_scorer
 
@@ -106,10 +107,13 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     calib = calibration.calibration_report(val_logits, val.labels, test_logits[deployed], test.labels, fit=cfg.calibrate)
     temperature = calib["temperature"]
     operating = operating_section(cfg.threshold, classes, val_logits, val.labels, test_logits, test.labels, temperature,
-                                  manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed)
+                                  manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed,
+                                  recipe.line.ok_class)
     write_manifest_calibration(bundle, temperature, operating["threshold"], calib, operating)
     log(f"verify: temperature {temperature:.3f} (test ECE {calib['test']['ece_before']:.3f} -> {calib['test']['ece_after']:.3f}); "
         f"threshold {operating['threshold']} -> automation {operating['test']['automation_rate']:.3f}")
+    if operating.get("certificate"):
+        log(f"verify: operating threshold {operating['certificate']['message']}")
 
     # -- robustness suite
     families = cfg.corruptions.families or list_corruptions()
@@ -128,6 +132,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
 
     # -- gate
     measured = measured_kpis(accuracy, suite, lat, operating, calib, deployed)
+    intervals = rate_intervals(test_logits[deployed], test.labels, operating)
     verdict = gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms)
     kpi = {
         "line": recipe.line.name, "run_dir": str(run_dir), "recipe_hash": recipe_hash(recipe),
@@ -137,7 +142,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "distill_method": recipe.distill.method, "compare": list(recipe.compare),
         "models": accuracy, "misclassified": misclassified(test, test_logits[deployed], temperature, classes),
         "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
-        "measured": measured, "gate": verdict,
+        "measured": measured, "intervals": intervals, "gate": verdict,
     }
     verify_dir = write_verify_dir(run_dir, kpi)
     mark_stage(  # drops the report: it shows the previous measurements
@@ -165,21 +170,42 @@ def _factory(name: str, torch_files: dict[str, Path], bundle: Path, device, thre
 
 def operating_section(target: ThresholdTarget | None, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
                       test_logits: dict[str, np.ndarray], test_labels: np.ndarray, temperature: float,
-                      fixed_threshold: float | None, runtimes: list[str], deployed: str) -> dict[str, Any]:
-    """Tune the threshold on val for ``target`` (None: keep ``fixed_threshold``), report it on test."""
-    ok_index = threshold.ok_class_index(target, classes)
+                      fixed_threshold: float | None, runtimes: list[str], deployed: str,
+                      line_ok_class: str | None = None) -> dict[str, Any]:
+    """Certify the threshold on val for ``target`` (None: keep ``fixed_threshold``), then measure it on
+    test with intervals: the risk the target bounds, automation, accepted accuracy, escapes."""
+    ok_index = threshold.ok_class_index(target, classes, line_ok_class)
     out: dict[str, Any] = {"runtime": deployed, "temperature": temperature}
+    val_p = softmax(val_logits, temperature)
     if target is not None:
-        choice = threshold.choose_threshold(softmax(val_logits, temperature), val_labels, target, classes)
-        out.update(target=threshold.describe_target(target), reached=choice["reached"], threshold=choice["threshold"], val=choice["val"])
+        choice = threshold.certify_threshold(val_p, val_labels, target, classes, target.confidence, line_ok_class)
+        out.update(target=threshold.describe_target(target), reached=choice["certified"], certified=choice["certified"],
+                   confidence=choice["confidence"], threshold=choice["threshold"], val=choice["val"],
+                   certificate={k: choice[k] for k in ("risk", "limit", "tested", "stopped_at", "needed_images", "message")})
     else:
-        out.update(target=None, reached=None, threshold=fixed_threshold,
-                   val=threshold.operating_point(softmax(val_logits, temperature), val_labels, fixed_threshold, ok_index))
+        out.update(target=None, reached=None, certified=None, confidence=None, threshold=fixed_threshold,
+                   val=threshold.operating_point(val_p, val_labels, fixed_threshold, ok_index))
     out["ok_class"] = classes[ok_index] if ok_index is not None else None
-    out["test"] = threshold.operating_point(softmax(test_logits[deployed], temperature), test_labels, out["threshold"], ok_index)
-    out["curve_test"] = threshold.coverage_curve(softmax(test_logits[deployed], temperature), test_labels)
+    test_p = softmax(test_logits[deployed], temperature)
+    out["test"] = threshold.operating_point(test_p, test_labels, out["threshold"], ok_index)
+    out["test"]["intervals"] = operating_intervals(test_p, test_labels, out["threshold"], ok_index)
+    out["escapes_test"] = escape_table(test_p, test_labels, classes, ok_index, out["threshold"])
+    out["curve_test"] = threshold.coverage_curve(test_p, test_labels)
     out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"], ok_index)
                           for r in runtimes if r in test_logits}
+    return out
+
+
+def operating_intervals(probabilities: np.ndarray, labels: np.ndarray, threshold_value: float | None,
+                        ok_index: int | None) -> dict[str, Any]:
+    """The operating point's rates with their counts and 95 % Clopper-Pearson intervals."""
+    conf, pred = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    accepted = conf >= threshold_value if threshold_value is not None else np.ones(len(conf), bool)
+    out = {"automation_rate": stats.rate(int(accepted.sum()), len(labels)),
+           "accepted_accuracy": stats.rate(int((pred[accepted] == labels[accepted]).sum()), int(accepted.sum()))}
+    if ok_index is not None:
+        defective = labels != ok_index
+        out["escape_rate"] = stats.rate(int((accepted & defective & (pred == ok_index)).sum()), int(defective.sum()))
     return out
 
 
@@ -204,7 +230,8 @@ def write_manifest_calibration(bundle: Path, temperature: float, operating_thres
     if calib is not None:
         manifest.extra["calibration"] = {"temperature": temperature, "fitted_on": calib.get("fitted_on"),
                                          "test_ece_before": calib["test"]["ece_before"], "test_ece_after": calib["test"]["ece_after"]}
-    manifest.extra["operating_point"] = {k: operating[k] for k in ("target", "reached", "threshold", "runtime", "ok_class")}
+    manifest.extra["operating_point"] = {k: operating.get(k) for k in ("target", "reached", "certified", "confidence", "threshold",
+                                                                       "runtime", "ok_class")}
     manifest.extra["operating_point"].update(
         {f"test_{k}": operating["test"].get(k) for k in ("automation_rate", "accepted_accuracy", "escape_rate")})
     write_json_atomic(bundle / MANIFEST_NAME, manifest.to_dict())
@@ -221,9 +248,27 @@ def measured_kpis(accuracy: dict[str, Any], suite: dict[str, Any], lat: dict[str
         "relative_robustness": summary["all"]["relative_robustness"],
         "heldout_relative_robustness": summary["held_out"]["relative_robustness"],
         "latency_p95_ms": e2e["p95_ms"] if e2e else None,
-        "automation_rate": operating["test"]["automation_rate"], "accepted_accuracy": operating["test"]["accepted_accuracy"],
-        "ece": calib["test"]["ece_after"],
+        "ece": calib["test"]["ece_after"], **operating_measures(operating),
     }
+
+
+def operating_measures(operating: dict[str, Any]) -> dict[str, Any]:
+    """What the gate reads from the operating section (also refreshed by ``kit threshold``)."""
+    escapes = operating.get("escapes_test") or {}
+    return {
+        "automation_rate": operating["test"]["automation_rate"], "accepted_accuracy": operating["test"]["accepted_accuracy"],
+        "max_class_escape_rate": escapes.get("worst_rate"), "worst_escape_class": escapes.get("worst"),
+        # the certified bound on validation; None when the target could not be certified (a missed target)
+        "operating_risk_upper": operating["val"].get("risk_upper") if operating.get("certified") else None,
+        "operating_risk_limit": (operating.get("certificate") or {}).get("limit"),
+        "operating_target": operating.get("target"),
+    }
+
+
+def rate_intervals(logits: np.ndarray, labels: np.ndarray, operating: dict[str, Any]) -> dict[str, Any]:
+    """Every rate of page one with its n and 95 % Clopper-Pearson interval (test split, deployed runtime)."""
+    correct = int((logits.argmax(1) == labels).sum())
+    return {"accuracy": stats.rate(correct, len(labels)), **operating["test"].get("intervals", {})}
 
 
 def write_verify_dir(run_dir: Path, kpi: dict[str, Any]) -> Path:
@@ -268,14 +313,16 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
     operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
-                                  manifest.operating_threshold, [deployed], deployed)
+                                  manifest.operating_threshold, [deployed], deployed, recipe.line.ok_class)
     write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], None, operating)
+    if operating.get("certificate"):
+        log(f"threshold: {operating['certificate']['message']}")
     path = kpi_path(run_dir)
     if path.is_file():
         kpi = read_json(path)
         kpi["operating"] = operating
-        kpi["measured"]["automation_rate"] = operating["test"]["automation_rate"]
-        kpi["measured"]["accepted_accuracy"] = operating["test"]["accepted_accuracy"]
+        kpi["measured"].update(operating_measures(operating))
+        kpi.setdefault("intervals", {}).update(operating["test"]["intervals"])
         kpi["gate"] = gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms)
         write_json_atomic(path, kpi)
         write_csv_atomic(path.parent / "gate.csv", kpi["gate"]["checks"])

@@ -1,9 +1,15 @@
 """The operating confidence threshold: below it a part goes to a person.
 
-Chosen on the validation split as the lowest threshold that meets the recipe's target (the
-most automation the target allows), then reported on the test split: automation rate
-(coverage), abstain rate, accuracy of the decisions taken alone, and escapes (defective parts
-auto-accepted as good).
+Chosen on the validation split, then reported on the test split: automation rate (coverage),
+abstain rate, accuracy of the decisions taken alone, and escapes (defective parts auto-accepted
+as good). Two ways to choose it:
+
+- ``certify_threshold`` (what ``kit verify`` should use): the lowest threshold whose target
+  holds *with a stated confidence*, by fixed-sequence testing of one-sided Clopper-Pearson
+  bounds (Learn then Test). The target then holds on new parts, not just on validation.
+- ``choose_threshold`` (kept for compatibility): the lowest threshold whose *point estimate*
+  meets the target on validation. With zero margin it misses the target on new parts about
+  half the time.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from scipy.stats import binom
 
 from kit.errors import ArgumentError, RecipeError
 from kit.recipe.schema import ThresholdTarget
+from kit.verify.stats import clopper_pearson_upper, zero_failure_sample_size
 
 
 def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: float | None,
@@ -59,19 +67,31 @@ def _meets(point: dict[str, Any], target: ThresholdTarget) -> bool:
     return point["escape_rate"] <= target.max_escape_rate + 1e-12
 
 
-def ok_class_index(target: ThresholdTarget | None, classes: list[str]) -> int | None:
-    """The good-part class: the target's ``ok_class``, else a class literally named ``ok``."""
-    name = target.ok_class if target is not None and target.ok_class else ("ok" if "ok" in classes else None)
+NO_AUTOMATION = float(np.nextafter(1.0, 2.0))  # above every confidence, 1.0 included: every part goes to a person
+
+
+def ok_class_index(target: ThresholdTarget | None, classes: list[str], line_ok_class: str | None = None) -> int | None:
+    """The good-part class: the target's ``ok_class``, else ``line.ok_class``, else a class literally named
+    ``ok``; None for a line of defect types only. An escape-rate target without one is an error."""
+    name = (target.ok_class if target is not None and target.ok_class else None) or line_ok_class
+    name = name or ("ok" if "ok" in classes else None)
     if name is None:
+        if target is not None and target.max_escape_rate is not None:
+            raise RecipeError("verify.threshold.max_escape_rate needs the good-part class: set line.ok_class "
+                              "(or pass the ok class)")
         return None
     if name not in classes:
-        raise RecipeError(f"verify.threshold.ok_class: {name!r} is not a class of this line ({', '.join(classes)})")
+        raise RecipeError(f"line.ok_class: {name!r} is not a class of this line ({', '.join(classes)})")
     return classes.index(name)
 
 
 def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: ThresholdTarget,
                      classes: list[str]) -> dict[str, Any]:
-    """Scan every distinct confidence (ascending) and keep the first that meets the target."""
+    """Scan every distinct confidence (ascending) and keep the first whose point estimate meets the target.
+
+    No margin for sampling error: use ``certify_threshold`` to choose the operating threshold.
+    Kept for ``kit threshold`` and existing callers until they move over.
+    """
     ok_index = ok_class_index(target, classes)
     candidates = np.unique(np.concatenate([[0.0], probabilities.max(axis=1)]))
     for t in candidates:
@@ -79,7 +99,133 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Thre
         if point["automation_rate"] > 0 and _meets(point, target):
             return {"threshold": float(t), "reached": True, "val": point}
     # Unreachable even on the most confident images: every part goes to a person.
-    return {"threshold": 1.0, "reached": False, "val": operating_point(probabilities, labels, 1.0, ok_index)}
+    return {"threshold": NO_AUTOMATION, "reached": False, "val": operating_point(probabilities, labels, NO_AUTOMATION, ok_index)}
+
+
+def certify_threshold(probabilities: np.ndarray, labels: np.ndarray, target: ThresholdTarget, classes: list[str],
+                      confidence: float = 0.95, line_ok_class: str | None = None) -> dict[str, Any]:
+    """The lowest threshold whose target holds on new parts with probability ``confidence``.
+
+    Learn then Test (Angelopoulos, Bates, Candes, Jordan, Lei 2021, arXiv:2110.01052) with
+    fixed-sequence testing: one null hypothesis per threshold t, "the risk at t exceeds the
+    limit", tested in a fixed order from the most conservative threshold (highest) downwards,
+    stopping at the first that is not rejected. Only the first true null met can be rejected
+    in error, so the chance of certifying any threshold whose risk exceeds the limit is at most
+    ``alpha = 1 - confidence``, however many thresholds are walked. A threshold is rejected
+    (certified) when the one-sided Clopper-Pearson upper bound on its risk is at most the limit,
+    i.e. when the binomial p-value ``P(Bin(n, limit) <= k) <= alpha``; that form is evaluated
+    for every threshold at once.
+
+    Risk, as ``operating_point`` measures it:
+
+    - ``accepted_accuracy = a``: errors among accepted parts, k of n accepted, limit ``1 - a``.
+      Given the accepted count the errors are binomial, so the bound is exact for that count.
+    - ``max_escape_rate = e``: escapes (defective parts accepted as the ok class) over all n
+      defective parts, limit ``e``. Monotone in t, so the fixed order loses nothing.
+
+    Candidates are the distinct validation confidences, highest first. Between two consecutive
+    values the accepted set, hence every test, is constant, so this walk is what any finer fixed
+    grid would do, and fixed-sequence testing pays no price for the grid's length (unlike a
+    Bonferroni split); a coarse fixed grid would only give up automation. Thresholds whose
+    sample is too small to be certified even with zero errors (n below ``needed_images``,
+    ``ln(alpha) / ln(1 - limit)``) are skipped rather than tested: they can never be rejected
+    and would stop the walk at the first part. Angelopoulos & Bates (2021, arXiv:2107.07511,
+    selective classification) skip thresholds with under 30 accepted points for the same
+    reason; the floor here is the one the bound itself implies. The floor depends on the
+    confidences only, never on which parts are wrong.
+
+    Returns ``threshold`` (``NO_AUTOMATION``, just above 1.0, when nothing is certified: every part goes
+    to a person, a confidence of exactly 1.0 included),
+    ``certified``, ``confidence``, ``risk`` (``accepted_error_rate`` or ``escape_rate``),
+    ``limit``, ``val`` (``operating_point`` at the threshold plus ``risk_upper``, the bound),
+    ``tested`` (hypotheses tested, the failing one included), ``stopped_at`` (the threshold
+    that failed, with its k, n and bound; None when the walk ran out), ``needed_images`` (the
+    fewest accepted, or defective, validation parts that could certify the limit with zero
+    errors; None for a zero limit) and a one-line ``message``.
+    """
+    alpha = 1.0 - confidence
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1 (got {confidence})")
+    ok_index = ok_class_index(target, classes, line_ok_class)
+    risk_name, limit = _risk_limit(target)
+    thresholds, k, n = _risk_counts(probabilities, labels, target, ok_index)
+    needed = zero_failure_sample_size(limit, confidence)
+    walk = np.flatnonzero(n >= needed) if needed is not None else np.array([], int)
+    rejected = binom.cdf(k[walk], n[walk], limit) <= alpha
+    stop = int(np.argmin(rejected)) if not rejected.all() else len(walk)
+    out: dict[str, Any] = {"threshold": NO_AUTOMATION, "certified": stop > 0, "confidence": confidence, "risk": risk_name,
+                           "limit": limit, "tested": min(stop + 1, len(walk)), "stopped_at": None, "needed_images": needed}
+    if stop < len(walk):
+        j = walk[stop]
+        out["stopped_at"] = {"threshold": float(thresholds[j]), "k": int(k[j]), "n": int(n[j]),
+                             "risk_upper": clopper_pearson_upper(int(k[j]), int(n[j]), confidence)}
+    upper = None
+    if stop > 0:
+        j = walk[stop - 1]
+        out["threshold"] = float(thresholds[j])
+        upper = clopper_pearson_upper(int(k[j]), int(n[j]), confidence)
+    out["val"] = {**operating_point(probabilities, labels, out["threshold"], ok_index), "risk_upper": upper}
+    out["message"] = _certify_message(out, target, _sample_size(labels, target, ok_index))
+    return out
+
+
+def _risk_limit(target: ThresholdTarget) -> tuple[str, float]:
+    if target.accepted_accuracy is not None:
+        return "accepted_error_rate", round(1.0 - target.accepted_accuracy, 12)  # 1 - 0.99 is 0.010000000000000009
+    return "escape_rate", float(target.max_escape_rate)
+
+
+def _sample_size(labels: np.ndarray, target: ThresholdTarget, ok_index: int | None) -> int:
+    """The parts a risk is measured over when all are accepted: every part, or every defective one."""
+    return int(len(labels)) if target.accepted_accuracy is not None else int((labels != ok_index).sum())
+
+
+def _risk_counts(probabilities: np.ndarray, labels: np.ndarray, target: ThresholdTarget,
+                 ok_index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct confidences (descending) and, at each as the threshold, the risk's k events in n parts."""
+    conf = probabilities.max(axis=1)
+    pred = probabilities.argmax(axis=1)
+    thresholds = np.unique(conf)[::-1]
+    if target.accepted_accuracy is not None:
+        event = pred != labels
+        n = _count_at_or_above(conf, thresholds)
+    else:
+        event = (labels != ok_index) & (pred == ok_index)
+        n = np.full(len(thresholds), _sample_size(labels, target, ok_index))
+    return thresholds, _count_at_or_above(conf[event], thresholds), n
+
+
+def _count_at_or_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """How many ``values`` are >= each threshold (the parts a threshold accepts)."""
+    return len(values) - np.searchsorted(np.sort(values), thresholds, side="left")
+
+
+def _percent(x: float) -> str:
+    return f"{x * 100:.4g} %"
+
+
+def _certify_message(out: dict[str, Any], target: ThresholdTarget, parts: int) -> str:
+    accuracy = target.accepted_accuracy is not None
+    claim = (f"{_percent(target.accepted_accuracy)} accepted accuracy" if accuracy
+             else f"an escape rate of at most {_percent(out['limit'])}")
+    level = f"at {_percent(out['confidence'])} confidence"
+    pool = "validation images" if accuracy else "defective validation images"
+    if out["certified"]:
+        val = out["val"]
+        taken = f"{val['automation_rate']:.1%} automated" if accuracy else f"{val['escapes']} escapes accepted"
+        return (f"certified with {parts} {pool}: {claim} {level} at threshold {out['threshold']:.6g} ({taken}; "
+                f"upper bound {_percent(val['risk_upper'])} on the {out['risk'].replace('_', ' ')})")
+    if out["needed_images"] is None:
+        key = "accepted_accuracy below 1" if accuracy else "max_escape_rate above 0 (e.g. 0.001)"
+        return f"not certifiable: {claim} means zero errors, which no finite validation set can certify; set {key}"
+    if out["stopped_at"] is None:
+        what = "accepted validation images with no error" if accuracy else "defective validation images with no escape"
+        return f"not certifiable with {parts} {pool}: {claim} {level} needs about {out['needed_images']} {what}"
+    stop = out["stopped_at"]
+    events = "errors among {} accepted parts" if accuracy else "escapes among {} defective parts"
+    return (f"not certified with {parts} {pool}: at the most conservative testable threshold {stop['threshold']:.6g}, "
+            f"{stop['k']} {events.format(stop['n'])} give an upper bound of {_percent(stop['risk_upper'])} {level}, above the "
+            f"{_percent(out['limit'])} limit; every part goes to a person")
 
 
 def describe_target(target: ThresholdTarget) -> str:
