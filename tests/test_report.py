@@ -108,6 +108,13 @@ def test_missing_cjk_font_is_one_clear_line(run_copy, monkeypatch):
     assert "no Japanese-capable font found" in result.output and "fonts-noto-cjk" in result.output
 
 
+def test_a_kpi_json_without_intervals_asks_for_a_new_verification(run_copy):
+    _edit_kpi(run_copy, lambda kpi: kpi.pop("intervals"))
+    result = CliRunner().invoke(app, ["report", str(run_copy)])
+    assert result.exit_code == 1
+    assert f"was written by an older `kit verify` (no intervals); run `kit verify {run_copy}` again" in result.output
+
+
 def test_report_needs_verification(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
@@ -138,3 +145,250 @@ def test_pdf_page_one(run_copy, lang):
     else:  # Japanese glyphs come from the embedded CJK font
         fonts = {str(f["/BaseFont"]) for f in (first["/Resources"]["/Font"][k].get_object() for k in first["/Resources"]["/Font"])}
         assert any("IPA" in f or "CJK" in f or "Gothic" in f or "KitCJK" in f for f in fonts), fonts
+
+
+# -- page one: figures management can trust (issue 18) -------------------------------------------
+
+def _page_one(html: str) -> str:
+    return html[html.index("<body"):html.index("<!-- Robustness -->")]
+
+
+def _text(html: str) -> str:
+    """The visible text, tags dropped and entities decoded, whitespace collapsed."""
+    import html as html_lib
+
+    return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", " ", html)))
+
+
+def _edit_kpi(run_dir: Path, edit) -> dict:
+    path = run_dir / "verify" / "kpi.json"
+    kpi = json.loads(path.read_text())
+    edit(kpi)
+    path.write_text(json.dumps(kpi))
+    return kpi
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_every_rate_on_page_one_has_its_interval_and_n(run_copy, lang):
+    from kit.report.build import format_rate_ci
+    from kit.report.i18n import translator
+
+    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+    page = _text(_page_one(render_html(run_copy, lang)))
+    t = translator(lang)
+    for name in ("accuracy", "automation_rate", "accepted_accuracy", "escape_rate"):
+        interval = kpi["intervals"][name]
+        assert format_rate_ci(interval, t) in page or (
+            f"{100 * interval['low']:.1f}–{100 * interval['high']:.1f} %" in page and f"n = {interval['n']}" in page), name
+    if lang == "en":
+        a = kpi["intervals"]["accuracy"]
+        assert f"95 % CI {100 * a['low']:.1f}–{100 * a['high']:.1f} %, n = {a['n']}" in page
+
+
+def test_ci_reads_like_the_issue_asks():
+    from kit.report.build import format_rate_ci
+    from kit.report.i18n import translator
+    from kit.verify.stats import rate
+
+    assert format_rate_ci(rate(128, 132), translator("en")) == "97.0 % (95 % CI 92.4–99.2 %, n = 132)"
+    assert format_rate_ci(rate(0, 0), translator("en")) == "– (95 % CI 0.0–100.0 %, n = 0)"
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_assumptions_are_printed_exactly_as_the_recipe_has_them(run_copy, lang):
+    """The issue: page one printed "manual seconds per part 2" for a recipe saying 1.5."""
+    econ = {"parts_per_day": 115200, "manual_seconds_per_part": 1.5, "labour_cost_per_hour": 38.25,
+            "currency": "EUR", "working_days_per_month": 20.5}
+    lock = run_copy / "recipe.lock.yaml"
+    body = yaml.safe_load(lock.read_text())
+    body["recipe"]["economics"] = econ
+    lock.write_text(yaml.safe_dump(body))
+    html = render_html(run_copy, lang)
+    printed = {k: float(v.replace(",", "")) for k, v in re.findall(r'<span class="assumption" data-key="(\w+)">([^<]*)</span>', html)}
+    assert printed == {k: v for k, v in econ.items() if k != "currency"}
+    assert 'data-key="manual_seconds_per_part">1.5<' in html and 'data-key="parts_per_day">115,200<' in html
+
+
+def test_recipe_values_print_exactly():
+    from kit.report.build import format_exact
+
+    assert [format_exact(v) for v in (1.5, 2.0, 115200.0, 1234567.0, 0.25, 38, 1e-05)] == [
+        "1.5", "2", "115,200", "1,234,567", "0.25", "38", "1e-05"]
+
+
+def _certificate_cases():
+    from kit.recipe.schema import ThresholdTarget
+
+    acc, esc = ThresholdTarget(accepted_accuracy=0.95), ThresholdTarget(max_escape_rate=0.01, ok_class="ok")
+    val = {"automation_rate": 0.946969, "escapes": 0, "defective_parts": 100, "risk_upper": 0.04123}
+    stop = {"threshold": 0.97123456, "k": 3, "n": 200, "risk_upper": 0.0391}
+    base = {"confidence": 0.95, "tested": 5, "stopped_at": None, "val": {**val, "risk_upper": None}, "threshold": 1.0000000000000002}
+    return [
+        ("certified-acc", acc, {**base, "certified": True, "risk": "accepted_error_rate", "limit": 0.05, "needed_images": 59,
+                                "threshold": 0.9253912568, "val": val}),
+        ("certified-esc", esc, {**base, "certified": True, "risk": "escape_rate", "limit": 0.01, "needed_images": 299,
+                                "threshold": 0.81, "val": {**val, "escapes": 1}}),
+        ("zero-acc", ThresholdTarget(accepted_accuracy=1.0), {**base, "certified": False, "risk": "accepted_error_rate",
+                                                              "limit": 0.0, "needed_images": None}),
+        ("zero-esc", ThresholdTarget(max_escape_rate=0.0, ok_class="ok"), {**base, "certified": False, "risk": "escape_rate",
+                                                                          "limit": 0.0, "needed_images": None}),
+        ("needs-acc", ThresholdTarget(accepted_accuracy=0.99), {**base, "certified": False, "risk": "accepted_error_rate",
+                                                                "limit": 0.01, "needed_images": 299}),
+        ("needs-esc", esc, {**base, "certified": False, "risk": "escape_rate", "limit": 0.01, "needed_images": 299}),
+        ("failed-acc", acc, {**base, "certified": False, "risk": "accepted_error_rate", "limit": 0.05, "needed_images": 59,
+                             "stopped_at": stop}),
+        ("failed-esc", esc, {**base, "certified": False, "risk": "escape_rate", "limit": 0.01, "needed_images": 299,
+                             "stopped_at": stop}),
+    ]
+
+
+@pytest.mark.parametrize("case", _certificate_cases(), ids=lambda c: c[0])
+def test_the_certificate_on_page_one_is_the_one_verify_wrote(case):
+    """The report rebuilds the certificate in its own language from kpi.json's fields; in English it must say
+    exactly what `kit verify` said (kit.verify.threshold writes the message)."""
+    from kit.report.build import certificate_message
+    from kit.report.i18n import translator
+    from kit.verify.threshold import _certify_message
+
+    _, target, out = case
+    val_images = 132
+    parts = val_images if target.accepted_accuracy is not None else out["val"]["defective_parts"]
+    message = _certify_message(out, target, parts)
+    op = {"certified": out["certified"], "confidence": out["confidence"], "threshold": out["threshold"], "val": out["val"],
+          "certificate": {k: out[k] for k in ("risk", "limit", "tested", "stopped_at", "needed_images")} | {"message": message}}
+    assert certificate_message(op, val_images, translator("en")) == message
+    japanese = certificate_message(op, val_images, translator("ja"))
+    assert re.search(r"[\u3040-\u30ff]", japanese) and not re.search(r"\b(certified|accepted|validation)\b", japanese)
+
+
+def _operating_kpi(k: int, n: int, threshold, certificate=None, certified=None) -> dict:
+    from kit.verify.stats import rate
+
+    return {"val_images": 132, "operating": {"threshold": threshold, "certified": certified, "confidence": 0.95,
+                                             "certificate": certificate, "val": {"automation_rate": 0.9, "risk_upper": 0.04}},
+            "intervals": {"automation_rate": rate(k, n), "accepted_accuracy": rate(k, k)}}
+
+
+def test_the_operating_point_says_what_actually_happens():
+    from kit.report.build import operating_sentences
+    from kit.report.i18n import translator
+
+    t = translator("en")
+    everything = " ".join(operating_sentences(_operating_kpi(132, 132, 0.2), t))
+    assert "decides all 132 parts itself" in everything and "no part goes to a person" in everything
+    assert "below the confidence threshold" not in everything and "not certified" in everything
+    nothing = " ".join(operating_sentences(_operating_kpi(0, 132, None), t))
+    assert "No operating target or confidence threshold is set" in nothing and "none of the 132 parts" in nothing
+    assert "below the confidence threshold" not in nothing
+    some = " ".join(operating_sentences(_operating_kpi(120, 132, 0.93), t))
+    assert "decides 120 of 132 parts" in some and "the other 12, below the confidence threshold 0.93, go to a person" in some
+    certificate = {"risk": "accepted_error_rate", "limit": 0.05, "tested": 1, "stopped_at": None, "needed_images": 59}
+    certified = operating_sentences(_operating_kpi(120, 132, 0.93, certificate, True), t)
+    assert certified[0].startswith("The operating target was certified on validation: certified with 132 validation images: "
+                                   "95 % accepted accuracy at 95 % confidence at threshold 0.93 (90.0% automated; ")
+
+
+def test_an_uncertified_target_says_every_part_goes_to_a_person(run_copy):
+    def uncertified(kpi):
+        op = kpi["operating"]
+        op.update(certified=False, reached=False, confidence=0.95, threshold=1.0000000000000002, target="accepted_accuracy >= 0.99",
+                  certificate={"risk": "accepted_error_rate", "limit": 0.01, "tested": 0, "stopped_at": None,
+                               "needed_images": 299, "message": "..."})
+        kpi["intervals"]["automation_rate"].update(k=0, rate=0.0)
+
+    kpi = _edit_kpi(run_copy, uncertified)
+    page = _text(_page_one(render_html(run_copy, "en")))
+    assert (f"The operating target was not certified on validation: not certifiable with {kpi['val_images']} validation images: "
+            "99 % accepted accuracy at 95 % confidence needs about 299 accepted validation images with no error.") in page
+    assert f"the model decides none of the {kpi['test_images']} parts: a person inspects all of them" in page
+
+
+def test_escapes_per_class_and_the_worst_class_on_page_one(run_copy):
+    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+    html = render_html(run_copy, "en")
+    table = html[html.index('id="escapes"'):html.index('id="kpi-table"')]
+    escapes = kpi["operating"]["escapes_test"]
+    for name, row in escapes["classes"].items():
+        kind = "escape" if row["kind"] == "escape" else "false reject"
+        assert re.search(rf"<td>{name}</td><td>{kind}</td><td class=\"num\">{row['k']} / {row['n']}</td>", table), name
+        assert f"{row['ppm_high']:,.0f}" in table
+    assert f"class, {escapes['worst']} (n = " in _text(table) or f"Worst defect class: {escapes['worst']}," in _text(table)
+
+
+def test_a_line_of_defect_types_only_has_no_escapes(run_copy):
+    def no_ok_class(kpi):
+        kpi["operating"].update(escapes_test=None, ok_class=None)
+        kpi["intervals"].pop("escape_rate")
+
+    _edit_kpi(run_copy, no_ok_class)
+    page = _text(_page_one(render_html(run_copy, "en")))
+    assert "Escapes are not defined for a line of defect types only" in page
+    assert "test images of defect types only (no good-part class)" in page
+    assert STRINGS["ja"]["escapes_none"][:10] in _text(_page_one(render_html(run_copy, "ja")))
+
+
+def test_the_test_mix_is_on_page_one(run_copy):
+    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+    cm = kpi["models"][kpi["deployed_runtime"]]["confusion_matrix"]
+    counts = dict(zip(kpi["classes"], map(sum, cm)))
+    n, good = sum(counts.values()), counts["ok"]
+    page = _text(_page_one(render_html(run_copy, "en")))
+    assert (f"{n} test images: {n - good} defective ({100 * (n - good) / n:.0f} %), {good} good (ok, {100 * good / n:.0f} %)."
+            in page)
+    assert "use this test mix, not the line's production mix" in page
+
+
+def test_one_name_per_model_and_the_gap_in_words(run_copy):
+    html = render_html(run_copy, "en")
+    page = _text(_page_one(html))
+    assert "small model (ONNX FP32, deployed)" in page
+    assert re.search(r"The small model is (\d+\.\d points (better|worse) than|as accurate as) the large model", page)
+    assert "gap" not in page.replace("kpi.max_accuracy_gap", "")  # the sign in words, not "gap -3.0 pts"
+    assert "across runtimes: the teacher in PyTorch" in page and "Same framework: the small model in PyTorch takes" in page
+    tables = html[html.index("<!-- Latency -->"):html.index("<!-- Appendix -->")]  # latency and parity tables
+    assert "<td>small model (ONNX FP32, deployed)</td>" in tables and "<td>large model (teacher)</td>" in tables
+    assert not re.search(r"<td>(onnx|onnx-int8|student|teacher)</td>", tables)
+
+
+def test_the_appendix_records_the_measurements_it_was_built_from(run_copy):
+    from deploy.manifest import sha256_file
+
+    result = build_report(run_copy, log=lambda m: None)
+    html = result.html.read_text(encoding="utf-8")
+    sources = html[html.index('id="sources"'):]
+    for rel in ("verify/kpi.json", "bundle/model.json", "bundle/parity.json"):
+        assert f"<td>{rel}</td><td><code>{sha256_file(run_copy / rel)}</code></td>" in sources, rel
+    recorded = json.loads((run_copy / "state.json").read_text())["stages"]["report"]["sources"]
+    assert recorded["verify/kpi.json"] == sha256_file(run_copy / "verify" / "kpi.json")
+
+
+def test_a_repeated_measurement_leaves_a_stale_report_not_a_current_looking_one(run_copy):
+    from kit.report.build import mark_report_stale
+
+    assert (run_copy / "report" / "report.html").is_file()
+    stale = mark_report_stale(run_copy, f"kit verify {XSS}")
+    assert stale == run_copy / "report.stale" and not (run_copy / "report").exists()
+    html = (stale / "report.html").read_text(encoding="utf-8")
+    body = html[html.index("<body>") + len("<body>"):].lstrip()
+    assert body.startswith('<div class="stale-banner"')
+    banner = _text(body[:body.index("</div>") + 6]).strip()
+    assert re.fullmatch(rf"STALE: made before the measurements were repeated on \d{{4}}-\d\d-\d\d \d\d:\d\d UTC "
+                        rf"\(kit verify {re.escape(XSS)}\); run `kit report {re.escape(str(run_copy))}` for a current report\.",
+                        banner), banner
+    assert XSS not in html  # the reason is escaped like every other string
+    assert mark_report_stale(run_copy, "kit export") is None  # nothing current to mark any more
+
+    build_report(run_copy, lang="ja", log=lambda m: None)
+    stale = mark_report_stale(run_copy, "kit export")
+    assert "古いレポート" in (stale / "report.html").read_text(encoding="utf-8")
+    build_report(run_copy, log=lambda m: None)  # a current report supersedes the stale one
+    assert (run_copy / "report" / "report.html").is_file() and not (run_copy / "report.stale").exists()
+
+
+@pytest.mark.skipif(_weasyprint_missing() is not None, reason=str(_weasyprint_missing()))
+def test_a_stale_pdf_is_renamed(run_copy):
+    from kit.report.build import mark_report_stale
+
+    build_report(run_copy, pdf=True, log=lambda m: None)
+    stale = mark_report_stale(run_copy, "kit verify")
+    assert (stale / "report.stale.pdf").is_file() and not (stale / "report.pdf").exists()

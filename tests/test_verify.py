@@ -249,6 +249,10 @@ def test_verify_is_deterministic_and_gates_an_unreachable_target(run_copy, finis
     assert again["robustness"]["rows"] == first["robustness"]["rows"]
     assert again["models"]["onnx"]["accuracy"] == first["models"]["onnx"]["accuracy"]
     assert json.loads((run_copy / "state.json").read_text())["stages"]["verify"]["status"] == "gate-failed"
+    # the report described the previous measurements: it is no longer where a current report would be
+    assert not (run_copy / "report" / "report.html").exists()
+    stale = (run_copy / "report.stale" / "report.html").read_text(encoding="utf-8")
+    assert "STALE" in stale and "kit verify" in stale
 
 
 def test_kit_threshold_retunes_without_reexport(run_copy):

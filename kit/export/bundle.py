@@ -157,6 +157,9 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
     bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
+    from kit.report.build import mark_report_stale
+
+    mark_report_stale(run_dir, "kit export")  # the report described the previous bundle
     mark_stage(  # drops verify and report: they measured the previous bundle
         run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
                built=list(artefacts), skipped=skipped)

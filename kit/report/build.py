@@ -8,8 +8,11 @@ Every user string reaches the page through jinja2's autoescaping.
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import os
 import platform
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +22,7 @@ from typing import Any, Callable
 import cv2
 import jinja2
 
-from deploy.manifest import read_manifest
+from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from deploy.preprocess import read_image
 from kit.errors import ArgumentError, KitError
 from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
@@ -32,7 +35,12 @@ from kit.rundir import (
     BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
     read_state, require_stages,
 )
+
 THUMB_PX = 96
+STALE_REPORT_DIR = REPORT_DIR + ".stale"  # a report made before the measurements were repeated
+# Bundle formats as a reader names them; the engine is what runs them (the speed card compares across engines).
+FORMAT_NAMES = {"onnx": "ONNX FP32", "onnx-int8": "ONNX INT8", "tensorrt-fp16": "TensorRT FP16", "tensorrt-int8": "TensorRT INT8"}
+ENGINE_NAMES = {"onnx": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 
 class ReportError(KitError):
@@ -79,6 +87,9 @@ def _hardware() -> dict[str, str]:
 
 def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str, Any]:
     kpi = read_json(kpi_path(run_dir))
+    if "intervals" not in kpi:
+        raise ReportError(f"{kpi_path(run_dir)} was written by an older `kit verify` (no intervals); "
+                          f"run `kit verify {run_dir}` again, then `kit report {run_dir}`")
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     manifest = read_manifest(run_dir / BUNDLE_DIR)
     parity = read_json(parity_path(run_dir)) if parity_path(run_dir).is_file() else None
@@ -88,20 +99,14 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     summary = kpi["robustness"]["summary"]
     gated = [c for c in gate["checks"] if c["gated"]]
     lat_rows = [r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1]
-    by_model = {r["model"]: r for r in lat_rows}
-    teacher_lat, deployed_lat = by_model.get("teacher"), by_model.get(deployed)
-    speedup = teacher_lat["p95_ms"] / deployed_lat["p95_ms"] if teacher_lat and deployed_lat and deployed_lat["p95_ms"] > 0 else None
     money = savings(kpi["operating"]["test"]["automation_rate"], recipe.economics)
     students = ["student"] + [comparison_role(m) for m in kpi.get("compare", []) if comparison_role(m) in summary]
-    model_labels = {"teacher": f"teacher ({_teacher_arch(recipe)})", "student": f"student {recipe.distill.method} ({recipe.student.arch})"}
-    model_labels.update({comparison_role(m): f"student {m}" for m in kpi.get("compare", [])})
-    for name in kpi["models"]:
-        model_labels.setdefault(name, f"student {name}")
+    labels = model_labels(kpi, t)
 
     with charts.chart_style(font_family):
         figures = {
-            "robustness": charts.robustness_chart(kpi, ["teacher", *students], model_labels, t),
-            "latency": charts.latency_chart(lat_rows, kpi["latency"]["takt_ms"], t),
+            "robustness": charts.robustness_chart(kpi, ["teacher", *students], labels, t),
+            "latency": charts.latency_chart(lat_rows, kpi["latency"]["takt_ms"], t, labels),
             "operating": charts.operating_chart(kpi["operating"].get("curve_test", []), kpi["operating"]["threshold"],
                                                 kpi["operating"]["test"], t),
             "reliability": charts.reliability_chart(kpi["calibration"].get("reliability_test_before", []),
@@ -114,19 +119,214 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": run_dir.name,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "deployed": deployed, "deployed_runtime": kpi["models"][deployed]["runtime"],
-        "go": None if not gated else bool(gate["passed"]), "gated": gated, "checks": [_display(c, t) for c in gate["checks"]],
-        "failed": [_display(c, t) for c in gated if not c["passed"]],
-        "measured": measured, "summary": summary, "students": students, "model_labels": model_labels,
-        "takt_ms": kpi["latency"]["takt_ms"], "deployed_lat": deployed_lat, "speedup": speedup,
-        "money": money, "lat_rows": lat_rows, "parity": parity,
+        "go": None if not gated else bool(gate["passed"]), "gated": gated,
+        "checks": [_display(c, t, kpi) for c in gate["checks"]],
+        "failed": [_display(c, t, kpi) for c in gated if not c["passed"]],
+        "measured": measured, "summary": summary, "students": students, "model_labels": labels,
+        "intervals": kpi["intervals"],
+        "accuracy_sentence": _accuracy_sentence(kpi, t),
+        "speed": _speed(kpi, labels, t), "takt_ms": kpi["latency"]["takt_ms"],
+        "money": money, "money_range": _savings_range(kpi, recipe),
+        "assumptions": _assumptions(money),
+        "operating_sentences": operating_sentences(kpi, t),
+        "test_mix": _test_mix(kpi, t),
+        "models_line": t("models_line", teacher=_teacher_arch(recipe), student=recipe.student.arch, method=recipe.distill.method,
+                         fmt=FORMAT_NAMES.get(deployed, deployed)),
+        "escapes": _escapes(kpi, t),
+        "lat_rows": lat_rows, "parity": parity,
         "figures": {k: _data_uri(v) for k, v in figures.items()},
         "views": _data_uri(views_png.read_bytes()) if views_png.is_file() else None,
         "errors": [{**e, "thumb": _thumbnail(e["path"], recipe.data.channels)} for e in kpi.get("misclassified", [])],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
         "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}), "hardware": _hardware(),
+        "sources": source_hashes(run_dir),
         "stages": state.get("stages", {}),
         "training_warnings": _training_warnings(run_dir),
     }
+
+
+def model_labels(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
+    """One name per model, everywhere in the report: the large model (teacher), the small model in each
+    runtime (the deployed one says so), the comparison students."""
+    deployed = kpi["deployed_runtime"]
+    labels = {"teacher": t("m_teacher"), "student": t("m_student_torch")}
+    labels.update({comparison_role(m): t("m_compare", method=m) for m in kpi.get("compare", [])})
+    for name, model in kpi["models"].items():
+        if model.get("kind") == "bundle":
+            fmt = FORMAT_NAMES.get(name, name)
+            labels[name] = t("m_deployed", fmt=fmt) if name == deployed else t("m_student_fmt", fmt=fmt)
+        labels.setdefault(name, name)
+    return labels
+
+
+def _engine(fmt: str) -> str:
+    return ENGINE_NAMES.get(fmt.split("-")[0], fmt)
+
+
+def _model_accuracy(kpi: dict[str, Any], name: str) -> dict[str, Any]:
+    """A model's test accuracy as a rate with its interval, counted from its confusion matrix."""
+    # Imported here: kit.verify imports this module (mark_report_stale), so a module-level import would be a cycle.
+    from kit.verify import stats
+
+    cm = kpi["models"][name]["confusion_matrix"]
+    return stats.rate(sum(cm[i][i] for i in range(len(cm))), sum(map(sum, cm)))
+
+
+def _accuracy_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str:
+    """The gap in words: better, worse or as accurate (never a signed "gap")."""
+    gap_pts = 100 * kpi["measured"]["accuracy_gap"]  # teacher minus deployed student
+    interval = _model_accuracy(kpi, "teacher")
+    teacher, ci = format_pct(interval["rate"]), format_ci(interval, t)
+    if round(abs(gap_pts), 1) == 0:
+        return t("acc_same", teacher=teacher, ci=ci)
+    return t("acc_worse" if gap_pts > 0 else "acc_better", pts=f"{abs(gap_pts):.1f}", teacher=teacher, ci=ci)
+
+
+def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -> dict[str, Any]:
+    """The speed card: the deployed model against the line, then two comparisons that say what they compare
+    (teacher in PyTorch vs the deployed runtime; both models in PyTorch)."""
+    deployed = kpi["deployed_runtime"]
+    rows = {r["model"]: r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1}
+    mine, teacher, student = rows.get(deployed), rows.get("teacher"), rows.get("student")
+    out: dict[str, Any] = {"p95_ms": mine["p95_ms"] if mine else None, "lines": []}
+    if mine is None:
+        return out
+    runtime = mine["runtime"].split(" on ", 1)[-1].replace("ExecutionProvider", "")  # ONNX Runtime (CPU)
+    takt = kpi["latency"]["takt_ms"]
+    p95 = format_number(mine["p95_ms"])
+    out["lines"].append(t("speed_line", model=labels[deployed], p95=p95, runtime=runtime, takt=format_number(takt, 0))
+                        if takt else t("speed_no_takt", model=labels[deployed], p95=p95, runtime=runtime))
+
+    def ratio_text(key: str, slow: float, fast: float, **values: Any) -> str | None:
+        if not (slow > 0 and fast > 0):
+            return None
+        x = slow / fast
+        return t(key, x=f"{x:.1f}", **values) if x >= 1 else t(key + "_slow", x=f"{1 / x:.1f}", **values)
+
+    if teacher:
+        out["lines"].append(ratio_text("speed_cross", teacher["p95_ms"], mine["p95_ms"], engine=_engine(deployed),
+                                       teacher=format_number(teacher["p95_ms"])))
+        if student:
+            out["lines"].append(ratio_text("speed_same", teacher["p95_ms"], student["p95_ms"],
+                                           student=format_number(student["p95_ms"])))
+    out["lines"] = [line for line in out["lines"] if line]
+    return out
+
+
+def _savings_range(kpi: dict[str, Any], recipe: Any) -> dict[str, Any] | None:
+    """Hours saved per month at both ends of the automation rate's interval."""
+    interval = kpi["intervals"].get("automation_rate")
+    if interval is None or interval["n"] == 0:
+        return None
+    low, high = savings(interval["low"], recipe.economics), savings(interval["high"], recipe.economics)
+    if not low["computed"]:
+        return None
+    return {"low": low["hours_saved_per_month"], "high": high["hours_saved_per_month"], "level": _level(interval)}
+
+
+def _assumptions(money: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, value) for every economics input the recipe sets, printed exactly as the recipe has it."""
+    return [(key, format_exact(value)) for key, value in money["assumptions"].items() if value is not None and key != "currency"]
+
+
+def _test_mix(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
+    """The test split's size and class mix, from the deployed model's confusion matrix (rows: true class)."""
+    cm = kpi["models"][kpi["deployed_runtime"]]["confusion_matrix"]
+    counts = {c: int(sum(row)) for c, row in zip(kpi["classes"], cm)}
+    n = sum(counts.values())
+    ok = kpi["operating"].get("ok_class")
+    if ok is None:
+        mix = t("test_mix_defects_only", n=n)
+    else:
+        good = counts.get(ok, 0)
+        mix = t("test_mix", n=n, defective=n - good, good=good, ok_class=ok, defective_pct=format_pct(_share(n - good, n), 0),
+                good_pct=format_pct(_share(good, n), 0))
+    by_class = t("sep").join(f"{c} {k}" for c, k in counts.items())
+    return {"mix": mix, "by_class": t("test_by_class", classes=by_class), "note": t("mix_note")}
+
+
+def _share(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def _escapes(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any] | None:
+    """Escapes and false rejects per class (defect classes first, worst first) and the sentences naming the worst
+    defect class and the total; None for a line without an ok class (escapes are not defined there)."""
+    table = kpi["operating"].get("escapes_test")
+    if table is None:
+        return None
+    rows = [{"class": c, **r} for c, r in table["classes"].items()]
+    rows.sort(key=lambda r: (r["kind"] != "escape", -(r["rate"] or 0), -r["high"], r["class"]))
+    sentences = []
+    worst = table["classes"].get(table["worst"]) if table.get("worst") else None
+    if worst is not None and worst["k"]:
+        sentences.append(t("worst_escape", cls=table["worst"], k=worst["k"], n=worst["n"], rate=format_pct(worst["rate"]),
+                           ppm_high=format_number(worst["ppm_high"], 0), level=_level(worst)))
+    elif worst is not None:  # no escape at all: the bound the smallest defect class allows is the honest figure
+        sentences.append(t("worst_escape_zero", cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
+                           level=_level(worst)))
+    total = kpi["intervals"].get("escape_rate")
+    if total is not None:
+        sentences.append(t("escape_overall", k=total["k"], n=total["n"], rate=format_rate_ci(total, t)))
+    return {"ok_class": table["ok_class"], "rows": rows, "worst": table.get("worst"), "sentences": sentences,
+            "level": _level(rows[0]) if rows else "95 %"}
+
+
+def operating_sentences(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]:
+    """What the operating threshold is worth, in two sentences: whether its target was certified on
+    validation (with the certificate), then what actually happens on the test split. Abstaining is
+    described only when the threshold sends some, but not all, parts to a person."""
+    op = kpi["operating"]
+    sentences = []
+    if op.get("certificate"):
+        message = certificate_message(op, kpi["val_images"], t)
+        sentences.append(t("op_certified" if op.get("certified") else "op_not_certified", message=message))
+    elif op.get("threshold") is not None:
+        sentences.append(t("op_no_target", thr=f"{op['threshold']:.6g}"))
+    else:
+        sentences.append(t("op_no_threshold"))
+    auto, acc = kpi["intervals"]["automation_rate"], kpi["intervals"]["accepted_accuracy"]
+    if auto["n"] and auto["k"] == auto["n"]:
+        sentences.append(t("out_all", n=auto["n"], rate=format_rate_ci(auto, t)))
+    elif auto["k"] == 0:
+        sentences.append(t("out_none", n=auto["n"]))
+    else:
+        sentences.append(t("out_some", k=auto["k"], n=auto["n"], rate=format_rate_ci(auto, t), acc=format_rate_ci(acc, t),
+                           rest=auto["n"] - auto["k"], thr=f"{op['threshold']:.6g}"))  # as the certificate writes it
+    return sentences
+
+
+def _percent_4g(x: float) -> str:
+    """A percentage the way ``kit verify`` writes it in the certificate (``kit.verify.threshold``)."""
+    return f"{x * 100:.4g} %"
+
+
+def certificate_message(op: dict[str, Any], val_images: int, t: Callable[..., str]) -> str:
+    """The certificate of ``kit verify`` in the report's language, from its fields; in English the words
+    of ``certificate["message"]`` (a test holds the two together)."""
+    cert, val = op["certificate"], op["val"]
+    accuracy = cert["risk"] == "accepted_error_rate"
+    suffix = "_acc" if accuracy else "_esc"
+    claim = _percent_4g(round(1.0 - cert["limit"], 12) if accuracy else cert["limit"])
+    level = _percent_4g(op["confidence"])
+    parts = val_images if accuracy else val.get("defective_parts", 0)
+    if op.get("certified"):
+        taken = f"{val['automation_rate']:.1%}" if accuracy else str(val["escapes"])
+        return t("cert_ok" + suffix, parts=parts, claim=claim, level=level, thr=f"{op['threshold']:.6g}", taken=taken,
+                 upper=_percent_4g(val["risk_upper"]))
+    if cert["needed_images"] is None:
+        return t("cert_zero" + suffix, claim=claim)
+    stop = cert.get("stopped_at")
+    if stop is None:
+        return t("cert_needs" + suffix, parts=parts, claim=claim, level=level, needed=cert["needed_images"])
+    return t("cert_failed" + suffix, parts=parts, thr=f"{stop['threshold']:.6g}", k=stop["k"], n=stop["n"],
+             upper=_percent_4g(stop["risk_upper"]), level=level, limit=_percent_4g(cert["limit"]))
+
+
+def source_hashes(run_dir: Path) -> list[dict[str, str]]:
+    """sha256 of the measurements the report is built from, so a reader can tell which ones it shows."""
+    files = [kpi_path(run_dir), run_dir / BUNDLE_DIR / MANIFEST_NAME, parity_path(run_dir)]
+    return [{"file": str(p.relative_to(run_dir)), "sha256": sha256_file(p) if p.is_file() else "–"} for p in files]
 
 
 def _teacher_arch(recipe: Any) -> str:
@@ -149,30 +349,83 @@ PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "acc
                     "max_class_escape_rate", "operating_risk_upper"}
 
 
-def _display(check: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:
-    """A gate check with its value and limit formatted in the measure's unit."""
+def format_pct(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{100 * v:.{digits}f} %"
+
+
+def format_number(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def format_exact(v: Any) -> str:
+    """A recipe value exactly as the recipe has it (1.5 stays 1.5, 115200.0 is 115,200): no rounding, no
+    exponent. Assumptions are printed with this, so what the page says is what the figures used."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:,}"
+
+
+def _level(interval: dict[str, Any]) -> str:
+    return f"{100 * interval.get('confidence', 0.95):g} %"
+
+
+def format_ci(interval: dict[str, Any], t: Callable[..., str]) -> str:
+    """``95 % CI 92.4–99.2 %, n = 132`` (two-sided Clopper-Pearson, as ``kit verify`` computed it)."""
+    return t("ci", level=_level(interval), low=f"{100 * interval['low']:.1f}", high=format_pct(interval["high"]), n=interval["n"])
+
+
+def format_rate_ci(interval: dict[str, Any], t: Callable[..., str]) -> str:
+    """``97.0 % (95 % CI 92.4–99.2 %, n = 132)``."""
+    return t("rate_ci", rate=format_pct(interval["rate"]), ci=format_ci(interval, t))
+
+
+def _check_interval(check: dict[str, Any], kpi: dict[str, Any]) -> dict[str, Any] | None:
+    """The interval behind a gate check's value, where the value is a rate measured on the test split."""
+    if check["measure"] in ("accuracy", "automation_rate", "accepted_accuracy"):
+        return kpi["intervals"].get(check["measure"])
+    if check["measure"] == "max_class_escape_rate":
+        escapes = kpi["operating"].get("escapes_test") or {}
+        return (escapes.get("classes") or {}).get(escapes.get("worst") or "")
+    return None
+
+
+def _display(check: dict[str, Any], t: Callable[..., str], kpi: dict[str, Any]) -> dict[str, Any]:
+    """A gate check with its value and limit formatted in the measure's unit, and its interval when it has one."""
     def fmt(v: float | None) -> str:
         if v is None:
             return "–"
         if check["measure"] == "latency_p95_ms":
             return f"{v:.2f} ms"
         if check["measure"] == "accuracy_gap":
-            return f"{100 * v:+.1f} pts"
+            return f"{100 * v:+.1f} {t('pts')}"
         if check["measure"] in PERCENT_MEASURES:
             return f"{100 * v:.1f} %"
         return f"{v:.3f}"
 
+    interval = _check_interval(check, kpi)
     return {**check, "description": t("g_" + check["target"].removeprefix("kpi.").replace(" ", "_")),
-            "value_text": fmt(check["value"]),
+            "value_text": fmt(check["value"]), "ci_text": format_ci(interval, t) if interval else None,
             "limit_text": "" if check["limit"] is None else f"{'≤' if check['op'] == '<=' else '≥'} {fmt(check['limit'])}"}
+
+
+@jinja2.pass_context
+def _rate_ci_filter(context: Any, interval: dict[str, Any]) -> str:
+    return format_rate_ci(interval, context["t"])
+
+
+@jinja2.pass_context
+def _ci_filter(context: Any, interval: dict[str, Any]) -> str:
+    return format_ci(interval, context["t"])
 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kit.report", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda v, digits=1: "–" if v is None else f"{100 * v:.{digits}f} %"
-    env.filters["num"] = lambda v, digits=2: "–" if v is None else f"{v:,.{digits}f}"
+    env.filters["pct"] = format_pct
+    env.filters["num"] = format_number
+    env.filters["ci"] = _ci_filter
+    env.filters["rate_ci"] = _rate_ci_filter
     return env
 
 
@@ -215,13 +468,55 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     if pdf:
         write_pdf(html, staging / PDF_NAME, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
+    shutil.rmtree(run_dir / STALE_REPORT_DIR, ignore_errors=True)  # superseded by the report just written
     kpi = read_json(kpi_path(run_dir))
     gated = [c for c in kpi["gate"]["checks"] if c["gated"]]
     go = None if not gated else bool(kpi["gate"]["passed"])
-    mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf)
+    mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf,
+               sources={s["file"]: s["sha256"] for s in source_hashes(run_dir)})
     log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; "
         f"{'no targets set' if go is None else 'GO' if go else 'NO-GO'})")
     return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, go)
 
 
-__all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]
+_BODY_TAG = re.compile(r"<body[^>]*>", re.IGNORECASE)
+_LANG_ATTR = re.compile(r'<html[^>]*\blang="([A-Za-z-]+)"', re.IGNORECASE)
+
+
+def mark_report_stale(run_dir: str | Path, reason: str) -> Path | None:
+    """Move ``report/`` to ``report.stale/`` and put a banner at the top of its HTML, because the
+    measurements it shows were just repeated (``reason``: the command, e.g. ``kit verify``).
+
+    Call it after the new measurements are in place (``kit verify``, ``kit export``, ``kit threshold``): a
+    report left in ``report/`` would look current. The banner is in the report's own language and is
+    styled inline (a report from any version shows it). The PDF cannot take a banner, so it is renamed
+    ``report.stale.pdf``. A previous ``report.stale/`` is replaced; ``kit report`` removes it once a current
+    report is written. Returns the stale folder, or None when the run had no report.
+    """
+    run_dir = Path(run_dir)
+    report = run_dir / REPORT_DIR
+    if not report.is_dir():
+        return None
+    stale = run_dir / STALE_REPORT_DIR
+    shutil.rmtree(stale, ignore_errors=True)
+    report.rename(stale)
+    pdf = stale / PDF_NAME
+    if pdf.is_file():
+        pdf.rename(stale / (Path(PDF_NAME).stem + ".stale.pdf"))
+    page = stale / HTML_NAME
+    if page.is_file():
+        html = page.read_text(encoding="utf-8")
+        found = _LANG_ATTR.search(html)
+        lang = found.group(1) if found and found.group(1) in LANGUAGES else "en"
+        text = translator(lang)("stale_banner", date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                reason=reason, run=str(run_dir))
+        banner = ('<div class="stale-banner" role="alert" style="border: 3px solid #cf222e; background: #ffebe9; '
+                  'color: #a40e26; font-weight: bold; padding: 8px 12px; margin: 0 0 8px 0;">'
+                  f"{html_lib.escape(text)}</div>")
+        body = _BODY_TAG.search(html)
+        at = body.end() if body else 0
+        write_text_atomic(page, html[:at] + "\n" + banner + html[at:])
+    return stale
+
+
+__all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "mark_report_stale", "render_html"]

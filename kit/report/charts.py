@@ -59,12 +59,13 @@ def robustness_chart(kpi: dict[str, Any], models: list[str], labels: dict[str, s
     return _png(fig)
 
 
-def latency_chart(rows: list[dict[str, Any]], takt_ms: float | None, t: Translate) -> bytes:
-    """Horizontal bars: end-to-end batch-1 p95 per model/runtime, with the line's budget."""
+def latency_chart(rows: list[dict[str, Any]], takt_ms: float | None, t: Translate,
+                  labels: dict[str, str] | None = None) -> bytes:
+    """Horizontal bars: end-to-end batch-1 p95 per model/runtime, with the line's budget; bars named by ``labels``."""
     names = [r["model"] for r in rows]
     values = [r["p95_ms"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.0))
-    ax.barh(names, values, color=[COLOURS.get(n, DEFAULT_COLOUR) for n in names])
+    ax.barh([(labels or {}).get(n, n) for n in names], values, color=[COLOURS.get(n, DEFAULT_COLOUR) for n in names])
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.2f} ms", va="center", fontsize=8)
     if takt_ms is not None:

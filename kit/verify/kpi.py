@@ -145,6 +145,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "measured": measured, "intervals": intervals, "gate": verdict,
     }
     verify_dir = write_verify_dir(run_dir, kpi)
+    _stale_report(run_dir, "kit verify")
     mark_stage(  # drops the report: it shows the previous measurements
         run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
     return VerifyResult(verify_dir, kpi)
@@ -327,4 +328,12 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
         write_json_atomic(path, kpi)
         write_csv_atomic(path.parent / "gate.csv", kpi["gate"]["checks"])
         log(f"threshold: updated {path}")
+    _stale_report(run_dir, "kit threshold")
     return operating
+
+
+def _stale_report(run_dir: Path, reason: str) -> None:
+    """A report built from the previous measurements must not look current (moved to report.stale/, bannered)."""
+    from kit.report.build import mark_report_stale
+
+    mark_report_stale(run_dir, reason)
