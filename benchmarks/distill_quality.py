@@ -38,6 +38,7 @@ from kit.data import decode_line, index_line, preprocess_spec  # noqa: E402
 from kit.errors import DataError  # noqa: E402
 from kit.evaluate import agreement, classification_metrics, predict_logits  # noqa: E402
 from kit.models import load_model  # noqa: E402
+from kit.onboard.init_line import detect_ok_class  # noqa: E402
 from kit.recipe import Recipe, load_recipe  # noqa: E402
 from kit.recipe.load import recipe_to_dict  # noqa: E402
 from kit.distill.methods import CRLDConfig, KDConfig, NoDistillConfig  # noqa: E402
@@ -51,7 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"sample": REPO / "recipes" / "sample_line.yaml", "x-sdd": REPO / "recipes" / "x-sdd.yaml",
             "sparse": REPO / "recipes" / "sparse_line.yaml"}
 GENERATED = {"sparse": REPO / "sample_data" / "sparse_line"}  # made on the fly, never committed
-OK_NAMES = ("ok", "good", "normal")  # the good-part class, for the share of defective parts called good
 # Order matters when a run is cut short: the headline methods first, then the ablations.
 METHODS: dict[str, tuple[str, Any]] = {
     "none": ("none", NoDistillConfig()),
@@ -163,7 +163,8 @@ def _predict(model, bench: Bench, split: str) -> np.ndarray:
 def _row(bench: Bench, method: str, seed: int, pred: np.ndarray, teacher_pred: np.ndarray, suite: dict[str, Any],
          seconds: float) -> dict[str, Any]:
     labels = bench.splits["test"].labels
-    ok = next((i for i, c in enumerate(bench.classes) if c.lower() in OK_NAMES), None)
+    ok_name = bench.base.line.ok_class or detect_ok_class(bench.classes)  # as the recipe, else init-line, names it
+    ok = bench.classes.index(ok_name) if ok_name in bench.classes else None
     defective = labels != ok if ok is not None else np.zeros(len(labels), bool)
     escaped = float(np.mean(pred[defective] == ok)) if defective.any() else None
     return {"method": method, "seed": seed, "accuracy": float(np.mean(pred == labels)),

@@ -124,14 +124,19 @@ def write_split(run_dir: str | Path, classes: list[str], splits: dict[str, Any])
     write_text_atomic(Path(run_dir) / SPLIT_NAME, buf.getvalue())
 
 
-def read_split(run_dir: str | Path, split: str) -> tuple[list[Path], list[str]]:
-    """Paths and labels of one split exactly as the run used it."""
+def read_split_rows(run_dir: str | Path) -> list[tuple[str, str, str]]:
+    """Every recorded ``(path, label, split)`` row of ``split.csv``, in file order."""
     path = Path(run_dir) / SPLIT_NAME
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {SPLIT_NAME}; finish the run with `kit run {run_dir} --resume`")
     with path.open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
-    return [Path(r["path"]) for r in rows], [r["label"] for r in rows]
+        return [(r["path"], r["label"], r["split"]) for r in csv.DictReader(fh)]
+
+
+def read_split(run_dir: str | Path, split: str) -> tuple[list[Path], list[str]]:
+    """Paths and labels of one split exactly as the run used it."""
+    rows = [r for r in read_split_rows(run_dir) if r[2] == split]
+    return [Path(path) for path, _, _ in rows], [label for _, label, _ in rows]
 
 
 @dataclass

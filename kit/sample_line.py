@@ -147,14 +147,20 @@ def _nuisance(img: np.ndarray, rng: np.random.Generator, out_size: int) -> np.nd
     return _camera(_apply_pose(img, _pose(rng, img.shape[0]), out_size), rng)
 
 
+def _blank_part(label: str, index: int, seed: int, size_px: int, class_counts: dict[str, int],
+                line: str) -> tuple[np.random.Generator, int, np.ndarray]:
+    """The image's own generator (from seed, class and index, so every image is reproducible alone), the
+    working size (a margin for pose jitter) and the defect-free texture drawn from that generator."""
+    if label not in class_counts:
+        raise ValueError(f"unknown {line} class {label!r}; choose from {sorted(class_counts)}")
+    rng = np.random.default_rng([seed, sorted(class_counts).index(label), index])
+    work = int(size_px * 1.25)
+    return rng, work, _texture(rng, work)
+
+
 def render_sample_image(label: str, index: int, seed: int = 0, size_px: int = 96) -> np.ndarray:
     """One deterministic uint8 HxW image of class ``label``."""
-    if label != "ok" and label not in _DEFECTS:
-        raise ValueError(f"unknown sample class {label!r}; choose from {sorted(CLASS_COUNTS)}")
-    class_id = sorted(CLASS_COUNTS).index(label)
-    rng = np.random.default_rng([seed, class_id, index])
-    work = int(size_px * 1.25)
-    img = _texture(rng, work)
+    rng, work, img = _blank_part(label, index, seed, size_px, CLASS_COUNTS, "sample")
     if label != "ok":
         _DEFECTS[label](img, rng)
     return _nuisance(img, rng, size_px)
@@ -248,12 +254,7 @@ def render_sparse_image(label: str, index: int, seed: int = 0, size_px: int = 25
     The mask follows the part through the camera's pose jitter, so it marks where the defect is in
     the image (all False for ``ok``): ground truth for defect size checks and heatmap evaluation.
     """
-    if label != "ok" and label not in _SMALL_DEFECTS:
-        raise ValueError(f"unknown sparse class {label!r}; choose from {sorted(SPARSE_CLASS_COUNTS)}")
-    class_id = sorted(SPARSE_CLASS_COUNTS).index(label)
-    rng = np.random.default_rng([seed, class_id, index])
-    work = int(size_px * 1.25)
-    img = _texture(rng, work)
+    rng, work, img = _blank_part(label, index, seed, size_px, SPARSE_CLASS_COUNTS, "sparse")
     layer = np.zeros_like(img)
     if label != "ok":
         layer, contrast = _SMALL_DEFECTS[label](rng, work, size_px)

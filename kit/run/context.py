@@ -20,7 +20,7 @@ from kit.evaluate import predict_logits
 from kit.models import load_model
 from kit.progress import Reporter
 from kit.recipe import Recipe, recipe_hash
-from kit.rundir import CHECKPOINT_DIR, SPLIT_NAME, checkpoint_path, mark_stage, read_state, write_history
+from kit.rundir import CHECKPOINT_DIR, SPLIT_NAME, checkpoint_path, mark_stage, read_split_rows, read_state, write_history
 from kit.train.device import DeviceSetup, resolve_device
 from kit.train.distributed import SINGLE, DistContext, barrier
 from kit.train.roles import TrainContext
@@ -132,9 +132,14 @@ class RunContext:
         return model
 
     @cached_property
+    def teacher_val_logits(self) -> np.ndarray:
+        """The teacher's validation logits, computed once: the teacher check reads them, and students
+        report their agreement with the teacher's decisions each epoch."""
+        return predict_logits(self.teacher, self.data.splits["val"].tensors(self.data.spec), self.setup.device).numpy()
+
+    @property
     def teacher_val_pred(self) -> np.ndarray:
-        """The teacher's validation decisions: students report their agreement with them each epoch."""
-        return predict_logits(self.teacher, self.data.splits["val"].tensors(self.data.spec), self.setup.device).argmax(1).numpy()
+        return self.teacher_val_logits.argmax(1)
 
 
 class LineData:
@@ -172,13 +177,8 @@ class LineData:
 
     def check_recorded_split(self, run_dir: Path) -> None:
         """A resumed run must train on the images it started with: the folder may have changed since."""
-        path = run_dir / SPLIT_NAME
-        if not path.is_file():
+        if not (run_dir / SPLIT_NAME).is_file():
             return
-        import csv
-
-        with path.open(newline="", encoding="utf-8") as fh:
-            recorded = [(r["path"], r["label"], r["split"]) for r in csv.DictReader(fh)]
-        if sorted(recorded) != sorted(self.rows()):
+        if sorted(read_split_rows(run_dir)) != sorted(self.rows()):
             raise DataError(f"{run_dir}: the line's images changed since this run started ({SPLIT_NAME} no longer "
                             "matches data.root); start a new run")

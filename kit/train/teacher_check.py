@@ -17,7 +17,7 @@ import numpy as np
 
 from deploy.predictor import softmax
 from kit.errors import KitError
-from kit.evaluate import classification_metrics, predict_logits
+from kit.evaluate import classification_metrics
 from kit.io import write_json_atomic
 from kit.rundir import TEACHER_CHECK_NAME
 
@@ -70,9 +70,7 @@ def degenerate_message(result: dict[str, Any]) -> str:
 
 def run_teacher_check_stage(ctx: Any) -> dict[str, Any]:
     """The run's stage after the teacher: ``teacher_check.json``, the log, and a stop when degenerate."""
-    val = ctx.data.splits["val"]
-    logits = predict_logits(ctx.teacher, val.tensors(ctx.data.spec), ctx.setup.device).numpy()
-    result = assess_teacher(logits, val.labels, ctx.data.classes)
+    result = assess_teacher(ctx.teacher_val_logits, ctx.data.splits["val"].labels, ctx.data.classes)
     stop = result["degenerate"] and ctx.recipe.teacher.check == "stop"
     if result["degenerate"] and not stop:
         result["warnings"].insert(0, degenerate_message(result).removeprefix("teacher: "))

@@ -189,7 +189,7 @@ def operating_section(target: ThresholdTarget | None, classes: list[str], val_lo
     out["ok_class"] = classes[ok_index] if ok_index is not None else None
     test_p = softmax(test_logits[deployed], temperature)
     out["test"] = threshold.operating_point(test_p, test_labels, out["threshold"], ok_index)
-    out["test"]["intervals"] = operating_intervals(test_p, test_labels, out["threshold"], ok_index)
+    out["test"]["intervals"] = operating_intervals(out["test"])
     out["escapes_test"] = escape_table(test_p, test_labels, classes, ok_index, out["threshold"])
     out["curve_test"] = threshold.coverage_curve(test_p, test_labels)
     out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"], ok_index)
@@ -197,16 +197,12 @@ def operating_section(target: ThresholdTarget | None, classes: list[str], val_lo
     return out
 
 
-def operating_intervals(probabilities: np.ndarray, labels: np.ndarray, threshold_value: float | None,
-                        ok_index: int | None) -> dict[str, Any]:
-    """The operating point's rates with their counts and 95 % Clopper-Pearson intervals."""
-    conf, pred = probabilities.max(axis=1), probabilities.argmax(axis=1)
-    accepted = conf >= threshold_value if threshold_value is not None else np.ones(len(conf), bool)
-    out = {"automation_rate": stats.rate(int(accepted.sum()), len(labels)),
-           "accepted_accuracy": stats.rate(int((pred[accepted] == labels[accepted]).sum()), int(accepted.sum()))}
-    if ok_index is not None:
-        defective = labels != ok_index
-        out["escape_rate"] = stats.rate(int((accepted & defective & (pred == ok_index)).sum()), int(defective.sum()))
+def operating_intervals(point: dict[str, Any]) -> dict[str, Any]:
+    """An operating point's rates (``threshold.operating_point``) with their counts and 95 % Clopper-Pearson intervals."""
+    out = {"automation_rate": stats.rate(point["accepted"], point["images"]),
+           "accepted_accuracy": stats.rate(point["accepted_correct"], point["accepted"])}
+    if "escapes" in point:
+        out["escape_rate"] = stats.rate(point["escapes"], point["defective_parts"])
     return out
 
 

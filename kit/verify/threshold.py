@@ -33,7 +33,8 @@ def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: fl
     n = len(labels)
     n_acc = int(accepted.sum())
     out: dict[str, Any] = {
-        "threshold": threshold, "images": n,
+        "threshold": threshold, "images": n, "accepted": n_acc,
+        "accepted_correct": int((pred[accepted] == labels[accepted]).sum()),
         "automation_rate": n_acc / n if n else 0.0,
         "abstain_rate": 1.0 - n_acc / n if n else 0.0,
         "accepted_accuracy": float((pred[accepted] == labels[accepted]).mean()) if n_acc else None,
