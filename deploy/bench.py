@@ -73,3 +73,41 @@ def bench_end_to_end(target: Predictor | Infer, paths: Sequence[str | Path], bat
         _ = top, (confidence < threshold if threshold is not None else None)
 
     return summarize(_timed(step, warmup, iters), batch)
+
+
+def bench_heatmap(predictor: Predictor, paths: Sequence[str | Path] = (), batch: int = 1, warmup: int = 5,
+                  iters: int = 50) -> dict[str, Any]:
+    """What a heatmap adds to one decision, end to end (read, preprocess, infer, decide; then the
+    same with the map for the predicted class, in the image's coordinates): both timings, the
+    added p50 in ms and per cent, and the method (``cam`` in the graph, or ``occlusion``).
+
+    Without ``paths`` the images are synthetic (seeded noise at the model's input size) and the
+    timings leave out the file read."""
+    from deploy.heatmap import heatmap_method
+
+    spec = predictor.manifest.preprocess
+    paths = list(paths)
+    if paths:
+        def images(i: int) -> list[np.ndarray]:
+            return [read_image(paths[(i + k) % len(paths)], spec.channels) for k in range(batch)]
+    else:
+        rng = np.random.default_rng(0)
+        fixed = [rng.integers(0, 256, (*spec.image_size, spec.num_channels), dtype=np.uint8) for _ in range(batch)]
+
+        def images(i: int) -> list[np.ndarray]:
+            return fixed
+
+    def timed(with_heatmap: bool) -> np.ndarray:
+        state = {"i": 0}
+
+        def step() -> None:
+            predictor.predict_images(images(state["i"]), batch_size=batch, heatmap=with_heatmap)
+            state["i"] += batch
+
+        return _timed(step, warmup, iters)
+
+    alone, explained = summarize(timed(False), batch), summarize(timed(True), batch)
+    added = explained["p50_ms"] - alone["p50_ms"]
+    return {"method": heatmap_method(predictor), "decision": alone, "with_heatmap": explained,
+            "added_p50_ms": added, "added_p50_pct": 100.0 * added / alone["p50_ms"] if alone["p50_ms"] > 0 else None,
+            "images": "files" if paths else "synthetic"}

@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
@@ -62,17 +62,53 @@ def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt | tensorrt-fp16 | tensorrt-int8"),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for one heatmap overlay PNG per image."),
+    heatmap_class: Optional[str] = typer.Option(None, "--heatmap-class", help="Map this class instead of the predicted one (with --heatmaps)."),
 ) -> None:
-    """Classify images with a bundle; one JSON line per image.
+    """Classify images with a bundle; one JSON line per image. With --heatmaps, also where the
+    model saw its class: an overlay PNG per image (map, peak, label, confidence) and the peak in
+    the JSON line.
 
-    Example: deploy predict runs/sample_line/RUN/bundle part_0001.png
+    Example: deploy predict runs/sample_line/RUN/bundle part_0001.png --heatmaps overlays/
     """
     from deploy.predictor import Predictor
 
+    if heatmap_class is not None and heatmaps is None:
+        raise DeployError("--heatmap-class needs --heatmaps OUT_DIR")
     predictor = Predictor.from_bundle(bundle, runtime, intra_op_threads=threads or None)
     typer.echo(f"# {predictor.describe()}", err=True)
-    for decision in predictor.predict_paths(_expand(inputs)):
-        typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+    paths = _expand(inputs)
+    if heatmaps is None:
+        for decision in predictor.predict_paths(paths):
+            typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+        return
+    from deploy.heatmap import heatmap_method
+    from deploy.overlay import overlay_caption, write_overlay
+    from deploy.preprocess import read_image
+
+    typer.echo(f"# heatmaps: {heatmap_method(predictor)} -> {heatmaps}", err=True)
+    channels, taken = predictor.manifest.preprocess.channels, set()
+    for start in range(0, len(paths), 32):  # one batch of images in memory at a time
+        chunk = paths[start : start + 32]
+        images = [read_image(p, channels) for p in chunk]
+        for path, image, decision in zip(chunk, images, predictor.predict(images, heatmap=True, heatmap_class=heatmap_class)):
+            decision.path = str(path)
+            name = _overlay_name(path, taken)
+            caption = overlay_caption(decision.label, decision.confidence, decision.action, decision.heatmap.label)
+            write_overlay(heatmaps / name, image, decision.heatmap, caption, channels=channels)
+            row = decision.to_dict()
+            row["heatmap"]["overlay"] = str(heatmaps / name)
+            typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+def _overlay_name(path: Path, taken: set[str]) -> str:
+    """``<stem>.png``, or ``<stem>-2.png`` ... when another input had the same stem."""
+    name, k = f"{path.stem}.png", 1
+    while name in taken:
+        k += 1
+        name = f"{path.stem}-{k}.png"
+    taken.add(name)
+    return name
 
 
 @app.command()
@@ -84,12 +120,15 @@ def bench(
     images: List[Path] = typer.Option([], "--images", help="Images for the end-to-end timing (files or folders)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
     iters: int = typer.Option(100, "--iters", min=5),
+    heatmap: bool = typer.Option(False, "--heatmap", help="Also time decisions with a heatmap (and report the added latency)."),
 ) -> None:
-    """Latency p50/p95/p99 and throughput per runtime and batch size; JSON lines.
+    """Latency p50/p95/p99 and throughput per runtime and batch size; JSON lines. With --heatmap,
+    the same timings with the heatmap computed too, and what it adds.
 
     Example: deploy bench runs/sample_line/RUN/bundle --runtime onnx --runtime onnx-int8 --batch 1 --batch 32
+    Example: deploy bench runs/sample_line/RUN/bundle --runtime onnx --heatmap --images sample_data/sample_line/scratch
     """
-    from deploy.bench import bench_end_to_end, bench_model
+    from deploy.bench import bench_end_to_end, bench_heatmap, bench_model
     from deploy.predictor import Predictor
 
     paths = _expand(images)
@@ -100,6 +139,8 @@ def bench(
                    "model_only": bench_model(predictor, b, iters=iters)}
             if paths:
                 row["end_to_end"] = bench_end_to_end(predictor, paths, b, iters=max(5, iters // 2))
+            if heatmap:
+                row["heatmap"] = bench_heatmap(predictor, paths, b, iters=max(5, iters // 2))
             typer.echo(json.dumps(row))
 
 
@@ -107,7 +148,8 @@ def bench(
 @_one_line_errors
 def monitor(
     bundle: Path = typer.Argument(..., help="The deployed bundle folder."),
-    inputs: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders)."),
+    inputs: List[Path] = typer.Argument(..., help="Recent images from the line (files or folders), or decision logs "
+                                        "(decisions-*.jsonl files or their folder, from deploy serve / watch)."),
     out: Path = typer.Option(Path("monitor"), "--out", help="Folder for drift.json and drift.png."),
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt ..."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
@@ -115,13 +157,24 @@ def monitor(
     """Compare recent line images with the bundle's reference profile: imaging statistics
     (brightness, contrast, illumination, sharpness, noise, orientation), model confidence,
     abstain rate and class mix. Prints ok / watch / drift per check; exits 2 on drift.
+    Given decision logs, confidence, abstain rate and class mix come from the log alone (the
+    imaging statistics too where the logged images were kept, as deploy watch keeps them).
 
     Example: deploy monitor runs/sample_line/RUN/bundle /data/line7/today --out monitor/today
+    Example: deploy monitor runs/sample_line/RUN/bundle decisions/ --out monitor/today
     """
+    from deploy.decision_log import is_decision_log
     from deploy.monitor import monitor as run_monitor
-    from deploy.monitor import write_monitor_report
+    from deploy.monitor import monitor_log, write_monitor_report
 
-    report = run_monitor(bundle, _expand(inputs), runtime=runtime, intra_op_threads=threads or None)
+    logs = [p for p in inputs if is_decision_log(p)]
+    if logs and len(logs) != len(inputs):
+        others = [str(p) for p in inputs if p not in logs]
+        raise DeployError(f"monitor takes images or decision logs, not both in one call (not a log: {', '.join(others[:3])})")
+    if logs:
+        report = monitor_log(bundle, logs)
+    else:
+        report = run_monitor(bundle, _expand(inputs), runtime=runtime, intra_op_threads=threads or None)
     files = write_monitor_report(report, out)
     for line in _monitor_lines(report, files):
         typer.echo(line)
@@ -146,6 +199,112 @@ def _monitor_lines(report: dict[str, Any], files: MonitorFiles) -> list[str]:
     lines.append(f"{report['status'].upper()}: {report['images']} images vs {report['reference_images']} reference; "
                  f"{files.drift_json}{' and drift.png' if files.drift_png else ''}")
     return lines
+
+
+@app.command()
+@_one_line_errors
+def serve(
+    bundle: Path = typer.Argument(..., help="An exported bundle folder (RUN_DIR/bundle)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port, printed at start)."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt | tensorrt-fp16 | tensorrt-int8"),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most images per inference call (micro-batching)."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="Longest a request waits for company."),
+    max_bytes: int = typer.Option(32 * 1024 * 1024, "--max-bytes", min=1, help="Largest request body (larger: 413)."),
+    max_queue: int = typer.Option(1024, "--max-queue", min=1, help="Requests queued for inference before 503."),
+    log_dir: Path = typer.Option(Path("decisions"), "--log-dir", help="Folder of the decision log (one file per UTC day)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write the decision log (benchmarks only)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    reload_root: Optional[Path] = typer.Option(None, "--reload-root", help="POST /v1/reload loads bundles inside this "
+                                               "folder only (default: the folder holding BUNDLE)."),
+) -> None:
+    """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
+    /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle without downtime.
+    Every decision goes to the decision log. Needs the serve extra (FastAPI, uvicorn, prometheus-client).
+
+    Example: deploy serve runs/sample_line/RUN/bundle --port 8000 --log-dir /var/log/line7
+    Example: curl --data-binary @part_0001.png -H "Content-Type: image/png" "http://127.0.0.1:8000/v1/inspect?part_id=0001"
+    """
+    from deploy.serve import ServeConfig, build_station
+
+    config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
+                         threads=threads or None, reload_root=reload_root)
+    station = build_station(config, host, port)
+    summary = station.app.state.host.current.summary()
+    typer.echo(f"# deploy serve: {station.url} model {summary['model_id'][:12]} ({summary['line']}, {summary['providers']}); "
+               f"decision log: {log_dir if not no_log else 'off'}", err=True)
+    station.run()
+
+
+@app.command()
+@_one_line_errors
+def watch(
+    in_dir: Path = typer.Argument(..., help="The folder the camera software drops images into."),
+    bundle: Path = typer.Option(..., "--bundle", help="An exported bundle folder."),
+    done: Path = typer.Option(..., "--done", help="Where decided files go: DONE/accept, DONE/reject, DONE/review, DONE/error."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Folder of the decision log (default: DONE/decisions)."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt ..."),
+    settle_ms: float = typer.Option(500.0, "--settle-ms", min=0, help="A file written in place is taken once unchanged this long."),
+    poll_ms: float = typer.Option(100.0, "--poll-ms", min=1, help="How often the folder is scanned."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most files per inference call."),
+    broken_after_s: float = typer.Option(10.0, "--broken-after-s", min=0, help="A file that still ends early after this long goes to DONE/error."),
+    once: bool = typer.Option(False, "--once", help="Decide what is in the folder, then exit."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+) -> None:
+    """Watch a folder: decide every image once it is completely written (write NAME.tmp and rename,
+    or write in place and let it settle), log the decision, move the file to DONE/<action>/.
+    Survives SIGKILL: on restart nothing is lost and nothing is decided twice (a small journal in DONE).
+
+    Example: deploy watch /data/line7/incoming --bundle runs/line7/RUN/bundle --done /data/line7/done
+    """
+    import signal
+    import threading
+
+    from deploy.watch import WatchConfig, run_watch
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    config = WatchConfig(in_dir=in_dir, bundle=bundle, done_dir=done, log_dir=log_dir, runtime=runtime,
+                         threads=threads or None, settle_ms=settle_ms, poll_ms=poll_ms, max_batch=max_batch,
+                         broken_after_s=broken_after_s)
+    watcher = run_watch(config, stop, once=once, out=lambda line: typer.echo(line))
+    typer.echo(f"# watch stopped: {watcher.decided} decided, {watcher.errors} to {done / 'error'}", err=True)
+
+
+@app.command("review-queue")
+@_one_line_errors
+def review_queue(
+    log: List[Path] = typer.Option(..., "--log", help="Decision log files or folders (repeat the option)."),
+    images: Path = typer.Option(None, "--images", help="Where the logged images are kept (searched by name, then by sha256)."),
+    out: Path = typer.Option(..., "--out", help="QUEUE_DIR: queue.csv, images/ and the state that keeps parts from being queued twice."),
+    abstained: bool = typer.Option(True, "--abstained/--no-abstained", help="Queue the parts the model sent to a person."),
+    lowest: int = typer.Option(0, "--lowest", min=0, help="Also queue the N least confident parts decided alone, per day."),
+    audit_rate: float = typer.Option(0.01, "--audit-rate", min=0.0, max=1.0, help="Random share of the parts decided alone, per class and day."),
+    max_per_day: int = typer.Option(None, "--max-per-day", min=1, help="At most N parts per day of the log (earlier runs count)."),
+    classes: List[str] = typer.Option([], "--classes", help="Only parts the model labelled with these classes (repeat the option)."),
+    drift_day: List[str] = typer.Option([], "--drift-day", help="A day deploy monitor flagged (YYYY-MM-DD): its parts decided alone are queued, least confident first."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the audit sample."),
+) -> None:
+    """Copy the images that need a person (abstained, audit sample, drift days, least confident) into
+    QUEUE_DIR and add their rows to QUEUE_DIR/queue.csv, with an empty `label` column for the reviewer.
+    A part is never queued twice, across runs.
+
+    Example: deploy review-queue --log /var/log/line7 --images /data/line7/images --out review/ --lowest 20 --max-per-day 200
+    """
+    from deploy.review_queue import build_review_queue
+
+    result = build_review_queue(log, images, out, abstained=abstained, lowest=lowest, audit_rate=audit_rate,
+                                max_per_day=max_per_day, classes=classes or None, drift_days=drift_day, seed=seed)
+    reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items())
+    typer.echo(f"queued {len(result.added)} parts ({reasons}); already queued before {result.already_queued}; "
+               f"over the daily cap {result.over_cap}; image not found {len(result.missing_images)}")
+    for key in result.missing_images[:20]:
+        typer.echo(f"image not found: {key}", err=True)
+    if result.skipped_log_lines:
+        typer.echo(f"note: {result.skipped_log_lines} unreadable log line(s) skipped", err=True)
+    typer.echo(str(result.queue_csv))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.decision import DecisionRule
 from deploy.errors import DeployError
 from deploy.preprocess import PreprocessSpec
 
@@ -40,7 +41,13 @@ class Manifest:
     artefacts: dict[str, dict[str, Any]]  # format -> {file, sha256, bytes, fingerprint?}
     temperature: float = 1.0
     operating_threshold: float | None = None
+    ok_class: str | None = None  # the good-part class: confident decisions for it are "accept", others "reject"
+    class_thresholds: dict[str, float] = field(default_factory=dict)  # stricter per predicted class (deploy.decision)
     extra: dict[str, Any] = field(default_factory=dict)  # line, recipe hash, versions, parity gates, ...
+
+    @property
+    def decision_rule(self) -> DecisionRule:
+        return DecisionRule(self.operating_threshold, self.ok_class, dict(self.class_thresholds))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,7 @@ class Manifest:
                        "semantics": "class scores; probabilities = softmax(logits / temperature)"},
             "temperature": self.temperature,
             "operating_threshold": self.operating_threshold,
+            "decision": self.decision_rule.to_dict(),
             "artefacts": self.artefacts,
             **self.extra,
         }
@@ -63,14 +71,26 @@ class Manifest:
             raise BundleError(f"{source}: not an inspection-kit bundle manifest (format {d.get('format')!r})")
         if d.get("version") != BUNDLE_VERSION:
             raise BundleError(f"{source}: manifest version {d.get('version')} is not supported (expected {BUNDLE_VERSION})")
-        known = {"format", "version", "classes", "preprocess", "input", "output", "temperature", "operating_threshold", "artefacts"}
+        known = {"format", "version", "classes", "preprocess", "input", "output", "temperature", "operating_threshold",
+                 "decision", "artefacts"}
         try:
+            classes = list(d["classes"])
+            decision = d.get("decision")
+            if decision is None and isinstance(d.get("operating_point"), dict):
+                # A bundle verified before model.json had a decision block: its certified good-part class is
+                # in operating_point; without it every confident defect would be "accept".
+                decision = {"ok_class": d["operating_point"].get("ok_class")}
+            rule = DecisionRule.from_dict(decision, classes, source=f"{source}: decision")
+            threshold = d.get("operating_threshold", rule.threshold)
             return cls(
-                classes=list(d["classes"]), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                classes=classes, preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                 artefacts=dict(d["artefacts"]), temperature=float(d.get("temperature", 1.0)),
-                operating_threshold=d.get("operating_threshold"),
+                operating_threshold=None if threshold is None else float(threshold),
+                ok_class=rule.ok_class, class_thresholds=dict(rule.class_thresholds),
                 extra={k: v for k, v in d.items() if k not in known},
             )
+        except DeployError as exc:
+            raise BundleError(str(exc)) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from None
 
@@ -101,3 +121,13 @@ def verified_artefact(bundle_dir: str | Path, manifest: Manifest, fmt: str) -> P
             "the file was altered or damaged: copy the bundle again or re-export"
         )
     return path
+
+
+def model_id(bundle_dir: str | Path) -> str:
+    """The model's identity on the line (decision log, ``deploy serve``): sha256 of the bundle's
+    ``model.json``, which names every artefact's sha256, the threshold and the temperature, so any
+    change to what decides a part gives a new id."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; is this an exported bundle? (kit export RUN_DIR)")
+    return sha256_file(path)

@@ -128,24 +128,10 @@ def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = 
     logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + batch_size]), spec))
                              for i in range(0, len(images), batch_size)])
 
-    rows = []
-    reference = {k: np.asarray(v, float) for k, v in profile["statistics"].items()}
-    for name, description in STATISTICS.items():
-        ref, new = reference[name], stats[name]
-        if name == "orientation":
-            centre = _circular_mean_180(ref)
-            ref, new = _orientation_offset(ref, centre), _orientation_offset(new, centre)
-            description = f"distance of the dominant orientation from the reference's ({centre:.0f} deg)"
-        rows.append(_compare(name, description, ref, new, th))
-
+    rows = _statistic_rows(profile, stats, th)
     temperature, threshold = predictor.manifest.temperature, predictor.manifest.operating_threshold
     ref_p, new_p = softmax(np.asarray(profile["logits"], np.float32), temperature), softmax(logits, temperature)
-    rows.append(_compare("confidence", "model confidence (calibrated top-1 probability)", ref_p.max(1), new_p.max(1), th))
-    n_classes = len(predictor.classes)
-    mix, mix_p = _categorical_shift(ref_p.argmax(1), new_p.argmax(1), n_classes)
-    rows.append({"check": "predicted_classes", "description": "mix of predicted classes (p: chi-square test)", "psi": mix,
-                 "ks_statistic": None, "ks_p_value": mix_p, "reference_median": None, "new_median": None,
-                 "status": th.status(mix, mix_p)})
+    rows += _model_rows(ref_p, new_p.max(1), new_p.argmax(1), th)
     abstain = None
     if threshold is not None:
         ref_rate, new_rate = float(np.mean(ref_p.max(1) < threshold)), float(np.mean(new_p.max(1) < threshold))
@@ -160,6 +146,87 @@ def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = 
         "reference_images": profile["images"], "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "thresholds": th.__dict__, "status": overall, "checks": rows, "abstain": abstain,
         "predicted_share": {c: float(np.mean(new_p.argmax(1) == i)) for i, c in enumerate(predictor.classes)},
+        "notes": notes,
+    }
+
+
+def _statistic_rows(profile: dict[str, Any], stats: dict[str, np.ndarray], th: Thresholds) -> list[dict[str, Any]]:
+    rows = []
+    reference = {k: np.asarray(v, float) for k, v in profile["statistics"].items()}
+    for name, description in STATISTICS.items():
+        ref, new = reference[name], stats[name]
+        if name == "orientation":
+            centre = _circular_mean_180(ref)
+            ref, new = _orientation_offset(ref, centre), _orientation_offset(new, centre)
+            description = f"distance of the dominant orientation from the reference's ({centre:.0f} deg)"
+        rows.append(_compare(name, description, ref, new, th))
+    return rows
+
+
+def _model_rows(ref_p: np.ndarray, new_confidence: np.ndarray, new_top: np.ndarray, th: Thresholds) -> list[dict[str, Any]]:
+    """Confidence and predicted-class mix against the reference probabilities."""
+    rows = [_compare("confidence", "model confidence (calibrated top-1 probability)", ref_p.max(1), new_confidence, th)]
+    mix, mix_p = _categorical_shift(ref_p.argmax(1), np.asarray(new_top, int), ref_p.shape[1])
+    rows.append({"check": "predicted_classes", "description": "mix of predicted classes (p: chi-square test)", "psi": mix,
+                 "ks_statistic": None, "ks_p_value": mix_p, "reference_median": None, "new_median": None,
+                 "status": th.status(mix, mix_p)})
+    return rows
+
+
+def monitor_log(bundle_dir: str | Path, logs: Sequence[str | Path]) -> dict[str, Any]:
+    """``monitor`` from decision logs (``deploy serve`` / ``deploy watch``) instead of images: the
+    confidence, abstain rate and class mix come from the log alone; the imaging statistics are
+    added where the records name kept images (``deploy watch`` keeps them in DONE_DIR). Only the
+    records of this bundle's model count: another model's confidences are not comparable."""
+    from collections import Counter
+
+    from deploy.decision_log import read_records
+    from deploy.manifest import model_id
+
+    bundle_dir = Path(bundle_dir)
+    profile = read_profile(bundle_dir)
+    th = Thresholds(**profile.get("thresholds", {}))
+    manifest = read_manifest(bundle_dir)
+    identity, classes = model_id(bundle_dir), manifest.classes
+    read = read_records(logs)
+    mine = [r for r in read.records if r.model_id == identity and r.label in classes]
+    others = Counter(r.model_id[:12] for r in read.records if r.model_id != identity)
+    if not mine:
+        found = ", ".join(f"{m} ({n})" for m, n in others.most_common(3)) or "none"
+        raise DeployError(f"{', '.join(map(str, read.files)) or 'the decision log'}: no decisions by this bundle's model "
+                          f"({identity[:12]}) among {len(read.records)} records (models found: {found}); "
+                          "pass the bundle that made them")
+    notes = []
+    rows: list[dict[str, Any]] = []
+    kept = [Path(r.image) for r in mine if r.image and Path(r.image).is_file()]
+    spec = manifest.preprocess
+    if kept:
+        rows += _statistic_rows(profile, statistics_table([prepare_image(read_image(p, spec.channels), spec) for p in kept]), th)
+        if len(kept) < len(mine):
+            notes.append(f"imaging statistics from the {len(kept)} of {len(mine)} decided images still on disk")
+    else:
+        notes.append("no kept images in the log: imaging statistics not checked (confidence, abstain and class mix only)")
+    ref_p = softmax(np.asarray(profile["logits"], np.float32), manifest.temperature)
+    rows += _model_rows(ref_p, np.array([r.confidence for r in mine]), np.array([classes.index(r.label) for r in mine]), th)
+    abstain = None
+    if manifest.operating_threshold is not None or manifest.class_thresholds:
+        abstain = {"threshold": manifest.operating_threshold or 0.0,
+                   "reference_rate": 1.0 - float(np.mean(manifest.decision_rule.accepted(ref_p, classes))),
+                   "new_rate": float(np.mean([r.abstain for r in mine]))}
+    if others:
+        notes.append(f"{sum(others.values())} records by other models left out ({', '.join(others)})")
+    if read.skipped_lines:
+        notes.append(f"{read.skipped_lines} unreadable log line(s) skipped (a crash's partial last line)")
+    if len(mine) < th.min_images:
+        notes.append(f"only {len(mine)} decisions (fewer than {th.min_images}): the verdict is unreliable")
+    overall = max((r["status"] for r in rows), key=STATUS_ORDER.index)
+    return {
+        "bundle": str(bundle_dir), "source": "decision log", "logs": [str(f) for f in read.files], "model_id": identity,
+        "runtime": sorted({r.runtime for r in mine}), "images": len(mine), "kept_images": len(kept),
+        "first": min(r.time for r in mine), "last": max(r.time for r in mine),
+        "reference_images": profile["images"], "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "thresholds": th.__dict__, "status": overall, "checks": rows, "abstain": abstain,
+        "predicted_share": {c: float(np.mean([r.label == c for r in mine])) for c in classes},
         "notes": notes,
     }
 

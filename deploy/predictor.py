@@ -4,9 +4,9 @@ and the abstain decision, all driven by the bundle manifest."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from deploy.errors import DeployError
 from deploy.manifest import Manifest, read_manifest, verified_artefact
 from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
 from deploy.runtimes import Runtime, get_runtime
+
+if TYPE_CHECKING:
+    from deploy.heatmap import Heatmap
 
 AUTO_ORDER = ("tensorrt-fp16", "tensorrt-int8", "onnx", "onnx-int8")
 PredictSource = Union[str, os.PathLike, np.ndarray, Sequence[Union[str, os.PathLike, np.ndarray]]]
@@ -24,12 +27,20 @@ _ACCEPTED = "pass a path (str or Path), a decoded uint8 image (numpy HxW or HxWx
 class Decision:
     label: str  # predicted class, also when abstaining
     confidence: float  # calibrated max probability
-    abstain: bool  # confidence below the operating threshold: route to a person
+    abstain: bool  # confidence below the operating threshold (of its class): route to a person
     runtime: str
     path: str | None = None
+    action: str = "accept"  # accept | reject | review, from the bundle's decision rule (deploy.decision)
+    probabilities: dict[str, float] | None = None  # calibrated, per class
+    heatmap: "Heatmap | None" = field(default=None, repr=False)  # with predict(..., heatmap=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready; a heatmap becomes its label, peak and method (the map goes to a PNG)."""
+        d = asdict(replace(self, heatmap=None))
+        del d["heatmap"]
+        if self.heatmap is not None:
+            d["heatmap"] = self.heatmap.to_dict()
+        return d
 
 
 def auto_runtime(formats: Iterable[str]) -> str | None:
@@ -93,32 +104,40 @@ class Predictor:
         return softmax(self.logits(images), self.manifest.temperature)
 
     def decide(self, probabilities: np.ndarray, paths: Sequence[str | None] | None = None) -> list[Decision]:
-        threshold = self.manifest.operating_threshold
+        """Probabilities -> decisions by the manifest's decision rule (the one ``kit verify`` certified)."""
+        rule = self.manifest.decision_rule
+        accepted = rule.accepted(probabilities, self.classes)
         top = probabilities.argmax(axis=1)
         out = []
         for i, cls_idx in enumerate(top):
-            conf = float(probabilities[i, cls_idx])
+            label, abstain = self.classes[cls_idx], not bool(accepted[i])
             out.append(Decision(
-                label=self.classes[cls_idx], confidence=conf,
-                abstain=threshold is not None and conf < threshold, runtime=self.runtime.name,
+                label=label, confidence=float(probabilities[i, cls_idx]), abstain=abstain, runtime=self.runtime.name,
                 path=None if paths is None else (str(paths[i]) if paths[i] is not None else None),
+                action=rule.action(label, abstain),
+                probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i])},
             ))
         return out
 
-    def predict(self, source: PredictSource, batch_size: int = 32) -> list[Decision]:
+    def predict(self, source: PredictSource, batch_size: int = 32, heatmap: bool = False,
+                heatmap_class: str | None = None) -> list[Decision]:
         """The one call for every input: a path (str or Path), a decoded image (numpy uint8 HxW or
         HxWxC, in the bundle's channels: gray, or RGB order for an rgb bundle), or a list of either.
 
         Always returns a list of ``Decision``, one per image in input order; a single path or image
         gives a list of one (as Ultralytics' ``predict`` does), so callers never branch on the
         result type. A list must hold one kind: mixing paths and images raises ``DeployError``.
+
+        ``heatmap=True`` attaches ``Decision.heatmap`` (``deploy.heatmap.Heatmap``): a map in the input
+        image's pixels and its peak, for the predicted class or for ``heatmap_class``.
         """
         kind, items = _split_source(source)
         if kind == "path":
-            return self.predict_paths(items, batch_size)
-        return self.predict_images(items, batch_size)
+            return self.predict_paths(items, batch_size, heatmap, heatmap_class)
+        return self.predict_images(items, batch_size, heatmap, heatmap_class)
 
-    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[Decision]:
+    def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 32, heatmap: bool = False,
+                       heatmap_class: str | None = None) -> list[Decision]:
         """Decoded uint8 images (HxW or HxWxC in the bundle's channels, any size) -> decisions.
 
         Images are checked first: a float or wrong-channel array would otherwise reach the model as
@@ -127,20 +146,40 @@ class Predictor:
         spec, images = self.manifest.preprocess, list(images)
         for index, image in enumerate(images):
             _check_image(image, index, spec)
+        _check_heatmap_args(heatmap, heatmap_class, self.classes)
         out: list[Decision] = []
         for start in range(0, len(images), batch_size):
-            out += self.decide(self.probabilities(preprocess_batch(images[start : start + batch_size], spec)))
+            out += self._decide_images(images[start : start + batch_size], None, heatmap, heatmap_class)
         return out
 
-    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32) -> list[Decision]:
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, heatmap: bool = False,
+                      heatmap_class: str | None = None) -> list[Decision]:
         paths = [Path(p) for p in paths]
+        _check_heatmap_args(heatmap, heatmap_class, self.classes)
         out: list[Decision] = []
         spec = self.manifest.preprocess
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            batch = preprocess_batch([read_image(p, spec.channels) for p in chunk], spec)
-            out += self.decide(self.probabilities(batch), [str(p) for p in chunk])
+            out += self._decide_images([read_image(p, spec.channels) for p in chunk], [str(p) for p in chunk],
+                                       heatmap, heatmap_class)
         return out
+
+    def _decide_images(self, images: list[np.ndarray], paths: list[str] | None, heatmap: bool,
+                       heatmap_class: str | None) -> list[Decision]:
+        spec = self.manifest.preprocess
+        batch = preprocess_batch(images, spec)
+        if not heatmap:
+            return self.decide(self.probabilities(batch), paths)
+        from deploy.heatmap import class_maps, heatmaps_for
+
+        index = None if heatmap_class is None else self.classes.index(heatmap_class)
+        logits, maps, method = class_maps(self, batch, index)
+        decisions = self.decide(softmax(logits, self.manifest.temperature), paths)
+        labels = [heatmap_class or d.label for d in decisions]
+        origin = (self.manifest.extra.get("heatmap") or {}).get("origin_px")
+        for decision, explained in zip(decisions, heatmaps_for(maps, images, labels, method, spec, origin)):
+            decision.heatmap = explained
+        return decisions
 
     def describe(self) -> str:
         return self.runtime.describe()
@@ -181,6 +220,15 @@ def _split_source(source: Any) -> tuple[str, list[Any]]:
             f"item {first_image}: {_describe(items[first_image])}); pass one kind per call"
         )
     return (kinds[0] if kinds else "path"), items
+
+
+def _check_heatmap_args(heatmap: bool, heatmap_class: str | None, classes: list[str]) -> None:
+    if heatmap_class is None:
+        return
+    if not heatmap:
+        raise DeployError(f"heatmap_class={heatmap_class!r} needs heatmap=True")
+    if heatmap_class not in classes:
+        raise DeployError(f"heatmap class {heatmap_class!r} is not one of the bundle's classes ({', '.join(classes)})")
 
 
 def _check_image(image: Any, index: int, spec: PreprocessSpec) -> None:

@@ -164,7 +164,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 @_user_errors
 def export(
     run_dir: Path = typer.Argument(..., help="A finished run directory (runs/<line>/<run-id>)."),
-    formats: Optional[str] = typer.Option(None, "--formats", help="Comma list: onnx,onnx-int8,tensorrt-fp16,tensorrt-int8 (default: the recipe's export.formats)."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Comma list: onnx,onnx-int8,tensorrt-fp16,tensorrt-int8,triton (default: the recipe's export.formats)."),
 ) -> None:
     """Export the student as an edge bundle and check it rung by rung (parity ladder).
 
@@ -255,16 +255,18 @@ def report(
     run_dir: Path = typer.Argument(..., help="A verified run directory."),
     lang: Optional[str] = typer.Option(None, "--lang", help="en | ja (default: the recipe's report.language)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf (needs the `report` extra: weasyprint)."),
+    shadow: Optional[Path] = typer.Option(None, "--shadow", help="A `kit shadow` result (shadow.json or its folder): adds the shadow period section."),
 ) -> None:
     """Write the management report: go/no-go, KPI table, accuracy gap, speed against the line,
     savings, robustness, latency, operating point, parity, appendix.
 
     Writes RUN_DIR/report/report.html (self-contained) and, with --pdf, report.pdf.
-    Example: kit report runs/sample_line/RUN --lang ja --pdf
+    Example: kit report runs/sample_line/RUN --lang ja --pdf --shadow shadow/shadow.json
     """
     from kit.report import build_report
 
-    result = build_report(run_dir, lang=lang, pdf=pdf, log=lambda m: console.print(m, highlight=False, markup=False))
+    result = build_report(run_dir, lang=lang, pdf=pdf, log=lambda m: console.print(m, highlight=False, markup=False),
+                          shadow=shadow)
     typer.echo(str(result.html))
     if result.pdf:
         typer.echo(str(result.pdf))
@@ -451,7 +453,8 @@ def _print_gate(verdict: dict[str, Any], name: str = "KPI gate") -> None:
             console.print(f"[dim]info[/] {c['description']}: {value}", highlight=False)
             continue
         mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
-        console.print(f"{mark} {c['target']}: {c['description']} = {value} (limit {c['op']} {c['limit']:g})", highlight=False)
+        console.print(f"{mark} {escape(c['target'])}: {escape(c['description'])} = {value} (limit {c['op']} {c['limit']:g})",
+                      highlight=False)
     console.print(f"[bold green]{name} passed[/]" if verdict["passed"] else f"[bold red]{name} failed[/]: {', '.join(verdict['failed'])}")
 
 
@@ -489,6 +492,98 @@ def sample_data(
 
     counts = generate_line(line, out, seed=seed, size_px=size)
     typer.echo(f"{sum(counts.values())} images in {out or SAMPLE_LINES[line].committed_dir}: {counts}")
+
+
+# -- after go-live (issue 17) ---------------------------------------------------------------------------
+
+@app.command()
+@_user_errors
+def shadow(
+    log: List[Path] = typer.Option(..., "--log", help="Decision log files or folders (repeat the option)."),
+    inspector: Path = typer.Option(..., "--inspector", help="Inspectors' CSV: part_id or image_sha256, label (a class, or ok/ng), time."),
+    out: Path = typer.Option(Path("shadow"), "--out", help="Folder for shadow.json, shadow.html and shadow_parts.csv."),
+    target: str = typer.Option("max_escape_rate=0.01", "--target", help="What automation must guarantee: max_escape_rate=E or accepted_accuracy=A."),
+    ok_class: Optional[str] = typer.Option(None, "--ok-class", help="The good-part class (default: `ok`, or the class the logs accept)."),
+    lang: str = typer.Option("en", "--lang", help="en | ja: the language of shadow.html."),
+) -> None:
+    """Join the model's decisions (decision logs) with the inspectors' decisions on the same parts:
+    agreement, parts the model would have automated, its escapes and false rejects per class with
+    intervals, unmatched parts, and a recommendation: keep shadowing, or automate at threshold t.
+
+    Example: kit shadow --log /var/log/line7 --inspector inspectors.csv --out shadow/ --target max_escape_rate=0.005
+    """
+    from kit.shadow import shadow_period, write_shadow
+    from kit.verify.threshold import parse_target
+
+    result = shadow_period(log, inspector, parse_target(target, ok_class), ok_class=ok_class)
+    files = write_shadow(result, out, lang)
+    c, s = result["counts"], result["summary"]
+    console.print(f"{c['matched']} parts joined of {c['inspector_rows']} inspector rows and {c['decisions']} decisions; "
+                  f"not joined: {c['inspector_without_decision']} inspector rows without a decision, "
+                  f"{c['decision_without_inspector']} decisions without an inspector, {c['unknown_labels']} unknown labels, "
+                  f"{c['repeated_inspector_rows']} repeated rows", highlight=False, markup=False)
+    for name, key in (("agreement", "agreement_ok_ng"), ("automated", "automated"), ("escapes", "escapes"),
+                      ("false rejects", "false_rejects")):
+        r = s[key]
+        console.print(f"  {name}: {r['k']} / {r['n']} ({_pct(r['rate'])} %, 95 % CI {_pct(r['low'])}-{_pct(r['high'])} %)",
+                      highlight=False, markup=False)
+    console.print(result["recommendation"]["message"], highlight=False, markup=False)
+    typer.echo(str(files.html))
+
+
+@app.command()
+@_user_errors
+def ingest(
+    queue_csv: Path = typer.Argument(..., help="A reviewed QUEUE_DIR/queue.csv (label column filled in)."),
+    recipe: Path = typer.Option(..., "--recipe", help="The line's recipe: its data gets the reviewed images."),
+) -> None:
+    """Add reviewed parts to the line's data under a dated folder (or the manifest), dropping exact
+    duplicates; refuses, one line each, labels that are not classes of the line or that contradict
+    the label of the same image. Exits 1 when a row was refused (the others are added).
+
+    Example: kit ingest review/queue.csv --recipe recipes/line7.yaml
+    """
+    from kit.ingest import ingest_queue
+
+    result = ingest_queue(queue_csv, recipe)
+    for line in result.refused:
+        console.print(f"[bold red]refused:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    labels = ", ".join(f"{k} {v}" for k, v in result.by_label.items())
+    console.print(f"added {len(result.added)} images{' (' + labels + ')' if labels else ''}; already in the data "
+                  f"{result.duplicates}; not reviewed yet {result.unreviewed}; refused {len(result.refused)}",
+                  highlight=False, markup=False)
+    if result.manifest is not None:
+        typer.echo(str(result.manifest))
+    elif result.destination is not None:
+        typer.echo(str(result.destination))
+    if result.refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def audit(
+    run_dir: Path = typer.Argument(..., help="A run directory (recipe.lock.yaml and split.csv; student.pt for --init student)."),
+    folds: int = typer.Option(3, "--folds", min=2, help="k of the k-fold out-of-fold predictions."),
+    init: str = typer.Option("auto", "--init", help="scratch (a model trained per fold: true out-of-fold predictions; auto) | student (the run's student as features, a linear head per fold: fast, misses labels it memorised)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per fold with --init scratch (default 20)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size for --init scratch (default: the recipe's)."),
+    max_distance: int = typer.Option(4, "--max-distance", min=0, max=32, help="Near-duplicates: at most this many of 64 hash bits apart."),
+) -> None:
+    """List the training images whose label is most likely wrong (confident learning on out-of-fold
+    predictions) and near-duplicates across splits (perceptual hash) that leak train into test.
+
+    Writes RUN_DIR/audit/ (audit.html with thumbnails, label_issues.csv, near_duplicates.csv, audit.json).
+    Example: kit audit runs/sample_line/RUN
+    """
+    from kit.audit import audit_run
+
+    result = audit_run(run_dir, folds=folds, epochs=epochs, init=init, image_size_px=image_size, max_distance=max_distance,
+                       log=lambda m: console.print(m, highlight=False, markup=False))
+    for r in result.issues[:min(10, max(1, result.summary["flagged"]))]:
+        console.print(f"  {r['rank']:>3}. {r['label']} -> {r['suggested']} (p {r['label_probability']:.2f}): {r['path']}",
+                      highlight=False, markup=False)
+    typer.echo(str(result.audit_dir / "audit.html"))
 
 
 def main() -> None:

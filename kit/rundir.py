@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def _slot(stage: str) -> int:
 
 def mark_stage(run_dir: str | Path, state: dict[str, Any], stage: str, seconds: float, status: str = "done",
                **extra: Any) -> None:
-    """Record ``stage`` as finished (atomically) and drop the stages after it."""
+    """Record ``stage`` as finished (atomically) and drop the stages after it. The first stage recorded
+    gives the run its id (``run_id``): reports and kpi.json name the run by it, whatever its folder is called."""
+    state.setdefault("run_id", f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
     stages = state.setdefault("stages", {})
     for later in [s for s in stages if _slot(s) > _slot(stage)]:
         del stages[later]

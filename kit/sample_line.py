@@ -46,7 +46,7 @@ def _point(rng: np.random.Generator, size: int, margin: int) -> tuple[int, int]:
     return int(rng.integers(margin, size - margin)), int(rng.integers(margin, size - margin))
 
 
-def _scratch(img: np.ndarray, rng: np.random.Generator) -> None:
+def _scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     x0, y0 = _point(rng, size, size // 6)
     angle = rng.uniform(0, np.pi)
@@ -56,9 +56,10 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> None:
     cv2.line(layer, (int(x0 - dx), int(y0 - dy)), (int(x0 + dx), int(y0 + dy)), 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
     sign = rng.choice([-1.0, 1.0])
     img += sign * rng.uniform(60, 90) * cv2.GaussianBlur(layer, (0, 0), 0.6)
+    return layer
 
 
-def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
+def _crack(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     layer = np.zeros_like(img)
     for _branch in range(int(rng.integers(1, 3))):
@@ -73,9 +74,10 @@ def _crack(img: np.ndarray, rng: np.random.Generator) -> None:
         pts = np.array(points, dtype=np.int32).reshape(-1, 1, 2)
         cv2.polylines(layer, [pts], False, 1.0, int(rng.integers(2, 5)), cv2.LINE_AA)
     img -= rng.uniform(50, 75) * cv2.GaussianBlur(layer, (0, 0), 0.5)
+    return layer
 
 
-def _dent(img: np.ndarray, rng: np.random.Generator) -> None:
+def _dent(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     cx, cy = _point(rng, size, size // 4)
     r = rng.uniform(10, 16)
@@ -84,9 +86,10 @@ def _dent(img: np.ndarray, rng: np.random.Generator) -> None:
     light = rng.uniform(0, 2 * np.pi)
     shade = np.cos(light) * np.gradient(bump, axis=1) + np.sin(light) * np.gradient(bump, axis=0)
     img += rng.uniform(600, 900) * shade
+    return (bump >= DENT_MASK_LEVEL).astype(np.float32)  # the shading is visible to about two sigmas
 
 
-def _stain(img: np.ndarray, rng: np.random.Generator) -> None:
+def _stain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     mask = np.zeros_like(img)
     cx, cy = _point(rng, size, size // 4)
@@ -98,9 +101,10 @@ def _stain(img: np.ndarray, rng: np.random.Generator) -> None:
     mottled = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 2.0)
     img += mask * (rng.choice([-1.0, 1.0]) * rng.uniform(40, 60) + 15.0 * mottled)
     img *= 1.0 - 0.6 * mask  # a film flattens the texture underneath
+    return mask
 
 
-def _inclusion(img: np.ndarray, rng: np.random.Generator) -> None:
+def _inclusion(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     cx, cy = _point(rng, size, size // 5)
     layer = np.zeros_like(img)
@@ -109,9 +113,15 @@ def _inclusion(img: np.ndarray, rng: np.random.Generator) -> None:
         axes = (int(rng.integers(3, 7)), int(rng.integers(2, 5)))
         cv2.ellipse(layer, (int(px), int(py)), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     img -= rng.uniform(60, 90) * cv2.GaussianBlur(layer, (0, 0), 0.7)
+    return layer
 
 
-_DEFECTS = {"scratch": _scratch, "dent": _dent, "stain": _stain, "crack": _crack, "inclusion": _inclusion}
+# Each defect draws itself into the work image and returns its own layer (float32, 1 = fully defect):
+# the stroke coverage of scratches, cracks and inclusions, the film of a stain, the disc of a dent.
+_DEFECTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "scratch": _scratch, "dent": _dent, "stain": _stain, "crack": _crack, "inclusion": _inclusion}
+DENT_MASK_LEVEL = float(np.exp(-2.0))  # a dent's bump: within two sigmas of its centre
+SAMPLE_MASK_LEVEL = 0.5  # a pixel is defect where the (posed) layer is at least half on
 
 
 def _pose(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -142,11 +152,6 @@ def _camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def _nuisance(img: np.ndarray, rng: np.random.Generator, out_size: int) -> np.ndarray:
-    """The camera: pose jitter, uneven lighting, random gain, focus blur, sensor noise."""
-    return _camera(_apply_pose(img, _pose(rng, img.shape[0]), out_size), rng)
-
-
 def _blank_part(label: str, index: int, seed: int, size_px: int, class_counts: dict[str, int],
                 line: str) -> tuple[np.random.Generator, int, np.ndarray]:
     """The image's own generator (from seed, class and index, so every image is reproducible alone), the
@@ -160,10 +165,19 @@ def _blank_part(label: str, index: int, seed: int, size_px: int, class_counts: d
 
 def render_sample_image(label: str, index: int, seed: int = 0, size_px: int = 96) -> np.ndarray:
     """One deterministic uint8 HxW image of class ``label``."""
+    return render_sample_part(label, index, seed, size_px)[0]
+
+
+def render_sample_part(label: str, index: int, seed: int = 0, size_px: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """One deterministic uint8 HxW image of class ``label`` and its bool HxW defect mask (all False
+    for ``ok``). The mask is the defect's own layer taken through the same pose as the image, so it
+    marks where the defect is in the picture: ground truth for heatmap evaluation (``data.masks``).
+    The random draws are the image's alone, so the images are the ones rendered before masks existed."""
     rng, work, img = _blank_part(label, index, seed, size_px, CLASS_COUNTS, "sample")
-    if label != "ok":
-        _DEFECTS[label](img, rng)
-    return _nuisance(img, rng, size_px)
+    layer = _DEFECTS[label](img, rng) if label != "ok" else np.zeros_like(img)
+    pose = _pose(rng, work)
+    mask = _apply_pose(layer, pose, size_px, border=cv2.BORDER_CONSTANT) >= SAMPLE_MASK_LEVEL
+    return _camera(_apply_pose(img, pose, size_px), rng), mask
 
 
 # The sparse line: what a real line looks like (issue 19). Mostly good parts, and defects a few
@@ -264,13 +278,25 @@ def render_sparse_image(label: str, index: int, seed: int = 0, size_px: int = 25
     return _camera(_apply_pose(img, pose, size_px), rng), mask
 
 
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """One PNG, written atomically (an interrupted run leaves no half file)."""
+    ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok, "OpenCV failed to encode a PNG it produced itself"
+    write_atomic(path, lambda tmp, data=png: tmp.write_bytes(data.tobytes()))
+
+
 def _write_pngs(out_dir: Path, counts: dict[str, int], render: Callable[[str, int], np.ndarray]) -> None:
-    """``out_dir/<class>/<class>_NNNN.png``, each written atomically (an interrupted run leaves no half file)."""
+    """``out_dir/<class>/<class>_NNNN.png``."""
     for label, n in counts.items():
         for i in range(n):
-            ok, png = cv2.imencode(".png", render(label, i), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-            assert ok, "OpenCV failed to encode a PNG it produced itself"
-            write_atomic(out_dir / label / f"{label}_{i:04d}.png", lambda tmp, data=png: tmp.write_bytes(data.tobytes()))
+            _write_png(out_dir / label / f"{label}_{i:04d}.png", render(label, i))
+
+
+def masks_dir(out_dir: str | Path) -> Path:
+    """Where a generated line's defect masks go: ``<out_dir>_masks``, next to the images (the sample
+    line's are ``sample_data/sample_line_masks``), with the images' relative layout."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + "_masks")
 
 
 def generate_sample_line(
@@ -279,9 +305,16 @@ def generate_sample_line(
     seed: int = 0,
     size_px: int = 96,
 ) -> dict[str, int]:
-    """Write ``out_dir/<class>/<class>_NNNN.png`` and return the count per class."""
+    """Write ``out_dir/<class>/<class>_NNNN.png``, and each defective image's mask (uint8, 255 = defect)
+    as ``<out_dir>_masks/<class>/<class>_NNNN.png``; return the count per class."""
     counts = dict(CLASS_COUNTS if counts is None else counts)
-    _write_pngs(Path(out_dir), counts, lambda label, i: render_sample_image(label, i, seed=seed, size_px=size_px))
+    out_dir = Path(out_dir)
+    for label, n in counts.items():
+        for i in range(n):
+            image, mask = render_sample_part(label, i, seed=seed, size_px=size_px)
+            _write_png(out_dir / label / f"{label}_{i:04d}.png", image)
+            if label != "ok":
+                _write_png(masks_dir(out_dir) / label / f"{label}_{i:04d}.png", mask.astype(np.uint8) * 255)
     return counts
 
 

@@ -61,3 +61,11 @@ def bundle_scorer(bundle_dir: Path, fmt: str, threads: int = 0) -> Scorer:
     predictor = Predictor.from_bundle(bundle_dir, fmt, intra_op_threads=threads or None)
     return Scorer(fmt, "bundle", predictor.describe(), predictor.logits,
                   bundle_dir / predictor.manifest.artefacts[fmt]["file"])
+
+
+def onnx_file_scorer(name: str, path: Path, threads: int = 0) -> Scorer:
+    """An ONNX file outside the bundle (the teacher exported for a same-runtime speed comparison)."""
+    from deploy.runtimes.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(name, path, intra_op_threads=threads or None)
+    return Scorer(name, "onnx-file", backend.describe(), backend.run, path)

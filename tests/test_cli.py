@@ -13,8 +13,8 @@ COMMANDS = sorted(c.name or c.callback.__name__.replace("_", "-") for c in app.r
 
 
 def test_the_command_list_is_complete():
-    assert COMMANDS == ["calibrate", "corruptions", "doctor", "export", "init-line", "monitor", "report", "run",
-                        "sample-data", "threshold", "verify", "views"]
+    assert COMMANDS == ["audit", "calibrate", "corruptions", "doctor", "export", "ingest", "init-line", "monitor", "report", "run",
+                        "sample-data", "shadow", "threshold", "verify", "views"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

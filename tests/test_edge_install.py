@@ -35,6 +35,7 @@ MODULE_TO_DISTRIBUTION = {
     "scipy": "scipy",
     "matplotlib": "matplotlib",
     "japanize_matplotlib": "japanize-matplotlib",
+    "fontTools": "fonttools",
     "weasyprint": "weasyprint",
     "tensorrt": "tensorrt",
     "cuda": "cuda-python",
@@ -48,12 +49,16 @@ MODULE_TO_DISTRIBUTION = {
     "jinja2": "jinja2",
     "huggingface_hub": "huggingface-hub",  # timm's weight hub; kit names its offline errors
     "safetensors": "safetensors",
+    "fastapi": "fastapi",  # deploy serve (the serve extra)
+    "starlette": "fastapi",  # FastAPI's own foundation, installed with it
+    "uvicorn": "uvicorn",
+    "prometheus_client": "prometheus-client",
 }
 
 # Per package: the dependency lists that must provide its module-level imports, and the extras
 # that may provide imports made inside a function (an optional backend, used only when installed).
 PACKAGES = {
-    "deploy": {"required": ("base",), "optional": ("gpu", "plot")},
+    "deploy": {"required": ("base",), "optional": ("gpu", "plot", "serve")},
     "kit": {"required": ("base", "train"), "optional": ("gpu", "report")},
 }
 

@@ -57,8 +57,9 @@ def test_onnx_is_valid_with_fixed_names_and_dynamic_batch(exported):
     model = onnx.load(str(exported / "bundle" / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 17
-    (inp,), (out,) = model.graph.input, model.graph.output
+    (inp,), (out, *extra) = model.graph.input, model.graph.output
     assert inp.name == "images" and out.name == "logits"
+    assert [o.name for o in extra] == ["heatmap"], "logits first, as before; the in-graph heatmap (issue 16) second"
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 32, 32]
     embedded = read_embedded_manifest(exported / "bundle" / "model.onnx")
@@ -108,7 +109,7 @@ def test_opencv_dnn_gives_the_same_top1(exported):
     tops = []
     for i in range(len(x)):
         net.setInput(x[i : i + 1])
-        tops.append(int(net.forward().argmax()))
+        tops.append(int(net.forward("logits").argmax()))
     ort_tops = Predictor.from_bundle(exported / "bundle", "onnx").logits(x).argmax(1).tolist()
     assert tops == ort_tops
 
@@ -120,6 +121,24 @@ def test_altered_artefact_is_refused(exported, tmp_path):
         fh.write(b"\0")
     with pytest.raises(BundleError, match=r"model.onnx: sha256 .* does not match the manifest"):
         Predictor.from_bundle(bundle, "onnx")
+
+
+def test_export_writes_a_triton_repository(exported, tmp_path):
+    """``--formats onnx,triton``: the repository in the bundle, its config parsed with tritonclient's
+    model_config_pb2 (tests/test_triton_export.py), its files in the manifest; the Predictor unaffected."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from kit.recipe import read_recipe_lock
+    from tests.test_triton_export import check_repository
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported, run_dir)
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--formats", "onnx,triton"])
+    assert result.exit_code == 0, result.output
+    assert "triton: tiny_line in triton/" in result.output
+    recipe = read_recipe_lock(run_dir / "recipe.lock.yaml")
+    check_repository(run_dir / "bundle", recipe.export.max_batch, [recipe.export.opt_batch])
+    assert "triton" not in read_manifest(run_dir / "bundle").artefacts  # a repository, not a runtime
+    assert Predictor.from_bundle(run_dir / "bundle", "auto").runtime.name == "onnx"
 
 
 def test_missing_runtime_artefact_and_tensorrt_skip(exported):

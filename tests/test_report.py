@@ -141,7 +141,7 @@ def test_pdf_page_one(run_copy, lang):
     first = reader.pages[0]
     if lang == "en":
         text = first.extract_text()
-        assert "Release report: inspection model for line tiny_line" in text and "Release targets" in text
+        assert "Release report: inspection model for line tiny_line" in text and "Test set" in text
     else:  # Japanese glyphs come from the embedded CJK font
         fonts = {str(f["/BaseFont"]) for f in (first["/Resources"]["/Font"][k].get_object() for k in first["/Resources"]["/Font"])}
         assert any("IPA" in f or "CJK" in f or "Gothic" in f or "KitCJK" in f for f in fonts), fonts
@@ -392,3 +392,87 @@ def test_a_stale_pdf_is_renamed(run_copy):
     build_report(run_copy, pdf=True, log=lambda m: None)
     stale = mark_report_stale(run_copy, "kit verify")
     assert (stale / "report.stale.pdf").is_file() and not (stale / "report.pdf").exists()
+
+
+# -- the line's mix, net economics, recommendation, layout and language (issue 18) ---------------
+
+def _set_recipe(run_dir: Path, section: str, values: dict) -> None:
+    lock = run_dir / "recipe.lock.yaml"
+    body = yaml.safe_load(lock.read_text())
+    body["recipe"].setdefault(section, {}).update(values)
+    lock.write_text(yaml.safe_dump(body))
+
+
+def test_page_one_gives_the_production_mix_and_net_economics(run_copy):
+    from kit.recipe.schema import ThresholdTarget
+    from kit.verify.kpi import retune_threshold
+
+    _set_recipe(run_copy, "line", {"ok_class": "ok", "defect_rate": 0.02})
+    _set_recipe(run_copy, "economics", {"parts_per_day": 10000, "manual_seconds_per_part": 2, "labour_cost_per_hour": 30,
+                                        "escape_cost": 500, "false_reject_cost": 3})
+    retune_threshold(run_copy, ThresholdTarget(accepted_accuracy=0.3), log=lambda m: None)
+    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+    prod = kpi["operating"]["production"]
+    assert prod["weights"]["ok"] == pytest.approx(0.98) and sum(prod["weights"].values()) == pytest.approx(1.0)
+    page = _text(_page_one(build_report(run_copy, log=lambda m: None).html.read_text(encoding="utf-8")))
+    assert "In the line's production mix (line.defect_rate: 2.00 % defective; ok 98.00 %)" in page
+    assert f"{prod['escapes_per_million']['rate']:,.0f} escapes per million parts produced" in page
+    assert "Net savings" in page and "in the line's production mix" in page
+    assert 'data-key="escape_cost">500<' in render_html(run_copy, "en")
+
+
+def test_without_a_defect_rate_page_one_says_it_uses_the_test_mix(run_copy):
+    page = _text(_page_one(render_html(run_copy, "en")))
+    assert "The line's defect rate is not set (line.defect_rate)" in page
+
+
+def test_the_japanese_page_embeds_its_font_and_no_english_from_the_tables(run_copy):
+    from kit.report.i18n import STRINGS
+
+    html = build_report(run_copy, lang="ja", log=lambda m: None).html.read_text(encoding="utf-8")
+    font = re.search(r'<style id="embedded-font">@font-face \{ font-family: \'KitCJK\'; src: url\(data:font/woff;base64,([A-Za-z0-9+/=]+)\)', html)
+    assert font, "no embedded font"
+    assert 2_000 < len(font.group(1)) * 3 / 4 < 400_000  # a subset: a few hundred glyphs, not the whole font
+    page = _text(html.split("<body>", 1)[1])
+    leaked = []
+    for key, text in STRINGS["en"].items():
+        if text == STRINGS["ja"][key]:
+            continue
+        for fragment in re.split(r"\{\w+\}", text):
+            words = re.findall(r"[A-Za-z]{3,}", fragment)
+            if len(words) >= 3 and fragment.strip() in page:
+                leaked.append((key, fragment.strip()))
+    assert not leaked, leaked
+
+
+def test_pdf_headings_stay_on_the_page_of_their_charts(run_copy):
+    weasyprint = pytest.importorskip("weasyprint")
+    html = render_html(run_copy, "en")
+    document = weasyprint.HTML(string=html).render()
+
+    def boxes(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from boxes(child)
+
+    heading_page, image_page, lonely = {}, {}, []
+    for number, page in enumerate(document.pages):
+        tags = []
+        for box in boxes(page._page_box):
+            element = getattr(box, "element", None)
+            if element is None or type(box).__name__ not in ("BlockBox", "BlockReplacedBox", "InlineReplacedBox"):
+                continue
+            if box.element_tag in ("h2", "h3"):
+                heading_page.setdefault("".join(element.itertext()).strip(), number)
+                tags.append("h")
+            elif box.element_tag == "img":
+                image_page.setdefault(element.get("alt"), number)
+                tags.append("img")
+            elif box.element_tag in ("p", "table", "div", "pre"):
+                tags.append("other")
+        if tags and set(tags) == {"h"}:
+            lonely.append(number)
+    charts = {alt: page for alt, page in image_page.items() if alt in heading_page}
+    assert len(charts) >= 4, charts  # robustness, speed, confusion matrix, views
+    assert all(heading_page[alt] == page for alt, page in charts.items()), (heading_page, image_page)
+    assert not lonely, f"pages holding only headings: {lonely}"

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from kit.cli import app
 from kit.errors import ArgumentError
-from kit.sample_line import SAMPLE_LINES, SPARSE_CLASS_COUNTS, generate_line, render_sparse_image
+from kit.sample_line import (_DEFECTS, CLASS_COUNTS, SAMPLE_LINES, SPARSE_CLASS_COUNTS, _apply_pose, _blank_part, _pose,
+                             generate_line, render_sample_image, render_sample_part, render_sparse_image)
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSE_DEFECTS = [c for c in SPARSE_CLASS_COUNTS if c != "ok"]
@@ -39,6 +40,26 @@ def test_every_line_is_deterministic_at_its_own_size(tmp_path, line):
 def test_the_committed_sample_line_is_reproduced_byte_for_byte(tmp_path):
     generate_line("sample", tmp_path / "sample")
     assert _files(tmp_path / "sample") == _files(REPO / "sample_data" / "sample_line")
+    assert _files(tmp_path / "sample_masks") == _files(REPO / "sample_data" / "sample_line_masks")
+
+
+@pytest.mark.parametrize("label", [c for c in CLASS_COUNTS if c != "ok"])
+def test_sample_masks_cover_the_rendered_defect(label):
+    """The mask is where the defect changed the image: the defect's own change to the work image,
+    taken through the same pose, lies (almost) all within 3 px of the mask and is far stronger
+    inside it than away from it."""
+    for index in range(5):
+        rng, work, img = _blank_part(label, index, 0, 96, CLASS_COUNTS, "sample")
+        before = img.copy()
+        _DEFECTS[label](img, rng)
+        change = _apply_pose(np.abs(img - before), _pose(rng, work), 96, border=cv2.BORDER_CONSTANT)
+        image, mask = render_sample_part(label, index)
+        assert (image == render_sample_image(label, index)).all() and mask.dtype == bool
+        near = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        assert 0 < mask.mean() < 0.5
+        assert change[near].sum() >= 0.8 * change.sum()
+        assert change[mask].mean() >= 5 * change[~near].mean()
+    assert not render_sample_part("ok", 0)[1].any()
 
 
 def test_sparse_line_is_mostly_good_parts():

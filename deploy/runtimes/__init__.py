@@ -2,7 +2,8 @@
 
 A runtime takes the preprocessed float32 NCHW batch and returns float32 logits; everything
 before (preprocessing) and after (softmax, temperature, threshold) lives in ``Predictor``,
-so backends cannot disagree on anything but arithmetic.
+so backends cannot disagree on anything but arithmetic. Backends also expose ``output_names`` and
+``run_with_heatmap`` (logits and the bundle's in-graph ``heatmap`` output in one pass, issue 16).
 """
 
 from __future__ import annotations

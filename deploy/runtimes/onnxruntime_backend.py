@@ -42,6 +42,9 @@ class OnnxRuntimeBackend:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DeployError(f"{model_path}: ONNX Runtime cannot load the model ({first})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # The decision needs the logits alone (first output of older bundles, named "logits" in all).
+        self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.intra_op_threads = intra_op_threads
 
     @property
@@ -49,7 +52,15 @@ class OnnxRuntimeBackend:
         return self.session.get_providers()
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return self.session.run([self.logits_name], {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def run_with_heatmap(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the in-graph ``heatmap`` output (batch x classes x h x w), in one pass."""
+        if "heatmap" not in self.output_names:
+            raise DeployError(f"{self.name}: the model has no 'heatmap' output (outputs: {', '.join(self.output_names)})")
+        logits, heatmap = self.session.run([self.logits_name, "heatmap"],
+                                           {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return logits, heatmap
 
     def describe(self) -> str:
         threads = f", {self.intra_op_threads} threads" if self.intra_op_threads else ""

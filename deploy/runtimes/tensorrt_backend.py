@@ -95,7 +95,9 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        # Every output needs a device address; the decision reads "logits" (the only output of older bundles).
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.output_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.stream = _check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
@@ -110,25 +112,41 @@ class TensorRTBackend:
         return ptr
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        outputs = [self._run_chunk(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+        return self._run(images, [self.output_name])[0]
 
-    def _run_chunk(self, images: np.ndarray) -> np.ndarray:
+    def run_with_heatmap(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the in-graph ``heatmap`` output (batch x classes x h x w), in one pass."""
+        if "heatmap" not in self.output_names:
+            raise DeployError(f"{self.name}: the engine has no 'heatmap' output (outputs: {', '.join(self.output_names)})")
+        logits, heatmap = self._run(images, [self.output_name, "heatmap"])
+        return logits, heatmap
+
+    def _run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        chunks = [self._run_chunk(images[i : i + self.max_batch], names) for i in range(0, len(images), self.max_batch)]
+        if not chunks:
+            return [np.zeros((0, 0), np.float32) for _ in names]
+        return [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(names))]
+
+    def _run_chunk(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
         cudart = self._cudart
         x = np.ascontiguousarray(images, dtype=np.float32)
         self.context.set_input_shape(self.input_name, x.shape)
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        out = np.empty(out_shape, dtype=np.float32)
-        d_in, d_out = self._device_buffer("in", x.nbytes), self._device_buffer("out", out.nbytes)
         kind = cudart.cudaMemcpyKind
+        d_in = self._device_buffer("in", x.nbytes)
         _check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
         self.context.set_tensor_address(self.input_name, d_in)
-        self.context.set_tensor_address(self.output_name, d_out)
+        host: dict[str, tuple[np.ndarray, int]] = {}
+        for name in self.output_names:  # all bound, only the asked-for ones copied back
+            out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=np.float32)
+            host[name] = (out, self._device_buffer(f"out:{name}", out.nbytes))
+            self.context.set_tensor_address(name, host[name][1])
         if not self.context.execute_async_v3(int(self.stream)):
             raise DeployError(f"{self.name}: TensorRT execution failed")
-        _check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+        for name in names:
+            out, d_out = host[name]
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
-        return out
+        return [host[name][0] for name in names]
 
     def describe(self) -> str:
         return f"{self.name} on TensorRT {self.fingerprint['tensorrt']} ({self.fingerprint['gpu']})"

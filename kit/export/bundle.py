@@ -24,12 +24,14 @@ from deploy.preprocess import load_and_preprocess, to_tensor
 from deploy.profile import PROFILE_NAME, build_profile, statistics_table
 from kit.data import preprocess_spec
 from kit.errors import ArgumentError, KitError
+from kit.export.heatmap import HeatmapModel, bundle_heatmaps, fit_heatmap_head, torch_heatmaps
 from kit.export.onnx_fp32 import embed_manifest, export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import Rung, run_ladder
 from kit.evaluate import EVAL_BATCH
 from kit.gate import describe_failures
 from kit.export.tensorrt_engine import EngineSkipped, build_engine
+from kit.export.triton import write_triton_repository
 from kit.io import publish_dir, staging_dir, write_json_atomic
 from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
@@ -103,14 +105,20 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     artefacts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
 
-    exporter = export_onnx(student, staging / FILES["onnx"], input_shape, opset=cfg.opset, max_batch=max(cfg.max_batch, 4096))
+    # Training images: the INT8 calibration set, and what the in-graph heatmap's projection is fitted on.
+    calibration = _calibration_set(run_dir, spec, cfg.calibration_images, recipe.seed)
+    head = fit_heatmap_head(student, calibration)
+    exported = HeatmapModel(student, head) if head is not None else student
+    exporter = export_onnx(exported, staging / FILES["onnx"], input_shape, opset=cfg.opset,
+                           max_batch=max(cfg.max_batch, 4096), heatmap=head is not None)
     artefacts["onnx"] = {"file": FILES["onnx"], "exporter": exporter, "opset": cfg.opset}
     log(f"onnx: {FILES['onnx']} (exporter: {exporter}, opset {cfg.opset})")
-    calibration = None
-    if any(f != "onnx" and "int8" in f for f in formats):
-        calibration = _calibration_set(run_dir, spec, cfg.calibration_images, recipe.seed)
+    if head is not None:
+        log(f"heatmap: in-graph CAM from {head.layer} (stride {head.reduction}), "
+            f"fitted projection picks the model's top-1 on {head.probe_agreement:.1%} of {len(calibration)} training images")
+    else:
+        log(f"heatmap: {student_ckpt['model_args']['arch']} names no feature levels; the bundle falls back to occlusion")
     if "onnx-int8" in formats:
-        assert calibration is not None
         export_onnx_int8(staging / FILES["onnx"], staging / FILES["onnx-int8"], calibration, method=cfg.calibration_method)
         artefacts["onnx-int8"] = {"file": FILES["onnx-int8"], "quantization": "QDQ static, per-channel int8 weights",
                                   "calibration_images": int(len(calibration)), "calibration_method": cfg.calibration_method}
@@ -134,6 +142,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
 
     manifest = Manifest(
         classes=classes, preprocess=spec, artefacts={}, temperature=1.0, operating_threshold=cfg.operating_threshold,
+        ok_class=recipe.line.ok_class or ("ok" if "ok" in classes else None),
         extra={
             "line": recipe.line.name, "recipe_hash": recipe_hash(recipe),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -141,6 +150,8 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
             "versions": _versions(), "platform": f"{platform.system()} {platform.machine()}",
         },
     )
+    if head is not None:
+        manifest.extra["heatmap"] = head.describe()
     for fmt in ("onnx", "onnx-int8"):
         if fmt in artefacts:
             embed_manifest(staging / FILES[fmt], manifest.to_dict())
@@ -148,9 +159,14 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
         path = staging / entry["file"]
         entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
     manifest.artefacts = artefacts
+    if "triton" in formats:  # a model repository for Triton servers: a separate manifest entry, not a runtime
+        manifest.extra["triton"] = write_triton_repository(staging, manifest, max_batch_size=cfg.max_batch,
+                                                           preferred_batch=[cfg.opt_batch])
+        log(f"triton: {', '.join(manifest.extra['triton']['models'])} in triton/ (config.pbtxt, labels.txt, 1/)")
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
-    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe)
+    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe,
+                            exported if head is not None else None)
     write_json_atomic(staging / PARITY_NAME, parity)
     write_json_atomic(staging / PROFILE_NAME, _reference_profile(run_dir, staging, spec, recipe))
     manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(staging / PROFILE_NAME)}
@@ -180,7 +196,7 @@ def _reference_profile(run_dir: Path, bundle: Path, spec, recipe) -> dict[str, A
 
 
 def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,
-                   recipe) -> dict[str, Any]:
+                   recipe, with_heatmap: HeatmapModel | None = None) -> dict[str, Any]:
     test = load_split(run_dir, "test", spec, classes)
     # A fresh C-ordered copy: canonical strides even for one channel, where the batched view's channel
     # stride would make torch pick its channels-last kernels (same values to ~1e-6, other rounding).
@@ -192,4 +208,9 @@ def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes:
     scorers += [bundle_scorer(bundle, fmt) for fmt in manifest.artefacts]
     rungs = [Rung(s.name, "torch (cpu)" if s.kind == "torch" else s.runtime, softmax(s.logits(inputs), manifest.temperature))
              for s in scorers]
+    if with_heatmap is not None:  # the heatmap output, rung by rung, from the torch student with its head on
+        by_name = {r.name: r for r in rungs}
+        by_name["student"].heatmaps = torch_heatmaps(with_heatmap, inputs, batch_size=EVAL_BATCH)[1]
+        for fmt in manifest.artefacts:
+            by_name[fmt].heatmaps = bundle_heatmaps(bundle, fmt, inputs)
     return run_ladder(rungs, test.labels, [str(p) for p in test.paths], manifest.operating_threshold, recipe.export.parity)

@@ -16,6 +16,7 @@ from kit.errors import KitError
 from kit.io import write_atomic
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+HEATMAP_NAME = "heatmap"  # optional second output: class activation maps (kit.export.heatmap)
 MANIFEST_KEY = "inspection_kit_manifest"
 
 
@@ -24,7 +25,7 @@ class ExportError(KitError):
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = 18,
-                max_batch: int = 4096) -> str:
+                max_batch: int = 4096, heatmap: bool = False) -> str:
     """Export with torch's TorchScript-based exporter; fall back to the ``torch.export`` one.
 
     The TorchScript exporter goes first because its graphs are read correctly by more
@@ -33,15 +34,17 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     tests/test_export.py::test_opencv_dnn_gives_the_same_top1). It is also ~8x faster.
     Returns the exporter used (it goes into the manifest). The graph is checked with
     ``onnx.checker`` and shape inference before the file takes its final name.
+    ``heatmap``: the model returns ``(logits, heatmap)``, exported as a second output.
     """
     model = model.eval().cpu()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     path = Path(path)
+    outputs = [OUTPUT_NAME, HEATMAP_NAME] if heatmap else [OUTPUT_NAME]
     errors = []
     for exporter in ("torchscript", "dynamo"):
         try:
-            write_atomic(path, lambda tmp: _export(model, example, tmp, opset, max_batch, exporter))
-            check_onnx(path)
+            write_atomic(path, lambda tmp: _export(model, example, tmp, opset, max_batch, exporter, outputs))
+            check_onnx(path, heatmap=heatmap)
             return exporter
         except ExportError:
             raise
@@ -50,26 +53,28 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     raise ExportError(f"{path}: ONNX export failed ({'; '.join(errors)})")
 
 
-def _export(model: nn.Module, example: torch.Tensor, out: Path, opset: int, max_batch: int, exporter: str) -> None:
+def _export(model: nn.Module, example: torch.Tensor, out: Path, opset: int, max_batch: int, exporter: str,
+            outputs: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=max_batch)
             program = torch.onnx.export(
-                model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model, (example,), input_names=[INPUT_NAME], output_names=outputs,
                 dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
             )
             program.save(str(out))
         else:
             torch.onnx.export(
-                model, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=min(opset, 20),
+                model, (example,), str(out), input_names=[INPUT_NAME], output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, opset_version=min(opset, 20),
                 dynamo=False,
             )
 
 
-def check_onnx(path: Path) -> onnx.ModelProto:
+def check_onnx(path: Path, heatmap: bool | None = None) -> onnx.ModelProto:
+    """``heatmap``: True / False require / forbid the ``heatmap`` output; None accepts either."""
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
@@ -78,8 +83,10 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         raise ExportError(f"{path}: invalid ONNX model ({str(exc).strip().splitlines()[0]})") from None
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-        raise ExportError(f"{path}: expected tensors {INPUT_NAME!r} -> {OUTPUT_NAME!r}, got {inputs} -> {outputs}")
+    with_heatmap = outputs == [OUTPUT_NAME, HEATMAP_NAME]
+    if inputs != [INPUT_NAME] or not (outputs == [OUTPUT_NAME] or with_heatmap) or heatmap not in (None, with_heatmap):
+        expected = [OUTPUT_NAME, HEATMAP_NAME] if heatmap else [OUTPUT_NAME]
+        raise ExportError(f"{path}: expected tensors {INPUT_NAME!r} -> {expected}, got {inputs} -> {outputs}")
     return model
 
 

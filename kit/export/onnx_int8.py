@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from kit.export.onnx_fp32 import INPUT_NAME, ExportError, check_onnx
+from kit.export.onnx_fp32 import HEATMAP_NAME, INPUT_NAME, ExportError, check_onnx
 from kit.io import write_atomic
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -39,6 +39,17 @@ def even_batch_size(n: int, cap: int) -> int:
     return next(b for b in range(min(cap, n), 0, -1) if n % b == 0)
 
 
+def heatmap_nodes(path: Path) -> list[str]:
+    """The node that makes the ``heatmap`` output (the in-graph CAM projection), kept in FP32: one
+    per-tensor int8 range over every class's map would leave a few levels for the spatial detail
+    of one class (measured on the sample line: peak cell agreement with FP32 0.82 quantized; its
+    input, the shared stride-8 features, stays quantized)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node if HEATMAP_NAME in node.output and node.name]
+
+
 def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, method: str = "minmax",
                      batch_size: int = 16) -> None:
     """Static QDQ quantization of ``fp32_path`` calibrated on ``calibration`` (float32 NCHW)."""
@@ -57,11 +68,13 @@ def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *
         except Exception:  # symbolic shape inference trips on some graphs; the plain model quantizes too
             prepared = fp32_path
 
+        exclude = heatmap_nodes(prepared)
+
         def quantize(tmp_out: Path) -> None:
             quantize_static(
                 str(prepared), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, _METHODS[method]),
+                calibrate_method=getattr(CalibrationMethod, _METHODS[method]), nodes_to_exclude=exclude,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
 

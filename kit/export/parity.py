@@ -26,6 +26,7 @@ class Rung:
     name: str
     runtime: str  # what ran it: "torch (cpu)", "ONNX Runtime (CPUExecutionProvider)", ...
     probabilities: np.ndarray
+    heatmaps: np.ndarray | None = None  # the in-graph heatmap output (N x classes x h x w), where the rung has it
 
 
 def _decisions(p: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +51,24 @@ def compare(a: np.ndarray, b: np.ndarray, paths: list[str], threshold: float | N
     }
 
 
+def compare_heatmaps(a: np.ndarray, b: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+    """How far rung ``b``'s heatmaps moved from rung ``a``'s, for the class rung ``a`` predicted: each map
+    min-max normalised to [0, 1] as ``deploy.heatmap`` shows it, then max / mean |delta| and the share of
+    images whose peak cell is the same."""
+    rows = np.arange(len(classes))
+    a, b = (m[rows, classes].reshape(len(classes), -1).astype(np.float64) for m in (a, b))
+    a, b = (_unit(m) for m in (a, b))
+    delta = np.abs(a - b)
+    return {"peak_agreement": float(np.mean(a.argmax(1) == b.argmax(1))) if len(a) else 1.0,
+            "max_abs_delta": float(delta.max()) if delta.size else 0.0,
+            "mean_abs_delta": float(delta.mean()) if delta.size else 0.0}
+
+
+def _unit(maps: np.ndarray) -> np.ndarray:
+    low, span = maps.min(1, keepdims=True), np.ptp(maps, axis=1, keepdims=True)
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+
+
 # rung -> the recipe's ``export.parity`` limits it is held to: (field, measure, op, description)
 GATES: dict[str, list[tuple[str, str, str, str]]] = {
     "onnx": [("onnx_min_agreement", "agreement", ">=", "ONNX FP32 top-1 agreement with the torch student"),
@@ -65,6 +84,18 @@ def gate_checks(name: str, vs_parent: dict[str, Any], gates: ParityGates) -> lis
             for field, measure, op, description in GATES.get(name, [])]
 
 
+# rung -> the heatmap limits it is held to (same shape as GATES); a rung with no field here is reported, not gated.
+HEATMAP_GATES: dict[str, list[tuple[str, str, str, str]]] = {
+    "onnx": [("heatmap_onnx_max_abs_delta", "max_abs_delta", "<=", "ONNX FP32 heatmap max |delta| against the torch student")],
+    "onnx-int8": [("heatmap_int8_max_mean_abs_delta", "mean_abs_delta", "<=", "ONNX INT8 heatmap mean |delta| against ONNX FP32")],
+}
+
+
+def heatmap_checks(name: str, vs_parent: dict[str, Any], gates: ParityGates) -> list[dict[str, Any]]:
+    return [check(f"export.parity.{field}", measure, description, vs_parent[measure], getattr(gates, field, None), op, rung=name)
+            for field, measure, op, description in HEATMAP_GATES.get(name, [])]
+
+
 def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshold: float | None,
                gates: ParityGates) -> dict[str, Any]:
     by_name = {r.name: r for r in rungs}
@@ -78,6 +109,10 @@ def run_ladder(rungs: list[Rung], labels: np.ndarray, paths: list[str], threshol
             row["parent"] = parent
             row["vs_parent"] = compare(by_name[parent].probabilities, rung.probabilities, paths, threshold)
             checks += gate_checks(rung.name, row["vs_parent"], gates)
+            if rung.heatmaps is not None and by_name[parent].heatmaps is not None:
+                row["heatmap_vs_parent"] = compare_heatmaps(by_name[parent].heatmaps, rung.heatmaps,
+                                                            by_name[parent].probabilities.argmax(1))
+                checks += heatmap_checks(rung.name, row["heatmap_vs_parent"], gates)
         if teacher is not None and rung is not teacher:
             row["vs_teacher"] = compare(teacher.probabilities, rung.probabilities, paths, threshold)
         rows.append(row)

@@ -221,7 +221,15 @@ def _ok_class_line(survey: LineSurvey) -> str:
 def _escape_target_line(survey: LineSurvey) -> str:
     if survey.ok_class is None:
         return "  # max_class_escape_rate: 0.05 # needs line.ok_class\n"
-    return "  max_class_escape_rate: 0.05   # worst defect class: at most 5 % of its parts accepted as good\n"
+    return ("  max_class_escape_rate: 0.05   # worst defect class: at most 5 % of its parts accepted as good\n"
+            "  max_false_reject_rate: 0.05   # good parts rejected as a defect\n")
+
+
+def _defect_rate_line(survey: LineSurvey) -> str:
+    share = survey.counts.get(survey.ok_class, 0) / max(1, sum(survey.counts.values())) if survey.ok_class else None
+    seen = f"; {1 - share:.0%} of these images are defective, production is usually far less" if share is not None else ""
+    return (f"  # defect_rate: 0.02           # share of defective parts in production: the report re-weights automation,\n"
+            f"                                # escapes and false rejects to it (unset: figures use the test mix{seen})\n")
 
 
 def _ok_class_note(survey: LineSurvey) -> str:
@@ -266,7 +274,7 @@ line:
   name: {name}
   description: {_q(f"Scaffolded from {survey.root.name}")}
   # parts_per_minute: 120       # the line's speed: sets the time-per-part target that verify gates on
-{_ok_class_line(survey)}
+{_ok_class_line(survey)}{_defect_rate_line(survey)}
 data:
   root: {_q(str(rel_root))}        # relative to this recipe's folder
   layout: imagefolder           # one folder per class
@@ -322,6 +330,15 @@ kpi:                            # release targets: `kit verify` and the report's
   # min_agreement: 0.90
   # min_heldout_relative_robustness: 0.70
   # min_automation_rate: 0.70
+  # gate_on: bound              # gate each rate on the pessimistic end of its 95 % interval, not its value
+
+# economics:                    # what manual inspection costs: the report turns automation into hours and money
+#   parts_per_day: 20000
+#   manual_seconds_per_part: 2
+#   labour_cost_per_hour: 35
+#   currency: EUR
+#   escape_cost: 50             # a defective part shipped (net savings subtract escapes and false rejects)
+#   false_reject_cost: 2        # a good part scrapped or re-worked
 
 seed: 0
 device: auto

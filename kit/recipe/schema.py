@@ -33,6 +33,17 @@ class LineConfig(_Strict):
     # The good-part class: escapes are defective parts accepted as this class (kpi.max_class_escape_rate,
     # escape-rate thresholds). null: a class literally named "ok", if any; a line of defect types has none.
     ok_class: Optional[str] = None
+    # Share of defective parts in production (the test split is rarely the line's mix): one number for all
+    # defect classes together, or per defect class. Automation, escapes per million parts produced and false
+    # rejects are re-weighted from per-class rates to this mix; null: figures use the test mix and say so.
+    defect_rate: Optional[Union[Annotated[float, Field(gt=0, lt=1)], dict[str, Annotated[float, Field(ge=0, lt=1)]]]] = None
+
+    @field_validator("defect_rate")
+    @classmethod
+    def _defect_total_below_one(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not 0 < sum(value.values()) < 1:
+            raise ValueError(f"the per-class shares must sum to more than 0 and less than 1 (got {sum(value.values()):g})")
+        return value
 
     @property
     def takt_ms(self) -> float | None:
@@ -86,6 +97,9 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     split_folders: Optional[SplitFolders] = None
     dedupe: bool = True  # drop exact duplicate files before splitting (they leak train -> test)
+    # Defect masks (optional): a folder with the images' relative layout (<class>/<stem>.png), non-zero pixels =
+    # defect. kit verify then measures whether the heatmaps point at the defects (images without one are skipped).
+    masks: Optional[str] = None
     max_unreadable_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     min_images_per_class: Annotated[int, Field(ge=1)] = 3
     # DataLoader workers; auto: none on CPU (training is compute-bound and workers would take
@@ -221,9 +235,12 @@ class TeacherConfig(TrainConfig):
 
 class StudentConfig(TrainConfig):
     arch: Annotated[str, Field(min_length=1)] = "mobilenetv3_small_100"
+    # A finished run directory: the main student starts from that run's deployed student (student.pt, same
+    # architecture and classes) and is fine-tuned on this line's data; null: random (or pretrained) weights.
+    init_from: Optional[str] = None
 
 
-ExportFormat = Literal["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8"]
+ExportFormat = Literal["onnx", "onnx-int8", "tensorrt-fp16", "tensorrt-int8", "triton"]  # triton: a model repository in the bundle
 
 
 class ParityGates(_Strict):
@@ -234,6 +251,9 @@ class ParityGates(_Strict):
     int8_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.99  # ONNX INT8 vs ONNX FP32
     tensorrt_fp16_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.99  # vs ONNX FP32
     tensorrt_int8_min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.98  # vs ONNX FP32
+    # The in-graph heatmap output (bundles whose student has one), each map min-max normalised to [0, 1]:
+    heatmap_onnx_max_abs_delta: Annotated[float, Field(ge=0)] = 1e-3  # ONNX FP32 vs torch student
+    heatmap_int8_max_mean_abs_delta: Annotated[float, Field(ge=0)] = 0.1  # ONNX INT8 vs ONNX FP32 (sample line: 0.025)
 
 
 class ExportConfig(_Strict):
@@ -275,6 +295,12 @@ class ThresholdTarget(_Strict):
     # The target must hold on new parts with this probability: the threshold is certified by a one-sided
     # Clopper-Pearson bound on validation (kit.verify.threshold.certify_threshold), not by a point estimate.
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    # Optional stricter thresholds per predicted class (e.g. a higher bar before a part is accepted as good).
+    # They only raise the bar; the certified threshold is searched with them applied (deploy.decision).
+    class_thresholds: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
+    # Optional escape limits per defect class, certified together with the main target: a threshold is certified
+    # only where every listed class's escape bound is within its limit too (needs the good-part class).
+    class_escape_limits: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_target(self) -> "ThresholdTarget":
@@ -330,7 +356,10 @@ class KpiTargets(_Strict):
     min_macro_f1: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     # Per defect class: the share of its test parts accepted as the good-part class (line.ok_class); the worst
     # class is gated, so a model that calls every part good fails it whatever its accuracy.
-    max_class_escape_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    # One limit for every defect class, or a limit per defect class (classes left out are reported, not gated).
+    max_class_escape_rate: Optional[Union[Annotated[float, Field(ge=0, le=1)], dict[str, Annotated[float, Field(ge=0, le=1)]]]] = None
+    # The good-part class: share of its test parts rejected as a defect (confidently; reviewed parts are not rejects).
+    max_false_reject_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     min_agreement: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # teacher-student top-1
     min_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # mean corrupted / clean accuracy
     min_heldout_relative_robustness: Optional[Annotated[float, Field(ge=0, le=2)]] = None  # held-out families only
@@ -338,6 +367,12 @@ class KpiTargets(_Strict):
     min_automation_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # share decided without a person
     min_accepted_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     max_ece: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # after temperature scaling
+    # point: gate the measured rate; bound: gate the pessimistic end of its 95 % interval (lower bound for a
+    # minimum, upper for a maximum), so a pass holds with 95 % confidence. The report shows both either way.
+    gate_on: Literal["point", "bound"] = "point"
+    # With `previous` set: a class whose recall against the previous model got worse beyond its paired 95 %
+    # interval fails the gate (kpi.no_regression[<class>]). null: on when `previous` is set; false: reported only.
+    no_regression: Optional[bool] = None
 
 
 class EconomicsConfig(_Strict):
@@ -352,6 +387,10 @@ class EconomicsConfig(_Strict):
     labour_cost_per_hour: Optional[Annotated[float, Field(ge=0)]] = None
     currency: Annotated[str, Field(min_length=1, max_length=8)] = "EUR"
     working_days_per_month: Annotated[float, Field(gt=0, le=31)] = 21.0
+    # Expected cost of one escape (a defective part shipped) and of one false reject (a good part scrapped or
+    # re-worked), in ``currency``: net savings subtract them. Unset: the report shows gross savings and says so.
+    escape_cost: Optional[Annotated[float, Field(ge=0)]] = None
+    false_reject_cost: Optional[Annotated[float, Field(ge=0)]] = None
 
 
 class ReportConfig(_Strict):
@@ -392,6 +431,9 @@ class Recipe(_Strict):
     economics: EconomicsConfig = EconomicsConfig()
     report: ReportConfig = ReportConfig()
     monitor: MonitorConfig = MonitorConfig()
+    # The run this model replaces (a run directory with a bundle): `kit verify` scores it on this run's test split
+    # and reports old vs new per class (kit.verify.regression); null: a first model.
+    previous: Optional[str] = None
     seed: int = 0
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 
@@ -429,11 +471,30 @@ class Recipe(_Strict):
         if self.distill.method in self.compare:
             raise ValueError(f"compare: {self.distill.method!r} is already the main method (distill.method)")
         target = self.verify.threshold
+        if target is not None and target.class_escape_limits and not (target.ok_class or self.line.ok_class):
+            raise ValueError("verify.threshold.class_escape_limits needs the good-part class: set line.ok_class")
         if target is not None and target.max_escape_rate is not None and not (target.ok_class or self.line.ok_class):
             raise ValueError("verify.threshold.max_escape_rate needs the good-part class: set line.ok_class "
                              "(or verify.threshold.ok_class)")
         if self.line.ok_class and self.data.classes is not None and self.line.ok_class not in self.data.classes:
             raise ValueError(f"line.ok_class: {self.line.ok_class!r} is not one of data.classes ({', '.join(self.data.classes)})")
+        named = {"line.defect_rate": self.line.defect_rate, "kpi.max_class_escape_rate": self.kpi.max_class_escape_rate,
+                 "verify.threshold.class_thresholds": target.class_thresholds if target is not None else None,
+                 "verify.threshold.class_escape_limits": target.class_escape_limits if target is not None else None}
+        for field_name, value in named.items():
+            if isinstance(value, dict) and value:
+                if self.data.classes is not None:
+                    unknown = [c for c in value if c not in self.data.classes]
+                    if unknown:
+                        raise ValueError(f"{field_name}: {unknown[0]!r} is not one of data.classes ({', '.join(self.data.classes)})")
+                ok = self.line.ok_class
+                if field_name != "verify.threshold.class_thresholds" and ok is not None and ok in value:
+                    raise ValueError(f"{field_name}: {ok!r} is the good-part class; list defect classes only")
+        if isinstance(self.line.defect_rate, dict) and not self.line.ok_class:
+            raise ValueError("line.defect_rate per class needs the good-part class: set line.ok_class")
+        if (self.kpi.max_class_escape_rate is not None or self.kpi.max_false_reject_rate is not None) and not self.line.ok_class \
+                and self.data.classes is not None and "ok" not in self.data.classes:
+            raise ValueError("kpi.max_class_escape_rate / max_false_reject_rate need the good-part class: set line.ok_class")
         return self
 
     def resolve_path(self, value: str) -> Path:

@@ -7,7 +7,6 @@ Every user string reaches the page through jinja2's autoescaping.
 
 from __future__ import annotations
 
-import base64
 import html as html_lib
 import os
 import platform
@@ -19,18 +18,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import jinja2
 
 from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from deploy.preprocess import read_image
 from kit.errors import ArgumentError, KitError
 from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.report import charts
 from kit.report.economics import savings
-from kit.report.fonts import INSTALL_HINT, cjk_font
-from kit.report.i18n import LANGUAGES, translator
+from kit.report.images import data_uri, thumbnail
+from kit.report.format import format_ci, format_exact, format_number, format_pct, format_rate_ci, level as _level
+from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
+from kit.report.i18n import LANGUAGES, STRINGS, translator
+from kit.report.localisation import localisation_context
+from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
+from kit.report.recommendation import point_only, recommend
+from kit.verify.machine import cpu_name
 from kit.rundir import (
     BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
     read_state, require_stages,
@@ -54,37 +57,6 @@ class ReportResult:
     go: bool | None  # None: the recipe sets no KPI target
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _thumbnail(path: str, channels: str) -> str | None:
-    """A small PNG of a test image; None when the file is gone (the report still renders)."""
-    try:
-        img = read_image(path, channels)  # type: ignore[arg-type]
-    except Exception:
-        return None
-    scale = THUMB_PX / max(img.shape[:2])
-    img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    return _data_uri(buf.tobytes()) if ok else None
-
-
-def _hardware() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version()}
-
-
 def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str, Any]:
     kpi = read_json(kpi_path(run_dir))
     if "intervals" not in kpi:
@@ -99,7 +71,8 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     summary = kpi["robustness"]["summary"]
     gated = [c for c in gate["checks"] if c["gated"]]
     lat_rows = [r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1]
-    money = savings(kpi["operating"]["test"]["automation_rate"], recipe.economics)
+    basis = automation_basis(kpi)
+    money = savings(basis["rate"], recipe.economics)
     students = ["student"] + [comparison_role(m) for m in kpi.get("compare", []) if comparison_role(m) in summary]
     labels = model_labels(kpi, t)
 
@@ -115,8 +88,13 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         }
     views_png = run_dir / VIEWS_NAME
     state = read_state(run_dir)
+    machine = kpi.get("machine")
     return {
-        "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": run_dir.name,
+        "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": kpi.get("run_id") or state.get("run_id") or run_dir.name,
+        "run_folder": run_dir.name, "recommendation": recommend(kpi, t),
+        "production": production_sentences(kpi, recipe, t), "net": net_context(kpi, recipe, t),
+        "corruption_escapes": corruption_sentence(kpi, t), "differences": difference_rows(kpi, labels, t),
+        "gate_on": gate.get("gate_on", "point"), "known_keys": set(STRINGS[lang]),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "deployed": deployed, "deployed_runtime": kpi["models"][deployed]["runtime"],
         "go": None if not gated else bool(gate["passed"]), "gated": gated,
@@ -126,22 +104,27 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "intervals": kpi["intervals"],
         "accuracy_sentence": _accuracy_sentence(kpi, t),
         "speed": _speed(kpi, labels, t), "takt_ms": kpi["latency"]["takt_ms"],
-        "money": money, "money_range": _savings_range(kpi, recipe),
-        "assumptions": _assumptions(money),
+        "money": money, "money_range": _savings_range(basis, recipe), "automation_mix": basis["mix"],
+        "automation_text": format_rate_ci(kpi["intervals"]["automation_rate"], t) if basis["mix"] == "test" else
+        f"{format_pct(basis['rate'])} ({format_pct(basis['low'])}–{format_pct(basis['high'])})",
+        "assumptions": _assumptions(money, recipe.line.defect_rate),
         "operating_sentences": operating_sentences(kpi, t),
         "test_mix": _test_mix(kpi, t),
         "models_line": t("models_line", teacher=_teacher_arch(recipe), student=recipe.student.arch, method=recipe.distill.method,
                          fmt=FORMAT_NAMES.get(deployed, deployed)),
         "escapes": _escapes(kpi, t),
         "lat_rows": lat_rows, "parity": parity,
-        "figures": {k: _data_uri(v) for k, v in figures.items()},
-        "views": _data_uri(views_png.read_bytes()) if views_png.is_file() else None,
-        "errors": [{**e, "thumb": _thumbnail(e["path"], recipe.data.channels)} for e in kpi.get("misclassified", [])],
+        "figures": {k: data_uri(v) for k, v in figures.items()},
+        "views": data_uri(views_png.read_bytes()) if views_png.is_file() else None,
+        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX)} for e in kpi.get("misclassified", [])],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
-        "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}), "hardware": _hardware(),
+        "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}),
+        "hardware": machine or {"cpu": cpu_name(), "cores": str(os.cpu_count()), "system": f"{platform.system()} {platform.release()}"},
+        "hardware_is_measuring": machine is not None,
         "sources": source_hashes(run_dir),
         "stages": state.get("stages", {}),
         "training_warnings": _training_warnings(run_dir),
+        "localisation": localisation_context(run_dir, kpi, recipe, t),
     }
 
 
@@ -149,7 +132,7 @@ def model_labels(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
     """One name per model, everywhere in the report: the large model (teacher), the small model in each
     runtime (the deployed one says so), the comparison students."""
     deployed = kpi["deployed_runtime"]
-    labels = {"teacher": t("m_teacher"), "student": t("m_student_torch")}
+    labels = {"teacher": t("m_teacher"), "teacher-onnx": t("m_teacher_onnx"), "student": t("m_student_torch")}
     labels.update({comparison_role(m): t("m_compare", method=m) for m in kpi.get("compare", [])})
     for name, model in kpi["models"].items():
         if model.get("kind") == "bundle":
@@ -188,6 +171,7 @@ def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -
     deployed = kpi["deployed_runtime"]
     rows = {r["model"]: r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1}
     mine, teacher, student = rows.get(deployed), rows.get("teacher"), rows.get("student")
+    teacher_onnx = rows.get("teacher-onnx")
     out: dict[str, Any] = {"p95_ms": mine["p95_ms"] if mine else None, "lines": []}
     if mine is None:
         return out
@@ -203,6 +187,10 @@ def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -
         x = slow / fast
         return t(key, x=f"{x:.1f}", **values) if x >= 1 else t(key + "_slow", x=f"{1 / x:.1f}", **values)
 
+    if teacher_onnx and deployed.startswith("onnx"):
+        same = 0.95 <= teacher_onnx["p95_ms"] / mine["p95_ms"] <= 1.05 if mine["p95_ms"] > 0 else False
+        out["lines"].append(t("speed_ort_same", teacher=format_number(teacher_onnx["p95_ms"])) if same else
+                            ratio_text("speed_ort", teacher_onnx["p95_ms"], mine["p95_ms"], teacher=format_number(teacher_onnx["p95_ms"])))
     if teacher:
         out["lines"].append(ratio_text("speed_cross", teacher["p95_ms"], mine["p95_ms"], engine=_engine(deployed),
                                        teacher=format_number(teacher["p95_ms"])))
@@ -213,10 +201,21 @@ def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -
     return out
 
 
-def _savings_range(kpi: dict[str, Any], recipe: Any) -> dict[str, Any] | None:
+def automation_basis(kpi: dict[str, Any]) -> dict[str, Any]:
+    """The automation rate the savings use: the line's production mix where the recipe gives one
+    (``line.defect_rate``), else the test split's; with its interval."""
+    production = kpi["operating"].get("production") or {}
+    auto = production.get("automation_rate") or {}
+    if auto.get("rate") is not None:
+        return {"mix": "production", "rate": auto["rate"], "low": auto["low"], "high": auto["high"], "confidence": 0.95}
+    interval = kpi["intervals"]["automation_rate"]
+    return {"mix": "test", "rate": kpi["operating"]["test"]["automation_rate"], "low": interval["low"],
+            "high": interval["high"], "n": interval["n"], "confidence": interval.get("confidence", 0.95)}
+
+
+def _savings_range(interval: dict[str, Any], recipe: Any) -> dict[str, Any] | None:
     """Hours saved per month at both ends of the automation rate's interval."""
-    interval = kpi["intervals"].get("automation_rate")
-    if interval is None or interval["n"] == 0:
+    if interval.get("n") == 0:
         return None
     low, high = savings(interval["low"], recipe.economics), savings(interval["high"], recipe.economics)
     if not low["computed"]:
@@ -224,9 +223,15 @@ def _savings_range(kpi: dict[str, Any], recipe: Any) -> dict[str, Any] | None:
     return {"low": low["hours_saved_per_month"], "high": high["hours_saved_per_month"], "level": _level(interval)}
 
 
-def _assumptions(money: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, value) for every economics input the recipe sets, printed exactly as the recipe has it."""
-    return [(key, format_exact(value)) for key, value in money["assumptions"].items() if value is not None and key != "currency"]
+def _assumptions(money: dict[str, Any], defect_rate: Any = None) -> list[tuple[str, str]]:
+    """(key, value) for every economics input the recipe sets, and ``line.defect_rate``, printed exactly as the
+    recipe has them."""
+    out = [(key, format_exact(value)) for key, value in money["assumptions"].items() if value is not None and key != "currency"]
+    if isinstance(defect_rate, dict):
+        out.append(("defect_rate", ", ".join(f"{c} {format_exact(v)}" for c, v in defect_rate.items())))
+    elif defect_rate is not None:
+        out.append(("defect_rate", format_exact(defect_rate)))
+    return out
 
 
 def _test_mix(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
@@ -286,6 +291,9 @@ def operating_sentences(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]
     else:
         sentences.append(t("op_no_threshold"))
     auto, acc = kpi["intervals"]["automation_rate"], kpi["intervals"]["accepted_accuracy"]
+    confirmation = _test_confirmation(op, kpi["intervals"], t)
+    if confirmation:
+        sentences.append(confirmation)
     if auto["n"] and auto["k"] == auto["n"]:
         sentences.append(t("out_all", n=auto["n"], rate=format_rate_ci(auto, t)))
     elif auto["k"] == 0:
@@ -294,6 +302,27 @@ def operating_sentences(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]
         sentences.append(t("out_some", k=auto["k"], n=auto["n"], rate=format_rate_ci(auto, t), acc=format_rate_ci(acc, t),
                            rest=auto["n"] - auto["k"], thr=f"{op['threshold']:.6g}"))  # as the certificate writes it
     return sentences
+
+
+def _test_confirmation(op: dict[str, Any], intervals: dict[str, Any], t: Callable[..., str]) -> str | None:
+    """Whether the test split confirms a certified operating target (the certificate is a validation claim;
+    validation also chose the checkpoint and the temperature)."""
+    cert = op.get("certificate")
+    if not cert or not op.get("certified"):
+        return None
+    limit = cert["limit"]
+    if cert["risk"] == "accepted_error_rate":
+        acc = intervals.get("accepted_accuracy")
+        if not acc or not acc["n"]:
+            return None
+        err, upper = 1.0 - acc["rate"], 1.0 - acc["low"]
+    else:
+        esc = intervals.get("escape_rate")
+        if not esc or not esc["n"]:
+            return None
+        err, upper = esc["rate"], esc["high"]
+    key = "op_test_confirmed" if upper <= limit + 1e-12 else "op_test_unconfirmed"
+    return t(key, err=format_pct(err), upper=format_pct(upper), limit=_percent_4g(limit))
 
 
 def _percent_4g(x: float) -> str:
@@ -305,6 +334,10 @@ def certificate_message(op: dict[str, Any], val_images: int, t: Callable[..., st
     """The certificate of ``kit verify`` in the report's language, from its fields; in English the words
     of ``certificate["message"]`` (a test holds the two together)."""
     cert, val = op["certificate"], op["val"]
+    blocked = [c for c, v in (cert.get("class_escapes") or {}).items() if v["blocked"]]
+    if blocked:
+        v = cert["class_escapes"][blocked[0]]
+        return t("cert_class_blocked", limit=_percent_4g(v["limit"]), cls=blocked[0], needed=v["needed"], n=v["n"])
     accuracy = cert["risk"] == "accepted_error_rate"
     suffix = "_acc" if accuracy else "_esc"
     claim = _percent_4g(round(1.0 - cert["limit"], 12) if accuracy else cert["limit"])
@@ -346,66 +379,70 @@ def _training_warnings(run_dir: Path) -> list[str]:
 
 
 PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "accepted_accuracy", "accuracy_gap",
-                    "max_class_escape_rate", "operating_risk_upper"}
-
-
-def format_pct(v: float | None, digits: int = 1) -> str:
-    return "–" if v is None else f"{100 * v:.{digits}f} %"
-
-
-def format_number(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:,.{digits}f}"
-
-
-def format_exact(v: Any) -> str:
-    """A recipe value exactly as the recipe has it (1.5 stays 1.5, 115200.0 is 115,200): no rounding, no
-    exponent. Assumptions are printed with this, so what the page says is what the figures used."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:,}"
-
-
-def _level(interval: dict[str, Any]) -> str:
-    return f"{100 * interval.get('confidence', 0.95):g} %"
-
-
-def format_ci(interval: dict[str, Any], t: Callable[..., str]) -> str:
-    """``95 % CI 92.4–99.2 %, n = 132`` (two-sided Clopper-Pearson, as ``kit verify`` computed it)."""
-    return t("ci", level=_level(interval), low=f"{100 * interval['low']:.1f}", high=format_pct(interval["high"]), n=interval["n"])
-
-
-def format_rate_ci(interval: dict[str, Any], t: Callable[..., str]) -> str:
-    """``97.0 % (95 % CI 92.4–99.2 %, n = 132)``."""
-    return t("rate_ci", rate=format_pct(interval["rate"]), ci=format_ci(interval, t))
+                    "max_class_escape_rate", "operating_risk_upper", "false_reject_rate"}
 
 
 def _check_interval(check: dict[str, Any], kpi: dict[str, Any]) -> dict[str, Any] | None:
     """The interval behind a gate check's value, where the value is a rate measured on the test split."""
-    if check["measure"] in ("accuracy", "automation_rate", "accepted_accuracy"):
+    if check["measure"] in ("accuracy", "automation_rate", "accepted_accuracy", "false_reject_rate"):
         return kpi["intervals"].get(check["measure"])
+    escapes = kpi["operating"].get("escapes_test") or {}
     if check["measure"] == "max_class_escape_rate":
-        escapes = kpi["operating"].get("escapes_test") or {}
         return (escapes.get("classes") or {}).get(escapes.get("worst") or "")
+    if check["measure"].startswith("escape_rate["):
+        return (escapes.get("classes") or {}).get(check["measure"][len("escape_rate["):-1])
     return None
 
 
+def _check_description(target: str, t: Callable[..., str]) -> str:
+    name = target.removeprefix("kpi.").replace(" ", "_")
+    if name.startswith("no_regression["):  # kpi.no_regression[scratch] (kit.verify.regression)
+        return t("g_no_regression", cls=name[name.index("[") + 1:-1])
+    if "[" in name:  # kpi.max_class_escape_rate[scratch]
+        return t("g_class_escape", cls=name[name.index("[") + 1:-1])
+    return t("g_" + name)
+
+
 def _display(check: dict[str, Any], t: Callable[..., str], kpi: dict[str, Any]) -> dict[str, Any]:
-    """A gate check with its value and limit formatted in the measure's unit, and its interval when it has one."""
+    """A gate check with its value and limit formatted in the measure's unit, and its interval when it has one.
+    The accuracy gap reads as "better" / "worse", never as a signed loss."""
     def fmt(v: float | None) -> str:
         if v is None:
             return "–"
         if check["measure"] == "latency_p95_ms":
             return f"{v:.2f} ms"
-        if check["measure"] == "accuracy_gap":
-            return f"{100 * v:+.1f} {t('pts')}"
-        if check["measure"] in PERCENT_MEASURES:
+        if check["measure"] == "accuracy_gap":  # teacher minus student: positive = the small model is worse
+            return t("gap_worse" if v > 0 else "gap_better", pts=f"{abs(100 * v):.1f}")
+        if check["measure"] in PERCENT_MEASURES or check["measure"].startswith(("escape_rate[", "recall_change[")):
             return f"{100 * v:.1f} %"
         return f"{v:.3f}"
 
     interval = _check_interval(check, kpi)
-    return {**check, "description": t("g_" + check["target"].removeprefix("kpi.").replace(" ", "_")),
-            "value_text": fmt(check["value"]), "ci_text": format_ci(interval, t) if interval else None,
-            "limit_text": "" if check["limit"] is None else f"{'≤' if check['op'] == '<=' else '≥'} {fmt(check['limit'])}"}
+    point = check.get("point", check["value"])
+    if check["limit"] is None:
+        limit_text = ""
+    elif check["measure"] == "accuracy_gap":
+        limit_text = t("gap_limit", pts=f"{100 * check['limit']:.1f}")
+    else:
+        limit_text = f"{'≤' if check['op'] == '<=' else '≥'} {fmt(check['limit'])}"
+    bound_text = t("bound_used", bound=fmt(check["bound"])) if check.get("gated_on") == "bound" else None
+    thin = point_only(check)
+    if thin:
+        bound_text = t("point_only_note", bound=fmt(check["bound"]))
+    if check["measure"] == "accuracy_gap" and check.get("bound") is not None:
+        gap = _gap_interval(kpi)
+        ci_text = t("gap_ci", low=fmt(gap["low"]), high=fmt(gap["high"]), n=gap["n"]) if gap else None
+    else:
+        ci_text = format_ci(interval, t) if interval else None
+    return {**check, "description": _check_description(check["target"], t), "point_only": thin,
+            "target_text": t("takt_fields") if check["target"] == "line takt" else check["target"],
+            "value_text": fmt(point), "ci_text": ci_text, "bound_text": bound_text, "limit_text": limit_text}
+
+
+def _gap_interval(kpi: dict[str, Any]) -> dict[str, Any] | None:
+    """The accuracy gap (teacher minus deployed) as a paired bootstrap interval, from kpi.json's differences."""
+    pair = next((d for d in kpi.get("differences", []) if d["name"] == "deployed_vs_teacher" and d["diff"] is not None), None)
+    return None if pair is None else {"low": -pair["high"], "high": -pair["low"], "n": pair["n"]}
 
 
 @jinja2.pass_context
@@ -429,8 +466,13 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_html(run_dir: Path, lang: str, font_family: str | None = None) -> str:
-    return _environment().get_template("report.html.j2").render(**build_context(run_dir, lang, font_family))
+def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow: str | Path | None = None) -> str:
+    """``shadow``: a ``kit shadow`` result (shadow.json or its folder) for the "shadow period" section."""
+    from kit.report.shadow import after_golive_context
+
+    context = build_context(run_dir, lang, font_family)
+    context.update(after_golive_context(context["kpi"], shadow, context["t"]))
+    return _environment().get_template("report.html.j2").render(**context)
 
 
 def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
@@ -449,7 +491,7 @@ def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
 
 
 def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False,
-                 log: Callable[[str], None] = print) -> ReportResult:
+                 log: Callable[[str], None] = print, shadow: str | Path | None = None) -> ReportResult:
     run_dir = Path(run_dir)
     state = require_stages(run_dir, ["export"], "kit report")
     if not kpi_path(run_dir).is_file():
@@ -462,7 +504,9 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     font_family, font_file = (None, None)
     if lang == "ja":
         font_family, font_file = cjk_font()
-    html = render_html(run_dir, lang, font_family)
+    html = render_html(run_dir, lang, font_family, shadow)
+    if font_file is not None:  # the page carries the glyphs it uses: readable where no CJK font is installed
+        html = html.replace("</head>", f'<style id="embedded-font">{embedded_font_css(font_file, html)}</style>\n</head>', 1)
     staging = staging_dir(run_dir / REPORT_DIR)
     write_text_atomic(staging / HTML_NAME, html)
     if pdf:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 Translate = Callable[..., str]
-COLOURS = {"teacher": "#4c566a", "student": "#2e7d32", "student-kd": "#f9a825", "student-none": "#9e9e9e",
+COLOURS = {"teacher": "#4c566a", "teacher-onnx": "#81a1c1", "student": "#2e7d32", "student-kd": "#f9a825", "student-none": "#9e9e9e",
            "student-crld": "#2e7d32"}
 DEFAULT_COLOUR = "#1565c0"
 
@@ -35,6 +35,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def family_name(family: str, t: Translate) -> str:
+    """A corruption family in the report's language (a family registered without a translation keeps its name)."""
+    try:
+        return t("fam_" + family)
+    except KeyError:
+        return family
+
+
 def robustness_chart(kpi: dict[str, Any], models: list[str], labels: dict[str, str], t: Translate) -> bytes:
     """Grouped bars: mean accuracy per family for each model; held-out families hatched."""
     fams = list(kpi["robustness"]["families"])
@@ -50,8 +58,9 @@ def robustness_chart(kpi: dict[str, Any], models: list[str], labels: dict[str, s
             if kpi["robustness"]["families"][f]["coverage"] == "held-out":
                 bar.set_hatch("///")
                 bar.set_edgecolor("white")
-    ax.set_xticks(x, [f"{f}\n({t('held_out')})" if kpi["robustness"]["families"][f]["coverage"] == "held-out" else f
-                      for f in fams], rotation=40, ha="right", fontsize=8)
+    names = [family_name(f, t) for f in fams]
+    ax.set_xticks(x, [f"{name}\n({t('held_out')})" if kpi["robustness"]["families"][f]["coverage"] == "held-out" else name
+                      for f, name in zip(fams, names)], rotation=40, ha="right", fontsize=8)
     ax.set_ylabel(t("chart_accuracy"))
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)

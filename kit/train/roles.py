@@ -111,6 +111,8 @@ def train_student(
     recipe, cfg = ctx.recipe, ctx.recipe.student
     method = get_method(method_name)
     model, args = _build(recipe, "student", len(ctx.classes), ctx.spec.num_channels, recipe.seed + 1)
+    if role == "student" and cfg.init_from:
+        _init_from_run(ctx, model)
     train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, list(method.views), seed=recipe.seed + 1)
     if method.uses_teacher:
         if teacher is None:
@@ -135,6 +137,21 @@ def train_student(
     balance, weight = _balance(ctx, role, cfg)
     return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred,
                 balance=balance)
+
+
+def _init_from_run(ctx: TrainContext, model: nn.Module) -> None:
+    """``student.init_from: RUN_DIR``: start from that run's deployed student (same architecture, classes in
+    the same order, same channels); the fine-tuning then runs the recipe's student settings."""
+    from kit.errors import CheckpointError
+
+    source = checkpoint_path(ctx.recipe.resolve_path(ctx.recipe.student.init_from), "student")
+    if not source.is_file():
+        raise CheckpointError(f"student.init_from: {source} not found; point it at a finished run directory (one with student.pt)")
+    previous, _ = load_model(source, expect_arch=ctx.recipe.student.arch, expect_classes=ctx.classes,
+                             expect_in_chans=ctx.spec.num_channels)
+    model.load_state_dict(previous.state_dict())
+    if ctx.reporter is not None and ctx.dist_ctx.is_main:
+        ctx.reporter.log(f"student: initialised from {source}")
 
 
 # -- run stages (walked by ``kit.run.stages``; ``ctx`` is the run's ``RunContext``) ----------------

@@ -14,16 +14,17 @@ from typing import Any
 import numpy as np
 
 from kit.verify.stats import ppm, rate
+from kit.verify.threshold import accepted_mask
 
 
 def escape_table(probabilities: np.ndarray, labels: np.ndarray, classes: list[str], ok_index: int | None,
-                 threshold: float | None, confidence: float = 0.95) -> dict[str, Any] | None:
+                 threshold: float | None, confidence: float = 0.95, floors: np.ndarray | None = None) -> dict[str, Any] | None:
     """Per class: escapes (defect classes) or false rejects (the ok class); None for a line without an
     ok class. ``worst`` names the defect class with the highest escape rate."""
     if ok_index is None:
         return None
-    conf, pred = probabilities.max(axis=1), probabilities.argmax(axis=1)
-    accepted = conf >= threshold if threshold is not None else np.ones(len(conf), bool)
+    pred = probabilities.argmax(axis=1)
+    accepted = accepted_mask(probabilities, threshold, floors)
     rows: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(classes):
         members = labels == i

@@ -25,12 +25,28 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "min_accepted_accuracy": ("accepted_accuracy", ">=", "accuracy of the decisions taken alone"),
     "max_ece": ("ece", "<=", "expected calibration error after temperature scaling"),
     "max_class_escape_rate": ("max_class_escape_rate", "<=", "worst defect class: share of its test parts accepted as good"),
+    "max_false_reject_rate": ("false_reject_rate", "<=", "good parts rejected as a defect"),
 }
 
 
-def evaluate_gate(measured: dict[str, float | None], targets: KpiTargets, takt_ms: float | None) -> dict[str, Any]:
-    checks = [check(f"kpi.{name}", key, description, measured.get(key), getattr(targets, name), op)
-              for name, (key, op, description) in CHECKS.items()]
+def evaluate_gate(measured: dict[str, Any], targets: KpiTargets, takt_ms: float | None,
+                  bounds: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``bounds``: measure -> its interval (``stats.rate``), for ``kpi.gate_on: bound`` and for the report.
+
+    With ``gate_on: bound`` a check with an interval is gated on its pessimistic end (the upper bound of
+    a maximum, the lower bound of a minimum); measures without an interval (macro-F1, robustness,
+    latency, ECE) are gated on their value, and the check says which was used.
+    """
+    bounds = bounds or {}
+    checks = []
+    for name, (key, op, description) in CHECKS.items():
+        limit = getattr(targets, name)
+        if name == "max_class_escape_rate" and isinstance(limit, dict):
+            checks += [_check(f"kpi.{name}[{cls}]", f"escape_rate[{cls}]", f"{cls}: share of its test parts accepted as good",
+                              measured, lim, "<=", bounds, targets.gate_on) for cls, lim in limit.items()]
+            checks.append(_check(f"kpi.{name}", key, description, measured, None, op, bounds, targets.gate_on))
+            continue
+        checks.append(_check(f"kpi.{name}", key, description, measured, limit, op, bounds, targets.gate_on))
     if measured.get("operating_target") is not None:
         # The operating threshold's own target is a release target: certified on validation, or missed.
         checks.append(check("verify.threshold", "operating_risk_upper",
@@ -39,4 +55,14 @@ def evaluate_gate(measured: dict[str, float | None], targets: KpiTargets, takt_m
     if takt_ms is not None:
         checks.append(check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
                             measured.get("latency_p95_ms"), takt_ms, "<="))
-    return verdict(checks)
+    return {**verdict(checks), "gate_on": targets.gate_on}
+
+
+def _check(target: str, key: str, description: str, measured: dict[str, Any], limit: float | None, op: str,
+           bounds: dict[str, dict[str, Any]], gate_on: str) -> dict[str, Any]:
+    value = measured.get(key)
+    interval = bounds.get(key)
+    bound = None if interval is None else interval["high" if op == "<=" else "low"]
+    use_bound = gate_on == "bound" and bound is not None
+    return check(target, key, description, bound if use_bound else value, limit, op,
+                 point=value, bound=bound, gated_on="bound" if use_bound else "point")

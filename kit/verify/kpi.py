@@ -7,6 +7,7 @@ the fitted temperature and the operating threshold in ``bundle/model.json``.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest
 from deploy.predictor import auto_runtime, softmax
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
@@ -29,8 +31,12 @@ from kit.rundir import (
 from kit.train.device import resolve_device
 from kit.verify import calibration, gate, latency, robustness, stats, threshold
 from kit.verify.escapes import escape_table
+from kit.verify.localisation import localisation_section
+from kit.verify.machine import measuring_machine
+from kit.verify import production
+from kit.verify import regression
 from kit.verify.corruptions import coverage, list_corruptions
-from kit.scorers import Scorer, bundle_scorer, torch_scorer
+from kit.scorers import Scorer, bundle_scorer, onnx_file_scorer, torch_scorer
 
 
 @dataclass
@@ -108,7 +114,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     temperature = calib["temperature"]
     operating = operating_section(cfg.threshold, classes, val_logits, val.labels, test_logits, test.labels, temperature,
                                   manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed,
-                                  recipe.line.ok_class)
+                                  recipe.line.ok_class, recipe.line.defect_rate)
     write_manifest_calibration(bundle, temperature, operating["threshold"], calib, operating)
     log(f"verify: temperature {temperature:.3f} (test ECE {calib['test']['ece_before']:.3f} -> {calib['test']['ece_after']:.3f}); "
         f"threshold {operating['threshold']} -> automation {operating['test']['automation_rate']:.3f}")
@@ -124,31 +130,62 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     suite = robustness.run_suite(
         suite_scorers, test.images[idx], test.labels[idx], spec, families, cover, recipe.seed, cfg.corruptions.severities,
         clean_preds={n: z.argmax(1)[idx] for n, z in test_logits.items()}, log=log,
+        decisions=(deployed, lambda logits: corrupted_operating(logits, test.labels[idx], operating, classes)),
     )
 
     # -- latency: each scorer rebuilt inside the measurement so loading counts toward its memory
     factories = [_factory(name, torch_files, bundle, device, cfg.latency.threads) for name in scorers]
-    lat = latency.measure(factories, spec, test.paths, cfg.latency, recipe.line.takt_ms, log=log)
+    with tempfile.TemporaryDirectory(prefix="kit-verify-") as tmp:
+        teacher_onnx = _teacher_in_onnx(torch_files["teacher"], Path(tmp), spec, log)
+        if teacher_onnx is not None:  # the same-runtime speed comparison: teacher and student both in ONNX Runtime
+            factories.append(lambda: onnx_file_scorer(TEACHER_ONNX, teacher_onnx, cfg.latency.threads))
+        lat = latency.measure(factories, spec, test.paths, cfg.latency, recipe.line.takt_ms, log=log)
 
     # -- gate
     measured = measured_kpis(accuracy, suite, lat, operating, calib, deployed)
     intervals = rate_intervals(test_logits[deployed], test.labels, operating)
-    verdict = gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms)
+    differences = differences_section(test_logits, test.labels, deployed, recipe.distill.method, list(recipe.compare), recipe.seed)
+    verdict = gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms, gate_bounds(intervals, operating, differences))
+    previous = regression.previous_section(recipe, run_dir, classes, test_logits[deployed], test.labels, log)  # None: first model
+    verdict = regression.with_regression_checks(verdict, previous)
     kpi = {
-        "line": recipe.line.name, "run_dir": str(run_dir), "recipe_hash": recipe_hash(recipe),
+        "line": recipe.line.name, "run_dir": str(run_dir), "run_id": state.get("run_id"), "recipe_hash": recipe_hash(recipe),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": classes, "test_images": int(len(test.labels)), "val_images": int(len(val.labels)),
         "deployed_runtime": deployed, "skipped_runtimes": skipped,
         "distill_method": recipe.distill.method, "compare": list(recipe.compare),
         "models": accuracy, "misclassified": misclassified(test, test_logits[deployed], temperature, classes),
         "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
-        "measured": measured, "intervals": intervals, "gate": verdict,
+        "measured": measured, "intervals": intervals, "gate": verdict, "previous": previous,
+        "differences": differences,
+        "machine": measuring_machine(device),
+        "localisation": localisation_section(run_dir, recipe, test.paths, [classes[i] for i in test.labels], classes,
+                                             bundle, deployed, log),
     }
     verify_dir = write_verify_dir(run_dir, kpi)
     _stale_report(run_dir, "kit verify")
     mark_stage(  # drops the report: it shows the previous measurements
         run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
     return VerifyResult(verify_dir, kpi)
+
+
+TEACHER_ONNX = "teacher-onnx"
+
+
+def _teacher_in_onnx(checkpoint: Path, folder: Path, spec, log: Callable[[str], None]) -> Path | None:
+    """The teacher exported to ONNX (a temporary file, timed only); None, with the reason logged, when it
+    cannot be exported (the speed card then compares across runtimes and within PyTorch only)."""
+    from kit.export.onnx_fp32 import export_onnx
+    from kit.models import load_model
+
+    path = folder / "teacher.onnx"
+    try:
+        model, _ = load_model(checkpoint)
+        export_onnx(model, path, (spec.num_channels, *spec.image_size))
+    except Exception as exc:  # an exporter limitation must not stop verification; it only loses one speed row
+        log(f"verify: teacher not timed in ONNX Runtime ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return None
+    return path
 
 
 def _strong_view(recipe: Recipe):
@@ -172,29 +209,49 @@ def _factory(name: str, torch_files: dict[str, Path], bundle: Path, device, thre
 def operating_section(target: ThresholdTarget | None, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
                       test_logits: dict[str, np.ndarray], test_labels: np.ndarray, temperature: float,
                       fixed_threshold: float | None, runtimes: list[str], deployed: str,
-                      line_ok_class: str | None = None) -> dict[str, Any]:
+                      line_ok_class: str | None = None, defect_rate: Any = None) -> dict[str, Any]:
     """Certify the threshold on val for ``target`` (None: keep ``fixed_threshold``), then measure it on
-    test with intervals: the risk the target bounds, automation, accepted accuracy, escapes."""
+    test with intervals: the risk the target bounds, automation, accepted accuracy, escapes. The rule is the
+    one the bundle deploys (``deploy.decision``): the threshold plus the target's per-class thresholds."""
     ok_index = threshold.ok_class_index(target, classes, line_ok_class)
-    out: dict[str, Any] = {"runtime": deployed, "temperature": temperature}
+    class_thresholds = dict(target.class_thresholds) if target is not None else {}
+    floors = DecisionRule(class_thresholds=class_thresholds).class_floors(classes) if class_thresholds else None
+    out: dict[str, Any] = {"runtime": deployed, "temperature": temperature, "class_thresholds": class_thresholds}
     val_p = softmax(val_logits, temperature)
     if target is not None:
-        choice = threshold.certify_threshold(val_p, val_labels, target, classes, target.confidence, line_ok_class)
+        choice = threshold.certify_threshold(val_p, val_labels, target, classes, target.confidence, line_ok_class, floors)
         out.update(target=threshold.describe_target(target), reached=choice["certified"], certified=choice["certified"],
                    confidence=choice["confidence"], threshold=choice["threshold"], val=choice["val"],
-                   certificate={k: choice[k] for k in ("risk", "limit", "tested", "stopped_at", "needed_images", "message")})
+                   certificate={k: choice.get(k) for k in ("risk", "limit", "tested", "stopped_at", "needed_images", "message",
+                                                             "class_escapes")})
     else:
         out.update(target=None, reached=None, certified=None, confidence=None, threshold=fixed_threshold,
-                   val=threshold.operating_point(val_p, val_labels, fixed_threshold, ok_index))
+                   val=threshold.operating_point(val_p, val_labels, fixed_threshold, ok_index, floors))
     out["ok_class"] = classes[ok_index] if ok_index is not None else None
     test_p = softmax(test_logits[deployed], temperature)
-    out["test"] = threshold.operating_point(test_p, test_labels, out["threshold"], ok_index)
+    out["test"] = threshold.operating_point(test_p, test_labels, out["threshold"], ok_index, floors)
     out["test"]["intervals"] = operating_intervals(out["test"])
-    out["escapes_test"] = escape_table(test_p, test_labels, classes, ok_index, out["threshold"])
+    out["escapes_test"] = escape_table(test_p, test_labels, classes, ok_index, out["threshold"], floors=floors)
+    out["test_mix"] = production.split_mix_figures(out["test"])
+    out["production"] = production.production_figures(test_p, test_labels, classes, ok_index, out["threshold"], floors, defect_rate)
     out["curve_test"] = threshold.coverage_curve(test_p, test_labels)
-    out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"], ok_index)
+    out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"],
+                                                       ok_index, floors)
                           for r in runtimes if r in test_logits}
     return out
+
+
+def corrupted_operating(logits: np.ndarray, labels: np.ndarray, operating: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """The deployed rule (threshold, class thresholds, temperature) on one corrupted copy of the test images:
+    automation, escapes and false rejects with their intervals; escape and false-reject rates are None
+    without a good-part class."""
+    ok = operating.get("ok_class")
+    ok_index = classes.index(ok) if ok in classes else None
+    floors = DecisionRule(class_thresholds=operating.get("class_thresholds") or {}).class_floors(classes)
+    point = threshold.operating_point(softmax(logits, operating["temperature"]), labels, operating["threshold"], ok_index, floors)
+    rates = operating_intervals(point)
+    return {"automation_rate": rates["automation_rate"], "escape_rate": rates.get("escape_rate"),
+            "false_reject_rate": rates.get("false_reject_rate")}
 
 
 def operating_intervals(point: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +260,7 @@ def operating_intervals(point: dict[str, Any]) -> dict[str, Any]:
            "accepted_accuracy": stats.rate(point["accepted_correct"], point["accepted"])}
     if "escapes" in point:
         out["escape_rate"] = stats.rate(point["escapes"], point["defective_parts"])
+        out["false_reject_rate"] = stats.rate(point["false_rejects"], point["good_parts"])
     return out
 
 
@@ -224,6 +282,8 @@ def write_manifest_calibration(bundle: Path, temperature: float, operating_thres
     manifest = read_manifest(bundle)
     manifest.temperature = float(temperature)
     manifest.operating_threshold = operating_threshold
+    manifest.ok_class = operating.get("ok_class")
+    manifest.class_thresholds = dict(operating.get("class_thresholds") or {})
     if calib is not None:
         manifest.extra["calibration"] = {"temperature": temperature, "fitted_on": calib.get("fitted_on"),
                                          "test_ece_before": calib["test"]["ece_before"], "test_ece_after": calib["test"]["ece_after"]}
@@ -252,14 +312,51 @@ def measured_kpis(accuracy: dict[str, Any], suite: dict[str, Any], lat: dict[str
 def operating_measures(operating: dict[str, Any]) -> dict[str, Any]:
     """What the gate reads from the operating section (also refreshed by ``kit threshold``)."""
     escapes = operating.get("escapes_test") or {}
+    per_class = {f"escape_rate[{c}]": row["rate"] for c, row in (escapes.get("classes") or {}).items() if row["kind"] == "escape"}
     return {
         "automation_rate": operating["test"]["automation_rate"], "accepted_accuracy": operating["test"]["accepted_accuracy"],
         "max_class_escape_rate": escapes.get("worst_rate"), "worst_escape_class": escapes.get("worst"),
+        "false_reject_rate": operating["test"].get("false_reject_rate"), **per_class,
         # the certified bound on validation; None when the target could not be certified (a missed target)
         "operating_risk_upper": operating["val"].get("risk_upper") if operating.get("certified") else None,
         "operating_risk_limit": (operating.get("certificate") or {}).get("limit"),
         "operating_target": operating.get("target"),
     }
+
+
+def differences_section(test_logits: dict[str, np.ndarray], labels: np.ndarray, deployed: str, method: str,
+                        compare: list[str], seed: int) -> list[dict[str, Any]]:
+    """Clean test accuracy differences that the report states, each with a paired bootstrap 95 % interval
+    over the same test images: deployed student vs teacher, the main method's student vs each comparison
+    student (both in PyTorch), INT8 vs FP32 (both in ONNX Runtime). ``diff`` = a - b."""
+    pairs = [("deployed_vs_teacher", deployed, "teacher")]
+    pairs += [("method_vs_" + m, "student", comparison_role(m)) for m in compare]
+    pairs.append(("int8_vs_fp32", "onnx-int8", "onnx"))
+    out = []
+    for name, a, b in pairs:
+        if a not in test_logits or b not in test_logits or a == b:
+            continue
+        diff = stats.paired_bootstrap_diff(test_logits[a].argmax(1) == labels, test_logits[b].argmax(1) == labels, seed=seed)
+        out.append({"name": name, "a": a, "b": b, "measure": "test accuracy", "method": method if a == "student" else None,
+                    "compared": b.removeprefix("student-") if b.startswith("student-") else None, **diff})
+    return out
+
+
+def gate_bounds(intervals: dict[str, Any], operating: dict[str, Any],
+                differences: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The interval behind each gated rate (``gate.evaluate_gate`` with ``kpi.gate_on: bound``; the report).
+    The accuracy gap (teacher minus deployed student) takes the paired bootstrap interval of their difference."""
+    escapes = operating.get("escapes_test") or {}
+    rows = escapes.get("classes") or {}
+    out = {k: intervals[k] for k in ("accuracy", "automation_rate", "accepted_accuracy", "false_reject_rate") if k in intervals}
+    out.update({f"escape_rate[{c}]": row for c, row in rows.items() if row["kind"] == "escape"})
+    if escapes.get("worst"):
+        out["max_class_escape_rate"] = rows[escapes["worst"]]
+    pair = next((d for d in differences or [] if d["name"] == "deployed_vs_teacher" and d["diff"] is not None), None)
+    if pair is not None:  # diff = deployed - teacher; the gap is its negative
+        out["accuracy_gap"] = {"rate": -pair["diff"], "low": -pair["high"], "high": -pair["low"], "n": pair["n"],
+                               "method": "paired bootstrap", "n_boot": pair["n_boot"]}
+    return out
 
 
 def rate_intervals(logits: np.ndarray, labels: np.ndarray, operating: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +407,7 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
     operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
-                                  manifest.operating_threshold, [deployed], deployed, recipe.line.ok_class)
+                                  manifest.operating_threshold, [deployed], deployed, recipe.line.ok_class, recipe.line.defect_rate)
     write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], None, operating)
     if operating.get("certificate"):
         log(f"threshold: {operating['certificate']['message']}")
@@ -320,7 +417,9 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
         kpi["operating"] = operating
         kpi["measured"].update(operating_measures(operating))
         kpi.setdefault("intervals", {}).update(operating["test"]["intervals"])
-        kpi["gate"] = gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms)
+        kpi["gate"] = regression.with_regression_checks(
+            gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms, gate_bounds(kpi["intervals"], operating, kpi.get("differences"))),
+            kpi.get("previous"))
         write_json_atomic(path, kpi)
         write_csv_atomic(path.parent / "gate.csv", kpi["gate"]["checks"])
         log(f"threshold: updated {path}")

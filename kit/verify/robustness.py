@@ -22,18 +22,30 @@ REFERENCE = "teacher"
 def run_suite(scorers: list[Scorer], images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
               families: list[str], coverage: dict[str, str], run_seed: int,
               severities: dict[str, list[float]] | None = None, clean_preds: dict[str, np.ndarray] | None = None,
-              log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """``images``: the test split as prepared uint8 NxHxWxC (what views and corruptions act on)."""
+              log: Callable[[str], None] = lambda m: None,
+              decisions: tuple[str, Callable[[np.ndarray], dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """``images``: the test split as prepared uint8 NxHxWxC (what views and corruptions act on).
+
+    ``decisions``: (scorer name, logits -> operating figures) for the deployed model: escapes and false
+    rejects under every corruption cell (``cells`` in the result), at the operating threshold."""
     clean_preds = dict(clean_preds or {})
     for s in scorers:
         if s.name not in clean_preds:
             clean_preds[s.name] = s.predict(to_tensor(images, spec))
     rows: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []
     for family in families:
         fam = get_corruption(family)
         for severity, value in enumerate(severity_table(family, severities), start=1):
             x = to_tensor(corrupt_images(images, family, value, run_seed), spec)
-            preds = {s.name: s.predict(x) for s in scorers}
+            preds = {}
+            for s in scorers:
+                if decisions is not None and s.name == decisions[0]:
+                    logits = s.logits(x)
+                    preds[s.name] = logits.argmax(1)
+                    cells.append({"family": family, "severity": severity, "value": value, **decisions[1](logits)})
+                else:
+                    preds[s.name] = s.predict(x)
             for s in scorers:
                 p = preds[s.name]
                 rows.append({
@@ -48,7 +60,18 @@ def run_suite(scorers: list[Scorer], images: np.ndarray, labels: np.ndarray, spe
     return {"images": int(len(labels)), "families": {f: {"group": get_corruption(f).group, "coverage": coverage[f],
                                                          "unit": get_corruption(f).unit,
                                                          "severities": severity_table(f, severities)} for f in families},
-            "rows": rows, "summary": summary}
+            "rows": rows, "summary": summary, "decisions": _decision_cells(decisions, cells)}
+
+
+def _decision_cells(decisions: tuple[str, Any] | None, cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Operating figures per corruption cell, and the cell with the most escapes (rate, then upper bound)."""
+    if decisions is None:
+        return None
+    scored = [c for c in cells if c.get("escape_rate") is not None]
+    worst = max(scored, key=lambda c: (c["escape_rate"]["rate"], c["escape_rate"]["high"])) if scored else None
+    return {"model": decisions[0], "cells": cells,
+            "worst": None if worst is None else {"family": worst["family"], "severity": worst["severity"],
+                                                 "escape_rate": worst["escape_rate"]}}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -20,16 +20,26 @@ import numpy as np
 from pydantic import ValidationError
 from scipy.stats import binom
 
+from deploy.decision import effective_confidence
 from kit.errors import ArgumentError, RecipeError
 from kit.recipe.schema import ThresholdTarget
 from kit.verify.stats import clopper_pearson_upper, zero_failure_sample_size
 
 
-def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: float | None,
-                    ok_index: int | None = None) -> dict[str, Any]:
+def accepted_mask(probabilities: np.ndarray, threshold: float | None, floors: np.ndarray | None = None) -> np.ndarray:
+    """The parts decided without a person, by the deployed rule (``deploy.decision.DecisionRule.accepted``):
+    top probability at or above the threshold and at or above its predicted class's floor."""
     conf = probabilities.max(axis=1)
-    pred = probabilities.argmax(axis=1)
     accepted = conf >= threshold if threshold is not None else np.ones(len(conf), bool)
+    if floors is not None:
+        accepted &= conf >= floors[probabilities.argmax(axis=1)]
+    return accepted
+
+
+def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: float | None,
+                    ok_index: int | None = None, floors: np.ndarray | None = None) -> dict[str, Any]:
+    pred = probabilities.argmax(axis=1)
+    accepted = accepted_mask(probabilities, threshold, floors)
     n = len(labels)
     n_acc = int(accepted.sum())
     out: dict[str, Any] = {
@@ -46,6 +56,11 @@ def operating_point(probabilities: np.ndarray, labels: np.ndarray, threshold: fl
         out["escape_rate"] = float(escapes.sum() / defective.sum()) if defective.any() else 0.0
         out["escapes"] = int(escapes.sum())
         out["defective_parts"] = int(defective.sum())
+        good = ~defective
+        false_rejects = accepted & good & (pred != ok_index)
+        out["false_rejects"] = int(false_rejects.sum())
+        out["good_parts"] = int(good.sum())
+        out["false_reject_rate"] = float(false_rejects.sum() / good.sum()) if good.any() else 0.0
     return out
 
 
@@ -104,7 +119,8 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Thre
 
 
 def certify_threshold(probabilities: np.ndarray, labels: np.ndarray, target: ThresholdTarget, classes: list[str],
-                      confidence: float = 0.95, line_ok_class: str | None = None) -> dict[str, Any]:
+                      confidence: float = 0.95, line_ok_class: str | None = None,
+                      floors: np.ndarray | None = None) -> dict[str, Any]:
     """The lowest threshold whose target holds on new parts with probability ``confidence``.
 
     Learn then Test (Angelopoulos, Bates, Candes, Jordan, Lei 2021, arXiv:2110.01052) with
@@ -140,7 +156,9 @@ def certify_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Thr
     ``certified``, ``confidence``, ``risk`` (``accepted_error_rate`` or ``escape_rate``),
     ``limit``, ``val`` (``operating_point`` at the threshold plus ``risk_upper``, the bound),
     ``tested`` (hypotheses tested, the failing one included), ``stopped_at`` (the threshold
-    that failed, with its k, n and bound; None when the walk ran out), ``needed_images`` (the
+    that failed, with its k, n and bound; None when the walk ran out), ``floors`` (per-class
+    thresholds, fixed before the search, applied to every candidate, so the certificate covers the rule
+    as deployed), ``needed_images`` (the
     fewest accepted, or defective, validation parts that could certify the limit with zero
     errors; None for a zero limit) and a one-line ``message``.
     """
@@ -149,10 +167,15 @@ def certify_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Thr
         raise ValueError(f"confidence must lie strictly between 0 and 1 (got {confidence})")
     ok_index = ok_class_index(target, classes, line_ok_class)
     risk_name, limit = _risk_limit(target)
-    thresholds, k, n = _risk_counts(probabilities, labels, target, ok_index)
+    thresholds, k, n = _risk_counts(probabilities, labels, target, ok_index, floors)
     needed = zero_failure_sample_size(limit, confidence)
     walk = np.flatnonzero(n >= needed) if needed is not None else np.array([], int)
     rejected = binom.cdf(k[walk], n[walk], limit) <= alpha
+    per_class = _class_escape_tests(probabilities, labels, thresholds, target, classes, ok_index, floors, alpha)
+    if per_class is not None:
+        blocked = [c for c, v in per_class.items() if v["needed"] is None or v["n"] < v["needed"]]
+        walk = walk if not blocked else np.array([], int)
+        rejected = (rejected & np.all([v["passes"][walk] for v in per_class.values()], axis=0)) if len(walk) else rejected[:0]
     stop = int(np.argmin(rejected)) if not rejected.all() else len(walk)
     out: dict[str, Any] = {"threshold": NO_AUTOMATION, "certified": stop > 0, "confidence": confidence, "risk": risk_name,
                            "limit": limit, "tested": min(stop + 1, len(walk)), "stopped_at": None, "needed_images": needed}
@@ -163,10 +186,68 @@ def certify_threshold(probabilities: np.ndarray, labels: np.ndarray, target: Thr
     upper = None
     if stop > 0:
         j = walk[stop - 1]
-        out["threshold"] = float(thresholds[j])
+        out["threshold"] = _between(thresholds, j)
         upper = clopper_pearson_upper(int(k[j]), int(n[j]), confidence)
-    out["val"] = {**operating_point(probabilities, labels, out["threshold"], ok_index), "risk_upper": upper}
+    out["val"] = {**operating_point(probabilities, labels, out["threshold"], ok_index, floors), "risk_upper": upper}
     out["message"] = _certify_message(out, target, _sample_size(labels, target, ok_index))
+    if per_class is not None:
+        out["class_escapes"] = _class_escape_summary(per_class, thresholds, out["threshold"], confidence)
+        blocked = [c for c, v in out["class_escapes"].items() if v["blocked"]]
+        if blocked:
+            out["certified"], out["threshold"] = False, NO_AUTOMATION
+            out["val"] = {**operating_point(probabilities, labels, NO_AUTOMATION, ok_index, floors), "risk_upper": None}
+            v = out["class_escapes"][blocked[0]]
+            out["message"] = (f"not certifiable: the escape limit of {_percent(v['limit'])} for {blocked[0]} needs about "
+                              f"{v['needed']} defective {blocked[0]} validation images with no escape (have {v['n']})")
+    return out
+
+
+SAFETY_GAP = 1e-6  # below the lowest accepted confidence when no lower one exists
+
+
+def _between(thresholds: np.ndarray, j: int) -> float:
+    """A threshold that accepts exactly the parts ``thresholds[j]`` accepts (descending candidates), placed halfway
+    to the next lower confidence: a part whose confidence is recomputed with float noise (another machine,
+    another runtime, float32 vs float64) is still decided as it was certified."""
+    if j + 1 < len(thresholds):
+        return float((thresholds[j] + thresholds[j + 1]) / 2.0)
+    return float(max(0.0, thresholds[j] - SAFETY_GAP))
+
+
+def _class_escape_tests(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, target: ThresholdTarget,
+                        classes: list[str], ok_index: int | None, floors: np.ndarray | None,
+                        alpha: float) -> dict[str, dict[str, Any]] | None:
+    """Per class of ``target.class_escape_limits``: whether each candidate threshold's escape bound is within the
+    class's limit. Every class null is tested at the full ``alpha``: the threshold's null ("some risk is over its
+    limit") is a union, rejected only when each part is (an intersection-union test needs no correction)."""
+    if not target.class_escape_limits:
+        return None
+    if ok_index is None:
+        raise RecipeError("verify.threshold.class_escape_limits needs the good-part class: set line.ok_class")
+    conf = effective_confidence(probabilities, floors)
+    pred = probabilities.argmax(axis=1)
+    out = {}
+    for name, limit in target.class_escape_limits.items():
+        if name not in classes:
+            raise RecipeError(f"verify.threshold.class_escape_limits: {name!r} is not a class of this line ({', '.join(classes)})")
+        members = labels == classes.index(name)
+        k = _count_at_or_above(conf[members & (pred == ok_index)], thresholds)
+        n = int(members.sum())
+        out[name] = {"limit": float(limit), "n": n, "k": k, "needed": zero_failure_sample_size(limit, 1.0 - alpha),
+                     "passes": (binom.cdf(k, n, limit) <= alpha) if n else np.zeros(len(thresholds), bool)}
+    return out
+
+
+def _class_escape_summary(per_class: dict[str, dict[str, Any]], thresholds: np.ndarray, threshold: float,
+                          confidence: float) -> dict[str, dict[str, Any]]:
+    at = np.flatnonzero(thresholds >= threshold)
+    j = int(at[-1]) if len(at) else None  # the chosen threshold's position (None: nothing accepted)
+    out = {}
+    for name, v in per_class.items():
+        k = int(v["k"][j]) if j is not None else 0
+        out[name] = {"limit": v["limit"], "n": v["n"], "k": k, "needed": v["needed"],
+                     "upper": clopper_pearson_upper(k, v["n"], confidence) if v["n"] else None,
+                     "blocked": v["needed"] is None or v["n"] < v["needed"]}
     return out
 
 
@@ -182,11 +263,12 @@ def _sample_size(labels: np.ndarray, target: ThresholdTarget, ok_index: int | No
 
 
 def _risk_counts(probabilities: np.ndarray, labels: np.ndarray, target: ThresholdTarget,
-                 ok_index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct confidences (descending) and, at each as the threshold, the risk's k events in n parts."""
-    conf = probabilities.max(axis=1)
+                 ok_index: int | None, floors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct confidences (descending) and, at each as the threshold, the risk's k events in n parts.
+    With class floors a part below its floor has confidence 0: no candidate threshold accepts it."""
+    conf = effective_confidence(probabilities, floors)
     pred = probabilities.argmax(axis=1)
-    thresholds = np.unique(conf)[::-1]
+    thresholds = np.unique(conf[conf > 0])[::-1]
     if target.accepted_accuracy is not None:
         event = pred != labels
         n = _count_at_or_above(conf, thresholds)

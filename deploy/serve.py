@@ -1,0 +1,123 @@
+"""``deploy serve``: the inspection station over HTTP (FastAPI + uvicorn, the ``serve`` extra).
+
+    POST /v1/inspect   the image as the body (PNG, JPEG, BMP, TIFF; 8/16 bit; gray/colour) or as a
+                       multipart file; ``part_id`` as a query parameter, X-Part-Id header or form field
+    GET  /v1/health    the process is alive           GET /v1/ready   a warmed-up model is serving
+    GET  /v1/model     manifest summary                GET /metrics    Prometheus text format
+    POST /v1/reload    load a bundle (JSON {"bundle": PATH}, default: the serving bundle's folder again),
+                       verify and warm it up, switch atomically; SIGHUP does the same for the folder
+
+Every decided part is appended to the decision log (``deploy.decision_log``). Bad input gets a 4xx
+and one JSON line ``{"error": KIND, "message": ...}``; the server keeps serving. Concurrent
+requests are micro-batched (``deploy.batching``). A reload builds the new model beside the old
+one; requests that already hold the old model finish on it, and its batcher stops when the last
+of them is answered.
+
+The parts: ``deploy.serve_models`` (configuration, loaded model, atomic swap), ``deploy.serve_app``
+(the FastAPI app and its routes), ``deploy.serve_metrics`` (Prometheus), and this module (the
+listening socket and the uvicorn server). FastAPI, uvicorn and prometheus-client are imported inside
+functions: the edge install without the extra keeps working for ``deploy predict``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.errors import DeployError
+from deploy.serve_models import LoadedModel, ModelHost, ReloadError, ServeConfig, load_model
+
+__all__ = ["LoadedModel", "ModelHost", "ReloadError", "ServeConfig", "Station", "bind_socket", "build_station",
+           "create_app", "load_model"]
+
+
+def serve_extra_missing(exc: ImportError) -> DeployError:
+    return DeployError(f"deploy serve needs the serve extra ({exc.name} is not installed): "
+                       'pip install "inspection-kit[serve]"')
+
+
+def create_app(model: LoadedModel, config: ServeConfig):
+    """The FastAPI app serving ``model`` (``deploy.serve_app``)."""
+    from deploy.serve_app import create_app as _create_app
+
+    return _create_app(model, config)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the server starts, so ``--port 0`` can say which port it got."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DeployError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class Station:
+    """A configured uvicorn server around one app; ``run()`` blocks (the CLI), ``start()`` runs it in a
+    thread (tests, benchmarks) until ``stop()``."""
+
+    app: Any
+    sock: socket.socket
+    server: Any = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _server(self):
+        import uvicorn
+
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=10, server_header=False, date_header=False)
+        self.server = uvicorn.Server(config)
+        return self.server
+
+    def run(self) -> None:
+        self._server().run(sockets=[self.sock])
+
+    def start(self, timeout_s: float = 30.0) -> "Station":
+        server = self._server()
+        self.thread = threading.Thread(target=server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise DeployError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+        self.sock.close()
+
+
+def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> Station:
+    """Load and warm the model (errors are ``DeployError``: one line in the CLI), bind, build the app."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise serve_extra_missing(exc) from None
+    if config.max_batch < 1:
+        raise DeployError(f"--max-batch must be at least 1 (got {config.max_batch})")
+    if config.max_wait_ms < 0:
+        raise DeployError(f"--max-wait-ms must be >= 0 (got {config.max_wait_ms})")
+    model = load_model(config.bundle, config)
+    sock = bind_socket(host, port)
+    return Station(create_app(model, config), sock)

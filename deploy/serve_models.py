@@ -1,0 +1,146 @@
+"""The model side of ``deploy serve``: its configuration, a loaded and warmed-up model with its
+micro-batcher, and the host that swaps models atomically (``POST /v1/reload``, SIGHUP).
+
+A request ``acquire``s the serving model once and uses it to the end, so a swap never changes the
+model under a request; the old model's batcher stops when the last request that holds it is answered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from deploy.batching import MicroBatcher
+from deploy.errors import DeployError
+from deploy.manifest import model_id
+from deploy.predictor import Predictor
+
+
+@dataclass
+class ServeConfig:
+    bundle: Path
+    runtime: str = "auto"
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
+    max_bytes: int = 32 * 1024 * 1024
+    max_queue: int = 1024
+    log_dir: Path | None = Path("decisions")
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
+    fsync_interval_s: float = 1.0
+    # POST /v1/reload only loads bundles inside this folder (default: the folder holding the first bundle), so a
+    # request can never make the server read a path elsewhere on its disk.
+    reload_root: Path | None = None
+
+    def allowed_root(self) -> Path:
+        return Path(self.reload_root or Path(self.bundle).resolve().parent).resolve()
+
+
+@dataclass
+class LoadedModel:
+    predictor: Predictor
+    model_id: str
+    bundle_dir: Path
+    batcher: MicroBatcher
+    warmup_ms: float
+    loaded_at: str
+    inflight: int = 0
+    retired: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        m = self.predictor.manifest
+        return {
+            "model_id": self.model_id, "bundle": str(self.bundle_dir), "line": m.extra.get("line"),
+            "classes": m.classes, "threshold": m.operating_threshold, "temperature": m.temperature,
+            "decision": m.decision_rule.to_dict(), "runtime": self.predictor.runtime.name,
+            "providers": self.predictor.describe(), "preprocess": m.preprocess.to_dict(),
+            "artefacts": {fmt: {"file": e["file"], "sha256": e["sha256"]} for fmt, e in m.artefacts.items()},
+            "created_at": m.extra.get("created_at"), "loaded_at": self.loaded_at, "warmup_ms": round(self.warmup_ms, 2),
+        }
+
+
+def load_model(bundle_dir: str | Path, config: ServeConfig, on_batch: Callable[[int, float], None] | None = None) -> LoadedModel:
+    """Load (every artefact's sha256 checked by ``Predictor.from_bundle``), warm up at batch 1 and
+    ``max_batch`` (the first runs allocate memory and pick kernels), then start its batcher."""
+    bundle_dir = Path(bundle_dir).resolve()
+    predictor = Predictor.from_bundle(bundle_dir, config.runtime, intra_op_threads=config.threads)
+    identity = model_id(bundle_dir)
+    spec = predictor.manifest.preprocess
+    started = time.perf_counter()
+    for batch in (1, config.max_batch, 1):
+        predictor.probabilities(np.zeros((batch, spec.num_channels, *spec.image_size), np.float32))
+    warmup_ms = (time.perf_counter() - started) * 1000.0
+    batcher = MicroBatcher(predictor, config.max_batch, config.max_wait_ms, config.max_queue, on_batch,
+                           name=f"batcher-{identity[:8]}")
+    return LoadedModel(predictor, identity, bundle_dir, batcher, warmup_ms,
+                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class ReloadError(DeployError):
+    """A reload failed; the old model keeps serving."""
+
+
+class ReloadForbidden(ReloadError):
+    """The requested bundle is outside the folder reloads may read from."""
+
+
+class ModelHost:
+    """The serving model and its atomic swap. A request ``acquire``s the model once and uses it to
+    the end, so a swap never changes the model under a request."""
+
+    def __init__(self, model: LoadedModel, config: ServeConfig, on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.config, self.on_batch = config, on_batch
+        self._model = model
+        self._lock = threading.Lock()  # guards _model and every model's inflight count
+        self._reload_lock = threading.Lock()  # one reload at a time
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._model
+
+    def acquire(self) -> LoadedModel:
+        with self._lock:
+            model = self._model
+            model.inflight += 1
+            return model
+
+    def release(self, model: LoadedModel) -> None:
+        with self._lock:
+            model.inflight -= 1
+            last = model.retired and model.inflight == 0
+        if last:
+            model.batcher.close()
+
+    def reload(self, bundle: str | Path | None = None) -> tuple[LoadedModel, LoadedModel]:
+        """(new, old). Raises ``ReloadError`` with the reason; the old model then keeps serving."""
+        target = Path(bundle) if bundle is not None else self._model.bundle_dir
+        root = self.config.allowed_root()
+        if bundle is not None and not Path(os.path.realpath(target)).is_relative_to(root):
+            raise ReloadForbidden(f"reload: the bundle must be a folder inside {root} (deploy serve --reload-root); "
+                                  f"still serving {self._model.model_id[:12]}")
+        with self._reload_lock:
+            try:
+                new = load_model(target, self.config, self.on_batch)
+            except DeployError as exc:
+                raise ReloadError(f"reload of {target} failed, still serving {self._model.model_id[:12]}: {exc}") from None
+            except Exception as exc:  # a damaged model file can fail inside the runtime
+                raise ReloadError(f"reload of {target} failed, still serving {self._model.model_id[:12]}: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
+            with self._lock:
+                old, self._model = self._model, new
+                old.retired = True
+                idle = old.inflight == 0
+            if idle:
+                old.batcher.close()
+            return new, old
+
+    def close(self) -> None:
+        with self._lock:
+            self._model.retired = True
+        self._model.batcher.close(wait=True)

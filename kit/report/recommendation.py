@@ -1,0 +1,140 @@
+"""Page one's plain recommendation: GO, GO after a shadow period, or NO-GO, with reasons and next actions.
+
+- NO-GO: a gated target is missed (on the value the gate used). Each missed target names its next
+  action: the class to collect, the corruption family to add to the strong view, the validation
+  images needed for a certificate, ...
+- GO after a shadow period: every target is met on its measured value, but some rate is met only
+  as a point estimate (the pessimistic end of its 95 % interval is past the limit), so the test
+  split is too small to say the target holds. The shadow period must show that bound cleared: for
+  an escape limit, the defective parts to shadow with no escape (``zero_failure_sample_size``) and,
+  with ``line.defect_rate``, about how many parts produced that is.
+- GO: every target met and every rate's pessimistic bound within its limit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from kit.report.charts import family_name
+from kit.verify.stats import zero_failure_sample_size
+
+GO, SHADOW, NO_GO, NONE = "go", "shadow", "no_go", "none"
+GATE_BOUND_CONFIDENCE = 0.975  # one-sided level of the upper end of a two-sided 95 % interval
+
+
+def _defect_share(kpi: dict[str, Any], cls: str | None) -> float | None:
+    """Production share of one defect class (or of all defects), from the production mix, if the recipe gives one."""
+    production = kpi["operating"].get("production")
+    if not production:
+        return None
+    weights = production["weights"]
+    ok = kpi["operating"].get("ok_class")
+    return weights.get(cls) if cls else sum(w for c, w in weights.items() if c != ok)
+
+
+def _worst_family(kpi: dict[str, Any], deployed: str, held_out_only: bool) -> str | None:
+    summary = kpi["robustness"]["summary"].get(deployed) or {}
+    fams = kpi["robustness"]["families"]
+    scores = {f: v for f, v in (summary.get("per_family") or {}).items()
+              if v is not None and (not held_out_only or fams[f]["coverage"] == "held-out")}
+    return min(scores, key=scores.get) if scores else None
+
+
+def _action(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -> str:
+    target, deployed = check["target"], kpi["deployed_runtime"]
+    if target == "verify.threshold":
+        cert = kpi["operating"].get("certificate") or {}
+        needed = cert.get("needed_images")
+        if needed:
+            return t("act_certify", needed=needed, n=kpi["val_images"])
+        return t("act_certify_errors")
+    if target.startswith("kpi.max_class_escape_rate"):
+        cls = target[target.index("[") + 1:-1] if "[" in target else kpi["measured"].get("worst_escape_class")
+        return t("act_escape", cls=cls or "?")
+    if target == "kpi.max_false_reject_rate":
+        return t("act_false_reject", ok=kpi["operating"].get("ok_class") or "?")
+    if target in ("kpi.min_relative_robustness", "kpi.min_heldout_relative_robustness"):
+        fam = _worst_family(kpi, deployed, target == "kpi.min_heldout_relative_robustness")
+        return t("act_robustness", family=family_name(fam, t) if fam else "?")
+    if target in ("kpi.max_latency_p95_ms", "line takt"):
+        return t("act_latency")
+    if target in ("kpi.min_accuracy", "kpi.min_macro_f1", "kpi.max_accuracy_gap", "kpi.min_agreement"):
+        return t("act_accuracy")
+    if target in ("kpi.min_automation_rate", "kpi.min_accepted_accuracy"):
+        return t("act_automation")
+    if target == "kpi.max_ece":
+        return t("act_calibration")
+    return t("act_see_table")
+
+
+def _shadow_need(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -> str:
+    """What a shadow period must show for a target met only as a point estimate."""
+    target, limit = check["target"], check["limit"]
+    if target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate":
+        if target == "kpi.max_false_reject_rate":
+            cls, what = kpi["operating"].get("ok_class"), "good"
+        else:
+            cls = target[target.index("[") + 1:-1] if "[" in target else kpi["measured"].get("worst_escape_class")
+            what = "defect"
+        # the gate's bound is the upper end of a two-sided 95 % Clopper-Pearson interval: one-sided 97.5 %
+        needed = zero_failure_sample_size(limit, GATE_BOUND_CONFIDENCE) if limit and limit > 0 else None
+        if needed is None:
+            return t("shadow_zero_limit", cls=cls)
+        if target == "kpi.max_class_escape_rate":  # one limit for every defect class: each must show it
+            return _every_class_need(kpi, needed, limit, t)
+        share = _defect_share(kpi, cls) if what == "defect" else None
+        if share:
+            return t("shadow_escape_mix", n=needed, cls=cls, limit=f"{100 * limit:g} %", parts=f"{math.ceil(needed / share):,}")
+        return t("shadow_escape" if what == "defect" else "shadow_false_reject", n=needed, cls=cls, limit=f"{100 * limit:g} %")
+    bound = check.get("bound")
+    if target == "kpi.max_accuracy_gap":
+        return t("shadow_gap", limit=f"{100 * limit:g}", bound=f"{100 * bound:.1f}" if bound is not None else "?")
+    return t("shadow_bound", target=t("g_" + target.removeprefix("kpi.").split("[")[0].replace(" ", "_")),
+             bound=f"{100 * bound:.1f} %" if bound is not None else "?", limit=f"{100 * limit:g} %")
+
+
+def _every_class_need(kpi: dict[str, Any], needed: int, limit: float, t: Callable[..., str]) -> str:
+    ok = kpi["operating"].get("ok_class")
+    defects = [c for c in (kpi["operating"].get("escapes_test") or {}).get("classes", {}) if c != ok]
+    classes = t("sep").join(defects)
+    production = kpi["operating"].get("production")
+    shares = [production["weights"][c] for c in defects if production and production["weights"].get(c)] if production else []
+    if shares:  # the rarest defect class sets how long the shadow period runs
+        return t("shadow_escape_all_mix", n=needed, classes=classes, limit=f"{100 * limit:g} %",
+                 parts=f"{math.ceil(needed / min(shares)):,}")
+    return t("shadow_escape_all", n=needed, classes=classes, limit=f"{100 * limit:g} %")
+
+
+def point_only(check: dict[str, Any]) -> bool:
+    """A gated check met on its value while the pessimistic end of its interval is past the limit."""
+    if not check["gated"] or not check["passed"] or check.get("bound") is None or check.get("gated_on", "point") != "point":
+        return False
+    return not (check["bound"] <= check["limit"] + 1e-12 if check["op"] == "<=" else check["bound"] >= check["limit"] - 1e-12)
+
+
+def _corruption_warning(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]:
+    """Line conditions under which the model lets defects through beyond the escape limit (or 5 %)."""
+    worst = ((kpi["robustness"].get("decisions") or {}).get("worst")) or {}
+    esc = worst.get("escape_rate")
+    limit = next((c["limit"] for c in kpi["gate"]["checks"] if c["target"] == "kpi.max_class_escape_rate" and c["gated"]), 0.05)
+    if not esc or esc["rate"] is None or esc["rate"] <= limit:
+        return []
+    return [t("act_corruption", family=family_name(worst["family"], t), severity=worst["severity"],
+              rate=f"{100 * esc['rate']:.1f} %")]
+
+
+def recommend(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:
+    checks = [c for c in kpi["gate"]["checks"] if c["gated"]]
+    if not checks:
+        return {"kind": NONE, "reasons": [], "actions": [], "warnings": []}
+    warnings = _corruption_warning(kpi, t)
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        actions = list(dict.fromkeys(_action(c, kpi, t) for c in failed))
+        return {"kind": NO_GO, "reasons": [c["target"] for c in failed], "actions": actions, "warnings": warnings}
+    thin = [c for c in checks if point_only(c)]
+    if thin:
+        return {"kind": SHADOW, "reasons": [c["target"] for c in thin],
+                "actions": list(dict.fromkeys(_shadow_need(c, kpi, t) for c in thin)), "warnings": warnings}
+    return {"kind": GO, "reasons": [], "actions": [t("act_go")], "warnings": warnings}

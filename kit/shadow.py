@@ -1,0 +1,364 @@
+"""``kit shadow``: the model in the shadow of the inspectors, before it decides alone.
+
+During a shadow period the station logs its decisions (``deploy.decision_log``) while people still
+decide every part. Joining the two per part answers what management asks before automation is
+widened: how often model and inspector agree, which parts the model would have decided alone,
+the escapes it would have made (defective parts it would have accepted as good) and the false
+rejects (good parts it would have rejected), per class, each with its exact binomial interval
+(``kit.verify.stats``).
+
+The recommendation reuses the operating threshold's certification (``kit.verify.threshold.
+certify_threshold``, Learn then Test with one-sided Clopper-Pearson bounds), with the
+inspectors' decisions as ground truth: "automate at threshold t" when, over the N shadowed
+defective parts, the upper bound on the escape rate at t is at most the target; otherwise "keep
+shadowing", with how many more defective parts the bound needs.
+
+The join never drops a part silently: inspector rows with no model decision, model decisions no
+inspector saw, repeated rows and labels that are neither a class nor ok/ng are counted and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from deploy.decision_log import DecisionRecord, read_records
+from kit.errors import KitError
+from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic, write_text_atomic
+from kit.recipe.schema import ThresholdTarget
+from kit.verify import stats
+from kit.verify.threshold import certify_threshold
+
+SHADOW_NAME, SHADOW_HTML, SHADOW_PARTS = "shadow.json", "shadow.html", "shadow_parts.csv"
+SHADOW_FORMAT = "inspection-kit/shadow"
+OK_WORDS = {"ok", "good", "pass", "accept", "accepted", "g"}
+NG_WORDS = {"ng", "nok", "nog", "bad", "defect", "defective", "fail", "reject", "rejected"}
+PART_COLUMNS, SHA_COLUMNS = ("part_id", "part"), ("image_sha256", "sha256")
+LABEL_COLUMNS = ("label", "inspector_label", "decision", "result")
+LISTED = 200  # ids listed per problem in shadow.json (all of them are counted)
+
+
+class ShadowError(KitError):
+    """The decision logs or the inspectors' CSV cannot be joined as given."""
+
+
+@dataclass
+class InspectorRow:
+    line: int
+    part_id: str | None
+    sha256: str | None
+    raw_label: str
+    time: str | None
+    label: str | None = None  # a class of the model, when the inspector named one
+    good: bool | None = None  # inspector's ok / ng
+
+    @property
+    def key(self) -> str:
+        return f"part:{self.part_id}" if self.part_id else f"sha256:{self.sha256}"
+
+
+def _column(fields: list[str], choices: tuple[str, ...]) -> str | None:
+    lowered = {f.strip().lower(): f for f in fields}
+    return next((lowered[c] for c in choices if c in lowered), None)
+
+
+def read_inspector_csv(path: str | Path) -> list[InspectorRow]:
+    """Rows of an inspectors' CSV: a part id (``part_id``) or the image's sha256 (``image_sha256``/``sha256``),
+    the inspector's decision (``label``/``inspector_label``/``decision``: a class name, or ok/ng) and
+    optionally ``time``. A row without an id is kept (and reported as unmatched)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShadowError(f"{path}: inspector CSV not found")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        part_col, sha_col = _column(fields, PART_COLUMNS), _column(fields, SHA_COLUMNS)
+        label_col, time_col = _column(fields, LABEL_COLUMNS), _column(fields, ("time", "timestamp"))
+        if part_col is None and sha_col is None:
+            raise ShadowError(f"{path}: needs a part_id or an image_sha256 column to join on (columns: {', '.join(fields) or 'none'})")
+        if label_col is None:
+            raise ShadowError(f"{path}: needs the inspector's decision in a column named {' or '.join(LABEL_COLUMNS)} "
+                              f"(columns: {', '.join(fields) or 'none'})")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            def cell(col: str | None) -> str | None:
+                v = (r.get(col) or "").strip() if col else ""
+                return v or None
+            rows.append(InspectorRow(line, cell(part_col), (cell(sha_col) or "").lower() or None, cell(label_col) or "", cell(time_col)))
+    return rows
+
+
+def _interpret(row: InspectorRow, classes: list[str], ok_class: str) -> bool:
+    """Fill ``label``/``good`` from the inspector's word; False when it is neither a class nor ok/ng."""
+    raw = row.raw_label
+    if raw in classes:
+        row.label, row.good = raw, raw == ok_class
+    elif raw.lower() in OK_WORDS:
+        row.label, row.good = ok_class, True
+    elif raw.lower() in NG_WORDS:
+        row.label, row.good = None, False
+    else:
+        return False
+    return True
+
+
+def _latest(records: Iterable[DecisionRecord]) -> dict[str, DecisionRecord]:
+    out: dict[str, DecisionRecord] = {}
+    for rec in sorted(records, key=lambda r: r.time):
+        out[f"part:{rec.part_id}" if rec.part_id else f"sha256:{rec.image_sha256}"] = rec
+    return out
+
+
+def _model_classes(records: list[DecisionRecord]) -> list[str]:
+    orders = {tuple(r.probabilities) for r in records if r.probabilities}
+    if len(orders) != 1:
+        found = " / ".join(",".join(o) for o in sorted(orders)) or "none"
+        raise ShadowError(f"the decision logs hold {len(orders)} different class lists ({found}); "
+                          "shadow one model at a time (select the log files of one bundle)")
+    return list(next(iter(orders)))
+
+
+def _ok_class(ok_class: str | None, classes: list[str], records: list[DecisionRecord]) -> str:
+    if ok_class is not None:
+        if ok_class not in classes:
+            raise ShadowError(f"ok class {ok_class!r} is not a class of the model ({', '.join(classes)})")
+        return ok_class
+    accepted = {r.label for r in records if r.action == "accept" and not r.abstain}
+    if "ok" in classes:
+        return "ok"
+    if len(accepted) == 1 and not any(r.action == "reject" for r in records):
+        raise ShadowError("the model has no good-part class (every confident decision is `accept`); pass the ok class")
+    if len(accepted) == 1:
+        return next(iter(accepted))
+    raise ShadowError(f"cannot tell the good-part class from the logs; pass it (one of {', '.join(classes)})")
+
+
+def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, target: ThresholdTarget | None = None,
+                  ok_class: str | None = None, confidence: float = 0.95) -> dict[str, Any]:
+    """Join the decision logs with the inspectors' decisions; counts, intervals, per class, recommendation.
+
+    ``target``: what automation must guarantee (default ``max_escape_rate=0.01``); with
+    ``accepted_accuracy`` every inspector row must name a class.
+    """
+    target = target or ThresholdTarget(max_escape_rate=0.01)
+    log = read_records(log_paths)
+    if not log.records:
+        raise ShadowError(f"no decision records in {', '.join(map(str, log.files)) or 'the given logs'}")
+    classes = _model_classes(log.records)
+    ok = _ok_class(ok_class or target.ok_class, classes, log.records)
+    by_key = _latest(log.records)
+    by_sha = {rec.image_sha256: rec for rec in sorted(log.records, key=lambda r: r.time)}
+    repeated_model = len(log.records) - len(by_key)
+
+    rows = read_inspector_csv(inspector_csv)
+    problems: dict[str, list[str]] = {"inspector_without_decision": [], "decision_without_inspector": [],
+                                      "repeated_inspector_rows": [], "unknown_labels": [], "rows_without_id": [],
+                                      "sha256_differs": []}
+    latest_rows: dict[str, InspectorRow] = {}
+    for row in rows:
+        if not row.part_id and not row.sha256:
+            problems["rows_without_id"].append(f"line {row.line}")
+            continue
+        if not _interpret(row, classes, ok):
+            problems["unknown_labels"].append(f"line {row.line}: {row.raw_label!r}")
+            continue
+        if row.key in latest_rows:
+            problems["repeated_inspector_rows"].append(f"line {row.line}: {row.key}")
+            if (row.time or "") < (latest_rows[row.key].time or ""):
+                continue  # the later decision stands
+        latest_rows[row.key] = row
+
+    pairs: list[tuple[InspectorRow, DecisionRecord]] = []
+    used: set[str] = set()
+    for key, row in latest_rows.items():
+        rec = by_key.get(key) if row.part_id else None
+        if rec is None and row.sha256:
+            rec = by_sha.get(row.sha256)
+        if rec is None:
+            problems["inspector_without_decision"].append(key)
+            continue
+        if row.sha256 and row.part_id and rec.image_sha256 != row.sha256:
+            problems["sha256_differs"].append(key)
+        used.add(f"part:{rec.part_id}" if rec.part_id else f"sha256:{rec.image_sha256}")
+        pairs.append((row, rec))
+    problems["decision_without_inspector"] = sorted(set(by_key) - used)
+    if target.accepted_accuracy is not None and any(row.label is None for row, _ in pairs):
+        raise ShadowError("an accepted_accuracy target needs the inspectors' class of every part; "
+                          "some rows only say ng: use a max_escape_rate target")
+    parts = [_part(row, rec, ok) for row, rec in pairs]
+    out = {
+        "format": SHADOW_FORMAT, "version": 1,
+        "logs": [str(p) for p in log.files], "inspector_csv": str(inspector_csv), "skipped_log_lines": log.skipped_lines,
+        "repeated_model_records": repeated_model, "classes": classes, "ok_class": ok,
+        "period": {"first": min((r.time for _, r in pairs), default=None), "last": max((r.time for _, r in pairs), default=None)},
+        "model_ids": sorted({r.model_id for _, r in pairs}),
+        "counts": {"decisions": len(log.records), "inspector_rows": len(rows), "matched": len(pairs),
+                   **{k: len(v) for k, v in problems.items()}},
+        "mismatches": {k: v[:LISTED] for k, v in problems.items()},
+        "summary": _summary(parts, confidence),
+        "per_class": _per_class(parts, classes, ok, confidence),
+        "recommendation": recommend(pairs, classes, ok, target, confidence),
+        "parts": parts,
+    }
+    return out
+
+
+def _part(row: InspectorRow, rec: DecisionRecord, ok: str) -> dict[str, Any]:
+    automated = not rec.abstain and rec.action != "review"
+    model_good = rec.label == ok
+    escape = automated and model_good and row.good is False
+    false_reject = automated and not model_good and row.good is True
+    return {"part_id": rec.part_id, "image_sha256": rec.image_sha256, "time": rec.time, "image": rec.image,
+            "model_label": rec.label, "confidence": rec.confidence, "action": rec.action, "automated": automated,
+            "inspector": row.raw_label, "inspector_label": row.label, "inspector_good": row.good,
+            "agree": (rec.label == row.label) if row.label is not None else (model_good == row.good),
+            "agree_ok_ng": model_good == row.good, "escape": escape, "false_reject": false_reject,
+            "outcome": "escape" if escape else "false reject" if false_reject else "to a person" if not automated
+            else "agree" if model_good == row.good else "other"}
+
+
+def _summary(parts: list[dict[str, Any]], confidence: float) -> dict[str, Any]:
+    n = len(parts)
+    auto = [p for p in parts if p["automated"]]
+    defective = [p for p in parts if p["inspector_good"] is False]
+    good = [p for p in parts if p["inspector_good"] is True]
+    with_class = [p for p in parts if p["inspector_label"] is not None]
+    return {
+        "parts": n, "defective": len(defective), "good": len(good),
+        "agreement": stats.rate(sum(p["agree"] for p in with_class), len(with_class), confidence),
+        "agreement_ok_ng": stats.rate(sum(p["agree_ok_ng"] for p in parts), n, confidence),
+        "automated": stats.rate(len(auto), n, confidence),
+        "agreement_automated": stats.rate(sum(p["agree_ok_ng"] for p in auto), len(auto), confidence),
+        "escapes": stats.rate(sum(p["escape"] for p in parts), len(defective), confidence),
+        "false_rejects": stats.rate(sum(p["false_reject"] for p in parts), len(good), confidence),
+    }
+
+
+def _per_class(parts: list[dict[str, Any]], classes: list[str], ok: str, confidence: float) -> list[dict[str, Any]]:
+    out = []
+    groups = [(c, [p for p in parts if p["inspector_label"] == c]) for c in classes]
+    groups.append(("ng (no class)", [p for p in parts if p["inspector_label"] is None]))
+    for name, members in groups:
+        if not members and name not in classes:
+            continue
+        n = len(members)
+        row = {"class": name, "kind": "good" if name == ok else "defect", "parts": n,
+               "automated": stats.rate(sum(p["automated"] for p in members), n, confidence),
+               "agreement": stats.rate(sum(p["agree"] for p in members), n, confidence)}
+        if name == ok:
+            row["false_rejects"] = stats.rate(sum(p["false_reject"] for p in members), n, confidence)
+        else:
+            row["escapes"] = stats.rate(sum(p["escape"] for p in members), n, confidence)
+        out.append(row)
+    return out
+
+
+def defective_parts_needed(escapes: int, limit: float, confidence: float) -> int | None:
+    """The fewest defective parts whose ``escapes`` give a one-sided upper bound at or below ``limit``."""
+    if limit <= 0:
+        return None
+    n = max(escapes + 1, stats.zero_failure_sample_size(limit, confidence) or 1)
+    while stats.clopper_pearson_upper(escapes, n, confidence) > limit:
+        n = math.ceil(n * 1.25)
+    low, high = max(escapes + 1, n // 2), n
+    while low < high:  # the bound falls as n grows: bisect to the first n that meets the limit
+        mid = (low + high) // 2
+        if stats.clopper_pearson_upper(escapes, mid, confidence) <= limit:
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
+def recommend(pairs: list[tuple[InspectorRow, DecisionRecord]], classes: list[str], ok: str, target: ThresholdTarget,
+              confidence: float) -> dict[str, Any]:
+    """Certify a threshold on the shadowed parts, with the inspectors as ground truth (``certify_threshold``)."""
+    if not pairs:
+        return {"decision": "keep_shadowing", "threshold": None, "message": "no shadowed part could be joined yet"}
+    ok_index = classes.index(ok)
+    defect_fallback = next(i for i in range(len(classes)) if i != ok_index) if len(classes) > 1 else ok_index
+    probs = np.array([[rec.probabilities[c] for c in classes] for _, rec in pairs], dtype=np.float64)
+    # An inspector's bare "ng" counts as a defect of some class other than ok: escapes only ask "defect or not".
+    labels = np.array([classes.index(row.label) if row.label is not None else defect_fallback for row, _ in pairs])
+    cert = certify_threshold(probs, labels, target, classes, confidence, ok)
+    escape_target = target.accepted_accuracy is None
+    pool = int((labels != ok_index).sum()) if escape_target else len(labels)
+    pool_name = "defective parts" if escape_target else "parts"
+    risk = "escape rate" if escape_target else "error rate of automated decisions"
+    out = {"target": f"{risk} <= {cert['limit']:g}", "risk": cert["risk"], "limit": cert["limit"], "confidence": confidence,
+           "shadowed_parts": len(pairs), "pool": pool, "pool_name": pool_name}
+    level = f"{confidence:.0%}"
+    if cert["certified"]:
+        val = cert["val"]
+        out.update(decision="automate", threshold=cert["threshold"], upper=val["risk_upper"],
+                   automation_rate=val["automation_rate"], escapes=val.get("escapes"),
+                   message=(f"automate at threshold {cert['threshold']:.4g}: over the {pool} shadowed {pool_name}, the "
+                            f"{level} upper bound on the {risk} is {val['risk_upper']:.3%}, at or below the target "
+                            f"{cert['limit']:.3%}; {val['automation_rate']:.1%} of the shadowed parts would have been "
+                            "decided without a person"))
+        return out
+    stop = cert["stopped_at"]
+    events = stop["k"] if stop else 0
+    if cert["needed_images"] is None:
+        out.update(decision="keep_shadowing", threshold=None, needed=None,
+                   message=f"keep shadowing: a {risk} of 0 cannot be certified by any number of parts; set a target above 0")
+        return out
+    if escape_target:
+        needed = defective_parts_needed(events, cert["limit"], confidence)
+    else:
+        needed = cert["needed_images"]
+    more = max(0, (needed or 0) - (stop["n"] if stop and not escape_target else pool))
+    share = pool / len(pairs) if escape_target and pool else None
+    out.update(decision="keep_shadowing", threshold=None, needed=needed, more=more,
+               more_parts=math.ceil(more / share) if share else None, stopped_at=stop)
+    more_text = f"about {more} more {pool_name}" + (f" (about {out['more_parts']} parts at the observed defect share)"
+                                                   if out["more_parts"] else "")
+    if stop:
+        why = (f"{events} escape(s) at the most conservative testable threshold put the {level} upper bound on the {risk} "
+               f"at {stop['risk_upper']:.3%}, above the target {cert['limit']:.3%}")
+    else:
+        why = (f"{pool} {pool_name} are too few to bound the {risk} at {cert['limit']:.3%} with {level} confidence, "
+               "even with none wrong")
+    out["message"] = (f"keep shadowing: {why}; {needed} {pool_name} with at most {events} escape(s) would certify it: "
+                      f"{more_text}, if no new {'escape' if escape_target else 'error'} appears")
+    return out
+
+
+@dataclass
+class ShadowFiles:
+    folder: Path
+    json: Path
+    html: Path
+    parts_csv: Path
+
+
+def write_shadow(result: dict[str, Any], out_dir: str | Path, lang: str = "en") -> ShadowFiles:
+    """``shadow.json``, ``shadow_parts.csv`` (one row per joined part) and ``shadow.html`` in ``out_dir``,
+    assembled in a staging folder and swapped in whole."""
+    from kit.report.shadow import render_shadow_page
+
+    out_dir = Path(out_dir)
+    staging = staging_dir(out_dir)
+    write_json_atomic(staging / SHADOW_NAME, result)
+    write_csv_atomic(staging / SHADOW_PARTS, result["parts"])
+    write_text_atomic(staging / SHADOW_HTML, render_shadow_page(result, lang))
+    folder = publish_dir(staging, out_dir)
+    return ShadowFiles(folder, folder / SHADOW_NAME, folder / SHADOW_HTML, folder / SHADOW_PARTS)
+
+
+def read_shadow(path: str | Path) -> dict[str, Any]:
+    """A ``shadow.json`` (or the folder holding one), checked to be one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SHADOW_NAME
+    if not path.is_file():
+        raise ShadowError(f"{path}: no shadow result; make one with `kit shadow --log DECISIONS --inspector CSV`")
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != SHADOW_FORMAT:
+        raise ShadowError(f"{path}: not a `kit shadow` result (no {SHADOW_FORMAT!r} format header)")
+    return data

@@ -1,0 +1,78 @@
+"""A small real bundle for the station tests, made in well under a second without torch.
+
+A linear classifier in ONNX (Flatten -> MatMul -> Add) over 32 px gray images of the sample line,
+with a manifest, decision rule and reference profile exactly as ``kit export`` writes them, so
+``Predictor``, ``deploy serve``, ``deploy watch`` and ``deploy monitor`` run on it unchanged.
+Two seeds give two different models (different model ids) for reload tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
+from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
+from deploy.profile import PROFILE_NAME, build_profile, statistics_table
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "sample_line"
+CLASSES = ["dent", "ok", "scratch"]
+SIZE_PX = 32
+
+
+def sample_images(per_class: int = 6, classes: tuple[str, ...] = ("ok", "scratch", "dent")) -> list[Path]:
+    return [p for c in classes for p in sorted((SAMPLE / c).glob("*.png"))[:per_class]]
+
+
+def _onnx_model(seed: int):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    n_in = SIZE_PX * SIZE_PX
+    weights = (rng.normal(0, 0.06, (n_in, len(CLASSES)))).astype(np.float32)
+    bias = np.array([0.0, 0.4, 0.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "W"], ["scores"]),
+         helper.make_node("Add", ["scores", "b"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, SIZE_PX, SIZE_PX])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_bundle(folder: Path, seed: int = 0, threshold: float | None = 0.55, line: str = "station_line") -> Path:
+    import onnx
+    import onnxruntime as ort
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(_onnx_model(seed), folder / "model.onnx")
+    spec = PreprocessSpec(image_size=(SIZE_PX, SIZE_PX), channels="gray")
+    manifest = Manifest(
+        classes=list(CLASSES), preprocess=spec,
+        artefacts={"onnx": {"file": "model.onnx", "opset": 17, "sha256": sha256_file(folder / "model.onnx"),
+                            "bytes": (folder / "model.onnx").stat().st_size}},
+        temperature=1.0, operating_threshold=threshold, ok_class="ok",
+        extra={"line": line, "created_at": "2026-01-01T00:00:00+00:00"},
+    )
+    reference = sample_images(20)
+    images = [read_image(p, "gray") for p in reference]
+    batch = preprocess_batch(images, spec)
+    logits = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
+    from deploy.preprocess import prepare_image
+
+    profile = build_profile(statistics_table([prepare_image(im, spec) for im in images]), logits, source="sample line",
+                            thresholds={"psi_watch": 0.1, "psi_drift": 0.25, "ks_alpha": 0.01, "min_images": 30})
+    (folder / PROFILE_NAME).write_text(json.dumps(profile), encoding="utf-8")
+    manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(folder / PROFILE_NAME)}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2), encoding="utf-8")
+    return folder
