@@ -286,6 +286,7 @@ def review_queue(
     classes: List[str] = typer.Option([], "--classes", help="Only parts the model labelled with these classes (repeat the option)."),
     drift_day: List[str] = typer.Option([], "--drift-day", help="A day deploy monitor flagged (YYYY-MM-DD): its parts decided alone are queued, least confident first."),
     seed: int = typer.Option(0, "--seed", help="Seed of the audit sample."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also write a heatmap overlay beside each queued image (from this bundle)."),
 ) -> None:
     """Copy the images that need a person (abstained, audit sample, drift days, least confident) into
     QUEUE_DIR and add their rows to QUEUE_DIR/queue.csv, with an empty `label` column for the reviewer.
@@ -296,7 +297,8 @@ def review_queue(
     from deploy.review_queue import build_review_queue
 
     result = build_review_queue(log, images, out, abstained=abstained, lowest=lowest, audit_rate=audit_rate,
-                                max_per_day=max_per_day, classes=classes or None, drift_days=drift_day, seed=seed)
+                                max_per_day=max_per_day, classes=classes or None, drift_days=drift_day, seed=seed,
+                                bundle=bundle)
     reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items())
     typer.echo(f"queued {len(result.added)} parts ({reasons}); already queued before {result.already_queued}; "
                f"over the daily cap {result.over_cap}; image not found {len(result.missing_images)}")

@@ -40,7 +40,8 @@ from deploy.preprocess import IMAGE_SUFFIXES
 
 QUEUE_NAME, STATE_NAME, IMAGES_DIR = "queue.csv", ".queue-state.json", "images"
 STATE_FORMAT = "inspection-kit/review-queue-state"
-COLUMNS = ["path", "sha256", "part_id", "time", "model_label", "confidence", "action", "reason", "label", "queued_at"]
+COLUMNS = ["path", "sha256", "part_id", "time", "model_label", "confidence", "action", "reason", "label", "queued_at",
+           "overlay"]
 REASONS = ("abstained", "audit", "drift", "low_confidence")
 AUDIT_SHARE_OF_CAP = 0.1
 
@@ -139,6 +140,29 @@ class _ImageFinder:
         return self._by_sha
 
 
+class _Explainer:
+    """Heatmap overlays of queued images from the bundle (``deploy.heatmap``, ``deploy.overlay``)."""
+
+    def __init__(self, bundle: Path) -> None:
+        from deploy.predictor import Predictor
+
+        self.predictor = Predictor.from_bundle(bundle)
+
+    def write(self, source: Path, record: DecisionRecord, path: Path) -> Path | None:
+        from deploy.overlay import overlay_caption, write_overlay
+        from deploy.preprocess import read_image
+
+        channels = self.predictor.manifest.preprocess.channels
+        try:
+            image = read_image(source, channels)
+        except DeployError:
+            return None  # the copy is queued anyway; the reviewer sees the image without the map
+        decision = self.predictor.predict_images([image], heatmap=True, heatmap_class=record.label
+                                                 if record.label in self.predictor.classes else None)[0]
+        return write_overlay(path, image, decision.heatmap, overlay_caption(record.label, record.confidence, record.action),
+                             channels=channels)
+
+
 def _day(record: DecisionRecord) -> str:
     return datetime.fromisoformat(record.time).astimezone(timezone.utc).strftime("%Y-%m-%d")
 
@@ -209,8 +233,12 @@ def select_for_review(records: list[DecisionRecord], *, abstained: bool = True, 
 
 def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | None, out_dir: str | Path, *,
                        abstained: bool = True, lowest: int = 0, audit_rate: float = 0.01, max_per_day: int | None = None,
-                       classes: Iterable[str] | None = None, drift_days: Iterable[str] = (), seed: int = 0) -> QueueResult:
-    """Copy the images that need a person into ``out_dir`` and add their rows to ``out_dir/queue.csv``."""
+                       classes: Iterable[str] | None = None, drift_days: Iterable[str] = (), seed: int = 0,
+                       bundle: str | Path | None = None) -> QueueResult:
+    """Copy the images that need a person into ``out_dir`` and add their rows to ``out_dir/queue.csv``.
+
+    ``bundle``: also write a heatmap overlay next to each queued image (``<image>.overlay.png``, the
+    ``overlay`` column): where the model saw its class, so the reviewer looks there first."""
     if not 0 <= audit_rate <= 1:
         raise DeployError(f"audit rate must lie between 0 and 1 (got {audit_rate:g})")
     if max_per_day is not None and max_per_day < 1:
@@ -249,6 +277,7 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
                                          max_per_day=max_per_day, drift_days=drift_days, queued_per_day=per_day,
                                          queued=set(queued), seed=seed)
 
+    explain = _Explainer(Path(bundle)) if bundle is not None else None
     finder = _ImageFinder(Path(images) if images is not None else None)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     added, missing = [], []
@@ -259,9 +288,11 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
             continue
         rel = Path(IMAGES_DIR) / _day(record) / f"{record.image_sha256[:16]}{source.suffix.lower()}"
         _copy_atomic(source, out_dir / rel)
+        overlay = explain.write(source, record, out_dir / rel.with_suffix(".overlay.png")) if explain is not None else None
         added.append({"path": rel.as_posix(), "sha256": record.image_sha256, "part_id": record.part_id or "",
                       "time": record.time, "model_label": record.label, "confidence": f"{record.confidence:.6g}",
-                      "action": record.action, "reason": reason, "label": "", "queued_at": now})
+                      "action": record.action, "reason": reason, "label": "", "queued_at": now,
+                      "overlay": overlay.relative_to(out_dir).as_posix() if overlay is not None else ""})
         queued[part_key(record)] = {"day": _day(record), "reason": reason, "queued_at": now}
 
     buf = io.StringIO()

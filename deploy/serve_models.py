@@ -69,7 +69,8 @@ def load_model(bundle_dir: str | Path, config: ServeConfig, on_batch: Callable[[
     """Load (every artefact's sha256 checked by ``Predictor.from_bundle``), warm up at batch 1 and
     ``max_batch`` (the first runs allocate memory and pick kernels), then start its batcher."""
     bundle_dir = Path(bundle_dir).resolve()
-    predictor = Predictor.from_bundle(bundle_dir, config.runtime, intra_op_threads=config.threads)
+    # idle ONNX Runtime threads sleep: spinning between batches takes the CPU the event loop needs
+    predictor = Predictor.from_bundle(bundle_dir, config.runtime, intra_op_threads=config.threads, allow_spinning=False)
     identity = model_id(bundle_dir)
     spec = predictor.manifest.preprocess
     started = time.perf_counter()

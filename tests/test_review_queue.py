@@ -70,7 +70,9 @@ def test_reasons_audit_sample_and_copies(station, tmp_path):
     low = sorted((r for r in day1 if r["reason"] == "low_confidence"), key=lambda r: float(r["confidence"]))
     assert [r["part_id"] for r in low] and all(float(r["confidence"]) <= 0.53 for r in low)
     assert all(r["label"] == "" for r in rows) and list(rows[0]) == ["path", "sha256", "part_id", "time", "model_label",
-                                                                      "confidence", "action", "reason", "label", "queued_at"]
+                                                                      "confidence", "action", "reason", "label", "queued_at",
+                                                                      "overlay"]
+    assert all(r["overlay"] == "" for r in rows)  # no bundle given: no heatmap overlays
     for r in rows:  # the copies are the logged images
         import hashlib
 
@@ -127,3 +129,16 @@ def test_runs_without_torch_and_words_errors(station, tmp_path):
     assert ok.stdout.startswith("queued 12 parts (abstained 8, audit 4, drift 0, low_confidence 0)")
     bad = subprocess.run(cmd + ["--classes", "dent"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: class 'dent' is not among the logged classes (crack, ok, scratch)"
+
+
+def test_queued_parts_get_heatmap_overlays_from_the_bundle(station, tmp_path):
+    from tests.edge_bundle import make_bundle
+
+    logs, images = station
+    bundle = make_bundle(tmp_path / "bundle")
+    build_review_queue([logs], images, tmp_path / "q", lowest=1, audit_rate=0.0, bundle=bundle)
+    rows = _rows(tmp_path / "q")
+    assert rows and all(r["overlay"].endswith(".overlay.png") for r in rows)
+    for r in rows:
+        overlay = cv2.imread(str(tmp_path / "q" / r["overlay"]), cv2.IMREAD_UNCHANGED)
+        assert overlay is not None and overlay.ndim == 3 and overlay.shape[0] >= 16

@@ -28,7 +28,10 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
 
 class OnnxRuntimeBackend:
     def __init__(self, name: str, model_path: Path, *, providers: list[str] | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+        """``allow_spinning=False``: idle intra-op threads sleep instead of spinning. A server wants that:
+        between batches the spinning threads take the CPU its event loop needs (deploy serve on 2 cores:
+        1,550 instead of 1,130-1,375 images/s with 8 clients)."""
         import onnxruntime as ort
 
         self.name = name
@@ -36,6 +39,8 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if not allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=choose_providers(providers))
         except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported models
@@ -70,7 +75,8 @@ class OnnxRuntimeBackend:
 def _factory(fmt: str):
     def build(model_path: Path, manifest: Manifest, options: dict[str, Any]) -> OnnxRuntimeBackend:
         return OnnxRuntimeBackend(fmt, model_path, providers=options.get("providers"),
-                                  intra_op_threads=options.get("intra_op_threads"))
+                                  intra_op_threads=options.get("intra_op_threads"),
+                                  allow_spinning=options.get("allow_spinning", True))
 
     return build
 
