@@ -217,6 +217,7 @@ def serve(
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
     reload_root: Optional[Path] = typer.Option(None, "--reload-root", help="POST /v1/reload loads bundles inside this "
                                                "folder only (default: the folder holding BUNDLE)."),
+    read_timeout: float = typer.Option(10.0, "--read-timeout-s", min=0.1, help="A request body must arrive within this (else 408)."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
     /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle without downtime.
@@ -229,7 +230,7 @@ def serve(
 
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
-                         threads=threads or None, reload_root=reload_root)
+                         threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout)
     station = build_station(config, host, port)
     summary = station.app.state.host.current.summary()
     typer.echo(f"# deploy serve: {station.url} model {summary['model_id'][:12]} ({summary['line']}, {summary['providers']}); "

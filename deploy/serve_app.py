@@ -184,11 +184,20 @@ def create_app(model: LoadedModel, config: ServeConfig):
                 raise IntakeError("too_large", f"the body has {int(length)} bytes, more than --max-bytes "
                                   f"{config.max_bytes}", 413)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_bytes:
-                raise IntakeError("too_large", f"the body is over --max-bytes {config.max_bytes} bytes", 413)
-            chunks.append(chunk)
+
+        async def receive_all() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > config.max_bytes:
+                    raise IntakeError("too_large", f"the body is over --max-bytes {config.max_bytes} bytes", 413)
+                chunks.append(chunk)
+
+        try:  # a client trickling its body must not hold a model (or a reload) for ever
+            await asyncio.wait_for(receive_all(), config.read_timeout_s)
+        except asyncio.TimeoutError:
+            raise IntakeError("timeout", f"the body did not arrive within {config.read_timeout_s:g} s "
+                              f"({size} bytes received)", 408) from None
         return b"".join(chunks)
 
     async def read_input(request: Request) -> tuple[bytes, str | None]:

@@ -34,6 +34,7 @@ class ServeConfig:
     log_dir: Path | None = Path("decisions")
     threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
     fsync_interval_s: float = 1.0
+    read_timeout_s: float = 10.0  # a request body must arrive within this (else 408)
     # POST /v1/reload only loads bundles inside this folder (default: the folder holding the first bundle), so a
     # request can never make the server read a path elsewhere on its disk.
     reload_root: Path | None = None

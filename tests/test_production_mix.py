@@ -130,3 +130,17 @@ def test_gate_on_bound_uses_the_pessimistic_end_and_per_class_limits():
     assert by["kpi.max_class_escape_rate[crack]"]["passed"]  # upper bound 16.8 % <= 20 %
     assert not by["kpi.max_class_escape_rate[scratch]"]["passed"]  # upper bound 31.7 % > 15 %
     assert bound["failed"] == ["kpi.min_accuracy", "kpi.max_class_escape_rate[scratch]"]
+
+
+def test_a_corruption_that_lets_defects_through_is_named_next_to_the_recommendation():
+    t = translator("en")
+    checks = evaluate_gate({"max_class_escape_rate": 0.0}, KpiTargets(max_class_escape_rate=0.2), None,
+                           {"max_class_escape_rate": rate(0, 20)})["checks"]
+    kpi = _kpi(checks)
+    kpi["robustness"]["decisions"] = {"worst": {"family": "shadow", "severity": 5, "escape_rate": rate(49, 100)}}
+    rec = recommend(kpi, t)
+    assert rec["kind"] == GO and rec["warnings"] == [
+        "under shadow (severity 5) the model accepts 49.0 % of defective parts as good: add this condition to the strong "
+        "view (views.strong) and keep it off the line (lighting, focus)"]
+    kpi["robustness"]["decisions"]["worst"]["escape_rate"] = rate(3, 100)  # within the 20 % limit: nothing to say
+    assert recommend(kpi, t)["warnings"] == []

@@ -563,3 +563,30 @@ def test_a_decision_explained_with_its_heatmap(station, bundles, images):
     for query, kind in (("heatmap=maybe", "bad_request"), ("heatmap_class=%3Cscript%3E", "bad_request")):
         status, refused = station.request("POST", f"/v1/inspect?{query}", data, {"Content-Type": "image/png"})
         assert status == 400 and refused["error"] == kind, refused
+
+
+def test_a_body_that_trickles_in_times_out_with_408(bundles, tmp_path):
+    """A client sending its body too slowly is answered 408 and holds no model; the station keeps serving."""
+    import socket
+
+    s = Station(bundles[0], tmp_path / "log", read_timeout_s=0.5)
+    try:
+        with socket.create_connection((s.host, s.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+                         + b"\x89PNG\r\n\x1a\n")
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+            waited = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"] == "timeout", answer
+        assert 0.4 < waited < 5
+        assert s.inspect(sample_images(1)[0].read_bytes())[0] == 200
+        batcher = s.station.app.state.host.current.batcher
+        assert (batcher._preparing, batcher.queued) == (0, 0)
+    finally:
+        s.stop()
