@@ -63,7 +63,8 @@ class DecisionRule:
 
     def accepted(self, probabilities: np.ndarray, classes: Sequence[str]) -> np.ndarray:
         """Boolean mask: the parts the model decides alone (not sent to a person)."""
-        conf = probabilities.max(axis=1)
+        # float64 throughout: a float32 comparison would round a threshold just above 1.0 down to 1.0
+        conf = probabilities.max(axis=1).astype(np.float64)
         bar = self.class_floors(classes)[probabilities.argmax(axis=1)]
         if self.threshold is not None:
             bar = np.maximum(bar, self.threshold)
@@ -80,7 +81,7 @@ class DecisionRule:
 def effective_confidence(probabilities: np.ndarray, floors: np.ndarray | None) -> np.ndarray:
     """Top probability, set to 0 where it is below its predicted class's floor: thresholding this at t
     accepts exactly what ``DecisionRule(t, class_thresholds=...)`` accepts (for t > 0)."""
-    conf = probabilities.max(axis=1)
+    conf = probabilities.max(axis=1).astype(np.float64)  # thresholds are float64 (see DecisionRule.accepted)
     if floors is None:
         return conf
     return np.where(conf >= floors[probabilities.argmax(axis=1)], conf, 0.0)

@@ -133,9 +133,12 @@ def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = 
     ref_p, new_p = softmax(np.asarray(profile["logits"], np.float32), temperature), softmax(logits, temperature)
     rows += _model_rows(ref_p, new_p.max(1), new_p.argmax(1), th)
     abstain = None
-    if threshold is not None:
-        ref_rate, new_rate = float(np.mean(ref_p.max(1) < threshold)), float(np.mean(new_p.max(1) < threshold))
-        abstain = {"threshold": threshold, "reference_rate": ref_rate, "new_rate": new_rate}
+    rule = predictor.manifest.decision_rule
+    if threshold is not None or rule.class_thresholds:  # the abstain rate by the rule the bundle deploys
+        classes = predictor.classes
+        ref_rate = float(np.mean(~rule.accepted(ref_p, classes)))
+        new_rate = float(np.mean(~rule.accepted(new_p, classes)))
+        abstain = {"threshold": threshold or 0.0, "reference_rate": ref_rate, "new_rate": new_rate}
 
     overall = max((r["status"] for r in rows), key=STATUS_ORDER.index)
     notes = []

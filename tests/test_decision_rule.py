@@ -129,3 +129,21 @@ def test_a_class_too_rare_to_certify_its_escape_limit_is_named():
     assert not out["certified"] and out["threshold"] > 1.0
     assert out["message"] == ("not certifiable: the escape limit of 1 % for crack needs about 299 defective crack "
                               "validation images with no escape (have 60)")
+
+
+def test_no_automation_accepts_nothing_even_at_a_float32_confidence_of_one():
+    """numpy 2 compares a float32 array with a Python float in float32, where NO_AUTOMATION (just above 1.0)
+    rounds to 1.0: parts with a confidence of exactly 1.0 were accepted although every part should go to a person."""
+    from kit.verify.threshold import NO_AUTOMATION
+
+    p = np.array([[1.0, 0.0, 0.0], [0.2, 0.7, 0.1]], dtype=np.float32)
+    labels = np.array([0, 1])
+    assert not accepted_mask(p, NO_AUTOMATION).any()
+    assert operating_point(p, labels, NO_AUTOMATION, 1)["accepted"] == 0
+    assert not DecisionRule(threshold=NO_AUTOMATION).accepted(p, CLASSES).any()
+    adjacent = np.array([[np.float32(0.9), 0.05, 0.05], [np.nextafter(np.float32(0.9), np.float32(0)), 0.05, 0.05]],
+                        dtype=np.float32)
+    from kit.verify.threshold import _between
+
+    t = _between(np.unique(adjacent.max(1))[::-1], 0)  # between two adjacent float32 values
+    assert accepted_mask(adjacent, t).tolist() == [True, False]

@@ -31,7 +31,8 @@ class Rung:
 
 def _decisions(p: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
     top = p.argmax(axis=1)
-    abstain = p.max(axis=1) < threshold if threshold is not None else np.zeros(len(p), bool)
+    # float64: numpy 2 would compare float32 confidences with a Python float in float32
+    abstain = p.max(axis=1).astype(np.float64) < threshold if threshold is not None else np.zeros(len(p), bool)
     return top, abstain
 
 

@@ -29,7 +29,9 @@ from kit.verify.stats import clopper_pearson_upper, zero_failure_sample_size
 def accepted_mask(probabilities: np.ndarray, threshold: float | None, floors: np.ndarray | None = None) -> np.ndarray:
     """The parts decided without a person, by the deployed rule (``deploy.decision.DecisionRule.accepted``):
     top probability at or above the threshold and at or above its predicted class's floor."""
-    conf = probabilities.max(axis=1)
+    # float64: against a Python float, numpy 2 compares a float32 array in float32, where NO_AUTOMATION
+    # (just above 1.0) rounds to 1.0 and would accept every part whose confidence is exactly 1.0
+    conf = probabilities.max(axis=1).astype(np.float64)
     accepted = conf >= threshold if threshold is not None else np.ones(len(conf), bool)
     if floors is not None:
         accepted &= conf >= floors[probabilities.argmax(axis=1)]
@@ -71,7 +73,7 @@ def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, points: int = 
     thresholds = np.unique(np.quantile(conf, np.linspace(0, 1, points))) if len(conf) else np.array([])
     rows = []
     for t in thresholds:
-        accepted = conf >= t
+        accepted = conf >= t  # t is one of conf's own values: same precision
         rows.append({"threshold": float(t), "automation_rate": float(accepted.mean()),
                      "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None})
     return rows
@@ -209,9 +211,9 @@ def _between(thresholds: np.ndarray, j: int) -> float:
     """A threshold that accepts exactly the parts ``thresholds[j]`` accepts (descending candidates), placed halfway
     to the next lower confidence: a part whose confidence is recomputed with float noise (another machine,
     another runtime, float32 vs float64) is still decided as it was certified."""
-    if j + 1 < len(thresholds):
-        return float((thresholds[j] + thresholds[j + 1]) / 2.0)
-    return float(max(0.0, thresholds[j] - SAFETY_GAP))
+    if j + 1 < len(thresholds):  # in float64: two adjacent float32 confidences have no float32 between them
+        return (float(thresholds[j]) + float(thresholds[j + 1])) / 2.0
+    return max(0.0, float(thresholds[j]) - SAFETY_GAP)
 
 
 def _class_escape_tests(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, target: ThresholdTarget,
