@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kit.verify.stats import ppm, rate
+from kit.verify.escapes import escape_table
 from kit.verify.threshold import accepted_mask
 
 METHOD = "per-class 95 % Clopper-Pearson bounds, weighted by the production mix (conservative)"
@@ -60,19 +61,14 @@ def production_figures(probabilities: np.ndarray, labels: np.ndarray, classes: l
     if defect_rate is None or ok_index is None:
         return None
     ok = classes[ok_index]
-    pred = probabilities.argmax(axis=1)
     accepted = accepted_mask(probabilities, threshold, floors)
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     weights = class_weights(classes, counts, ok, defect_rate)
-    auto, esc, fr = {}, {}, {}
-    for i, c in enumerate(classes):
-        members = labels == i
-        n = counts[c]
-        auto[c] = rate(int((members & accepted).sum()), n)
-        if i == ok_index:
-            fr[c] = rate(int((members & accepted & (pred != ok_index)).sum()), n)
-        else:
-            esc[c] = rate(int((members & accepted & (pred == ok_index)).sum()), n)
+    auto = {c: rate(int(((labels == i) & accepted).sum()), counts[c]) for i, c in enumerate(classes)}
+    # per-class escapes and false rejects are the escapes table's own counts (one definition of each)
+    table = escape_table(probabilities, labels, classes, ok_index, threshold, floors=floors)["classes"]
+    esc = {c: row for c, row in table.items() if row["kind"] == "escape"}
+    fr = {c: row for c, row in table.items() if row["kind"] == "false_reject"}
     escapes, false_rejects = _weighted(weights, esc), _weighted(weights, fr)
     per_million = {k: (None if v is None else ppm(v)) for k, v in escapes.items() if k in ("rate", "low", "high")}
     fr_per_million = {k: (None if v is None else ppm(v)) for k, v in false_rejects.items() if k in ("rate", "low", "high")}
