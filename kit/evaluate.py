@@ -74,9 +74,13 @@ def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     return float(np.mean(np.asarray(pred_a) == np.asarray(pred_b))) if len(pred_a) else 0.0
 
 
-def evaluate_models(models: dict[str, nn.Module], inputs: torch.Tensor, labels: np.ndarray,
+def evaluate_models(models: dict[str, nn.Module], inputs: torch.Tensor | dict[str, torch.Tensor], labels: np.ndarray,
                     classes: list[str], device: torch.device) -> dict[str, Any]:
-    preds = {name: predict_logits(m, inputs, device).argmax(1).numpy() for name, m in models.items()}
+    """``inputs``: one batch for every model, or one per model name (a teacher reading larger images)."""
+    def batch(name: str) -> torch.Tensor:
+        return inputs[name] if isinstance(inputs, dict) else inputs
+
+    preds = {name: predict_logits(m, batch(name), device).argmax(1).numpy() for name, m in models.items()}
     out: dict[str, Any] = {name: classification_metrics(labels, p, classes) for name, p in preds.items()}
     if "teacher" in preds and "student" in preds:
         out["agreement"] = agreement(preds["teacher"], preds["student"])
@@ -95,7 +99,9 @@ def run_evaluate_stage(ctx: Any) -> dict[str, Any]:
 
     recipe, data, device = ctx.recipe, ctx.data, ctx.setup.device
     test = data.splits["test"]
-    test_inputs = test.tensors(data.spec)
+    student_inputs = test.tensors(data.spec)
+    test_inputs = {"student": student_inputs, "teacher": data.teacher_splits["test"].tensors(data.teacher_spec)
+                   if data.teacher_spec != data.spec else student_inputs}
     teacher, student = ctx.teacher, ctx.load_role("student")
     metrics = evaluate_models({"teacher": teacher, "student": student}, test_inputs, test.labels, data.classes, device)
     for method in recipe.compare:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from deploy.predictor import Predictor
+from deploy.preprocess import PreprocessSpec
 from kit.evaluate import predict_logits
 from kit.models import load_model
 
@@ -30,6 +31,11 @@ class Scorer:
     infer: Callable[[np.ndarray], np.ndarray]  # float32 NCHW -> logits, any batch size
     file: Path  # the checkpoint or artefact, for its size
     batch_size: int = CHUNK  # images per call; torch CPU kernels round differently at other batch sizes
+    # Its own preprocessing when it reads other inputs than the bundle (a teacher on larger images); None: the bundle's.
+    spec: PreprocessSpec | None = None
+
+    def input_spec(self, default: PreprocessSpec) -> PreprocessSpec:
+        return self.spec or default
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) == 0:
@@ -42,19 +48,26 @@ class Scorer:
 
 
 def torch_scorer(name: str, checkpoint: Path, device: torch.device) -> Scorer:
-    model, _ = load_model(checkpoint)
-    return model_scorer(name, model, device, checkpoint)
+    model, body = load_model(checkpoint)
+    return model_scorer(name, model, device, checkpoint, spec=checkpoint_spec(body))
 
 
-def model_scorer(name: str, model: torch.nn.Module, device: torch.device, file: Path, batch_size: int = CHUNK) -> Scorer:
-    """A torch model already in memory (``file``: where it is, or will be, saved)."""
+def checkpoint_spec(body: dict) -> PreprocessSpec | None:
+    """The preprocessing a checkpoint records it was trained on (None for one that records none)."""
+    recorded = body.get("preprocess")
+    return PreprocessSpec.from_dict(recorded) if recorded else None
+
+
+def model_scorer(name: str, model: torch.nn.Module, device: torch.device, file: Path, batch_size: int = CHUNK,
+                 spec: PreprocessSpec | None = None) -> Scorer:
+    """A torch model already in memory (``file``: where it is, or will be, saved; ``spec``: what it reads)."""
     model.to(device).eval()
 
     def infer(x: np.ndarray) -> np.ndarray:
         return predict_logits(model, torch.from_numpy(np.ascontiguousarray(x)), device, batch_size=batch_size).numpy()
 
     return Scorer(name, "torch", f"torch ({device.type}, {torch.get_num_threads()} threads)" if device.type == "cpu"
-                  else f"torch ({device})", infer, file)
+                  else f"torch ({device})", infer, file, spec=spec)
 
 
 def bundle_scorer(bundle_dir: Path, fmt: str, threads: int = 0) -> Scorer:

@@ -198,3 +198,25 @@ def test_calibrate_needs_images(tmp_path):
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # calibration.png and recipes/ land in the test's folder
+
+
+def test_the_scaffold_gives_a_gpu_teacher_the_source_resolution(tmp_path):
+    """Source 512 px, student input capped at 224: on a GPU the teacher reads 512 px; on a CPU the line is a
+    commented hint, and the ROI hint is there in both (the resize costs detail)."""
+    generate_sparse_line(tmp_path / "big", counts={"ok": 4, "pit": 2}, size_px=512)
+    gpu_path, _ = init_line(tmp_path / "big", "big", tmp_path / "gpu.yaml", gpu=True)
+    recipe = load_recipe(gpu_path)
+    assert recipe.data.image_size == (224, 224) and recipe.teacher.image_size == (512, 512)
+    cpu_path, _ = init_line(tmp_path / "big", "big", tmp_path / "cpu.yaml", gpu=False)
+    text = cpu_path.read_text()
+    assert load_recipe(cpu_path).teacher.image_size is None
+    assert ("  # image_size: 512             # on a GPU: the teacher reads 512 px (small defects intact), the student 224; "
+            "both see the same views\n") in text
+    assert "  # roi: [x, y, width, height]  # crop to the part before the resize" in text
+    assert "# roi:" in gpu_path.read_text()
+
+
+def test_no_teacher_size_or_roi_hint_when_nothing_is_lost(tmp_path, tiny_line):
+    path, _ = init_line(tiny_line, "tiny", tmp_path / "tiny.yaml", gpu=True)
+    text = path.read_text()
+    assert "# roi:" not in text and "image_size: " in text and text.count("image_size:") == 1

@@ -9,7 +9,7 @@ run is reproducible whatever the number of workers and whenever it is resumed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import albumentations as A
@@ -40,6 +40,13 @@ def preprocess_spec(recipe: Recipe) -> PreprocessSpec:
         image_size=tuple(d.image_size), channels=d.channels, roi=tuple(d.roi) if d.roi else None,
         interpolation=d.interpolation, mean=mean, std=std,
     )
+
+
+def teacher_preprocess_spec(recipe: Recipe) -> PreprocessSpec:
+    """The teacher's input: the student's preprocessing at ``teacher.image_size`` when that is set."""
+    spec = preprocess_spec(recipe)
+    size = recipe.teacher.image_size
+    return spec if size is None or tuple(size) == spec.image_size else replace(spec, image_size=tuple(size))
 
 
 @dataclass
@@ -113,6 +120,9 @@ def view_seed(run_seed: int, epoch: int, index: int, view: int) -> int:
     return derive_seed(run_seed, SEED_VIEW, epoch, index, view)
 
 
+TEACHER_VIEW_PREFIX = "teacher:"  # a paired dataset names the teacher's copy of view ``weak`` "teacher:weak"
+
+
 class ViewDataset(Dataset):
     """Yields ``(view_1, ..., view_k, label)`` for one split, each view freshly augmented.
 
@@ -151,4 +161,32 @@ class ViewDataset(Dataset):
         image = self.split.images[index]
         views = [torch.from_numpy(to_tensor(self._view(image, n, index, slot, epoch), self.spec))
                  for slot, n in enumerate(self.view_names)]
+        return (*views, int(self.split.labels[index]))
+
+
+class PairedViewDataset(ViewDataset):
+    """Views for a student whose teacher reads larger images (``teacher.image_size``).
+
+    ``split`` holds the images at the teacher's size. Each view is drawn once, at that size, and the
+    student's copy is the same view resized to ``student_spec`` by the one preprocessing
+    implementation, so both models see one random transform (same crop, angle, flip, lighting).
+    With ``with_teacher`` the teacher's copies follow the student's, named ``teacher:<view>``.
+    """
+
+    def __init__(self, split: DecodedSplit, teacher_spec: PreprocessSpec, student_spec: PreprocessSpec,
+                 pipelines: dict[str, A.Compose], view_names: Sequence[str], seed: int, with_teacher: bool) -> None:
+        super().__init__(split, student_spec, pipelines, view_names, seed)
+        self.teacher_spec, self.with_teacher = teacher_spec, with_teacher
+        self.student_views = list(view_names)
+        self._resize = replace(student_spec, roi=None)  # the ROI was cut when the teacher-size image was prepared
+        if with_teacher:
+            self.view_names = self.student_views + [TEACHER_VIEW_PREFIX + n for n in self.student_views]
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image = self.split.images[index]
+        large = [self._view(image, n, index, slot, epoch) for slot, n in enumerate(self.student_views)]
+        views = [torch.from_numpy(to_tensor(prepare_image(v, self._resize), self.spec)) for v in large]
+        if self.with_teacher:
+            views += [torch.from_numpy(to_tensor(v, self.teacher_spec)) for v in large]
         return (*views, int(self.split.labels[index]))

@@ -20,7 +20,7 @@ import torch
 from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
 from deploy.manifest import read_manifest
 from deploy.predictor import softmax
-from deploy.preprocess import load_and_preprocess, to_tensor
+from deploy.preprocess import PreprocessSpec, load_and_preprocess, to_tensor
 from deploy.profile import PROFILE_NAME, build_profile, statistics_table
 from kit.data import preprocess_spec
 from kit.errors import ArgumentError, KitError
@@ -36,7 +36,7 @@ from kit.io import publish_dir, staging_dir, write_json_atomic
 from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.recipe.schema import ExportFormat
-from kit.scorers import bundle_scorer, model_scorer
+from kit.scorers import bundle_scorer, checkpoint_spec, model_scorer
 from kit.rundir import BUNDLE_DIR, LOCK_NAME, PARITY_NAME, checkpoint_path, load_split, mark_stage, read_split, require_stages
 
 FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
@@ -97,7 +97,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
         formats.insert(0, "onnx")
     spec = preprocess_spec(recipe)
     student, student_ckpt = load_model(checkpoint_path(run_dir, "student"))
-    teacher, _ = load_model(checkpoint_path(run_dir, "teacher"))
+    teacher, teacher_ckpt = load_model(checkpoint_path(run_dir, "teacher"))
     classes = list(student_ckpt["classes"])
     input_shape = (spec.num_channels, *spec.image_size)
 
@@ -165,7 +165,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
         log(f"triton: {', '.join(manifest.extra['triton']['models'])} in triton/ (config.pbtxt, labels.txt, 1/)")
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
-    parity = _parity_ladder(run_dir, staging, teacher, student, spec, classes, manifest, recipe,
+    parity = _parity_ladder(run_dir, staging, (teacher, checkpoint_spec(teacher_ckpt)), student, spec, classes, manifest, recipe,
                             exported if head is not None else None)
     write_json_atomic(staging / PARITY_NAME, parity)
     write_json_atomic(staging / PROFILE_NAME, _reference_profile(run_dir, staging, spec, recipe))
@@ -195,18 +195,23 @@ def _reference_profile(run_dir: Path, bundle: Path, spec, recipe) -> dict[str, A
                          thresholds=recipe.monitor.model_dump())
 
 
-def _parity_ladder(run_dir: Path, bundle: Path, teacher, student, spec, classes: list[str], manifest: Manifest,
-                   recipe, with_heatmap: HeatmapModel | None = None) -> dict[str, Any]:
+def _parity_ladder(run_dir: Path, bundle: Path, teacher: tuple[Any, PreprocessSpec | None], student, spec,
+                   classes: list[str], manifest: Manifest, recipe, with_heatmap: HeatmapModel | None = None) -> dict[str, Any]:
+    """``teacher``: the model and the input it records (None or ``spec``: the student's)."""
     test = load_split(run_dir, "test", spec, classes)
     # A fresh C-ordered copy: canonical strides even for one channel, where the batched view's channel
     # stride would make torch pick its channels-last kernels (same values to ~1e-6, other rounding).
     inputs = np.array(test.inputs(spec), order="C", copy=True)
+    teacher_model, teacher_spec = teacher
+    teacher_inputs = inputs if teacher_spec in (None, spec) else \
+        np.array(load_split(run_dir, "test", teacher_spec, classes).inputs(teacher_spec), order="C", copy=True)
     cpu = torch.device("cpu")
     # The torch rungs batch as the run's evaluation does, so their figures equal metrics.json's.
     scorers = [model_scorer(role, model, cpu, checkpoint_path(run_dir, role), batch_size=EVAL_BATCH)
-               for role, model in (("teacher", teacher), ("student", student))]
+               for role, model in (("teacher", teacher_model), ("student", student))]
     scorers += [bundle_scorer(bundle, fmt) for fmt in manifest.artefacts]
-    rungs = [Rung(s.name, "torch (cpu)" if s.kind == "torch" else s.runtime, softmax(s.logits(inputs), manifest.temperature))
+    rungs = [Rung(s.name, "torch (cpu)" if s.kind == "torch" else s.runtime,
+                  softmax(s.logits(teacher_inputs if s.name == "teacher" else inputs), manifest.temperature))
              for s in scorers]
     if with_heatmap is not None:  # the heatmap output, rung by rung, from the torch student with its head on
         by_name = {r.name: r for r in rungs}

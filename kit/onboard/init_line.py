@@ -32,6 +32,7 @@ CPU_PIXEL_BUDGET = 20_000_000  # px per epoch
 CPU_SIZES_PX = (96, 128, 160, 192, 224)  # the CPU candidates; the first is the floor however large the data
 SMALL_DEFECT_PX = 4  # the defect the image_size comment follows through the resize
 MIN_VISIBLE_DEFECT_PX = 2  # a defect narrower than this at the model's input is averaged into the background
+TEACHER_MAX_PX = 512  # the largest input the scaffold offers a (GPU) teacher
 SMALL_DATA = 1000  # images: below this a smaller teacher with AdamW trains more reliably from scratch
 # Folder names of the good-part class, compared lower-case with - and spaces as _; a folder named exactly
 # one of these or starting with one and "_" ("ok_parts", "good_2024") is it. "nok" is not.
@@ -207,6 +208,26 @@ def plan_image_size(survey: LineSurvey, gpu: bool) -> SizeProposal:
     return SizeProposal(size, survey.median_hw, reason)
 
 
+def teacher_size_line(survey: LineSurvey, size: SizeProposal, gpu: bool) -> str:
+    """``teacher.image_size`` when the student's input shrinks the source: set on a GPU (the teacher then reads
+    the source's detail at up to ``TEACHER_MAX_PX``), a commented hint on a CPU; nothing when no detail is lost."""
+    side = max(MIN_SIZE_PX, min(TEACHER_MAX_PX, (min(survey.median_hw) // 16) * 16))
+    if side <= size.size_px:
+        return ""
+    why = f"the teacher reads {side} px (small defects intact), the student {size.size_px}; both see the same views"
+    if gpu:
+        return f"  image_size: {side:<18}# {why}\n"
+    return f"  # image_size: {side:<16}# on a GPU: {why}\n"
+
+
+def roi_line(size: SizeProposal) -> str:
+    """A commented ``data.roi`` when the resize costs detail: cropping to the part is the cheapest way to keep it."""
+    if size.shrink <= 1.0:
+        return ""
+    return ("  # roi: [x, y, width, height]  # crop to the part before the resize: every pixel of background cut is detail "
+            "kept for the defects\n")
+
+
 def _q(text: str) -> str:
     """A YAML double-quoted scalar (class names and paths may contain anything)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -247,7 +268,8 @@ def _balance_note(survey: LineSurvey) -> str:
     return f"class-balanced sampling only if the training split is imbalanced (largest class > {IMBALANCE_RATIO:g}x smallest)"
 
 
-def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "") -> str:
+def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "",
+                  gpu: bool = False) -> str:
     recipe_path = recipe_path or f"recipes/{name}.yaml"
     rel_root = Path(os.path.relpath(survey.root, recipe_dir.resolve()))
     small = survey.total < SMALL_DATA
@@ -281,7 +303,7 @@ data:
   classes: [{", ".join(_q(c) for c in survey.classes)}]   # fixed order: it becomes the model's output order
   image_size: {size.size_px:<18}# {size.cost()}
                                 # {size.reason}
-  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
+{roi_line(size)}  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
 {data_split}  dedupe: true                  # drop exact duplicate files before splitting (they leak train -> test)
   max_unreadable_fraction: 0.0  # stop on an unreadable file; raise to skip a few and log them
 
@@ -308,7 +330,7 @@ teacher:
   balance: auto                 # {balance}
   select_by: macro_f1           # {select_by}
   train_views: mix              # weak or strong per sample: CRLD needs trustworthy strong-view outputs
-
+{teacher_size_line(survey, size, gpu)}
 student:
   arch: ese_vovnet19b_slim_dw   # 1.4 M parameters, depthwise; quantizes to INT8 without losing decisions
   epochs: 40
@@ -362,11 +384,12 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     if path.exists() and not overwrite:
         raise ArgumentError("overwrite", f"{path}: already exists; pass {{overwrite}} to replace it", prefix=False)
     survey = survey_line(images_dir)
-    size = plan_image_size(survey, torch.cuda.is_available() if gpu is None else gpu)
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    size = plan_image_size(survey, gpu)
     resize_warning = size.warning()
     if resize_warning:
         survey.warnings.append(resize_warning)
-    text = render_recipe(survey, size, name, path.parent, str(path))
+    text = render_recipe(survey, size, name, path.parent, str(path), gpu=gpu)
     tmp = path.parent / f".{path.name}.check.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(tmp, text)

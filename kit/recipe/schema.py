@@ -222,6 +222,22 @@ class TeacherConfig(TrainConfig):
     # After training: a teacher no better than calling every part the majority class stops the run (stop), or
     # is only a warning (warn); see kit.train.teacher_check.
     check: Literal["stop", "warn"] = "stop"
+    # The teacher may read larger images than the student (height, width; a single number means square): small
+    # defects the student's resize blurs stay visible to it. Views are then drawn at this size and the student's
+    # input is the same view resized, so both see one random transform. null: data.image_size.
+    image_size: Optional[tuple[int, int]] = None
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square_shorthand(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_range(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and (min(v) < 16 or max(v) > 4096):
+            raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
+        return v
 
     @field_validator("ensemble")
     @classmethod
@@ -490,6 +506,10 @@ class Recipe(_Strict):
                 ok = self.line.ok_class
                 if field_name != "verify.threshold.class_thresholds" and ok is not None and ok in value:
                     raise ValueError(f"{field_name}: {ok!r} is the good-part class; list defect classes only")
+        size = self.teacher.image_size
+        if size is not None and (size[0] < self.data.image_size[0] or size[1] < self.data.image_size[1]):
+            raise ValueError(f"teacher.image_size {list(size)} is smaller than data.image_size {list(self.data.image_size)}; "
+                             "the teacher may read larger images than the student, not smaller")
         if isinstance(self.line.defect_rate, dict) and not self.line.ok_class:
             raise ValueError("line.defect_rate per class needs the good-part class: set line.ok_class")
         if (self.kpi.max_class_escape_rate is not None or self.kpi.max_false_reject_rate is not None) and not self.line.ok_class \

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kit.data import decode_line, index_line, preprocess_spec
+from kit.data import decode_line, decode_split, index_line, preprocess_spec, teacher_preprocess_spec
 from kit.errors import DataError
 from kit.evaluate import predict_logits
 from kit.models import load_model
@@ -100,15 +100,17 @@ class RunContext:
 
     @cached_property
     def pipelines(self) -> dict[str, Any]:
-        spec = self.data.spec
-        return {v: build_view(getattr(self.recipe.views, v), f"views.{v}", self.recipe.data.image_size, spec.num_channels)
+        """The weak and strong views, at the size they are drawn at: the teacher's (every model's views are
+        drawn there when the teacher reads larger images, see ``kit.data.PairedViewDataset``)."""
+        spec = self.data.teacher_spec
+        return {v: build_view(getattr(self.recipe.views, v), f"views.{v}", spec.image_size, spec.num_channels)
                 for v in ("weak", "strong")}
 
     @cached_property
     def train(self) -> TrainContext:
         d = self.data
         return TrainContext(self.recipe, d.splits, d.classes, d.spec, self.pipelines, self.setup, self.checkpoint_dir,
-                            self.reporter, self.resume, self.dctx)
+                            self.reporter, self.resume, self.dctx, teacher_spec=d.teacher_spec, teacher_splits=d.teacher_splits)
 
     @property
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -135,7 +137,8 @@ class RunContext:
     def teacher_val_logits(self) -> np.ndarray:
         """The teacher's validation logits, computed once: the teacher check reads them, and students
         report their agreement with the teacher's decisions each epoch."""
-        return predict_logits(self.teacher, self.data.splits["val"].tensors(self.data.spec), self.setup.device).numpy()
+        val = self.data.teacher_splits["val"]
+        return predict_logits(self.teacher, val.tensors(self.data.teacher_spec), self.setup.device).numpy()
 
     @property
     def teacher_val_pred(self) -> np.ndarray:
@@ -145,8 +148,11 @@ class RunContext:
 class LineData:
     """The line's images indexed, split and decoded once for the whole run."""
 
-    def __init__(self, index, spec, splits, unreadable) -> None:
+    def __init__(self, index, spec, splits, unreadable, teacher_spec=None, teacher_splits=None) -> None:
         self.index, self.spec, self.splits, self.unreadable = index, spec, splits, unreadable
+        # The teacher's input (``teacher.image_size``): the same images decoded at its size; else the student's.
+        self.teacher_spec = teacher_spec or spec
+        self.teacher_splits = teacher_splits or splits
 
     @property
     def classes(self) -> list[str]:
@@ -162,7 +168,13 @@ class LineData:
         index = index_line(recipe)
         spec = preprocess_spec(recipe)
         splits, unreadable = decode_line(index, recipe, spec)
-        data = cls(index, spec, splits, unreadable)
+        teacher_spec, teacher_splits = teacher_preprocess_spec(recipe), None
+        if teacher_spec != spec:
+            kept = {name: split.samples for name, split in splits.items()}
+            teacher_splits = {name: decode_split(samples, teacher_spec) for name, samples in kept.items()}
+            ctx.log(f"data: the teacher reads {teacher_spec.image_size[0]}x{teacher_spec.image_size[1]} px, the student "
+                    f"{spec.image_size[0]}x{spec.image_size[1]} px; views are drawn at the teacher's size")
+        data = cls(index, spec, splits, unreadable, teacher_spec, teacher_splits)
         for bad in unreadable:
             ctx.log(f"skipped unreadable image: {bad}")
         for dropped, kept in index.duplicates_dropped:

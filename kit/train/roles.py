@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from deploy.preprocess import PreprocessSpec
 from kit.data.balance import class_weights, imbalance_ratio, resolve_balance
-from kit.data.dataset import DecodedSplit, ViewDataset
+from kit.data.dataset import TEACHER_VIEW_PREFIX, DecodedSplit, PairedViewDataset, ViewDataset
 from kit.distill.methods import get_method
 from kit.models import EnsembleModel, create_model, ensemble_args, load_model, model_args, save_checkpoint
 from kit.rundir import checkpoint_path, ensemble_member_role
@@ -49,14 +49,26 @@ class TrainContext:
     reporter: Reporter | None = None
     resume: bool = False
     dist_ctx: DistContext = SINGLE
+    # The teacher's input when it reads larger images (teacher.image_size); None: the student's spec and splits.
+    teacher_spec: PreprocessSpec | None = None
+    teacher_splits: dict[str, DecodedSplit] | None = None
+
+    @property
+    def paired(self) -> bool:
+        """Teacher and student read different sizes: every view is drawn at the teacher's."""
+        return self.teacher_spec is not None and self.teacher_spec != self.spec
+
+    def teacher_input(self) -> tuple[PreprocessSpec, dict[str, DecodedSplit]]:
+        return (self.teacher_spec, self.teacher_splits) if self.paired else (self.spec, self.splits)
 
 
 def _fit(ctx: TrainContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
          step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None,
-         balance: str = "none") -> FitResult:
+         balance: str = "none", val_split: DecodedSplit | None = None, val_spec: PreprocessSpec | None = None) -> FitResult:
+    val_split, val_spec = val_split or ctx.splits["val"], val_spec or ctx.spec
     return fit(
         model, role=role, cfg=cfg, train_set=train_set,
-        val_inputs=ctx.splits["val"].tensors(ctx.spec), val_labels=ctx.splits["val"].labels,
+        val_inputs=val_split.tensors(val_spec), val_labels=val_split.labels,
         step_fn=step, setup=ctx.setup, seed=seed, num_workers=resolve_workers(ctx.recipe.data.num_workers, ctx.setup),
         checkpoint_dir=ctx.checkpoint_dir, checkpoint_meta=meta, model_args=args, val_reference=val_reference,
         reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch, dist_ctx=ctx.dist_ctx, classes=ctx.classes,
@@ -83,17 +95,20 @@ def train_teacher(ctx: TrainContext, meta: dict[str, Any], on_epoch=None, role: 
     ``role`` names the checkpoint files and history rows: ``teacher``, or an ensemble member's.
     """
     recipe, cfg = ctx.recipe, ctx.recipe.teacher
-    model, args = _build(recipe, "teacher", len(ctx.classes), ctx.spec.num_channels, recipe.seed)
+    spec, splits = ctx.teacher_input()
+    model, args = _build(recipe, "teacher", len(ctx.classes), spec.num_channels, recipe.seed)
     view = cfg.train_views
-    train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, [view], seed=recipe.seed)
+    train_set = ViewDataset(splits["train"], spec, ctx.pipelines, [view], seed=recipe.seed)
     balance, weight = _balance(ctx, role, cfg)
+    meta = {**meta, "preprocess": spec.to_dict()}  # what the teacher reads, should it differ from the student
 
     def step(net: nn.Module, views: dict[str, Tensor], target: Tensor):
         (logits,) = net(views[view])
         loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
         return loss, {"ce": loss.detach()}, logits
 
-    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed, meta, on_epoch, balance=balance)
+    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed, meta, on_epoch, balance=balance,
+                val_split=splits["val"], val_spec=spec)
 
 
 def train_student(
@@ -113,7 +128,12 @@ def train_student(
     model, args = _build(recipe, "student", len(ctx.classes), ctx.spec.num_channels, recipe.seed + 1)
     if role == "student" and cfg.init_from:
         _init_from_run(ctx, model)
-    train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, list(method.views), seed=recipe.seed + 1)
+    if ctx.paired:  # views drawn at the teacher's size; the student reads them resized (same transform)
+        train_set = PairedViewDataset(ctx.teacher_splits["train"], ctx.teacher_spec, ctx.spec, ctx.pipelines,
+                                      list(method.views), seed=recipe.seed + 1, with_teacher=method.uses_teacher)
+    else:
+        train_set = ViewDataset(ctx.splits["train"], ctx.spec, ctx.pipelines, list(method.views), seed=recipe.seed + 1)
+    teacher_views = [(TEACHER_VIEW_PREFIX + name) if ctx.paired else name for name in method.views]
     if method.uses_teacher:
         if teacher is None:
             raise ValueError(f"method {method_name!r} needs a teacher")
@@ -126,7 +146,7 @@ def train_student(
         teacher_logits = None
         if method.uses_teacher:
             with torch.inference_mode():  # all views in one batch; no autograd bookkeeping at all
-                stacked = teacher(torch.cat([views[name] for name in method.views])).float()
+                stacked = teacher(torch.cat([views[name] for name in teacher_views])).float()
             stacked = stacked.clone()  # a normal tensor again: the loss may save it for backward
             teacher_logits = dict(zip(method.views, stacked.split(len(target))))
         student_logits = {k: v.float() for k, v in student_logits.items()}
@@ -166,11 +186,19 @@ def _publish_best(ctx: Any, role: str) -> None:
 def run_teacher_stage(ctx: Any) -> dict[str, Any]:
     """Train the teacher (or each member of ``teacher.ensemble``), or take it from ``teacher.checkpoint``."""
     recipe = ctx.recipe
-    meta = {**ctx.checkpoint_meta, "role": "teacher"}
+    teacher_spec = ctx.data.teacher_spec
+    meta = {**ctx.checkpoint_meta, "role": "teacher", "preprocess": teacher_spec.to_dict()}
     if recipe.teacher.checkpoint:
         source = recipe.resolve_path(recipe.teacher.checkpoint)
         model, body = load_model(source, expect_arch=recipe.teacher.arch, expect_classes=ctx.data.classes,
                                  expect_in_chans=ctx.data.spec.num_channels)
+        trained_at = (body.get("preprocess") or {}).get("image_size")
+        if trained_at is not None and tuple(trained_at) != tuple(teacher_spec.image_size):
+            from kit.errors import CheckpointError
+
+            raise CheckpointError(f"teacher.checkpoint: {source} was trained on {trained_at[0]}x{trained_at[1]} px images, "
+                                  f"this recipe gives the teacher {teacher_spec.image_size[0]}x{teacher_spec.image_size[1]}; "
+                                  f"set teacher.image_size: [{trained_at[0]}, {trained_at[1]}]")
         if ctx.is_main:
             save_checkpoint(checkpoint_path(ctx.run_dir, "teacher"), model, body["model_args"], **meta, source=str(source))
         barrier(ctx.dctx)

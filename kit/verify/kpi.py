@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -103,9 +103,11 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     deployed = auto_runtime(manifest.artefacts)
     log(f"verify: {len(test.labels)} test images; models {', '.join(scorers)}; deployed runtime {deployed}")
 
-    # -- clean accuracy and agreement
-    test_x, val_x = test.inputs(spec), val.inputs(spec)
-    test_logits = {name: s.logits(test_x) for name, s in scorers.items()}
+    # -- clean accuracy and agreement (a teacher reading larger images scores the same test images at its size)
+    test_at = {spec: test, **{s.spec: load_split(run_dir, "test", s.spec, classes)
+                              for s in scorers.values() if s.spec is not None and s.spec != spec}}
+    val_x = val.inputs(spec)
+    test_logits = {name: s.logits(test_at[s.input_spec(spec)].inputs(s.input_spec(spec))) for name, s in scorers.items()}
     accuracy = accuracy_section(test_logits, test.labels, classes, scorers)
 
     # -- calibration and operating threshold, on the deployed runtime
@@ -130,15 +132,17 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     suite = robustness.run_suite(
         suite_scorers, test.images[idx], test.labels[idx], spec, families, cover, recipe.seed, cfg.corruptions.severities,
         clean_preds={n: z.argmax(1)[idx] for n, z in test_logits.items()}, log=log,
+        images_at={other: split.images[idx] for other, split in test_at.items() if other != spec},
         decisions=(deployed, lambda logits: corrupted_operating(logits, test.labels[idx], operating, classes)),
     )
 
     # -- latency: each scorer rebuilt inside the measurement so loading counts toward its memory
     factories = [_factory(name, torch_files, bundle, device, cfg.latency.threads) for name in scorers]
     with tempfile.TemporaryDirectory(prefix="kit-verify-") as tmp:
-        teacher_onnx = _teacher_in_onnx(torch_files["teacher"], Path(tmp), spec, log)
+        teacher_spec = scorers["teacher"].input_spec(spec) if "teacher" in scorers else spec
+        teacher_onnx = _teacher_in_onnx(torch_files["teacher"], Path(tmp), teacher_spec, log)
         if teacher_onnx is not None:  # the same-runtime speed comparison: teacher and student both in ONNX Runtime
-            factories.append(lambda: onnx_file_scorer(TEACHER_ONNX, teacher_onnx, cfg.latency.threads))
+            factories.append(lambda: replace(onnx_file_scorer(TEACHER_ONNX, teacher_onnx, cfg.latency.threads), spec=teacher_spec))
         lat = latency.measure(factories, spec, test.paths, cfg.latency, recipe.line.takt_ms, log=log)
 
     # -- gate

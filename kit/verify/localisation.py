@@ -134,7 +134,10 @@ def teacher_localisation(run_dir: Path, recipe: Any, scored: list[tuple[Path, st
     from kit.models import load_model
     from kit.rundir import checkpoint_path, read_split
 
-    teacher, _ = load_model(checkpoint_path(run_dir, "teacher"))
+    from kit.scorers import checkpoint_spec
+
+    teacher, body = load_model(checkpoint_path(run_dir, "teacher"))
+    spec = checkpoint_spec(body) or spec  # a teacher reading larger images maps from its own input
     train_paths, _ = read_split(run_dir, "train")
     order = np.sort(np.random.default_rng(recipe.seed).permutation(len(train_paths))[:FIT_IMAGES])
     fit = np.stack([load_and_preprocess(train_paths[i], spec) for i in order])

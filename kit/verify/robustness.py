@@ -23,29 +23,38 @@ def run_suite(scorers: list[Scorer], images: np.ndarray, labels: np.ndarray, spe
               families: list[str], coverage: dict[str, str], run_seed: int,
               severities: dict[str, list[float]] | None = None, clean_preds: dict[str, np.ndarray] | None = None,
               log: Callable[[str], None] = lambda m: None,
-              decisions: tuple[str, Callable[[np.ndarray], dict[str, Any]]] | None = None) -> dict[str, Any]:
+              decisions: tuple[str, Callable[[np.ndarray], dict[str, Any]]] | None = None,
+              images_at: dict[PreprocessSpec, np.ndarray] | None = None) -> dict[str, Any]:
     """``images``: the test split as prepared uint8 NxHxWxC (what views and corruptions act on).
 
     ``decisions``: (scorer name, logits -> operating figures) for the deployed model: escapes and false
-    rejects under every corruption cell (``cells`` in the result), at the operating threshold."""
+    rejects under every corruption cell (``cells`` in the result), at the operating threshold.
+    ``images_at``: the same images prepared for a scorer with its own input size (``Scorer.spec``, a teacher
+    reading larger images); it sees each corruption at its own size."""
+    images_at = {spec: images, **(images_at or {})}
+
+    def own(s: Scorer) -> PreprocessSpec:
+        return s.input_spec(spec)
+
     clean_preds = dict(clean_preds or {})
     for s in scorers:
         if s.name not in clean_preds:
-            clean_preds[s.name] = s.predict(to_tensor(images, spec))
+            clean_preds[s.name] = s.predict(to_tensor(images_at[own(s)], own(s)))
     rows: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
     for family in families:
         fam = get_corruption(family)
         for severity, value in enumerate(severity_table(family, severities), start=1):
-            x = to_tensor(corrupt_images(images, family, value, run_seed), spec)
+            x = {size: to_tensor(corrupt_images(batch, family, value, run_seed), size)
+                 for size, batch in images_at.items() if any(own(s) == size for s in scorers)}
             preds = {}
             for s in scorers:
                 if decisions is not None and s.name == decisions[0]:
-                    logits = s.logits(x)
+                    logits = s.logits(x[own(s)])
                     preds[s.name] = logits.argmax(1)
                     cells.append({"family": family, "severity": severity, "value": value, **decisions[1](logits)})
                 else:
-                    preds[s.name] = s.predict(x)
+                    preds[s.name] = s.predict(x[own(s)])
             for s in scorers:
                 p = preds[s.name]
                 rows.append({
