@@ -82,6 +82,23 @@ def check_pretrained(arch: str, where: str = "model") -> None:
                           f"train from scratch (pretrained: false) or set {where}.pretrained_file")
 
 
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repo, in its order
+
+
+def published_weights_cached(arch: str, cache_dir: str | Path | None = None) -> bool:
+    """timm's published weights for ``arch`` are already in the local Hugging Face cache (``cache_dir``:
+    another cache than the default): ``pretrained: true`` would then load without a network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not timm.models.is_model_pretrained(arch):
+        return False
+    repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
+    if not repo:
+        return False
+    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=str(cache_dir) if cache_dir else None), str)
+               for name in HUB_WEIGHT_FILES)
+
+
 def _create_from_hub(arch: str, kwargs: dict[str, Any], where: str) -> nn.Module:
     """timm's published weights through its own cache. A plant PC is usually offline, so a cache
     miss becomes one line saying how to fill the cache on a connected machine."""

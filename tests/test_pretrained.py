@@ -156,3 +156,39 @@ def test_pretrained_offline_loads_a_copied_cache_and_adapts_it(tmp_path, monkeyp
     result = _run_offline(tmp_path, monkeypatch, tmp_path / "hf_home", in_chans)
     got = torch.load(result["saved"], weights_only=True)
     _check_adapted(got, saved, in_chans, _fresh_classifier(in_chans, seed=5))
+
+
+def _fill_cache(hub: Path) -> None:
+    """resnet10t's published weights as a copied Hugging Face cache holds them (made here, not downloaded)."""
+    commit = "1" * 40
+    repo = hub / HUB_REPO
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    _write(_saved_weights(1000), repo / "snapshots" / commit / "model.safetensors")
+
+
+def test_published_weights_are_found_in_a_cache_without_a_network(tmp_path):
+    from kit.models import published_weights_cached
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    assert not published_weights_cached(ARCH, cache_dir=hub)
+    _fill_cache(hub)
+    assert published_weights_cached(ARCH, cache_dir=hub)
+    assert not published_weights_cached("resnet18", cache_dir=hub)  # another architecture's weights are not there
+    assert not published_weights_cached("ese_vovnet19b_slim_dw", cache_dir=hub)  # timm publishes none
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_scaffold_uses_cached_published_weights_and_otherwise_says_how_to_get_them(tmp_path, tiny_line, cached):
+    from kit.onboard.init_line import init_line
+    from kit.recipe import load_recipe
+
+    path, _ = init_line(tiny_line, "tiny", tmp_path / "tiny.yaml", gpu=False, weights_cached=cached)
+    text = path.read_text()
+    assert load_recipe(path).teacher.pretrained is cached
+    if cached:
+        assert "  pretrained: true              # timm's published resnet10t weights, found in this PC's cache" in text
+    else:
+        assert "  # pretrained: true            # published weights: the usual remedy when few or small defects starve" in text

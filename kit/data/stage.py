@@ -14,8 +14,8 @@ def run_data_stage(ctx: Any) -> dict[str, Any]:
     data = ctx.data
     if ctx.is_main:
         write_split(ctx.run_dir, data.classes, data.splits)
-        if not (ctx.run_dir / VIEWS_NAME).is_file():
-            render_views_preview(data.splits["train"], data.classes, ctx.pipelines, ctx.run_dir / VIEWS_NAME,
+        if not (ctx.run_dir / VIEWS_NAME).is_file():  # views as drawn: at the teacher's size when it reads larger images
+            render_views_preview(data.teacher_splits["train"], data.classes, ctx.pipelines, ctx.run_dir / VIEWS_NAME,
                                  seed=ctx.recipe.seed)
     return {"counts": data.counts, "duplicates_dropped": len(data.index.duplicates_dropped),
             "unreadable": len(data.unreadable)}

@@ -220,6 +220,15 @@ def teacher_size_line(survey: LineSurvey, size: SizeProposal, gpu: bool) -> str:
     return f"  # image_size: {side:<16}# on a GPU: {why}\n"
 
 
+def pretrained_line(arch: str, cached: bool) -> str:
+    """``teacher.pretrained``: set when timm's published weights for ``arch`` are in this PC's cache, a hint when not.
+    From scratch, a teacher starves on few or small defects (the sparse line: no configuration tried learned them)."""
+    if cached:
+        return f"  pretrained: true              # timm's published {arch} weights, found in this PC's cache: few, small defects need them\n"
+    return ("  # pretrained: true            # published weights: the usual remedy when few or small defects starve a teacher "
+            "trained from scratch; pre-fetch them for an offline PC (README)\n")
+
+
 def roi_line(size: SizeProposal) -> str:
     """A commented ``data.roi`` when the resize costs detail: cropping to the part is the cheapest way to keep it."""
     if size.shrink <= 1.0:
@@ -269,11 +278,16 @@ def _balance_note(survey: LineSurvey) -> str:
 
 
 def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "",
-                  gpu: bool = False) -> str:
+                  gpu: bool = False, weights_cached: bool | None = None) -> str:
+    """``weights_cached``: whether the teacher's published weights are in the local cache (None: look)."""
     recipe_path = recipe_path or f"recipes/{name}.yaml"
     rel_root = Path(os.path.relpath(survey.root, recipe_dir.resolve()))
     small = survey.total < SMALL_DATA
     teacher, opt, lr, wd, bs = (("resnet10t", "adamw", 0.003, 0.05, 16) if small else ("resnet18", "sgd", 0.05, 0.0005, 32))
+    if weights_cached is None:
+        from kit.models import published_weights_cached
+
+        weights_cached = published_weights_cached(teacher)
     counts = ", ".join(f"{c} {survey.counts[c]}" for c in survey.classes)
     data_split = (
         "  split_folders: {train: train, val: val, test: test}   # the folder already has train/val/test\n"
@@ -330,7 +344,7 @@ teacher:
   balance: auto                 # {balance}
   select_by: macro_f1           # {select_by}
   train_views: mix              # weak or strong per sample: CRLD needs trustworthy strong-view outputs
-{teacher_size_line(survey, size, gpu)}
+{pretrained_line(teacher, weights_cached)}{teacher_size_line(survey, size, gpu)}
 student:
   arch: ese_vovnet19b_slim_dw   # 1.4 M parameters, depthwise; quantizes to INT8 without losing decisions
   epochs: 40
@@ -368,9 +382,10 @@ device: auto
 
 
 def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, *, overwrite: bool = False,
-              gpu: bool | None = None) -> tuple[Path, LineSurvey]:
+              gpu: bool | None = None, weights_cached: bool | None = None) -> tuple[Path, LineSurvey]:
     """Survey ``images_dir`` and write ``recipes/<name>.yaml`` (or ``out``); the recipe is loaded
-    back before this returns, so what it writes is known to be valid."""
+    back before this returns, so what it writes is known to be valid. ``gpu`` and ``weights_cached``
+    (the teacher's published weights in the local cache): None looks at this machine."""
     import torch
     from pydantic import ValidationError
 
@@ -389,7 +404,7 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     resize_warning = size.warning()
     if resize_warning:
         survey.warnings.append(resize_warning)
-    text = render_recipe(survey, size, name, path.parent, str(path), gpu=gpu)
+    text = render_recipe(survey, size, name, path.parent, str(path), gpu=gpu, weights_cached=weights_cached)
     tmp = path.parent / f".{path.name}.check.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(tmp, text)
