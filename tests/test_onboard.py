@@ -220,3 +220,41 @@ def test_no_teacher_size_or_roi_hint_when_nothing_is_lost(tmp_path, tiny_line):
     path, _ = init_line(tiny_line, "tiny", tmp_path / "tiny.yaml", gpu=True)
     text = path.read_text()
     assert "# roi:" not in text and "image_size: " in text and text.count("image_size:") == 1
+
+
+def _parts_on_a_belt(root: Path, n_per_class: int = 6) -> tuple[int, int, int, int]:
+    """A dark belt (300x200 px, uniform) with a textured bright part (120x90 px) at a jittered place; one class
+    has a dark spot on the part. Returns the box every part lies in (x0, y0, x1, y1)."""
+    rng = np.random.default_rng(4)
+    box = [300, 200, 0, 0]
+    for label in ("ok", "spot"):
+        (root / label).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = np.full((200, 300), 20, np.uint8)
+            x, y = int(rng.integers(90, 111)), int(rng.integers(50, 61))
+            img[y:y + 90, x:x + 120] = np.clip(160 + rng.normal(0, 8, (90, 120)), 0, 255).astype(np.uint8)
+            if label == "spot":
+                cv2.circle(img, (x + 60, y + 45), 3, 40, -1)
+            cv2.imwrite(str(root / label / f"{label}_{i}.png"), img)
+            box = [min(box[0], x), min(box[1], y), max(box[2], x + 120), max(box[3], y + 90)]
+    return tuple(box)
+
+
+def test_the_scaffold_crops_to_the_part_on_a_plain_background(tmp_path):
+    x0, y0, x1, y1 = _parts_on_a_belt(tmp_path / "belt")
+    path, survey = init_line(tmp_path / "belt", "belt", tmp_path / "belt.yaml", gpu=False)
+    roi = load_recipe(path).data.roi
+    assert roi == survey.roi and roi is not None
+    x, y, w, h = roi
+    assert x <= x0 and y <= y0 and x + w >= x1 and y + h >= y1  # every part is inside
+    assert x >= x0 - 20 and y >= y0 - 15 and x + w <= x1 + 20 and y + h <= y1 + 15  # and little belt
+    assert survey.input_hw == (h, w)
+    text = path.read_text()
+    assert f"  roi: [{x}, {y}, {w}, {h}]" in text and "the part lies inside this box in all 12 sampled images" in text
+    assert f"# ROI {h}x{w} px" in text  # the image size follows the crop, not the full frame
+
+
+def test_no_roi_for_a_surface_that_fills_the_frame(tmp_path):
+    generate_sparse_line(tmp_path / "sparse", counts={"ok": 10, "pit": 4}, seed=1)
+    _, survey = init_line(tmp_path / "sparse", "sparse", tmp_path / "sparse.yaml", gpu=False)
+    assert survey.roi is None and survey.roi_images == 14

@@ -21,6 +21,7 @@ from kit.data.balance import IMBALANCE_RATIO
 from kit.data.index import SPLITS, class_folders, file_hash, images_in
 from kit.errors import ArgumentError, DataError
 from kit.io import write_text_atomic
+from kit.onboard.roi import RoiFinder
 from kit.recipe import load_recipe
 
 SIZE_PROBES = 64  # images opened per class to learn sizes and colour
@@ -50,6 +51,13 @@ class LineSurvey:
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ok_class: str | None = None  # the good-part class, when a folder name says which
+    roi: tuple[int, int, int, int] | None = None  # the box holding the part on a plain background (kit.onboard.roi)
+    roi_images: int = 0  # sampled images the ROI was found on
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """What the model's input is cut from: the proposed ROI, else the median source image."""
+        return (self.roi[3], self.roi[2]) if self.roi else self.median_hw
 
     @property
     def total(self) -> int:
@@ -98,6 +106,7 @@ def survey_line(root: str | Path) -> LineSurvey:
         raise DataError(f"IMAGES_DIR: found only one class ({classes[0]!r}) in {root}; a classifier needs two or more")
 
     sizes, colour, unreadable = [], [], []
+    roi_finder = RoiFinder()
     rng = np.random.default_rng(0)
     for name in classes:
         paths = paths_by_class[name]
@@ -109,6 +118,7 @@ def survey_line(root: str | Path) -> LineSurvey:
                 continue
             sizes.append(img.shape[:2])
             colour.append(_is_colour(img))
+            roi_finder.add(img)
     if not sizes:
         raise DataError(f"IMAGES_DIR: none of the sampled images could be read ({unreadable[0]})")
     median_hw = tuple(int(v) for v in np.median(np.array(sizes), axis=0))
@@ -124,7 +134,8 @@ def survey_line(root: str | Path) -> LineSurvey:
                 seen[digest] = path
 
     survey = LineSurvey(root, classes, dict(counts), split_folders, median_hw,  # type: ignore[arg-type]
-                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=detect_ok_class(classes))
+                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=detect_ok_class(classes),
+                        roi=roi_finder.proposal(), roi_images=roi_finder.images)
     low, high = min(counts.values()), max(counts.values())
     if survey.imbalanced:
         survey.warnings.append(f"imbalanced: {high} images of {counts.most_common(1)[0][0]!r} but only {low} of "
@@ -167,6 +178,7 @@ class SizeProposal:
     size_px: int
     source_hw: tuple[int, int]
     reason: str
+    source_name: str = "median source"  # or "ROI": what is resized
 
     @property
     def shrink(self) -> float:
@@ -174,7 +186,7 @@ class SizeProposal:
         return max(self.source_hw) / self.size_px
 
     def cost(self) -> str:
-        source = f"median source {self.source_hw[0]}x{self.source_hw[1]} px"
+        source = f"{self.source_name} {self.source_hw[0]}x{self.source_hw[1]} px"
         if self.shrink <= 1.0:
             return f"{source}: no detail lost in the resize"
         return (f"{source} -> {self.shrink:.1f}x smaller: a {SMALL_DEFECT_PX} px defect becomes "
@@ -184,15 +196,16 @@ class SizeProposal:
         """Past 2x, a defect must be at least ``MIN_VISIBLE_DEFECT_PX x shrink`` source px to survive."""
         if self.shrink <= 2.0:
             return None
-        return (f"images are shrunk {self.shrink:.1f}x ({self.source_hw[0]}x{self.source_hw[1]} px -> {self.size_px} px): "
-                f"defects smaller than about {MIN_VISIBLE_DEFECT_PX * self.shrink:.0f} px will be lost; consider data.roi "
-                "(crop to the part), a larger data.image_size on a GPU")
+        what, remedy = (("the ROI is", "") if self.source_name == "ROI" else ("images are", "data.roi (crop to the part), "))
+        return (f"{what} shrunk {self.shrink:.1f}x ({self.source_hw[0]}x{self.source_hw[1]} px -> {self.size_px} px): "
+                f"defects smaller than about {MIN_VISIBLE_DEFECT_PX * self.shrink:.0f} px will be lost; consider {remedy}"
+                "a larger data.image_size on a GPU")
 
 
 def plan_image_size(survey: LineSurvey, gpu: bool) -> SizeProposal:
     """``propose_image_size`` for the surveyed line, with the reason in words."""
-    size = propose_image_size(survey.median_hw, gpu, survey.total)
-    gpu_size = propose_image_size(survey.median_hw, True, survey.total)
+    size = propose_image_size(survey.input_hw, gpu, survey.total)
+    gpu_size = propose_image_size(survey.input_hw, True, survey.total)
     epoch_mpx = survey.total * size**2 / 1e6
     budget_mpx = CPU_PIXEL_BUDGET / 1e6
     on_gpu = f"; a GPU affords {gpu_size}" if gpu_size > size else ""
@@ -205,13 +218,13 @@ def plan_image_size(survey: LineSurvey, gpu: bool) -> SizeProposal:
     else:
         reason = (f"the largest size whose {survey.total} images x {size}^2 px = {epoch_mpx:.0f} M px per epoch fit the "
                   f"CPU budget ({budget_mpx:g} M){on_gpu}")
-    return SizeProposal(size, survey.median_hw, reason)
+    return SizeProposal(size, survey.input_hw, reason, "ROI" if survey.roi else "median source")
 
 
 def teacher_size_line(survey: LineSurvey, size: SizeProposal, gpu: bool) -> str:
     """``teacher.image_size`` when the student's input shrinks the source: set on a GPU (the teacher then reads
     the source's detail at up to ``TEACHER_MAX_PX``), a commented hint on a CPU; nothing when no detail is lost."""
-    side = max(MIN_SIZE_PX, min(TEACHER_MAX_PX, (min(survey.median_hw) // 16) * 16))
+    side = max(MIN_SIZE_PX, min(TEACHER_MAX_PX, (min(survey.input_hw) // 16) * 16))
     if side <= size.size_px:
         return ""
     why = f"the teacher reads {side} px (small defects intact), the student {size.size_px}; both see the same views"
@@ -229,8 +242,14 @@ def pretrained_line(arch: str, cached: bool) -> str:
             "trained from scratch; pre-fetch them for an offline PC (README)\n")
 
 
-def roi_line(size: SizeProposal) -> str:
-    """A commented ``data.roi`` when the resize costs detail: cropping to the part is the cheapest way to keep it."""
+def roi_line(survey: LineSurvey, size: SizeProposal) -> str:
+    """``data.roi``: the box found around the part on a plain background; otherwise a commented hint when the
+    resize costs detail (cropping to the part is the cheapest way to keep it)."""
+    if survey.roi is not None:
+        x, y, w, h = survey.roi
+        return (f"  roi: [{x}, {y}, {w}, {h}]{' ' * max(1, 22 - len(f'[{x}, {y}, {w}, {h}]'))}# x, y, width, height: the part lies "
+                f"inside this box in all {survey.roi_images} sampled images, plain background outside; widen it if parts "
+                "can lie elsewhere\n")
     if size.shrink <= 1.0:
         return ""
     return ("  # roi: [x, y, width, height]  # crop to the part before the resize: every pixel of background cut is detail "
@@ -317,7 +336,7 @@ data:
   classes: [{", ".join(_q(c) for c in survey.classes)}]   # fixed order: it becomes the model's output order
   image_size: {size.size_px:<18}# {size.cost()}
                                 # {size.reason}
-{roi_line(size)}  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
+{roi_line(survey, size)}  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
 {data_split}  dedupe: true                  # drop exact duplicate files before splitting (they leak train -> test)
   max_unreadable_fraction: 0.0  # stop on an unreadable file; raise to skip a few and log them
 
