@@ -44,6 +44,7 @@ from kit.export.onnx_fp32 import export_onnx  # noqa: E402
 from kit.models import load_model  # noqa: E402
 from kit.recipe import read_recipe_lock  # noqa: E402
 from kit.rundir import LOCK_NAME, checkpoint_path, read_split  # noqa: E402
+from kit.scorers import checkpoint_spec  # noqa: E402
 from kit.verify.localisation import FIT_IMAGES, mask_for, score_maps  # noqa: E402
 
 
@@ -105,16 +106,20 @@ def main() -> None:
     order = np.sort(np.random.default_rng(recipe.seed).permutation(len(train_paths))[:FIT_IMAGES])
     fit = np.stack([load_and_preprocess(train_paths[i], spec) for i in order])
     for role in ("student", "teacher"):
-        model, _ = load_model(checkpoint_path(run_dir, role))
+        model, body = load_model(checkpoint_path(run_dir, role))
         model.eval()
+        own = checkpoint_spec(body) or spec  # a teacher reading larger images is fitted and scored at its own size
+        role_fit, role_inputs = (fit, inputs) if own == spec else (
+            np.stack([load_and_preprocess(train_paths[i], own) for i in order]),
+            np.stack([load_and_preprocess(p, own) for p, _, _ in scored]))
         if role == "teacher":
-            head = fit_heatmap_head(model, fit)
-            z, cells = torch_heatmaps(HeatmapModel(model, head), inputs)
-            add(role, "cam", "torch", [to_image_coordinates(c[k], m.shape, spec, head.origin_px)
+            head = fit_heatmap_head(model, role_fit)
+            z, cells = torch_heatmaps(HeatmapModel(model, head), role_inputs)
+            add(role, "cam", "torch", [to_image_coordinates(c[k], m.shape, own, head.origin_px)
                                        for c, k, m in zip(cells, z.argmax(1), masks)])
-        predicted, cams = grad_cam_last_stage(model, inputs)
-        origin = cell_origin(model, model.feature_info[-1]["module"], fit[:16])  # as fair to Grad-CAM as to ours
-        add(role, "grad-cam-last", "torch", [to_image_coordinates(c, m.shape, spec, origin) for c, m in zip(cams, masks)])
+        predicted, cams = grad_cam_last_stage(model, role_inputs)
+        origin = cell_origin(model, model.feature_info[-1]["module"], role_fit[:16])  # as fair to Grad-CAM as to ours
+        add(role, "grad-cam-last", "torch", [to_image_coordinates(c, m.shape, own, origin) for c, m in zip(cams, masks)])
 
     loc_rows = []
     for model, method, runtime, scores in results:

@@ -10,13 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from deploy.preprocess import PreprocessSpec
 from kit.errors import CheckpointError, RecipeError
 from kit.models import EnsembleModel, create_model, ensemble_args, load_checkpoint_file, load_model, model_args, save_checkpoint
 from kit.recipe import parse_recipe
 from kit.rundir import HISTORY_NAME, checkpoint_path
 from kit.run import run_line
 from kit.train.distributed import SINGLE
-from kit.train.roles import ensemble_member_recipes, train_teacher_ensemble
+from kit.train.roles import TrainContext, ensemble_member_recipes, train_teacher_ensemble
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 CLASSES = ["dent", "ok", "scratch"]
@@ -86,7 +87,7 @@ def _checkpoint_ctx(tmp_path, files: list[str]) -> SimpleNamespace:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     return SimpleNamespace(recipe=recipe, run_dir=run_dir, is_main=True, dctx=SINGLE, log=lambda message: None,
-                           train=SimpleNamespace(classes=CLASSES, spec=SimpleNamespace(num_channels=1)))
+                           train=TrainContext(recipe, {}, CLASSES, PreprocessSpec(image_size=(32, 32)), {}, None, run_dir))
 
 
 def test_an_ensemble_of_checkpoints_trains_nothing(tmp_path):
@@ -176,3 +177,13 @@ def test_check_recipe_finds_missing_ensemble_checkpoints_and_unknown_archs(tmp_p
         text = json.dumps({**base, "teacher": {**base["teacher"], "ensemble": ensemble}})
         with pytest.raises(RecipeError, match=rf"^<recipe>: {message}"):
             parse_recipe(text, base_dir=tmp_path)
+
+
+def test_an_ensemble_member_trained_at_another_size_is_refused(tmp_path):
+    for name, size in (("a.pt", [32, 32]), ("b.pt", [64, 64])):
+        save_checkpoint(tmp_path / name, create_model("resnet10t", 3, 1), model_args("resnet10t", 3, 1), classes=CLASSES,
+                        role="teacher", preprocess={"image_size": size})
+    ctx = _checkpoint_ctx(tmp_path, ["a.pt", "b.pt"])
+    with pytest.raises(CheckpointError, match=rf"^teacher\.ensemble\.checkpoints: {tmp_path / 'b.pt'} was trained on 64x64 px "
+                                              r"images, this recipe gives the teacher 32x32; set teacher\.image_size: \[64, 64\]$"):
+        train_teacher_ensemble(ctx, {"classes": CLASSES, "role": "teacher"}, on_epoch=lambda role: None)

@@ -162,4 +162,21 @@ def test_a_teacher_checkpoint_trained_at_another_size_is_refused(tmp_path, tiny_
     result = CliRunner().invoke(app, ["run", str(write_recipe(tmp_path / "r.yaml", d)), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 1
     assert (f"teacher.checkpoint: {finished_run / 'teacher.pt'} was trained on 32x32 px images, this recipe gives the "
-            "teacher 48x48; set teacher.image_size: [32, 32]") in " ".join(result.output.split())
+            "teacher 48x48; leave teacher.image_size out (that is data.image_size)") in " ".join(result.output.split())
+
+
+def test_views_are_checked_at_the_size_they_are_drawn_at():
+    """A crop to the teacher's size is right when the teacher reads larger images; at the student's it is refused
+    with the size to use."""
+    crop = {"RandomResizedCrop": {"size": [48, 48], "p": 1.0}}
+    ok = tiny_recipe_dict("images", **{"teacher.image_size": 48, "views.weak": [crop]})
+    assert parse_recipe(json.dumps(ok), check=True, base_dir=None).view_size == (48, 48)
+    with pytest.raises(RecipeError, match=r"views\.weak: the view turns a \(32, 32, 1\) uint8 image into \(48, 48, 1\) "
+                                          r"uint8; views must keep size and type \(use e\.g\. RandomResizedCrop with size \[32, 32\]"):
+        parse_recipe(json.dumps(tiny_recipe_dict("images", **{"views.weak": [crop]})), check=True)
+
+
+def test_a_teacher_of_another_shape_is_refused():
+    with pytest.raises(RecipeError, match=r"teacher\.image_size \[96, 48\] has another shape than data\.image_size "
+                                          r"\[32, 32\]; keep height / width the same"):
+        parse_recipe(json.dumps(tiny_recipe_dict("images", **{"teacher.image_size": [96, 48]})), check=False)

@@ -171,6 +171,8 @@ class PairedViewDataset(ViewDataset):
     student's copy is the same view resized to ``student_spec`` by the one preprocessing
     implementation, so both models see one random transform (same crop, angle, flip, lighting).
     With ``with_teacher`` the teacher's copies follow the student's, named ``teacher:<view>``.
+    Steps measured in pixels (blur radius, noise grain, JPEG blocks) act at the teacher's size, so the
+    student's copy carries them shrunk by the size ratio; recipes set their severity for the teacher.
     """
 
     def __init__(self, split: DecodedSplit, teacher_spec: PreprocessSpec, student_spec: PreprocessSpec,

@@ -75,7 +75,7 @@ def check_recipe(recipe: Recipe) -> None:
             for arch in _trained_archs(recipe, role):
                 check_pretrained(arch, where=role)
     for name in ("weak", "strong"):
-        build_view(getattr(recipe.views, name), f"views.{name}", recipe.data.image_size, recipe.data.num_channels)
+        build_view(getattr(recipe.views, name), f"views.{name}", recipe.view_size, recipe.data.num_channels)
     _check_corruptions(recipe)
 
 

@@ -510,12 +510,22 @@ class Recipe(_Strict):
         if size is not None and (size[0] < self.data.image_size[0] or size[1] < self.data.image_size[1]):
             raise ValueError(f"teacher.image_size {list(size)} is smaller than data.image_size {list(self.data.image_size)}; "
                              "the teacher may read larger images than the student, not smaller")
+        if size is not None and abs(size[0] * self.data.image_size[1] - size[1] * self.data.image_size[0]) > \
+                0.02 * size[0] * self.data.image_size[1]:
+            raise ValueError(f"teacher.image_size {list(size)} has another shape than data.image_size "
+                             f"{list(self.data.image_size)}; keep height / width the same, or a rotation drawn for the "
+                             "teacher becomes a shear for the student")
         if isinstance(self.line.defect_rate, dict) and not self.line.ok_class:
             raise ValueError("line.defect_rate per class needs the good-part class: set line.ok_class")
         if (self.kpi.max_class_escape_rate is not None or self.kpi.max_false_reject_rate is not None) and not self.line.ok_class \
                 and self.data.classes is not None and "ok" not in self.data.classes:
             raise ValueError("kpi.max_class_escape_rate / max_false_reject_rate need the good-part class: set line.ok_class")
         return self
+
+    @property
+    def view_size(self) -> tuple[int, int]:
+        """The size views are drawn at: the teacher's when it reads larger images (``kit.data.PairedViewDataset``)."""
+        return tuple(self.teacher.image_size or self.data.image_size)
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()

@@ -65,7 +65,8 @@ class TrainContext:
 def _fit(ctx: TrainContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
          step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None,
          balance: str = "none", val_split: DecodedSplit | None = None, val_spec: PreprocessSpec | None = None) -> FitResult:
-    val_split, val_spec = val_split or ctx.splits["val"], val_spec or ctx.spec
+    val_split = ctx.splits["val"] if val_split is None else val_split
+    val_spec = ctx.spec if val_spec is None else val_spec
     return fit(
         model, role=role, cfg=cfg, train_set=train_set,
         val_inputs=val_split.tensors(val_spec), val_labels=val_split.labels,
@@ -192,13 +193,7 @@ def run_teacher_stage(ctx: Any) -> dict[str, Any]:
         source = recipe.resolve_path(recipe.teacher.checkpoint)
         model, body = load_model(source, expect_arch=recipe.teacher.arch, expect_classes=ctx.data.classes,
                                  expect_in_chans=ctx.data.spec.num_channels)
-        trained_at = (body.get("preprocess") or {}).get("image_size")
-        if trained_at is not None and tuple(trained_at) != tuple(teacher_spec.image_size):
-            from kit.errors import CheckpointError
-
-            raise CheckpointError(f"teacher.checkpoint: {source} was trained on {trained_at[0]}x{trained_at[1]} px images, "
-                                  f"this recipe gives the teacher {teacher_spec.image_size[0]}x{teacher_spec.image_size[1]}; "
-                                  f"set teacher.image_size: [{trained_at[0]}, {trained_at[1]}]")
+        check_trained_size("teacher.checkpoint", source, body, teacher_spec, ctx.data.spec.image_size)
         if ctx.is_main:
             save_checkpoint(checkpoint_path(ctx.run_dir, "teacher"), model, body["model_args"], **meta, source=str(source))
         barrier(ctx.dctx)
@@ -258,11 +253,32 @@ def _train_member(ctx: Any, role: str, member: Recipe, meta: dict[str, Any], on_
     return path
 
 
+def check_trained_size(field: str, source: Path, body: dict[str, Any], teacher_spec: PreprocessSpec,
+                       student_size: tuple[int, int]) -> None:
+    """A teacher checkpoint must have been trained on the input size this recipe gives the teacher."""
+    trained_at = (body.get("preprocess") or {}).get("image_size")
+    if trained_at is None or tuple(trained_at) == tuple(teacher_spec.image_size):
+        return
+    from kit.errors import CheckpointError
+
+    h, w = trained_at
+    if tuple(trained_at) == tuple(student_size):
+        fix = "leave teacher.image_size out (that is data.image_size)"
+    elif h >= student_size[0] and w >= student_size[1]:
+        fix = f"set teacher.image_size: [{h}, {w}]"
+    else:
+        fix = f"it reads smaller images than this student ({student_size[0]}x{student_size[1]}): retrain it or lower data.image_size"
+    raise CheckpointError(f"{field}: {source} was trained on {h}x{w} px images, this recipe gives the teacher "
+                          f"{teacher_spec.image_size[0]}x{teacher_spec.image_size[1]}; {fix}")
+
+
 def _save_ensemble(ctx: Any, sources: list[Path], meta: dict[str, Any], *, record_sources: bool) -> None:
     """Every member must fit the line's classes and channels; their average becomes ``teacher.pt``.
     ``record_sources``: note where each member came from (not for members trained in ``checkpoints/``,
     which goes when the run finishes)."""
     loaded = [load_model(p, expect_classes=ctx.train.classes, expect_in_chans=ctx.train.spec.num_channels) for p in sources]
+    for p, (_, body) in zip(sources, loaded):
+        check_trained_size("teacher.ensemble.checkpoints", p, body, ctx.train.teacher_input()[0], ctx.train.spec.image_size)
     members = [{"role": body.get("role"), "arch": body["model_args"]["arch"], "val_accuracy": body.get("val_accuracy"),
                 **({"source": str(p)} if record_sources else {})} for p, (_, body) in zip(sources, loaded)]
     if ctx.is_main:

@@ -195,7 +195,7 @@ def _teacher_in_onnx(checkpoint: Path, folder: Path, spec, log: Callable[[str], 
 def _strong_view(recipe: Recipe):
     from kit.views import build_view
 
-    return build_view(recipe.views.strong, "views.strong", recipe.data.image_size, recipe.data.num_channels)
+    return build_view(recipe.views.strong, "views.strong", recipe.view_size, recipe.data.num_channels)
 
 
 def _suite_subset(n: int, cap: int | None, seed: int) -> np.ndarray:

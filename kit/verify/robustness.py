@@ -30,7 +30,9 @@ def run_suite(scorers: list[Scorer], images: np.ndarray, labels: np.ndarray, spe
     ``decisions``: (scorer name, logits -> operating figures) for the deployed model: escapes and false
     rejects under every corruption cell (``cells`` in the result), at the operating threshold.
     ``images_at``: the same images prepared for a scorer with its own input size (``Scorer.spec``, a teacher
-    reading larger images); it sees each corruption at its own size."""
+    reading larger images); it sees each corruption at its own size, with the same values in its own pixels
+    (a blur of 2 px is milder on a 256 px input than on a 128 px one: the teacher's rows are not a like-for-like
+    comparison of robustness, the students' rows are)."""
     images_at = {spec: images, **(images_at or {})}
 
     def own(s: Scorer) -> PreprocessSpec:

@@ -135,7 +135,8 @@ def build_view(steps: list[dict[str, Any]], where: str, image_size_hw: tuple[int
             if out.shape != probe.shape or out.dtype != np.uint8:
                 raise RecipeError(
                     f"{where}: the view turns a {probe.shape} uint8 image into {out.shape} {out.dtype}; "
-                    "views must keep size and type (use e.g. RandomResizedCrop with size equal to data.image_size)"
+                    f"views must keep size and type (use e.g. RandomResizedCrop with size {list(image_size_hw)}: "
+                    "data.image_size, or teacher.image_size when set, the size views are drawn at)"
                 )
     return pipeline
 

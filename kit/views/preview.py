@@ -59,18 +59,18 @@ def render_views_preview(
 
 def preview_views(recipe_path: str | Path, out: str | Path | None = None, *, per_class: int = 2) -> Path:
     """``kit views``: the same grid for a recipe, before any run (``per_class`` training images of each class)."""
-    from kit.data import decode_split, index_line, preprocess_spec
+    from kit.data import decode_split, index_line, teacher_preprocess_spec
     from kit.recipe import load_recipe
     from kit.views.build import build_view
 
     recipe = load_recipe(recipe_path)
     index = index_line(recipe)
-    spec = preprocess_spec(recipe)
+    spec = teacher_preprocess_spec(recipe)  # views are drawn at the teacher's size when it reads larger images
     picked = []
     for label in range(len(index.classes)):
         picked += [s for s in index.split("train") if s.label == label][:per_class]
     split = decode_split(picked, spec)
-    pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, spec.num_channels)
+    pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.view_size, spec.num_channels)
                  for v in ("weak", "strong")}
     out = Path(out) if out else Path(f"{recipe.line.name}.views.png")
     return render_views_preview(split, index.classes, pipelines, out, per_class=per_class, seed=recipe.seed)
