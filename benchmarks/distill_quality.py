@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import append_results, markdown_table  # noqa: E402
-from kit.data import decode_line, index_line, preprocess_spec  # noqa: E402
+from kit.data import decode_line, decode_split, index_line, preprocess_spec, teacher_preprocess_spec  # noqa: E402
 from kit.errors import DataError  # noqa: E402
 from kit.evaluate import agreement, classification_metrics, predict_logits  # noqa: E402
 from kit.models import load_model  # noqa: E402
@@ -77,6 +77,8 @@ def _scaled(recipe: Recipe, args: argparse.Namespace, seed: int) -> Recipe:
     d["data"]["num_workers"] = args.workers
     if args.teacher_views:
         d["teacher"]["train_views"] = args.teacher_views
+    if args.teacher_image_size:
+        d["teacher"]["image_size"] = [args.teacher_image_size, args.teacher_image_size]
     strong = d["views"]["strong"]  # steps are one-key mappings: {lighting: {severity: 2, p: 0.8}}
     missing = set(args.view_severity) - {next(iter(step)) for step in strong}
     if missing:
@@ -111,6 +113,8 @@ class Bench:
     cover: dict[str, Any]
     cap: np.ndarray
     work: Path
+    teacher_spec: Any = None  # --teacher-image-size: the teacher's own input; None: the student's
+    teacher_splits: dict[str, Any] | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -118,12 +122,14 @@ class Bench:
 
     def context(self, args: argparse.Namespace, seed: int) -> TrainContext:
         return TrainContext(_scaled(self.base, args, seed), self.splits, self.classes, self.spec, self.pipelines,
-                            self.setup, self.work, None, False)
+                            self.setup, self.work, None, False, teacher_spec=self.teacher_spec,
+                            teacher_splits=self.teacher_splits)
 
     def suite(self, scorers: list) -> dict[str, Any]:
         test = self.splits["test"]
+        images_at = {self.teacher_spec: self.teacher_splits["test"].images[self.cap]} if self.teacher_splits else None
         return run_suite(scorers, test.images[self.cap], test.labels[self.cap], self.spec, self.families, self.cover,
-                         run_seed=0)["summary"]
+                         run_seed=0, images_at=images_at)["summary"]
 
 
 def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
@@ -136,13 +142,16 @@ def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
     index = index_line(recipe)
     spec = preprocess_spec(recipe)
     splits, _ = decode_line(index, recipe, spec)
-    pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.data.image_size, spec.num_channels)
+    teacher_spec, teacher_splits = teacher_preprocess_spec(recipe), None
+    if teacher_spec != spec:
+        teacher_splits = {name: decode_split(split.samples, teacher_spec) for name, split in splits.items()}
+    pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.view_size, spec.num_channels)
                  for v in ("weak", "strong")}
     families = list_corruptions()
     n_test = len(splits["test"].labels)
     cap = np.sort(np.random.default_rng(0).permutation(n_test)[: args.max_corruption_images])
     return Bench(name, base, splits, index.classes, spec, resolve_device(args.device), pipelines, families,
-                 coverage(pipelines["strong"], families), cap, work)
+                 coverage(pipelines["strong"], families), cap, work, teacher_spec if teacher_splits else None, teacher_splits)
 
 
 def _teacher(bench: Bench, args: argparse.Namespace):
@@ -156,8 +165,10 @@ def _teacher(bench: Bench, args: argparse.Namespace):
     return teacher.to(bench.setup.device).eval(), path
 
 
-def _predict(model, bench: Bench, split: str) -> np.ndarray:
-    return predict_logits(model, bench.splits[split].tensors(bench.spec), bench.setup.device).argmax(1).numpy()
+def _predict(model, bench: Bench, split: str, teacher: bool = False) -> np.ndarray:
+    """Top-1 on a split; ``teacher``: at the teacher's own input size (``--teacher-image-size``)."""
+    splits, spec = (bench.teacher_splits, bench.teacher_spec) if teacher and bench.teacher_splits else (bench.splits, bench.spec)
+    return predict_logits(model, splits[split].tensors(spec), bench.setup.device).argmax(1).numpy()
 
 
 def _row(bench: Bench, method: str, seed: int, pred: np.ndarray, teacher_pred: np.ndarray, suite: dict[str, Any],
@@ -186,7 +197,7 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
     """Every requested method for one seed, skipping those already in the rows file (resume)."""
     bench = prepare(name, args, work)
     teacher, _ = _teacher(bench, args)
-    teacher_pred, teacher_val = _predict(teacher, bench, "test"), _predict(teacher, bench, "val")
+    teacher_pred, teacher_val = _predict(teacher, bench, "test", teacher=True), _predict(teacher, bench, "val", teacher=True)
     rows_path = work / "rows.jsonl"
     done = {(r["method"], r["seed"]) for r in read_rows(rows_path)}
     out = []
@@ -210,7 +221,7 @@ def seed_rows(name: str, args: argparse.Namespace, seed: int, work: Path) -> lis
 
 
 SETTINGS = ("image_size", "epochs", "teacher_epochs", "teacher_views", "view_severity", "max_corruption_images", "device",
-            "balance", "select_by")
+            "balance", "select_by", "teacher_image_size")
 
 
 def _claim_work_dir(work: Path, args: argparse.Namespace) -> None:
@@ -219,7 +230,7 @@ def _claim_work_dir(work: Path, args: argparse.Namespace) -> None:
     path = work / "settings.json"
     if path.is_file():
         before = json.loads(path.read_text())
-        changed = [k for k in SETTINGS if before.get(k) != settings[k]]
+        changed = [k for k in SETTINGS if before.get(k, 0 if k == "teacher_image_size" else None) != settings[k]]
         if changed:
             raise SystemExit(f"{work}: made with other settings ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); "
                              f"use another --work-dir")
@@ -230,7 +241,7 @@ def _claim_work_dir(work: Path, args: argparse.Namespace) -> None:
 def held_out_families(name: str, args: argparse.Namespace) -> list[str]:
     base = load_recipe(DATASETS[name])
     recipe = _scaled(base, args, seed=0)
-    strong = build_view(recipe.views.strong, "views.strong", recipe.data.image_size, preprocess_spec(recipe).num_channels)
+    strong = build_view(recipe.views.strong, "views.strong", recipe.view_size, preprocess_spec(recipe).num_channels)
     return [f for f, where in coverage(strong, list_corruptions()).items() if where == "held-out"]
 
 
@@ -240,6 +251,7 @@ def _variant_tag(args: argparse.Namespace) -> str:
     parts += [f"{k}{v}" for k, v in args.view_severity.items()]
     parts += [f"balance-{args.balance}"] if args.balance else []
     parts += [f"select-{args.select_by}"] if args.select_by else []
+    parts += [f"teacher{args.teacher_image_size}px"] if args.teacher_image_size else []
     return "_" + "-".join(parts) if parts else ""
 
 
@@ -255,8 +267,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
     rows_path = work / "rows.jsonl"
     teacher, teacher_path = _teacher(bench, args)
     if not any(r["method"] == "teacher" for r in read_rows(rows_path)):
-        suite = bench.suite([model_scorer("teacher", teacher, bench.setup.device, teacher_path)])["teacher"]
-        pred = _predict(teacher, bench, "test")
+        suite = bench.suite([model_scorer("teacher", teacher, bench.setup.device, teacher_path, spec=bench.teacher_spec)])["teacher"]
+        pred = _predict(teacher, bench, "test", teacher=True)
         _append_row(rows_path, _row(bench, "teacher", 0, pred, pred, suite, 0.0))
     print(f"{name}: rows in {rows_path}", flush=True)
     del teacher
@@ -316,6 +328,8 @@ def main() -> None:
                         help="teacher and student balance (recipe value by default; none = before class balancing)")
     parser.add_argument("--select-by", choices=["macro_f1", "balanced_accuracy", "accuracy"], default=None,
                         help="best-epoch criterion (recipe value by default; accuracy = before)")
+    parser.add_argument("--teacher-image-size", type=int, default=0,
+                        help="px the teacher reads (teacher.image_size; default: the student's)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     try:
@@ -345,6 +359,7 @@ def main() -> None:
         tuned += [f"strong view {k} severity {v}" for k, v in args.view_severity.items()]
         tuned += [f"balance {args.balance}"] if args.balance else []
         tuned += [f"best epoch by {args.select_by}"] if args.select_by else []
+        tuned += [f"teacher reads {args.teacher_image_size} px"] if args.teacher_image_size else []
         if tuned:
             title += ", " + ", ".join(tuned)
         table = markdown_table(rows, columns)
