@@ -112,7 +112,7 @@ def test_a_run_whose_teacher_reads_larger_images(tmp_path, tiny_line):
     """Teacher at the source's 48 px, student at 32 px: every figure about the teacher is measured on 48 px
     inputs (recomputed here from its checkpoint), and the bundle the station runs stays at 32 px."""
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_line, **{"teacher.image_size": 48, "student.epochs": 1}))
-    result = run_line(recipe, out_root=tmp_path / "runs", name="r1", stop_after="verify")
+    result = run_line(recipe, out_root=tmp_path / "runs", name="r1", stop_after="report")
     run_dir = result.run_dir
     body = load_checkpoint_file(checkpoint_path(run_dir, "teacher"))
     assert body["preprocess"]["image_size"] == [48, 48]
@@ -149,6 +149,7 @@ def test_a_run_whose_teacher_reads_larger_images(tmp_path, tiny_line):
     assert recorded == pytest.approx(float(np.abs(teacher_p(spec48) - student_p).mean()), abs=1e-6)
     assert recorded != pytest.approx(float(np.abs(teacher_p(spec32) - student_p).mean()), abs=1e-6)  # the size matters
     assert "teacher" in result.kpi["robustness"]["summary"]
+    assert "resnet10t (48x48 px; mobilenetv3_small_050: 32x32 px)" in result.report.read_text(encoding="utf-8")
     history = (run_dir / "history.csv").read_text()
     assert "student" in history and "teacher" in history
 

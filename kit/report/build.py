@@ -363,13 +363,20 @@ def source_hashes(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _teacher_arch(recipe: Any) -> str:
-    """The teacher's architecture as a reader should see it, ensembles included."""
+    """The teacher's architecture as a reader should see it, ensembles included, with its input size when it reads
+    larger images than the student (its figures are measured at that size)."""
     e = recipe.teacher.ensemble
     if e is None:
-        return recipe.teacher.arch
-    if e.members:
-        return f"ensemble of {e.members} x {recipe.teacher.arch}"
-    return " + ".join(e.archs) if e.archs else f"ensemble of {len(e.checkpoints)} checkpoints"
+        name = recipe.teacher.arch
+    elif e.members:
+        name = f"ensemble of {e.members} x {recipe.teacher.arch}"
+    else:
+        name = " + ".join(e.archs) if e.archs else f"ensemble of {len(e.checkpoints)} checkpoints"
+    size = recipe.teacher.image_size
+    if size is None or tuple(size) == tuple(recipe.data.image_size):
+        return name
+    student = recipe.data.image_size
+    return f"{name} ({size[0]}x{size[1]} px; {recipe.student.arch}: {student[0]}x{student[1]} px)"
 
 
 def _training_warnings(run_dir: Path) -> list[str]:
