@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,14 @@ def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
 
 
 def _teacher(bench: Bench, args: argparse.Namespace):
-    """Train the reference teacher once per work folder; later calls (and workers) load it."""
-    path = bench.work / "teacher.best.pt"
-    if not path.is_file():
+    """Train the reference teacher once per work folder; later calls (and workers) load it. A call cut short
+    leaves the best epoch so far but no ``teacher.done``: the next call resumes the teacher instead of taking
+    that half-trained epoch for the finished teacher."""
+    path, done = bench.work / "teacher.best.pt", bench.work / "teacher.done"
+    if not done.is_file():
         started = time.perf_counter()
-        train_teacher(bench.context(args, seed=0), {**bench.meta, "role": "teacher"})
+        train_teacher(replace(bench.context(args, seed=0), resume=True), {**bench.meta, "role": "teacher"})
+        done.write_text("finished\n")
         print(f"{bench.name}: teacher trained in {time.perf_counter() - started:.0f} s", flush=True)
     teacher, _ = load_model(path)
     return teacher.to(bench.setup.device).eval(), path
