@@ -95,8 +95,11 @@ def published_weights_cached(arch: str, cache_dir: str | Path | None = None) -> 
     repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
     if not repo:
         return False
-    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=str(cache_dir) if cache_dir else None), str)
-               for name in HUB_WEIGHT_FILES)
+    try:
+        return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=str(cache_dir) if cache_dir else None), str)
+                   for name in HUB_WEIGHT_FILES)
+    except (OSError, ValueError):  # a damaged or unreadable cache (copied from elsewhere) holds no usable weights
+        return False
 
 
 def _create_from_hub(arch: str, kwargs: dict[str, Any], where: str) -> nn.Module:

@@ -258,3 +258,53 @@ def test_no_roi_for_a_surface_that_fills_the_frame(tmp_path):
     generate_sparse_line(tmp_path / "sparse", counts={"ok": 10, "pit": 4}, seed=1)
     _, survey = init_line(tmp_path / "sparse", "sparse", tmp_path / "sparse.yaml", gpu=False)
     assert survey.roi is None and survey.roi_images == 14
+
+
+def _belt_images(n: int, shape=(200, 300), belt=(20, 20, 20), part=(160, 160, 160), box=(90, 50, 120, 90)) -> list:
+    """Plain belt colour, a part of another colour (slightly textured) at ``box`` = x, y, w, h."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        img = np.empty((*shape, 3), np.uint8)
+        img[:] = belt
+        x, y, w, h = box
+        img[y:y + h, x:x + w] = np.clip(np.array(part) + rng.normal(0, 2, (h, w, 3)), 0, 255).astype(np.uint8)
+        out.append(img)
+    return out
+
+
+def test_the_roi_finder_sees_colour_low_contrast_and_large_images_and_refuses_mixed_sizes():
+    from kit.onboard.roi import RoiFinder
+
+    def propose(images):
+        finder = RoiFinder()
+        for img in images:
+            finder.add(img)
+        return finder.proposal()
+
+    def covers(roi, box):
+        x, y, w, h = roi
+        return x <= box[0] and y <= box[1] and x + w >= box[0] + box[2] and y + h >= box[1] + box[3]
+
+    box = (90, 50, 120, 90)
+    colour_only = _belt_images(8, belt=(60, 140, 60), part=(150, 80, 60), box=box)  # about the same luminance
+    assert covers(propose(colour_only), box)
+    faint = _belt_images(8, belt=(120, 120, 120), part=(132, 132, 132), box=box)  # 12 grey levels of contrast
+    assert covers(propose(faint), box)
+    large_box = (1900, 1000, 2000, 1500)
+    large = _belt_images(8, shape=(4000, 6000), box=large_box)  # looked at shrunk, box scaled back outward
+    roi = propose(large)
+    assert covers(roi, large_box) and roi[2] < 2600 and roi[3] < 2000
+    assert propose(_belt_images(8, box=box) + _belt_images(2, shape=(100, 150), box=(40, 20, 60, 45))) is None
+    assert propose(_belt_images(7, box=box)) is None  # too few images to trust
+
+
+def test_a_damaged_weights_cache_reads_as_no_weights(tmp_path):
+    from kit.models import published_weights_cached
+
+    repo = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_bytes(b"\xff\xfe\x00")
+    (repo / "snapshots").write_text("not a folder")
+    assert published_weights_cached("resnet10t", cache_dir=tmp_path / "hub") is False
+    assert published_weights_cached("no_such_arch_anywhere", cache_dir=tmp_path / "hub") is False

@@ -247,7 +247,7 @@ def roi_line(survey: LineSurvey, size: SizeProposal) -> str:
     resize costs detail (cropping to the part is the cheapest way to keep it)."""
     if survey.roi is not None:
         x, y, w, h = survey.roi
-        return (f"  roi: [{x}, {y}, {w}, {h}]{' ' * max(1, 22 - len(f'[{x}, {y}, {w}, {h}]'))}# x, y, width, height: the part lies "
+        return (f"  roi: [{x}, {y}, {w}, {h}]{' ' * max(1, 25 - len(f'[{x}, {y}, {w}, {h}]'))}# x, y, width, height: the part lies "
                 f"inside this box in all {survey.roi_images} sampled images, plain background outside; widen it if parts "
                 "can lie elsewhere\n")
     if size.shrink <= 1.0:
