@@ -200,13 +200,21 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # calibration.png and recipes/ land in the test's folder
 
 
-def test_the_scaffold_gives_a_gpu_teacher_the_source_resolution(tmp_path):
-    """Source 512 px, student input capped at 224: on a GPU the teacher reads 512 px; on a CPU the line is a
-    commented hint, and the ROI hint is there in both (the resize costs detail)."""
+def test_the_scaffold_gives_the_teacher_the_source_resolution_where_affordable(tmp_path, monkeypatch):
+    """Source 512 px, student input capped at 224: on a GPU the teacher reads 512 px, and on a CPU too while its
+    epoch fits the teacher's pixel budget; past it the line is a commented hint. The ROI hint is there in every case
+    (the resize costs detail)."""
+    from kit.onboard import init_line as scaffold
+
     generate_sparse_line(tmp_path / "big", counts={"ok": 4, "pit": 2}, size_px=512)
     gpu_path, _ = init_line(tmp_path / "big", "big", tmp_path / "gpu.yaml", gpu=True)
     recipe = load_recipe(gpu_path)
     assert recipe.data.image_size == (224, 224) and recipe.teacher.image_size == (512, 512)
+    affordable, _ = init_line(tmp_path / "big", "big", tmp_path / "cpu_small.yaml", gpu=False)
+    assert load_recipe(affordable).teacher.image_size == (512, 512)  # 6 x 512^2 = 1.6 M px per epoch
+    assert ("  image_size: 512               # the teacher reads 512 px (small defects intact), the student 224; both see "
+            "the same views; 2 M px per teacher epoch fit the CPU's teacher budget (40 M)\n") in affordable.read_text()
+    monkeypatch.setattr(scaffold, "TEACHER_CPU_PIXEL_BUDGET", 1_000_000)
     cpu_path, _ = init_line(tmp_path / "big", "big", tmp_path / "cpu.yaml", gpu=False)
     text = cpu_path.read_text()
     assert load_recipe(cpu_path).teacher.image_size is None
