@@ -34,9 +34,12 @@ CPU_SIZES_PX = (96, 128, 160, 192, 224)  # the CPU candidates; the first is the 
 SMALL_DEFECT_PX = 4  # the defect the image_size comment follows through the resize
 MIN_VISIBLE_DEFECT_PX = 2  # a defect narrower than this at the model's input is averaged into the background
 TEACHER_MAX_PX = 512  # the largest input the scaffold offers a (GPU) teacher
-# A CPU teacher may read the source's size while its epoch stays within this: measured on x-sdd (benchmarks/RESULTS.md,
-# students at 64 px, 3 seeds), a 128 px teacher scored 90.7 % against 82.4 % at 64 px and lifted the CRLD student
-# from 86.8 % to 88.9 % (held-out corruptions 71.0 -> 73.2 %), for about 4x the teacher's training time.
+# The teacher reads the source's size when the student's input is at least this much smaller, and on a CPU while its
+# epoch stays within the budget below. Measured on x-sdd (source ~128 px): with students at 64 px (2x, 3 seeds,
+# benchmarks/RESULTS.md) a 128 px teacher scored 90.7 % against 82.4 % and lifted the CRLD student from 86.8 % to
+# 88.9 % (held-out corruptions 71.0 -> 73.2 %) for about 4x the teacher's training time; with students at 96 px
+# (1.33x, the recipe's budget, one seed) the teacher stayed at 95.6 % and CRLD went from 97.1 % to 96.1 %.
+MIN_TEACHER_SHRINK = 2.0
 TEACHER_CPU_PIXEL_BUDGET = 2 * CPU_PIXEL_BUDGET
 SMALL_DATA = 1000  # images: below this a smaller teacher with AdamW trains more reliably from scratch
 # Folder names of the good-part class, compared lower-case with - and spaces as _; a folder named exactly
@@ -227,13 +230,16 @@ def plan_image_size(survey: LineSurvey, gpu: bool) -> SizeProposal:
 
 def teacher_size_line(survey: LineSurvey, size: SizeProposal, gpu: bool) -> str:
     """``teacher.image_size`` when the student's input shrinks the source: the teacher then reads the source's
-    detail at up to ``TEACHER_MAX_PX``. Set on a GPU, and on a CPU while the teacher's epoch stays within
-    ``TEACHER_CPU_PIXEL_BUDGET`` (it trains once, and a weak teacher pulls every student down); else a commented
-    hint; nothing when no detail is lost."""
+    detail at up to ``TEACHER_MAX_PX``. Set when the student's input is at least ``MIN_TEACHER_SHRINK`` smaller, on
+    a GPU, and on a CPU while the teacher's epoch stays within ``TEACHER_CPU_PIXEL_BUDGET`` (it trains once, and a
+    weak teacher pulls every student down); else a commented hint; nothing when no detail is lost."""
     side = max(MIN_SIZE_PX, min(TEACHER_MAX_PX, (min(survey.input_hw) // 16) * 16))
     if side <= size.size_px:
         return ""
     why = f"the teacher reads {side} px (small defects intact), the student {size.size_px}; both see the same views"
+    if side < MIN_TEACHER_SHRINK * size.size_px:
+        return (f"  # image_size: {side:<16}# {why}; measured worth it from a {MIN_TEACHER_SHRINK:g}x shrink, "
+                f"this one is {side / size.size_px:.2f}x\n")
     if gpu:
         return f"  image_size: {side:<18}# {why}\n"
     epoch_mpx = survey.total * side**2 / 1e6
