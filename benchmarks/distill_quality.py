@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import append_results, markdown_table  # noqa: E402
-from kit.data import decode_line, decode_split, index_line, preprocess_spec, teacher_preprocess_spec  # noqa: E402
+from kit.data import decode_line, decode_teacher_splits, index_line, preprocess_spec  # noqa: E402
 from kit.errors import DataError  # noqa: E402
 from kit.evaluate import agreement, classification_metrics, predict_logits  # noqa: E402
 from kit.models import load_model  # noqa: E402
@@ -142,9 +142,7 @@ def prepare(name: str, args: argparse.Namespace, work: Path) -> Bench:
     index = index_line(recipe)
     spec = preprocess_spec(recipe)
     splits, _ = decode_line(index, recipe, spec)
-    teacher_spec, teacher_splits = teacher_preprocess_spec(recipe), None
-    if teacher_spec != spec:
-        teacher_splits = {name: decode_split(split.samples, teacher_spec) for name, split in splits.items()}
+    teacher_spec, teacher_splits = decode_teacher_splits(recipe, spec, splits)
     pipelines = {v: build_view(getattr(recipe.views, v), f"views.{v}", recipe.view_size, spec.num_channels)
                  for v in ("weak", "strong")}
     families = list_corruptions()

@@ -49,6 +49,16 @@ def teacher_preprocess_spec(recipe: Recipe) -> PreprocessSpec:
     return spec if size is None or tuple(size) == spec.image_size else replace(spec, image_size=tuple(size))
 
 
+def decode_teacher_splits(recipe: Recipe, spec: PreprocessSpec,
+                          splits: dict[str, "DecodedSplit"]) -> tuple[PreprocessSpec, dict[str, "DecodedSplit"] | None]:
+    """The teacher's spec and, when it reads another size than ``spec``, the same samples as ``splits`` (the
+    readable ones) decoded at that size; None when the teacher reads the student's splits."""
+    teacher_spec = teacher_preprocess_spec(recipe)
+    if teacher_spec == spec:
+        return spec, None
+    return teacher_spec, {name: decode_split(split.samples, teacher_spec) for name, split in splits.items()}
+
+
 @dataclass
 class DecodedSplit:
     """One split's images, prepared (ROI + resize) and kept as uint8 NxHxWxC."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SerializeAsAny,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from kit.distill.methods import CRLDConfig, MethodSettings, get_method, list_methods
@@ -82,6 +82,20 @@ class NormalizeConfig(_Strict):
     std: list[Annotated[float, Field(gt=0)]]
 
 
+def _square_shorthand(v: Any) -> Any:
+    return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _size_range(v: tuple[int, int]) -> tuple[int, int]:
+    if min(v) < 16 or max(v) > 4096:
+        raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
+    return v
+
+
+# An input size in px, (height, width); a single number means square. data.image_size and teacher.image_size.
+ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_shorthand), AfterValidator(_size_range)]
+
+
 class DataConfig(_Strict):
     """Where the line's images are and how they become model input."""
 
@@ -89,7 +103,7 @@ class DataConfig(_Strict):
     layout: Literal["imagefolder", "manifest"] = "imagefolder"
     manifest: Optional[str] = None  # CSV with columns path,label[,split]; paths relative to root
     classes: Optional[list[str]] = None  # explicit class order; default: sorted folder names
-    image_size: tuple[int, int] = (96, 96)  # height, width in px; a single number means square
+    image_size: ImageSize = (96, 96)  # height, width in px; a single number means square
     channels: Literal["gray", "rgb"] = "gray"
     roi: Optional[tuple[int, int, int, int]] = None  # x, y, width, height in source pixels
     interpolation: Literal["area", "linear", "cubic", "nearest"] = "area"
@@ -105,18 +119,6 @@ class DataConfig(_Strict):
     # DataLoader workers; auto: none on CPU (training is compute-bound and workers would take
     # the cores the model needs), up to 8 on CUDA.
     num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0, le=64)]] = "auto"
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _square_shorthand(cls, v: Any) -> Any:
-        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("image_size")
-    @classmethod
-    def _size_range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if min(v) < 16 or max(v) > 4096:
-            raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
-        return v
 
     @property
     def num_channels(self) -> int:
@@ -225,19 +227,7 @@ class TeacherConfig(TrainConfig):
     # The teacher may read larger images than the student (height, width; a single number means square): small
     # defects the student's resize blurs stay visible to it. Views are then drawn at this size and the student's
     # input is the same view resized, so both see one random transform. null: data.image_size.
-    image_size: Optional[tuple[int, int]] = None
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _square_shorthand(cls, v: Any) -> Any:
-        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("image_size")
-    @classmethod
-    def _size_range(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
-        if v is not None and (min(v) < 16 or max(v) > 4096):
-            raise ValueError(f"each side of image_size must be between 16 and 4096 px (got {list(v)})")
-        return v
+    image_size: Optional[ImageSize] = None
 
     @field_validator("ensemble")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kit.data import decode_line, decode_split, index_line, preprocess_spec, teacher_preprocess_spec
+from kit.data import decode_line, decode_teacher_splits, index_line, preprocess_spec
 from kit.errors import DataError
 from kit.evaluate import predict_logits
 from kit.models import load_model
@@ -168,10 +168,8 @@ class LineData:
         index = index_line(recipe)
         spec = preprocess_spec(recipe)
         splits, unreadable = decode_line(index, recipe, spec)
-        teacher_spec, teacher_splits = teacher_preprocess_spec(recipe), None
-        if teacher_spec != spec:
-            kept = {name: split.samples for name, split in splits.items()}
-            teacher_splits = {name: decode_split(samples, teacher_spec) for name, samples in kept.items()}
+        teacher_spec, teacher_splits = decode_teacher_splits(recipe, spec, splits)
+        if teacher_splits is not None:
             ctx.log(f"data: the teacher reads {teacher_spec.image_size[0]}x{teacher_spec.image_size[1]} px, the student "
                     f"{spec.image_size[0]}x{spec.image_size[1]} px; views are drawn at the teacher's size")
         data = cls(index, spec, splits, unreadable, teacher_spec, teacher_splits)
