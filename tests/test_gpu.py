@@ -76,3 +76,27 @@ def test_onnxruntime_cuda_provider_matches_cpu(finished_run):
     a, b = cpu.probabilities(batch), gpu.probabilities(batch)
     assert np.abs(a - b).max() < 1e-3
     assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_local_cnn_flattens_in_float32_under_bf16_autocast():
+    """A defect is a small difference of two large values: bf16 would round it away, so kit.local_cnn's
+    background flattening runs in float32 inside an autocast region, and the model trains under AMP."""
+    import timm
+
+    from kit.local_cnn import FlattenBackground
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 1, 64, 64) * 4 + 100.0)  # a bright surface: large values, small differences
+    expected = FlattenBackground(1)(x)
+    flat = FlattenBackground(1).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = flat(x.cuda())
+    assert got.dtype == torch.float32
+    assert (got.cpu() - expected).abs().max() < 1e-3  # bf16 arithmetic would be off by ~0.5 at 100
+    model = timm.create_model("local_cnn_s", num_classes=3, in_chans=1).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x.cuda().to(memory_format=torch.channels_last)), torch.tensor([0, 1, 2, 0]).cuda())
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(float(loss.detach())) and all(torch.isfinite(p).all() for p in model.parameters())
