@@ -368,7 +368,7 @@ def main() -> None:
         print(table)
         if not args.no_record:
             append_results(title, table, notes="test split; accuracy, agreement, held_out and in_recipe in % (mean ± std over "
-                                               "seeds); escaped = share of defective test parts called good (- where "
+                                               "seeds, population std: ddof 0); escaped = share of defective test parts called good (- where "
                                                "the line has no good-part class); held_out/in_recipe = mean accuracy over the corruption families "
                                                "the strong view does not / does cover, 5 severities each (held-out "
                                                f"here: {', '.join(held_out_families(name, args))}); train_s = "
