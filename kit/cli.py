@@ -438,6 +438,8 @@ def _print_kpi(kpi: dict[str, Any]) -> None:
 def _print_operating(op: dict[str, Any]) -> None:
     t = op["test"]
     escape = f"; escapes {t['escapes']} of {t['defective_parts']} defective parts" if "escapes" in t else ""
+    if "escapes" in t and not t.get("accepted"):  # nothing decided alone: zero escapes would read as a pass
+        escape = "; escapes and false rejects unmeasured (no part decided without a person)"
     reached = "" if op.get("reached") in (None, True) else " [bold red](target not reached on val: every part goes to a person)[/]"
     console.print(
         f"operating threshold {op['threshold'] if op['threshold'] is not None else 'none'}"

@@ -101,3 +101,16 @@ def test_the_report_shows_overlays_and_the_localisation_table(run_with_masks):
         section = html[html.index('id="heatmaps"') :]
         assert title in html and all_classes in section
         assert section.count("data:image/png;base64,") >= 2, "one correct part per class at least"
+
+
+def test_heatmap_cost_sentence_signs_its_difference():
+    """Timing noise can make the heatmap's added cost negative: the sentence must read -0.06, not +-0.06."""
+    from kit.report.i18n import translator
+    from kit.report.localisation import _cost
+
+    t = translator("en")
+    cost = {"method": "cam", "runtime": "onnx", "decision_p50_ms": 1.25, "with_heatmap_p50_ms": 1.19,
+            "added_p50_ms": -0.0626, "added_p50_pct": -5.0}
+    text = _cost(cost, t)
+    assert "(-0.06 ms, -5 %;" in text and "+-" not in text
+    assert "(+0.10 ms, +8 %;" in _cost(dict(cost, added_p50_ms=0.1, added_p50_pct=8.0), t)

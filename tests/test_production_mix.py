@@ -144,3 +144,52 @@ def test_a_corruption_that_lets_defects_through_is_named_next_to_the_recommendat
         "view (views.strong) and keep it off the line (lighting, focus)"]
     kpi["robustness"]["decisions"]["worst"]["escape_rate"] = rate(3, 100)  # within the 20 % limit: nothing to say
     assert recommend(kpi, t)["warnings"] == []
+
+
+def _nothing_decided_operating() -> dict:
+    """What verify records when the operating threshold sends every test part to a person (sparse line: 150 images)."""
+    escapes = {"ok_class": "ok", "threshold": 1.0, "worst": "scratch", "worst_rate": 0.0,
+               "classes": {"crack": {"kind": "escape", **rate(0, 5)}, "ok": {"kind": "false_reject", **rate(0, 135)},
+                           "scratch": {"kind": "escape", **rate(0, 5)}}}
+    return {"test": {"automation_rate": 0.0, "accepted_accuracy": None, "accepted": 0, "images": 150, "false_reject_rate": 0.0},
+            "val": {}, "certified": False, "escapes_test": escapes, "ok_class": "ok"}
+
+
+@pytest.mark.parametrize("gate_on", ["point", "bound"])
+def test_escapes_of_a_model_that_decided_nothing_are_unmeasured_not_a_pass(gate_on):
+    from kit.verify.kpi import gate_bounds, operating_measures
+
+    operating = _nothing_decided_operating()
+    measured = operating_measures(operating)
+    assert measured["max_class_escape_rate"] is None and measured["false_reject_rate"] is None
+    assert measured["escape_rate[crack]"] is None and measured["escape_rate[scratch]"] is None
+    targets = KpiTargets(max_class_escape_rate=0.05, max_false_reject_rate=0.05, gate_on=gate_on)
+    gate = evaluate_gate(measured, targets, None, gate_bounds({}, operating))
+    by = {c["target"]: c for c in gate["checks"]}
+    for target in ("kpi.max_class_escape_rate", "kpi.max_false_reject_rate"):
+        assert by[target]["value"] is None and by[target]["passed"] is False  # zero escapes of nothing decided
+    decided = dict(operating, test=dict(operating["test"], accepted=3, automation_rate=0.02))
+    assert operating_measures(decided)["max_class_escape_rate"] == 0.0  # once parts are decided, zero is a measurement
+
+
+def test_the_report_says_unmeasured_where_nothing_was_decided():
+    from kit.report.build import _escapes
+
+    t = translator("en")
+    section = _escapes({"operating": _nothing_decided_operating(), "intervals": {}}, t)
+    assert section["rows"] == [] and section["worst"] is None
+    assert section["sentences"] == [t("escapes_unmeasured", n=150)]
+    assert "not measured" in section["sentences"][0] and "No test defect was accepted" not in section["sentences"][0]
+
+
+def test_the_accuracy_card_names_the_all_good_baseline_on_a_mostly_good_mix():
+    from kit.report.build import _baseline_sentence
+
+    t = translator("en")
+    cm = [[4, 1, 0], [0, 135, 0], [1, 2, 2]]  # crack, ok, scratch: 135 of 145 test parts are good
+    kpi = {"deployed_runtime": "onnx", "classes": ["crack", "ok", "scratch"],
+           "models": {"onnx": {"confusion_matrix": cm, "macro_f1": 0.7512, "balanced_accuracy": 0.7333}}}
+    assert _baseline_sentence(kpi, t) == ("Calling every part ok would already score 93.1 % on this test mix; across "
+                                          "classes the small model's macro-F1 is 0.75 and its balanced accuracy 73.3 %.")
+    balanced = dict(kpi, models={"onnx": dict(kpi["models"]["onnx"], confusion_matrix=[[5, 0, 0], [0, 4, 1], [0, 0, 5]])})
+    assert _baseline_sentence(balanced, t) is None  # no class holds half the test parts

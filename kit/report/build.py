@@ -103,6 +103,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "measured": measured, "summary": summary, "students": students, "model_labels": labels,
         "intervals": kpi["intervals"],
         "accuracy_sentence": _accuracy_sentence(kpi, t),
+        "baseline_sentence": _baseline_sentence(kpi, t),
         "speed": _speed(kpi, labels, t), "takt_ms": kpi["latency"]["takt_ms"],
         "money": money, "money_range": _savings_range(basis, recipe), "automation_mix": basis["mix"],
         "automation_text": format_rate_ci(kpi["intervals"]["automation_rate"], t) if basis["mix"] == "test" else
@@ -163,6 +164,21 @@ def _accuracy_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str:
     if round(abs(gap_pts), 1) == 0:
         return t("acc_same", teacher=teacher, ci=ci)
     return t("acc_worse" if gap_pts > 0 else "acc_better", pts=f"{abs(gap_pts):.1f}", teacher=teacher, ci=ci)
+
+
+MAJORITY_SHARE_NOTED = 0.5  # from this share of one class on, accuracy alone flatters a model
+
+
+def _baseline_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str | None:
+    """On a test mix dominated by one class (mostly good parts), what calling every part that class would score,
+    next to the deployed model's macro-F1 and balanced accuracy: the figures that class cannot win."""
+    deployed = kpi["models"][kpi["deployed_runtime"]]
+    support = [sum(row) for row in deployed["confusion_matrix"]]
+    n = sum(support)
+    if not n or max(support) / n < MAJORITY_SHARE_NOTED:
+        return None
+    return t("acc_baseline", cls=kpi["classes"][support.index(max(support))], rate=format_pct(max(support) / n),
+             f1=f"{deployed['macro_f1']:.2f}", balanced=format_pct(deployed["balanced_accuracy"]))
 
 
 def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -> dict[str, Any]:
@@ -260,6 +276,9 @@ def _escapes(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any] | Non
     table = kpi["operating"].get("escapes_test")
     if table is None:
         return None
+    if not kpi["operating"]["test"].get("accepted"):  # every part went to a person: zeros here would read as a pass
+        return {"ok_class": table["ok_class"], "rows": [], "worst": None, "level": "95 %",
+                "sentences": [t("escapes_unmeasured", n=kpi["operating"]["test"]["images"])]}
     rows = [{"class": c, **r} for c, r in table["classes"].items()]
     rows.sort(key=lambda r: (r["kind"] != "escape", -(r["rate"] or 0), -r["high"], r["class"]))
     sentences = []

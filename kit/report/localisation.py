@@ -53,8 +53,8 @@ def _cost(cost: dict[str, Any] | None, t: Callable[..., str]) -> str | None:
         return None
     key = "loc_cost_cam" if cost["method"] == "cam" else "loc_cost_occlusion"
     return t(key, runtime=cost["runtime"], decision=f"{cost['decision_p50_ms']:.2f}",
-             explained=f"{cost['with_heatmap_p50_ms']:.2f}", added=f"{cost['added_p50_ms']:.2f}",
-             pct=f"{cost['added_p50_pct']:.0f}" if cost.get("added_p50_pct") is not None else "?")
+             explained=f"{cost['with_heatmap_p50_ms']:.2f}", added=f"{cost['added_p50_ms']:+.2f}",  # a signed difference:
+             pct=f"{cost['added_p50_pct']:+.0f}" if cost.get("added_p50_pct") is not None else "?")  # timing noise can be < 0
 
 
 def _examples(run_dir: Path, kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:

@@ -70,6 +70,8 @@ def corruption_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str | Non
     if not worst:
         return None
     esc = worst["escape_rate"]
+    if not kpi["operating"]["test"].get("accepted"):  # nothing decided alone: no escape could happen, none measured
+        return None
     if esc["k"] == 0:
         return t("no_corruption_escape", cells=len(decisions["cells"]), n=esc["n"])
     return t("worst_corruption", family=family_name(worst["family"], t), severity=worst["severity"], k=esc["k"], n=esc["n"],

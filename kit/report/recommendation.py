@@ -49,6 +49,8 @@ def _action(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -
         if needed:
             return t("act_certify", needed=needed, n=kpi["val_images"])
         return t("act_certify_errors")
+    if (target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate") and check["value"] is None:
+        return t("act_escape_unmeasured")
     if target.startswith("kpi.max_class_escape_rate"):
         cls = target[target.index("[") + 1:-1] if "[" in target else kpi["measured"].get("worst_escape_class")
         return t("act_escape", cls=cls or "?")

@@ -63,6 +63,6 @@ def _check(target: str, key: str, description: str, measured: dict[str, Any], li
     value = measured.get(key)
     interval = bounds.get(key)
     bound = None if interval is None else interval["high" if op == "<=" else "low"]
-    use_bound = gate_on == "bound" and bound is not None
+    use_bound = gate_on == "bound" and bound is not None and value is not None  # an unmeasured value stays unmeasured
     return check(target, key, description, bound if use_bound else value, limit, op,
                  point=value, bound=bound, gated_on="bound" if use_bound else "point")

@@ -316,11 +316,15 @@ def measured_kpis(accuracy: dict[str, Any], suite: dict[str, Any], lat: dict[str
 def operating_measures(operating: dict[str, Any]) -> dict[str, Any]:
     """What the gate reads from the operating section (also refreshed by ``kit threshold``)."""
     escapes = operating.get("escapes_test") or {}
-    per_class = {f"escape_rate[{c}]": row["rate"] for c, row in (escapes.get("classes") or {}).items() if row["kind"] == "escape"}
+    # A model that decided no test part alone (every part went to a person) has no escapes or false rejects of its
+    # own: they are unmeasured, not zero, so a gated limit on them is not met.
+    decided = bool(operating["test"].get("accepted"))
+    per_class = {f"escape_rate[{c}]": row["rate"] if decided else None
+                 for c, row in (escapes.get("classes") or {}).items() if row["kind"] == "escape"}
     return {
         "automation_rate": operating["test"]["automation_rate"], "accepted_accuracy": operating["test"]["accepted_accuracy"],
-        "max_class_escape_rate": escapes.get("worst_rate"), "worst_escape_class": escapes.get("worst"),
-        "false_reject_rate": operating["test"].get("false_reject_rate"), **per_class,
+        "max_class_escape_rate": escapes.get("worst_rate") if decided else None, "worst_escape_class": escapes.get("worst"),
+        "false_reject_rate": operating["test"].get("false_reject_rate") if decided else None, **per_class,
         # the certified bound on validation; None when the target could not be certified (a missed target)
         "operating_risk_upper": operating["val"].get("risk_upper") if operating.get("certified") else None,
         "operating_risk_limit": (operating.get("certificate") or {}).get("limit"),
