@@ -24,9 +24,15 @@ import numpy as np  # noqa: E402
 from benchmarks.common import append_results, markdown_table  # noqa: E402
 from deploy.predictor import Predictor  # noqa: E402
 from deploy.preprocess import load_and_preprocess  # noqa: E402
+from kit.data.index import images_in  # noqa: E402
 from kit.evaluate import classification_metrics  # noqa: E402
 from kit.sample_line import SAMPLE_LINES, generate_line  # noqa: E402
-from kit.verify.stats import clopper_pearson  # noqa: E402
+from kit.verify.escapes import escape_table  # noqa: E402
+from kit.verify.stats import rate  # noqa: E402
+
+
+def _cells(r: dict) -> dict[str, str]:
+    return {"recall": f"{r['k']}/{r['n']} = {r['rate']:.3f}", "95 % interval": f"{r['low']:.3f}-{r['high']:.3f}"}
 
 
 def main() -> None:
@@ -47,30 +53,28 @@ def main() -> None:
     counts = {c: (args.ok if c == args.ok_class else args.per_class) for c in classes}
     with tempfile.TemporaryDirectory() as tmp:
         generate_line(args.line, Path(tmp), counts=counts, seed=args.seed)
-        paths = [(Path(tmp) / c / f"{c}_{i:04d}.png", k) for k, c in enumerate(classes) for i in range(counts[c])]
+        paths = [(p, k) for k, c in enumerate(classes) for p in images_in(Path(tmp) / c)]
         spec = predictor.manifest.preprocess
         probs = np.concatenate([predictor.probabilities(np.stack([load_and_preprocess(p, spec) for p, _ in paths[s:s + 64]]))
                                 for s in range(0, len(paths), 64)])
     labels = np.array([k for _, k in paths])
     pred = probs.argmax(1)
     m = classification_metrics(labels, pred, classes)
-    rows = []
     ok = classes.index(args.ok_class) if args.ok_class in classes else None
+    escapes = escape_table(probs, labels, classes, ok, threshold=None)  # at argmax: every part decided by the model
+    rows = []
     for k, c in enumerate(classes):
-        n, hit = int((labels == k).sum()), int(((labels == k) & (pred == k)).sum())
-        low, high = clopper_pearson(hit, n)
-        row = {"class": c, "n": n, "recall": f"{hit}/{n} = {hit / n:.3f}", "95 % interval": f"{low:.3f}-{high:.3f}"}
-        if ok is not None and k != ok:
-            row[f"called {args.ok_class}"] = int(((labels == k) & (pred == ok)).sum())
+        row = {"class": c, "n": int((labels == k).sum()),
+               **_cells(rate(int(((labels == k) & (pred == k)).sum()), int((labels == k).sum())))}
+        if escapes is not None and k != ok:
+            row[f"called {args.ok_class}"] = escapes["classes"][c]["k"]
         rows.append(row)
-    if ok is not None:
-        defective = labels != ok
-        escaped, n_defective = int((pred[defective] == ok).sum()), int(defective.sum())
-        low, high = clopper_pearson(escaped, n_defective)
-        rows.append({"class": f"escaped (defective called {args.ok_class})", "n": n_defective,
-                     "recall": f"{escaped}/{n_defective} = {escaped / n_defective:.3f}", "95 % interval": f"{low:.3f}-{high:.3f}"})
+    if escapes is not None:
+        defect_rows = [r for r in escapes["classes"].values() if r["kind"] == "escape"]
+        total = rate(sum(r["k"] for r in defect_rows), sum(r["n"] for r in defect_rows))
+        rows.append({"class": f"escaped (defective called {args.ok_class})", "n": total["n"], **_cells(total)})
     rows.append({"class": "macro-F1 (this mix)", "n": len(labels), "recall": f"{m['macro_f1']:.3f}", "95 % interval": ""})
-    table = markdown_table(rows, ["class", "n", "recall", "95 % interval"] + ([f"called {args.ok_class}"] if ok is not None else []))
+    table = markdown_table(rows, ["class", "n", "recall", "95 % interval"] + ([f"called {args.ok_class}"] if escapes else []))
     title = f"Fresh parts: {args.bundle} on {len(labels)} new {args.line} parts (seed {args.seed})"
     print(title)
     print(table)
@@ -78,6 +82,7 @@ def main() -> None:
         append_results(title, table, notes=f"runtime {args.runtime}, argmax; {args.per_class} new images per defect class and "
                        f"{args.ok} of {args.ok_class} (a mix chosen for the recall intervals, not production's); "
                        "intervals are Clopper-Pearson")
+
 
 if __name__ == "__main__":
     main()
