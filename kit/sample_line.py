@@ -173,11 +173,19 @@ def render_sample_part(label: str, index: int, seed: int = 0, size_px: int = 96)
     for ``ok``). The mask is the defect's own layer taken through the same pose as the image, so it
     marks where the defect is in the picture: ground truth for heatmap evaluation (``data.masks``).
     The random draws are the image's alone, so the images are the ones rendered before masks existed."""
+    image, posed_layer = render_sample_layer(label, index, seed, size_px)
+    return image, posed_layer >= SAMPLE_MASK_LEVEL
+
+
+def render_sample_layer(label: str, index: int, seed: int = 0, size_px: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its defect layer as float32 after the pose (before thresholding it into the mask), so a
+    test can tell a mask pixel that sits on the threshold (decided by the last bit of OpenCV's interpolation,
+    which differs between SIMD paths) from a real difference."""
     rng, work, img = _blank_part(label, index, seed, size_px, CLASS_COUNTS, "sample")
     layer = _DEFECTS[label](img, rng) if label != "ok" else np.zeros_like(img)
     pose = _pose(rng, work)
-    mask = _apply_pose(layer, pose, size_px, border=cv2.BORDER_CONSTANT) >= SAMPLE_MASK_LEVEL
-    return _camera(_apply_pose(img, pose, size_px), rng), mask
+    posed_layer = _apply_pose(layer, pose, size_px, border=cv2.BORDER_CONSTANT)
+    return _camera(_apply_pose(img, pose, size_px), rng), posed_layer
 
 
 # The sparse line: what a real line looks like (issue 19). Mostly good parts, and defects a few

@@ -72,6 +72,23 @@ def test_class_folder_without_images(tmp_path, line):
     _no_run_left(tmp_path)
 
 
+@pytest.mark.parametrize("field, overrides", [
+    ("line.ok_class", {"line.ok_class": "good part"}),
+    ("line.defect_rate", {"line.ok_class": "ok", "line.defect_rate": {"scratch": 0.01, "crack": 0.01}}),
+    ("kpi.max_class_escape_rate", {"line.ok_class": "ok", "kpi.max_class_escape_rate": {"crack": 0.01}}),
+    ("verify.threshold.class_thresholds", {"verify.threshold": {"accepted_accuracy": 0.9, "class_thresholds": {"good": 0.9}}}),
+    ("verify.threshold.ok_class", {"verify.threshold": {"max_escape_rate": 0.01, "ok_class": "good"}}),
+])
+def test_a_field_naming_a_class_the_line_lacks_stops_before_training(tmp_path, line, field, overrides):
+    """The classes come from the folders, so the recipe cannot be checked alone: the data stage checks every field
+    that names a class, before the teacher trains (it used to fail at export, naming a temporary file)."""
+    result = _run(tmp_path, line, **overrides)
+    _one_line_error(result, f"{field}: ")
+    assert "is not one of the line's classes (dent, ok, scratch)" in " ".join(result.output.split())
+    assert "teacher" not in result.output and "epoch" not in result.output  # stopped before any training
+    _no_run_left(tmp_path)
+
+
 def test_single_class(tmp_path, tiny_line):
     shutil.copytree(tiny_line / "ok", tmp_path / "one" / "ok")
     _one_line_error(_run(tmp_path, tmp_path / "one"), "found only one class ('ok')")
@@ -171,21 +188,28 @@ def test_teacher_checkpoint_that_is_not_a_checkpoint(tmp_path, tiny_line):
 
 
 class _Exploit:
+    """Unpickling this runs ``touch <target>``: the marker a refused checkpoint must never create."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+
     def __reduce__(self):
         import os
+        import shlex
 
-        return (os.system, ("touch /tmp/kit_pwned_by_checkpoint",))
+        return (os.system, (f"touch {shlex.quote(self.target)}",))
 
 
 def test_checkpoint_that_runs_code_is_refused(tmp_path, tiny_line):
-    evil = tmp_path / "teacher.pt"
+    evil, marker = tmp_path / "teacher.pt", tmp_path / "pwned_by_checkpoint"
     buf = io.BytesIO()
-    torch.save({"format": "inspection-kit/model", "payload": _Exploit()}, buf, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save({"format": "inspection-kit/model", "payload": _Exploit(marker)}, buf, pickle_protocol=pickle.DEFAULT_PROTOCOL)
     evil.write_bytes(buf.getvalue())
-    Path("/tmp/kit_pwned_by_checkpoint").unlink(missing_ok=True)
+    pickle.loads(pickle.dumps(_Exploit(tmp_path / "the_marker_works")))  # the exploit is real: plain pickle runs it
+    assert (tmp_path / "the_marker_works").exists()
     result = _run(tmp_path, tiny_line, **{"teacher.checkpoint": str(evil)})
     _one_line_error(result, f"{evil}:")
-    assert not Path("/tmp/kit_pwned_by_checkpoint").exists(), "the checkpoint executed code"
+    assert not marker.exists(), "the checkpoint executed code"
 
 
 # -- bundles and run directories --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.preprocess import IMAGE_SUFFIXES
-from kit.errors import DataError
+from kit.errors import DataError, RecipeError
 from kit.recipe.schema import DataConfig, Recipe
 
 SPLITS = ("train", "val", "test")
@@ -177,6 +177,9 @@ def index_line(recipe: Recipe) -> LineIndex:
         items3 = [(p, lab, None) for p, lab in _index_imagefolder(root, classes, "data.root")]
     if len(classes) < 2:
         raise DataError(f"data.root: found only one class ({classes[0]!r}); a classifier needs at least two class folders")
+    problem = recipe.class_name_problem(list(classes))
+    if problem:
+        raise RecipeError(problem)
     dropped: list[tuple[Path, Path]] = []
     if data.dedupe:
         items3, dropped = _dedupe(items3, classes)

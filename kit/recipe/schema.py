@@ -482,20 +482,14 @@ class Recipe(_Strict):
         if target is not None and target.max_escape_rate is not None and not (target.ok_class or self.line.ok_class):
             raise ValueError("verify.threshold.max_escape_rate needs the good-part class: set line.ok_class "
                              "(or verify.threshold.ok_class)")
-        if self.line.ok_class and self.data.classes is not None and self.line.ok_class not in self.data.classes:
-            raise ValueError(f"line.ok_class: {self.line.ok_class!r} is not one of data.classes ({', '.join(self.data.classes)})")
-        named = {"line.defect_rate": self.line.defect_rate, "kpi.max_class_escape_rate": self.kpi.max_class_escape_rate,
-                 "verify.threshold.class_thresholds": target.class_thresholds if target is not None else None,
-                 "verify.threshold.class_escape_limits": target.class_escape_limits if target is not None else None}
-        for field_name, value in named.items():
-            if isinstance(value, dict) and value:
-                if self.data.classes is not None:
-                    unknown = [c for c in value if c not in self.data.classes]
-                    if unknown:
-                        raise ValueError(f"{field_name}: {unknown[0]!r} is not one of data.classes ({', '.join(self.data.classes)})")
-                ok = self.line.ok_class
-                if field_name != "verify.threshold.class_thresholds" and ok is not None and ok in value:
-                    raise ValueError(f"{field_name}: {ok!r} is the good-part class; list defect classes only")
+        if self.data.classes is not None:
+            problem = self.class_name_problem(self.data.classes)
+            if problem:
+                raise ValueError(problem)
+        ok = self.line.ok_class
+        for field_name, value in self._class_named_fields().items():
+            if field_name != "verify.threshold.class_thresholds" and ok is not None and ok in value:
+                raise ValueError(f"{field_name}: {ok!r} is the good-part class; list defect classes only")
         size = self.teacher.image_size
         if size is not None and (size[0] < self.data.image_size[0] or size[1] < self.data.image_size[1]):
             raise ValueError(f"teacher.image_size {list(size)} is smaller than data.image_size {list(self.data.image_size)}; "
@@ -507,10 +501,35 @@ class Recipe(_Strict):
                              "teacher becomes a shear for the student")
         if isinstance(self.line.defect_rate, dict) and not self.line.ok_class:
             raise ValueError("line.defect_rate per class needs the good-part class: set line.ok_class")
-        if (self.kpi.max_class_escape_rate is not None or self.kpi.max_false_reject_rate is not None) and not self.line.ok_class \
-                and self.data.classes is not None and "ok" not in self.data.classes:
-            raise ValueError("kpi.max_class_escape_rate / max_false_reject_rate need the good-part class: set line.ok_class")
         return self
+
+    def _class_named_fields(self) -> dict[str, dict[str, Any]]:
+        """Every per-class field of the recipe that is set, by its field path."""
+        target = self.verify.threshold
+        named = {"line.defect_rate": self.line.defect_rate, "kpi.max_class_escape_rate": self.kpi.max_class_escape_rate,
+                 "verify.threshold.class_thresholds": target.class_thresholds if target is not None else None,
+                 "verify.threshold.class_escape_limits": target.class_escape_limits if target is not None else None}
+        return {name: value for name, value in named.items() if isinstance(value, dict) and value}
+
+    def class_name_problem(self, classes: list[str]) -> str | None:
+        """The first field that names a class the line does not have, as one line naming the field (None when every
+        name holds). Run by the validator when ``data.classes`` is given, and on the classes found when the data is
+        read, so a renamed class folder stops the run before training instead of at export."""
+        listed = ", ".join(classes)
+        if self.line.ok_class is not None and self.line.ok_class not in classes:
+            return f"line.ok_class: {self.line.ok_class!r} is not one of the line's classes ({listed})"
+        target_ok = self.verify.threshold.ok_class if self.verify.threshold is not None else None
+        if target_ok is not None and target_ok not in classes:
+            return f"verify.threshold.ok_class: {target_ok!r} is not one of the line's classes ({listed})"
+        for field_name, value in self._class_named_fields().items():
+            unknown = [c for c in value if c not in classes]
+            if unknown:
+                return f"{field_name}: {unknown[0]!r} is not one of the line's classes ({listed})"
+        if (self.kpi.max_class_escape_rate is not None or self.kpi.max_false_reject_rate is not None) \
+                and self.line.ok_class is None and "ok" not in classes:
+            return ("kpi.max_class_escape_rate / max_false_reject_rate need the good-part class: set line.ok_class "
+                    f"to one of the line's classes ({listed})")
+        return None
 
     @property
     def view_size(self) -> tuple[int, int]:
