@@ -3,7 +3,11 @@
 A linear classifier in ONNX (Flatten -> MatMul -> Add) over 32 px gray images of the sample line,
 with a manifest, decision rule and reference profile exactly as ``kit export`` writes them, so
 ``Predictor``, ``deploy serve``, ``deploy watch`` and ``deploy monitor`` run on it unchanged.
-Two seeds give two different models (different model ids) for reload tests.
+Seeds give different models (different model ids) for reload tests.
+
+The ONNX files of the seeds the tests use are committed (``tests/data/``, 12 KB each), so the edge tier
+(``pytest -m edge`` on an install without the ``train`` extra) needs no ``onnx`` package;
+``tests/test_edge_tier.py`` checks that they are what ``build_onnx_model`` makes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,27 @@ def sample_images(per_class: int = 6, classes: tuple[str, ...] = ("ok", "scratch
     return [p for c in classes for p in sorted((SAMPLE / c).glob("*.png"))[:per_class]]
 
 
-def _onnx_model(seed: int):
+# A sitecustomize.py body that makes the training side unimportable: a subprocess started with it on PYTHONPATH
+# behaves like an edge box, where torch, timm, albumentations and kit are not installed.
+BLOCK_HEAVY = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'timm', 'albumentations', 'kit'):
+            raise ImportError(f'{name} is blocked: the edge runtime must not need it')
+sys.meta_path.insert(0, _Block())
+"""
+
+MODEL_DIR = Path(__file__).resolve().parent / "data"
+COMMITTED_SEEDS = (0, 1, 3)
+
+
+def committed_model_path(seed: int) -> Path:
+    return MODEL_DIR / f"edge_linear_seed{seed}.onnx"
+
+
+def build_onnx_model(seed: int):
+    """The linear classifier as an ``onnx.ModelProto`` (needs the ``onnx`` package)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -51,11 +75,15 @@ def _onnx_model(seed: int):
 
 
 def make_bundle(folder: Path, seed: int = 0, threshold: float | None = 0.55, line: str = "station_line") -> Path:
-    import onnx
     import onnxruntime as ort
 
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(_onnx_model(seed), folder / "model.onnx")
+    if seed in COMMITTED_SEEDS:
+        (folder / "model.onnx").write_bytes(committed_model_path(seed).read_bytes())
+    else:
+        import onnx
+
+        onnx.save(build_onnx_model(seed), folder / "model.onnx")
     spec = PreprocessSpec(image_size=(SIZE_PX, SIZE_PX), channels="gray")
     manifest = Manifest(
         classes=list(CLASSES), preprocess=spec,

@@ -7,8 +7,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.edge
 
 REPO = Path(__file__).resolve().parents[1]
 # Installed only on a machine with a CUDA device, never by the dev install the suite runs under.

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.edge
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

@@ -20,6 +20,7 @@ from deploy import BundleError, Predictor, read_manifest
 from deploy.preprocess import load_and_preprocess
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
 from kit.cli import app
+from tests.edge_bundle import BLOCK_HEAVY
 from kit.export import ParityGateError, export_bundle
 from kit.export.onnx_fp32 import read_embedded_manifest
 from kit.models import load_model
@@ -175,16 +176,6 @@ def test_export_on_an_unfinished_run_is_refused(tmp_path, finished_run):
     result = CliRunner().invoke(app, ["export", str(run_dir)])
     assert result.exit_code == 1
     assert f"error: {run_dir}: stage 'student' has not finished, so `kit export` cannot run" in result.output
-
-
-BLOCK_HEAVY = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'timm', 'albumentations', 'kit'):
-            raise ImportError(f'{name} is blocked: the edge runtime must not need it')
-sys.meta_path.insert(0, _Block())
-"""
 
 
 def test_edge_runtime_predicts_without_torch(exported, tmp_path):

@@ -28,7 +28,7 @@ from kit.export.heatmap import HeatmapModel, fit_heatmap_head, heatmap_layer
 from kit.export.onnx_fp32 import export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import compare_heatmaps
-from tests.test_export import BLOCK_HEAVY
+from tests.edge_bundle import BLOCK_HEAVY
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PX, INPUT_PX, BLOB_RADIUS_PX = 48, 32, 4

@@ -17,7 +17,7 @@ import pytest
 from deploy.monitor import Thresholds, monitor, psi
 from deploy.profile import image_statistics
 from kit.rundir import read_split
-from tests.test_export import BLOCK_HEAVY
+from tests.edge_bundle import BLOCK_HEAVY
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,14 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from kit.run import run_line
 from tests.conftest import tiny_recipe_dict, write_recipe
 
+pytestmark = pytest.mark.slow
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_line):
-    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_line, **{"student.epochs": 6}))
-    reference = run_line(recipe, out_root=tmp_path / "ref", name="ref", stop_after="train").metrics
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_line) -> Path:
+    return write_recipe(tmp_path_factory.mktemp("resume") / "tiny.yaml", tiny_recipe_dict(tiny_line, **{"student.epochs": 6}))
+
+
+@pytest.fixture(scope="module")
+def reference(recipe, tmp_path_factory) -> dict:
+    """One uninterrupted run that both interrupted runs must reproduce (trained once, not once per test)."""
+    return run_line(recipe, out_root=tmp_path_factory.mktemp("ref"), name="ref", stop_after="train").metrics
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, recipe, reference):
 
     run_dir = tmp_path / "runs" / "tiny_line" / "killed"
     proc = subprocess.Popen(
@@ -44,9 +58,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_line):
     assert resumed["agreement"] == reference["agreement"]
 
 
-def test_sigterm_stops_cleanly_and_resume_finishes_the_comparison_student(tmp_path, tiny_line):
-    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_line, **{"student.epochs": 6}))
-    reference = run_line(recipe, out_root=tmp_path / "ref", name="ref", stop_after="train").metrics
+def test_sigterm_stops_cleanly_and_resume_finishes_the_comparison_student(tmp_path, recipe, reference):
 
     run_dir = tmp_path / "runs" / "tiny_line" / "term"
     proc = subprocess.Popen(

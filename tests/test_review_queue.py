@@ -15,7 +15,9 @@ import pytest
 
 from deploy.decision_log import DecisionLog, DecisionRecord
 from deploy.review_queue import build_review_queue
-from tests.test_export import BLOCK_HEAVY
+from tests.edge_bundle import BLOCK_HEAVY
+
+pytestmark = pytest.mark.edge
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["crack", "ok", "scratch"]
