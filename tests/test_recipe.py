@@ -117,13 +117,13 @@ def test_hash_changes_with_any_setting(tmp_path):
 
 
 def test_the_readme_recipe_is_a_valid_recipe():
-    """The annotated recipe in the README is what users copy: it must load as written."""
+    """The annotated recipe in the recipe reference (docs/recipe.md) is what users copy: it must load as written."""
     import re
 
     from kit.recipe import parse_recipe
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "recipe.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "schema_version" in b)
-    recipe = parse_recipe(block, source="README.md", base_dir=Path(__file__).resolve().parents[1] / "recipes")
+    recipe = parse_recipe(block, source="docs/recipe.md", base_dir=Path(__file__).resolve().parents[1] / "recipes")
     assert recipe.compare == ["kd", "none"] and recipe.kpi.min_automation_rate == 0.70
     assert recipe.verify.corruptions.severities["rotation"] == [2, 4, 8, 12, 16]

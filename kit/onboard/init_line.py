@@ -265,7 +265,7 @@ def pretrained_line(arch: str, cached: bool) -> str:
     if cached:
         return f"  pretrained: true              # timm's published {arch} weights, found in this PC's cache: few, small defects need them\n"
     return ("  # pretrained: true            # published weights: the usual remedy when few or small defects starve a teacher "
-            "trained from scratch; pre-fetch them for an offline PC (README)\n")
+            "trained from scratch; pre-fetch them for an offline PC (docs/recipe.md)\n")
 
 
 def roi_line(survey: LineSurvey, size: SizeProposal) -> str:

@@ -168,7 +168,7 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # timm's published weights, through its Hugging Face cache (pre-fetch them for an offline plant PC: README).
+    # timm's published weights, through its Hugging Face cache (pre-fetch them for an offline plant PC: docs/recipe.md).
     pretrained: bool = False
     pretrained_file: Optional[str] = None  # local timm weights (.safetensors/.pth); excludes `pretrained`
     drop_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
