@@ -40,7 +40,7 @@ class FitResult:
 
 @dataclass(frozen=True)
 class Fitting:
-    """What stays fixed while one role trains: its name, settings, hardware and processes."""
+    """What stays fixed while one role trains: its name, settings, seed, hardware and processes."""
 
     role: str
     cfg: TrainConfig
@@ -48,6 +48,27 @@ class Fitting:
     num_workers: int
     dist_ctx: DistContext = SINGLE
     balance: str = "none"  # resolved: none | sampler | loss (kit.data.balance)
+    seed: int = 0  # every epoch's randomness is derived from (seed, epoch)
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """What every epoch is scored on: clean, runtime-identical inputs (not an augmented view)."""
+
+    inputs: Tensor
+    labels: np.ndarray
+    classes: list[str]  # names for the per-class recall columns
+    reference: np.ndarray | None = None  # the teacher's predictions: student agreement
+
+
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """Where a fitting keeps its best weights and its resume state, and what they carry."""
+
+    folder: Path
+    meta: dict[str, Any]  # classes, preprocessing, recipe hash
+    model_args: dict[str, Any]  # what rebuilds the model
+    resume: bool = False  # continue from ``<role>.last.pt`` when it exists
 
 
 @dataclass
@@ -239,44 +260,30 @@ def _history_row(fitting: Fitting, epoch: int, lr: float, totals: EpochTotals, v
 
 def fit(
     model: nn.Module,
-    *,
-    role: str,
-    cfg: TrainConfig,
+    fitting: Fitting,
     train_set: ViewDataset,
-    val_inputs: Tensor,
-    val_labels: np.ndarray,
     step_fn: StepFn,
-    setup: DeviceSetup,
-    seed: int,
-    num_workers: int,
-    checkpoint_dir: Path,
-    checkpoint_meta: dict[str, Any],
-    model_args: dict[str, Any],
-    val_reference: np.ndarray | None = None,
+    validation: ValidationSet,
+    checkpoints: CheckpointTarget,
     reporter: Reporter | None = None,
-    resume: bool = False,
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
-    dist_ctx: DistContext = SINGLE,
-    classes: list[str] | None = None,
-    balance: str = "none",
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs``; keep the best epoch by the ``cfg.select_by`` validation score
     (ties keep the earlier epoch).
 
-    ``val_reference``: the teacher's validation predictions, for student agreement. ``classes``: names
-    for the per-class recall columns. ``balance``: ``sampler`` draws classes evenly (resolved by the
-    caller from ``cfg.balance``; ``loss`` lives in ``step_fn``).
+    ``fitting.balance``: ``sampler`` draws classes evenly (resolved by the caller from ``cfg.balance``;
+    ``loss`` lives in ``step_fn``).
     Writes ``<role>.last.pt`` (resume state) and ``<role>.best.pt`` in ``checkpoint_dir``.
     Under torch.distributed every rank trains its slice of each global batch (DDP averages the
     gradients); metrics are summed over ranks and only rank 0 writes or reports.
     """
-    fitting = Fitting(role, cfg, setup, num_workers, dist_ctx, balance)
-    classes = classes or [str(i) for i in range(int(val_labels.max()) + 1)]
+    role, cfg, dist_ctx, seed = fitting.role, fitting.cfg, fitting.dist_ctx, fitting.seed
     reporter = (reporter or Reporter()) if dist_ctx.is_main else Reporter()
     drop_last, steps_per_epoch = epoch_shape(len(train_set), cfg.batch_size)
     trainer = prepare_training(model, fitting, cfg.epochs * steps_per_epoch)
-    checkpointer = RoleCheckpointer(checkpoint_dir, role, model_args, checkpoint_meta, is_main=dist_ctx.is_main)
-    restored = checkpointer.restore(trainer) if resume else None
+    checkpointer = RoleCheckpointer(checkpoints.folder, role, checkpoints.model_args, checkpoints.meta,
+                                    is_main=dist_ctx.is_main)
+    restored = checkpointer.restore(trainer) if checkpoints.resume else None
     if restored is not None:
         reporter.log(f"{role}: resuming after epoch {restored.first_epoch}/{cfg.epochs}")
     progress = restored or FitProgress()
@@ -291,7 +298,8 @@ def fit(
         totals = train_one_epoch(fitting, trainer, loader, step_fn, epoch, steps_per_epoch, reporter)
         _check_finite(fitting, epoch, totals, progress.best_epoch)
         # -- validate, then log the epoch's row
-        val_scores = validate(trainer.model, val_inputs, val_labels, setup.device, classes, val_reference)
+        val_scores = validate(trainer.model, validation.inputs, validation.labels, fitting.setup.device,
+                              validation.classes, validation.reference)
         lr = trainer.optimizer.param_groups[0]["lr"]
         row = _history_row(fitting, epoch, lr, totals, val_scores, epoch_started)
         progress.history.append(row)

@@ -23,7 +23,7 @@ from kit.recipe.schema import Recipe
 from kit.train.checkpoint import publish_best
 from kit.train.device import DeviceSetup, resolve_workers
 from kit.train.distributed import SINGLE, DistContext, barrier
-from kit.train.loop import FitResult, Reporter, fit
+from kit.train.loop import CheckpointTarget, Fitting, FitResult, Reporter, ValidationSet, fit
 
 
 def _build(recipe: Recipe, role: str, num_classes: int, in_chans: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -62,19 +62,12 @@ class TrainContext:
         return (self.teacher_spec, self.teacher_splits) if self.paired else (self.spec, self.splits)
 
 
-def _fit(ctx: TrainContext, role: str, cfg: Any, model: nn.Module, args: dict[str, Any], train_set: ViewDataset,
-         step, seed: int, meta: dict[str, Any], on_epoch, val_reference: np.ndarray | None = None,
-         balance: str = "none", val_split: DecodedSplit | None = None, val_spec: PreprocessSpec | None = None) -> FitResult:
-    val_split = ctx.splits["val"] if val_split is None else val_split
-    val_spec = ctx.spec if val_spec is None else val_spec
-    return fit(
-        model, role=role, cfg=cfg, train_set=train_set,
-        val_inputs=val_split.tensors(val_spec), val_labels=val_split.labels,
-        step_fn=step, setup=ctx.setup, seed=seed, num_workers=resolve_workers(ctx.recipe.data.num_workers, ctx.setup),
-        checkpoint_dir=ctx.checkpoint_dir, checkpoint_meta=meta, model_args=args, val_reference=val_reference,
-        reporter=ctx.reporter, resume=ctx.resume, on_epoch=on_epoch, dist_ctx=ctx.dist_ctx, classes=ctx.classes,
-        balance=balance,
-    )
+def _fitting(ctx: TrainContext, role: str, cfg: Any, seed: int, balance: str) -> Fitting:
+    return Fitting(role, cfg, ctx.setup, resolve_workers(ctx.recipe.data.num_workers, ctx.setup), ctx.dist_ctx, balance, seed)
+
+
+def _checkpoints(ctx: TrainContext, meta: dict[str, Any], args: dict[str, Any]) -> CheckpointTarget:
+    return CheckpointTarget(ctx.checkpoint_dir, meta, args, ctx.resume)
 
 
 def _balance(ctx: TrainContext, role: str, cfg: Any) -> tuple[str, Tensor | None]:
@@ -108,8 +101,9 @@ def train_teacher(ctx: TrainContext, meta: dict[str, Any], on_epoch=None, role: 
         loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
         return loss, {"ce": loss.detach()}, logits
 
-    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed, meta, on_epoch, balance=balance,
-                val_split=splits["val"], val_spec=spec)
+    validation = ValidationSet(splits["val"].tensors(spec), splits["val"].labels, ctx.classes)
+    return fit(model, _fitting(ctx, role, cfg, recipe.seed, balance), train_set, step, validation,
+               _checkpoints(ctx, meta, args), ctx.reporter, on_epoch)
 
 
 def train_student(
@@ -156,8 +150,10 @@ def train_student(
         return loss, parts, student_logits[method.views[0]]
 
     balance, weight = _balance(ctx, role, cfg)
-    return _fit(ctx, role, cfg, model, args, train_set, step, recipe.seed + 1, meta, on_epoch, teacher_val_pred,
-                balance=balance)
+    val = ctx.splits["val"]
+    validation = ValidationSet(val.tensors(ctx.spec), val.labels, ctx.classes, teacher_val_pred)
+    return fit(model, _fitting(ctx, role, cfg, recipe.seed + 1, balance), train_set, step, validation,
+               _checkpoints(ctx, meta, args), ctx.reporter, on_epoch)
 
 
 def _init_from_run(ctx: TrainContext, model: nn.Module) -> None:
