@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from deploy.batching import MicroBatcher  # noqa: E402
+from deploy.serve.batching import MicroBatcher  # noqa: E402
 from deploy.cli import app as deploy_app  # noqa: E402
 from deploy.decision_log import read_records  # noqa: E402
 from deploy.manifest import model_id  # noqa: E402
@@ -262,12 +262,12 @@ def test_head_on_the_status_routes_and_a_bounded_reload_body(station, bundles):
 def test_small_bodies_declaring_many_pixels_are_not_decoded_on_the_event_loop():
     """A 16 KB PNG of zeros declares 16 MP: a quarter of a second of decoding, during which the
     event loop answered no one."""
-    from deploy.serve_app import INLINE_DECODE_BYTES, _decodes_inline
+    from deploy.serve.intake import INLINE_DECODE_BYTES, decodes_inline
 
     bomb = cv2.imencode(".png", np.zeros((4000, 4000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
     assert len(bomb) <= INLINE_DECODE_BYTES
-    assert _decodes_inline(bomb) is False
-    assert _decodes_inline(sample_images(1)[0].read_bytes()) is True
+    assert decodes_inline(bomb) is False
+    assert decodes_inline(sample_images(1)[0].read_bytes()) is True
 
 
 def test_a_bundle_without_a_decision_block_keeps_its_certified_good_part_class(bundles, tmp_path):
@@ -439,6 +439,9 @@ class _SlowModel:
 
     def decide(self, p: np.ndarray) -> list[int]:
         return list(range(len(p)))
+
+    def decide_batch(self, batch: np.ndarray) -> list[int]:  # the Predictor's one decide path
+        return self.decide(self.probabilities(batch))
 
 
 def test_micro_batching_waits_only_for_requests_already_arriving():
