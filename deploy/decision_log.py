@@ -18,9 +18,12 @@ import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from deploy.errors import DeployError
+
+if TYPE_CHECKING:
+    from deploy.predictor import Decision
 
 LOG_PREFIX, LOG_SUFFIX = "decisions-", ".jsonl"
 LOG_FORMAT = "inspection-kit/decision-log"
@@ -47,6 +50,18 @@ class DecisionRecord:
 
     def to_line(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+
+    @classmethod
+    def from_decision(cls, decision: "Decision", *, part_id: str | None, image_sha256: str, model_id: str, source: str,
+                      time: str | None = None, latency_ms: dict[str, float] | None = None, image: str | None = None,
+                      decision_id: str | None = None) -> "DecisionRecord":
+        """The log record of one ``Decision`` (serve, watch and replay all write it so). ``time``: ISO 8601
+        UTC, default now (to the microsecond)."""
+        return cls(
+            time=time or utc_now().isoformat(timespec="microseconds"), part_id=part_id, image_sha256=image_sha256,
+            label=decision.label, confidence=decision.confidence, probabilities=decision.probabilities or {},
+            abstain=decision.abstain, action=decision.action, model_id=model_id, runtime=decision.runtime,
+            latency_ms=dict(latency_ms or {}), source=source, image=image, decision_id=decision_id)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DecisionRecord":

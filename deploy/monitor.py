@@ -10,16 +10,15 @@ recipe put in the profile. Torch-free: runs on the edge box next to the model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from scipy.stats import chisquare, ks_2samp
 
+from deploy.atomic import write_atomic, write_text_atomic
 from deploy.errors import DeployError
 from deploy.manifest import read_manifest, sha256_file
 from deploy.predictor import Predictor, softmax
@@ -28,15 +27,6 @@ from deploy.profile import PROFILE_FORMAT, PROFILE_NAME, STATISTICS, statistics_
 
 STATUS_ORDER = ("ok", "watch", "drift")
 EPS = 1e-4
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()  # read once: os.umask can only be read by setting it, which races with threads
 
 
 def psi(reference: np.ndarray, new: np.ndarray, bins: int = 10) -> float:
@@ -248,25 +238,8 @@ def write_monitor_report(report: dict[str, Any], out_dir: str | Path) -> Monitor
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2)
-    drift_json = _write_atomic(out_dir / "drift.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    drift_json = write_text_atomic(out_dir / "drift.json", text)
     return MonitorFiles(drift_json, plot_report(report, out_dir / "drift.png"))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` on a temporary file in ``path``'s folder, then ``os.replace``: the rename is
-    atomic only within one file system, hence the same folder. (``kit.io`` has the same for the
-    training side; ``deploy`` must not import ``kit``.)"""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def plot_report(report: dict[str, Any], path: Path) -> Path | None:
@@ -290,7 +263,7 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("population stability index")
     ax.set_title(f"{report['images']} new images vs {report['reference_images']} reference: {report['status'].upper()}")
     ax.legend(fontsize=8, loc="lower right")
-    path = _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",
+    path = write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",
                                                              metadata={"Software": None}))
     plt.close(fig)
     return path

@@ -8,12 +8,12 @@ images are enlarged (nearest neighbour: the pixels stay the pixels the model saw
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from deploy.atomic import write_bytes_atomic
 from deploy.errors import DeployError
 from deploy.heatmap import Heatmap
 
@@ -72,12 +72,7 @@ def encode_overlay(overlay: np.ndarray) -> bytes:
 def write_overlay(path: str | Path, image: np.ndarray, heatmap: Heatmap, caption: str, mask: np.ndarray | None = None,
                   channels: str = "gray") -> Path:
     """Render and write one overlay PNG (the folder is created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_overlay(render_overlay(image, heatmap, caption, mask, channels)))
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, encode_overlay(render_overlay(image, heatmap, caption, mask, channels)))
 
 
 def _to_bgr(image: np.ndarray, channels: str) -> np.ndarray:

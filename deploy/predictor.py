@@ -149,7 +149,7 @@ class Predictor:
         _check_heatmap_args(heatmap, heatmap_class, self.classes)
         out: list[Decision] = []
         for start in range(0, len(images), batch_size):
-            out += self._decide_images(images[start : start + batch_size], None, heatmap, heatmap_class)
+            out += self.decide_images(images[start : start + batch_size], None, heatmap, heatmap_class)
         return out
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, heatmap: bool = False,
@@ -160,16 +160,28 @@ class Predictor:
         spec = self.manifest.preprocess
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            out += self._decide_images([read_image(p, spec.channels) for p in chunk], [str(p) for p in chunk],
+            out += self.decide_images([read_image(p, spec.channels) for p in chunk], [str(p) for p in chunk],
                                        heatmap, heatmap_class)
         return out
 
-    def _decide_images(self, images: list[np.ndarray], paths: list[str] | None, heatmap: bool,
-                       heatmap_class: str | None) -> list[Decision]:
-        spec = self.manifest.preprocess
-        batch = preprocess_batch(images, spec)
+    def decide_images(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None,
+                      heatmap: bool = False, heatmap_class: str | None = None) -> list[Decision]:
+        """The one decide path: decoded images -> preprocess (once) -> ``decide_batch``. ``predict``,
+        ``deploy.replay`` and ``deploy watch`` come through here; ``deploy serve`` preprocesses each
+        request as it arrives (in parallel, before the micro-batcher) and joins at ``decide_batch``."""
+        images = list(images)
+        return self.decide_batch(preprocess_batch(images, self.manifest.preprocess), images, paths, heatmap, heatmap_class)
+
+    def decide_batch(self, batch: np.ndarray, images: Sequence[np.ndarray] | None = None,
+                     paths: Sequence[str | None] | None = None, heatmap: bool = False,
+                     heatmap_class: str | None = None) -> list[Decision]:
+        """Preprocessed float32 NCHW batch -> probabilities -> decisions by the manifest's rule. With
+        ``heatmap``, the maps come from the same forward pass over the same tensor (``deploy.heatmap``);
+        ``images`` (the decoded images the batch was made from) give the maps their pixel coordinates."""
         if not heatmap:
             return self.decide(self.probabilities(batch), paths)
+        if images is None or len(images) != len(batch):
+            raise DeployError("decide_batch(heatmap=True) needs the decoded images the batch was made from")
         from deploy.heatmap import class_maps, heatmaps_for
 
         index = None if heatmap_class is None else self.classes.index(heatmap_class)
@@ -177,7 +189,7 @@ class Predictor:
         decisions = self.decide(softmax(logits, self.manifest.temperature), paths)
         labels = [heatmap_class or d.label for d in decisions]
         origin = (self.manifest.extra.get("heatmap") or {}).get("origin_px")
-        for decision, explained in zip(decisions, heatmaps_for(maps, images, labels, method, spec, origin)):
+        for decision, explained in zip(decisions, heatmaps_for(maps, images, labels, method, self.manifest.preprocess, origin)):
             decision.heatmap = explained
         return decisions
 

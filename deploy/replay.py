@@ -43,11 +43,9 @@ def replay_images(predictor: Predictor, paths: Iterable[str | Path], log_dir: st
             chunk = paths[first : first + batch_size]
             for offset, (path, decision) in enumerate(zip(chunk, predictor.predict_paths(chunk, batch_size))):
                 when = start + timedelta(seconds=interval_s * (first + offset))
-                record = DecisionRecord(
-                    time=when.isoformat(timespec="milliseconds"), part_id=part_id(path), image_sha256=file_sha256(path),
-                    label=decision.label, confidence=decision.confidence, probabilities=decision.probabilities or {},
-                    abstain=decision.abstain, action=decision.action, model_id=model_id, runtime=decision.runtime,
-                    source=source, image=str(path))
+                record = DecisionRecord.from_decision(
+                    decision, time=when.isoformat(timespec="milliseconds"), part_id=part_id(path),
+                    image_sha256=file_sha256(path), model_id=model_id, source=source, image=str(path))
                 log.append(record)
                 records.append(record)
     return records

@@ -27,13 +27,12 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from deploy.atomic import copy_atomic, write_bytes_atomic
 from deploy.decision_log import DecisionRecord, read_records
 from deploy.errors import DeployError
 from deploy.preprocess import IMAGE_SUFFIXES
@@ -59,32 +58,6 @@ class QueueResult:
 
 def part_key(record: DecisionRecord) -> str:
     return f"part:{record.part_id}" if record.part_id else f"sha256:{record.image_sha256}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, name)
-        os.replace(name, dst)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(path: Path) -> str:
@@ -287,7 +260,7 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
             missing.append(part_key(record))
             continue
         rel = Path(IMAGES_DIR) / _day(record) / f"{record.image_sha256[:16]}{source.suffix.lower()}"
-        _copy_atomic(source, out_dir / rel)
+        copy_atomic(source, out_dir / rel)
         overlay = explain.write(source, record, out_dir / rel.with_suffix(".overlay.png")) if explain is not None else None
         added.append({"path": rel.as_posix(), "sha256": record.image_sha256, "part_id": record.part_id or "",
                       "time": record.time, "model_label": record.label, "confidence": f"{record.confidence:.6g}",
@@ -299,8 +272,8 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", restval="")
     writer.writeheader()
     writer.writerows(existing + added)
-    _write_atomic(out_dir / QUEUE_NAME, buf.getvalue().encode("utf-8"))
+    write_bytes_atomic(out_dir / QUEUE_NAME, buf.getvalue().encode("utf-8"))
     state["queued"] = queued
-    _write_atomic(out_dir / STATE_NAME, (json.dumps(state, indent=1) + "\n").encode("utf-8"))
+    write_bytes_atomic(out_dir / STATE_NAME, (json.dumps(state, indent=1) + "\n").encode("utf-8"))
     by_reason = {reason: sum(1 for a in added if a["reason"] == reason) for reason in REASONS}
     return QueueResult(out_dir / QUEUE_NAME, added, by_reason, already, over_cap, missing, log.skipped_lines)

@@ -34,12 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from deploy.atomic import write_bytes_atomic
 from deploy.decision_log import DecisionLog, DecisionRecord, log_path
 from deploy.errors import DeployError
 from deploy.intake import IntakeError, decode_bytes
 from deploy.manifest import model_id
 from deploy.predictor import Predictor
-from deploy.preprocess import IMAGE_SUFFIXES, preprocess_batch
+from deploy.preprocess import IMAGE_SUFFIXES
 
 JOURNAL_NAME = ".deploy-watch-journal.jsonl"
 ERROR_DIR = "error"
@@ -123,9 +124,7 @@ class Journal:
         """Start an empty journal when nothing is pending (keeps it small; atomic rename)."""
         if self.pending():
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(b"")
-        os.replace(tmp, self.path)
+        write_bytes_atomic(self.path, b"")
         os.close(self._fd)
         self._fd = _open_append(self.path)
         self.entries.clear()
@@ -285,7 +284,7 @@ class Watcher:
         decisions = []
         t0 = time.perf_counter()
         if good:
-            decisions = self.predictor.decide(self.predictor.probabilities(preprocess_batch([g[2] for g in good], spec)))
+            decisions = self.predictor.decide_images([g[2] for g in good])
         infer_ms = (time.perf_counter() - t0) * 1000.0
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         entries = []
@@ -293,11 +292,10 @@ class Watcher:
         for (path, data, _), d in zip(good, decisions):
             ident = uuid.uuid4().hex
             dest = self._dest(d.action, path.name, ident, taken)
-            record = DecisionRecord(
-                time=now, part_id=path.stem, image_sha256=hashlib.sha256(data).hexdigest(), label=d.label,
-                confidence=d.confidence, probabilities=d.probabilities or {}, abstain=d.abstain, action=d.action,
-                model_id=self.model_id, runtime=d.runtime, latency_ms={"infer": round(infer_ms / len(good), 3)},
-                source="watch", image=str((self.done_dir / dest).resolve()), decision_id=ident)
+            record = DecisionRecord.from_decision(
+                d, time=now, part_id=path.stem, image_sha256=hashlib.sha256(data).hexdigest(), model_id=self.model_id,
+                latency_ms={"infer": round(infer_ms / len(good), 3)}, source="watch",
+                image=str((self.done_dir / dest).resolve()), decision_id=ident)
             entries.append({"op": "decided", "id": ident, "src": path.name, "dest": dest,
                             "sha256": record.image_sha256, "record": asdict(record)})
         for path, data, exc in bad:

@@ -52,4 +52,8 @@ def _ensure_registered() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from deploy.runtimes import onnxruntime_backend, tensorrt_backend  # noqa: F401  (they register)
+        from deploy.runtimes import onnxruntime_backend, tensorrt_backend
+
+        for backend in (onnxruntime_backend, tensorrt_backend):
+            for name, factory in backend.RUNTIMES.items():
+                register_runtime(name, factory)

@@ -81,11 +81,6 @@ def _factory(fmt: str):
     return build
 
 
-def _register() -> None:
-    from deploy.runtimes import register_runtime
-
-    register_runtime("onnx", _factory("onnx"))
-    register_runtime("onnx-int8", _factory("onnx-int8"))
-
-
-_register()
+# What this backend runs, by bundle format; ``deploy.runtimes`` registers these when a runtime is
+# first asked for (a backend never imports the registry: the registry imports the backends).
+RUNTIMES = {"onnx": _factory("onnx"), "onnx-int8": _factory("onnx-int8")}

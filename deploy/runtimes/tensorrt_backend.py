@@ -167,11 +167,6 @@ def _factory(fmt: str):
     return build
 
 
-def _register() -> None:
-    from deploy.runtimes import register_runtime
-
-    register_runtime("tensorrt-fp16", _factory("tensorrt-fp16"))
-    register_runtime("tensorrt-int8", _factory("tensorrt-int8"))
-
-
-_register()
+# What this backend runs, by bundle format; ``deploy.runtimes`` registers these when a runtime is
+# first asked for (a backend never imports the registry: the registry imports the backends).
+RUNTIMES = {"tensorrt-fp16": _factory("tensorrt-fp16"), "tensorrt-int8": _factory("tensorrt-int8")}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from deploy.decision_log import DecisionRecord
 
 if TYPE_CHECKING:
-    from deploy.serve_models import LoadedModel
+    from deploy.serve.models import LoadedModel
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 

@@ -1,5 +1,5 @@
-"""The model side of ``deploy serve``: its configuration, a loaded and warmed-up model with its
-micro-batcher, and the host that swaps models atomically (``POST /v1/reload``, SIGHUP).
+"""The model side of ``deploy serve``: a loaded and warmed-up model with its micro-batcher, and the
+host that swaps models atomically (``POST /v1/reload``, SIGHUP).
 
 A request ``acquire``s the serving model once and uses it to the end, so a swap never changes the
 model under a request; the old model's batcher stops when the last request that holds it is answered.
@@ -17,30 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deploy.batching import MicroBatcher
 from deploy.errors import DeployError
 from deploy.manifest import model_id
 from deploy.predictor import Predictor
-
-
-@dataclass
-class ServeConfig:
-    bundle: Path
-    runtime: str = "auto"
-    max_batch: int = 8
-    max_wait_ms: float = 2.0
-    max_bytes: int = 32 * 1024 * 1024
-    max_queue: int = 1024
-    log_dir: Path | None = Path("decisions")
-    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
-    fsync_interval_s: float = 1.0
-    read_timeout_s: float = 10.0  # a request body must arrive within this (else 408)
-    # POST /v1/reload only loads bundles inside this folder (default: the folder holding the first bundle), so a
-    # request can never make the server read a path elsewhere on its disk.
-    reload_root: Path | None = None
-
-    def allowed_root(self) -> Path:
-        return Path(self.reload_root or Path(self.bundle).resolve().parent).resolve()
+from deploy.serve.batching import MicroBatcher
+from deploy.serve.config import ServeConfig
 
 
 @dataclass

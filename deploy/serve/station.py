@@ -1,22 +1,7 @@
-"""``deploy serve``: the inspection station over HTTP (FastAPI + uvicorn, the ``serve`` extra).
+"""The listening socket and the uvicorn server around a station's app (``deploy serve``'s runner).
 
-    POST /v1/inspect   the image as the body (PNG, JPEG, BMP, TIFF; 8/16 bit; gray/colour) or as a
-                       multipart file; ``part_id`` as a query parameter, X-Part-Id header or form field
-    GET  /v1/health    the process is alive           GET /v1/ready   a warmed-up model is serving
-    GET  /v1/model     manifest summary                GET /metrics    Prometheus text format
-    POST /v1/reload    load a bundle (JSON {"bundle": PATH}, default: the serving bundle's folder again),
-                       verify and warm it up, switch atomically; SIGHUP does the same for the folder
-
-Every decided part is appended to the decision log (``deploy.decision_log``). Bad input gets a 4xx
-and one JSON line ``{"error": KIND, "message": ...}``; the server keeps serving. Concurrent
-requests are micro-batched (``deploy.batching``). A reload builds the new model beside the old
-one; requests that already hold the old model finish on it, and its batcher stops when the last
-of them is answered.
-
-The parts: ``deploy.serve_models`` (configuration, loaded model, atomic swap), ``deploy.serve_app``
-(the FastAPI app and its routes), ``deploy.serve_metrics`` (Prometheus), and this module (the
-listening socket and the uvicorn server). FastAPI, uvicorn and prometheus-client are imported inside
-functions: the edge install without the extra keeps working for ``deploy predict``.
+uvicorn is imported inside functions: the edge install without the serve extra keeps working for
+``deploy predict``.
 """
 
 from __future__ import annotations
@@ -28,22 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.serve_models import LoadedModel, ModelHost, ReloadError, ServeConfig, load_model
-
-__all__ = ["LoadedModel", "ModelHost", "ReloadError", "ServeConfig", "Station", "bind_socket", "build_station",
-           "create_app", "load_model"]
-
-
-def serve_extra_missing(exc: ImportError) -> DeployError:
-    return DeployError(f"deploy serve needs the serve extra ({exc.name} is not installed): "
-                       'pip install "inspection-kit[serve]"')
-
-
-def create_app(model: LoadedModel, config: ServeConfig):
-    """The FastAPI app serving ``model`` (``deploy.serve_app``)."""
-    from deploy.serve_app import create_app as _create_app
-
-    return _create_app(model, config)
+from deploy.serve.app import create_app, serve_extra_missing
+from deploy.serve.config import ServeConfig
+from deploy.serve.models import load_model
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -115,7 +115,7 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 batch = np.stack([job.tensor for job in jobs])
-                decisions = self.predictor.decide(self.predictor.probabilities(batch))
+                decisions = self.predictor.decide_batch(batch)  # the Predictor's one decide path
             except BaseException as exc:  # the model failed: every request of the batch gets the error
                 for job in jobs:
                     _call(job.callback, exc)

@@ -1,0 +1,147 @@
+"""What ``POST /v1/inspect`` reads: the request's body (raw or multipart), its part id and heatmap
+wish, each checked; then the image bytes -> decoded image -> the preprocessed tensor, once.
+
+Checking and decoding image bytes is ``deploy.intake`` (shared with ``deploy watch``); this module
+is the HTTP side of it. Starlette is imported inside functions (the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deploy.intake import IntakeError, check_media_type, declared_size, decode_bytes, sniff_format
+from deploy.preprocess import PreprocessSpec, preprocess
+from deploy.serve.config import ServeConfig
+
+# Small images decode on the event loop (a thread hop costs more than the decode); small in bytes *and*
+# in declared pixels: a 60 KB PNG can declare 60 megapixels of zeros, half a second of decoding.
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 1_000_000
+# Larger ones decode in threads, this many at a time: decoding is CPU-bound, and each decode may hold
+# an image of up to intake.MAX_PIXELS in memory.
+DECODE_SLOTS = max(2, min(8, os.cpu_count() or 1))
+MAX_PART_ID_CHARS = 200
+MULTIPART_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024}
+
+
+@dataclass
+class Prepared:
+    """One request's image, decoded and preprocessed."""
+
+    tensor: np.ndarray  # float32 CxHxW, the model input
+    image_sha256: str
+    decode_ms: float
+    preprocess_ms: float
+    image: np.ndarray | None = None  # the decoded image, kept only where a heatmap needs its pixels
+
+
+def check_part_id(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_PART_ID_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise IntakeError("bad_part_id", f"part_id must be at most {MAX_PART_ID_CHARS} printable characters "
+                          f"(got {len(value)} characters)")
+    return value
+
+
+def decodes_inline(data: bytes) -> bool:
+    """Small enough, in bytes and in declared pixels, to decode on the event loop."""
+    if len(data) > INLINE_DECODE_BYTES:
+        return False
+    fmt = sniff_format(data)
+    size = declared_size(data, fmt) if fmt else None
+    return size is None or size[0] * size[1] <= INLINE_DECODE_PIXELS
+
+
+def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False) -> Prepared:
+    """Decode (``IntakeError`` says why not) and preprocess one image's bytes, timing each step."""
+    t0 = time.perf_counter()
+    image = decode_bytes(data, spec.channels, source="body").image
+    t1 = time.perf_counter()
+    tensor = preprocess(image, spec)
+    digest = hashlib.sha256(data).hexdigest()
+    return Prepared(tensor, digest, (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0,
+                    image if keep_image else None)
+
+
+def heatmap_request(query: Any, classes: list[str]) -> tuple[bool, str | None]:
+    """``?heatmap=1`` (and optional ``heatmap_class=C``): explain the decision with the bundle's heatmap."""
+    raw = query.get("heatmap", "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise IntakeError("bad_request", f"heatmap must be 1 or 0 (got {raw[:20]!r})")
+    wanted = raw in ("1", "true", "yes")
+    cls = query.get("heatmap_class")
+    if cls is not None and cls not in classes:
+        raise IntakeError("bad_request", f"heatmap_class {cls[:40]!r} is not a class of this model ({', '.join(classes)})")
+    return wanted or cls is not None, cls
+
+
+async def read_body(request: Any, config: ServeConfig) -> bytes:
+    """The whole body of a starlette ``Request``, at most ``--max-bytes``, within ``--read-timeout-s``."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise IntakeError("bad_request", f"Content-Length {length[:40]!r} is not a number")
+        if int(length) > config.max_bytes:
+            raise IntakeError("too_large", f"the body has {int(length)} bytes, more than --max-bytes "
+                              f"{config.max_bytes}", 413)
+    chunks, size = [], 0
+
+    async def receive_all() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_bytes:
+                raise IntakeError("too_large", f"the body is over --max-bytes {config.max_bytes} bytes", 413)
+            chunks.append(chunk)
+
+    try:  # a client trickling its body must not hold a model (or a reload) for ever
+        await asyncio.wait_for(receive_all(), config.read_timeout_s)
+    except asyncio.TimeoutError:
+        raise IntakeError("timeout", f"the body did not arrive within {config.read_timeout_s:g} s "
+                          f"({size} bytes received)", 408) from None
+    return b"".join(chunks)
+
+
+async def read_input(request: Any, config: ServeConfig) -> tuple[bytes, str | None]:
+    """(image bytes, part id) from a raw body or a multipart form."""
+    content_type = request.headers.get("content-type", "")
+    part_id = request.query_params.get("part_id") or request.headers.get("x-part-id")
+    multipart = content_type.lower().startswith("multipart/form-data")
+    if not multipart:
+        check_media_type(content_type)  # before the body is read
+        check_part_id(part_id)
+    body = await read_body(request, config)
+    if not multipart:
+        return body, check_part_id(part_id)
+    return await _read_multipart(request, body, part_id)
+
+
+async def _read_multipart(request: Any, body: bytes, part_id: str | None) -> tuple[bytes, str | None]:
+    """The first file part of an already-read multipart body, and the part id (query/header first)."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(**MULTIPART_LIMITS)
+    except StarletteHTTPException as exc:
+        raise IntakeError("bad_multipart", f"multipart body: {exc.detail}") from None
+    files = [v for v in form.values() if hasattr(v, "read") and hasattr(v, "filename")]
+    if not files:
+        raise IntakeError("no_image", "the multipart body has no file part; send the image as a file field "
+                          "(e.g. curl -F image=@part.png)")
+    upload = files[0]
+    check_media_type(upload.content_type)
+    data = await upload.read()
+    field_id = form.get("part_id")
+    return data, check_part_id(part_id or (field_id if isinstance(field_id, str) else None))
