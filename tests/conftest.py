@@ -21,8 +21,16 @@ def _cuda_missing_reason() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device: torch.cuda.is_available() is False"
 
 
+# Fixtures that train models (a tiny ``kit run`` and what is built on it): a test that uses one is ``slow``.
+TRAINING_FIXTURES = {"finished_run", "exported", "flipped_run", "second_run"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests need a CUDA device; without one they are skipped with the reason, not failed."""
+    """A test on a trained run is ``slow`` (the quick tier, ``-m "not slow"``, trains nothing). ``gpu`` tests need a
+    CUDA device; without one they are skipped with the reason, not failed."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if not any("gpu" in item.keywords for item in items):
         return
     reason = _cuda_missing_reason()

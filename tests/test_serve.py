@@ -29,8 +29,9 @@ from deploy.cli import app as deploy_app  # noqa: E402
 from deploy.decision_log import read_records  # noqa: E402
 from deploy.manifest import model_id  # noqa: E402
 from deploy.serve import ServeConfig, build_station  # noqa: E402
-from tests.edge_bundle import make_bundle, sample_images  # noqa: E402
-from tests.test_export import BLOCK_HEAVY  # noqa: E402
+from tests.edge_bundle import BLOCK_HEAVY, make_bundle, sample_images  # noqa: E402
+
+pytestmark = pytest.mark.edge
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6  # same decode, preprocessing and runtime; only batch arithmetic may differ

@@ -24,7 +24,9 @@ from deploy.decision_log import read_records
 from deploy.manifest import model_id
 from deploy.watch import CRASH_ENV, JOURNAL_NAME, WatchConfig, run_watch
 from tests.edge_bundle import SAMPLE, make_bundle, sample_images
-from tests.test_export import BLOCK_HEAVY
+from tests.edge_bundle import BLOCK_HEAVY
+
+pytestmark = pytest.mark.edge
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--settle-ms", "30", "--poll-ms", "10"]
