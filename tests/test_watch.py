@@ -223,7 +223,9 @@ def test_sigkill_at_random_moments_over_300_files(bundle, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()
             time.sleep(0.01)
         moved_at_start = _moved(done)
-        time.sleep(rng.uniform(0.0, 0.25))
+        while _moved(done) == moved_at_start and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # it has started on this round's files: the kill lands in the stream, not before it
+        time.sleep(rng.uniform(0.0, 0.02))
         waiting = bool(list(in_dir.glob("*.png")))
         working = _moved(done) > moved_at_start
         alive = proc.poll() is None
