@@ -295,11 +295,11 @@ def review_queue(
 
     Example: deploy review-queue --log /var/log/line7 --images /data/line7/images --out review/ --lowest 20 --max-per-day 200
     """
-    from deploy.review_queue import build_review_queue
+    from deploy.review_queue import ReviewPolicy, build_review_queue
 
-    result = build_review_queue(log, images, out, abstained=abstained, lowest=lowest, audit_rate=audit_rate,
-                                max_per_day=max_per_day, classes=classes or None, drift_days=drift_day, seed=seed,
-                                bundle=bundle)
+    policy = ReviewPolicy(abstained=abstained, lowest=lowest, audit_rate=audit_rate, max_per_day=max_per_day,
+                          classes=tuple(classes), drift_days=tuple(drift_day), seed=seed)
+    result = build_review_queue(log, images, out, policy, bundle=bundle)
     reasons = ", ".join(f"{k} {v}" for k, v in result.by_reason.items())
     typer.echo(f"queued {len(result.added)} parts ({reasons}); already queued before {result.already_queued}; "
                f"over the daily cap {result.over_cap}; image not found {len(result.missing_images)}")

@@ -157,15 +157,41 @@ def _audit_sample(records: list[DecisionRecord], rate: float, seed: int, day: st
     return out
 
 
-def select_for_review(records: list[DecisionRecord], *, abstained: bool = True, lowest: int = 0, audit_rate: float = 0.01,
-                      max_per_day: int | None = None, drift_days: Iterable[str] = (), queued_per_day: dict[str, int] | None = None,
-                      queued: Iterable[str] = (), seed: int = 0) -> tuple[list[tuple[DecisionRecord, str]], int]:
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """Which parts go to a person: the abstained ones, a random audit share of those decided alone, every part of
+    a drift day, the N least confident per day; at most ``max_per_day`` per day, only ``classes`` when given."""
+
+    abstained: bool = True
+    lowest: int = 0
+    audit_rate: float = 0.01
+    max_per_day: int | None = None
+    classes: tuple[str, ...] = ()
+    drift_days: tuple[str, ...] = ()
+    seed: int = 0  # of the audit sample
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.audit_rate <= 1:
+            raise DeployError(f"audit rate must lie between 0 and 1 (got {self.audit_rate:g})")
+        if self.max_per_day is not None and self.max_per_day < 1:
+            raise DeployError(f"max per day must be at least 1 (got {self.max_per_day})")
+        for day in self.drift_days:
+            try:
+                datetime.strptime(day, "%Y-%m-%d")
+            except ValueError:
+                raise DeployError(f"drift day {day!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def select_for_review(records: list[DecisionRecord], policy: ReviewPolicy, queued_per_day: dict[str, int] | None = None,
+                      queued: Iterable[str] = ()) -> tuple[list[tuple[DecisionRecord, str]], int]:
     """(record, reason) to queue, and how many candidates a day's cap left out. ``records``: one per part;
     the selection is a function of the day's records (the audit draw and the least confident are the same
     in every run), then parts in ``queued`` (keys of parts queued before) are left out;
     ``queued_per_day``: parts earlier runs queued, per day (they use up the cap)."""
     done = set(queued)
-    drift = set(drift_days)
+    drift = set(policy.drift_days)
+    abstained, lowest, audit_rate, max_per_day, seed = (policy.abstained, policy.lowest, policy.audit_rate,
+                                                        policy.max_per_day, policy.seed)
     queued_per_day = queued_per_day or {}
     by_day: dict[str, list[DecisionRecord]] = {}
     for r in records:
@@ -204,30 +230,20 @@ def select_for_review(records: list[DecisionRecord], *, abstained: bool = True, 
     return chosen, over_cap
 
 
-def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | None, out_dir: str | Path, *,
-                       abstained: bool = True, lowest: int = 0, audit_rate: float = 0.01, max_per_day: int | None = None,
-                       classes: Iterable[str] | None = None, drift_days: Iterable[str] = (), seed: int = 0,
-                       bundle: str | Path | None = None) -> QueueResult:
-    """Copy the images that need a person into ``out_dir`` and add their rows to ``out_dir/queue.csv``.
+def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | None, out_dir: str | Path,
+                       policy: ReviewPolicy = ReviewPolicy(), bundle: str | Path | None = None) -> QueueResult:
+    """Copy the images that need a person (by ``policy``) into ``out_dir`` and add their rows to
+    ``out_dir/queue.csv``.
 
     ``bundle``: also write a heatmap overlay next to each queued image (``<image>.overlay.png``, the
     ``overlay`` column): where the model saw its class, so the reviewer looks there first."""
-    if not 0 <= audit_rate <= 1:
-        raise DeployError(f"audit rate must lie between 0 and 1 (got {audit_rate:g})")
-    if max_per_day is not None and max_per_day < 1:
-        raise DeployError(f"max per day must be at least 1 (got {max_per_day})")
-    for day in drift_days:
-        try:
-            datetime.strptime(day, "%Y-%m-%d")
-        except ValueError:
-            raise DeployError(f"drift day {day!r} is not a date; write it as YYYY-MM-DD") from None
     log = read_records(log_paths)
     if not log.records:
         raise DeployError(f"no decision records in {', '.join(map(str, log.files)) or 'the given logs'}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     known = sorted({c for r in log.records for c in r.probabilities} | {r.label for r in log.records})
-    wanted_classes = set(classes or [])
+    wanted_classes = set(policy.classes)
     unknown = sorted(wanted_classes - set(known))
     if unknown:
         raise DeployError(f"class {unknown[0]!r} is not among the logged classes ({', '.join(known)})")
@@ -246,9 +262,7 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
     per_day: dict[str, int] = {}
     for entry in queued.values():
         per_day[entry.get("day") or ""] = per_day.get(entry.get("day") or "", 0) + 1
-    chosen, over_cap = select_for_review(candidates, abstained=abstained, lowest=lowest, audit_rate=audit_rate,
-                                         max_per_day=max_per_day, drift_days=drift_days, queued_per_day=per_day,
-                                         queued=set(queued), seed=seed)
+    chosen, over_cap = select_for_review(candidates, policy, queued_per_day=per_day, queued=set(queued))
 
     explain = _Explainer(Path(bundle)) if bundle is not None else None
     finder = _ImageFinder(Path(images) if images is not None else None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deploy.decision_log import DecisionLog, DecisionRecord
-from deploy.review_queue import build_review_queue
+from deploy.review_queue import ReviewPolicy, build_review_queue
 from tests.edge_bundle import BLOCK_HEAVY
 
 pytestmark = pytest.mark.edge
@@ -60,7 +60,7 @@ def _rows(queue: Path) -> list[dict]:
 
 def test_reasons_audit_sample_and_copies(station, tmp_path):
     logs, images = station
-    result = build_review_queue([logs], images, tmp_path / "q", lowest=3, audit_rate=0.1)
+    result = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=3, audit_rate=0.1))
     rows = _rows(tmp_path / "q")
     assert result.by_reason == {"abstained": 8, "audit": 12, "drift": 0, "low_confidence": 6}
     assert len(rows) == 26 and len({r["part_id"] for r in rows}) == 26
@@ -83,7 +83,7 @@ def test_reasons_audit_sample_and_copies(station, tmp_path):
 
 def test_daily_cap_keeps_room_for_the_audit(station, tmp_path):
     logs, images = station
-    result = build_review_queue([logs], images, tmp_path / "q", lowest=10, audit_rate=0.1, max_per_day=10)
+    result = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=10, audit_rate=0.1, max_per_day=10))
     rows = _rows(tmp_path / "q")
     per_day = {d: [r for r in rows if r["time"].startswith(d)] for d in ("2026-12-01", "2026-12-02")}
     assert all(len(v) == 10 for v in per_day.values())
@@ -94,16 +94,16 @@ def test_daily_cap_keeps_room_for_the_audit(station, tmp_path):
 
 def test_never_queued_twice_across_runs(station, tmp_path):
     logs, images = station
-    first = build_review_queue([logs], images, tmp_path / "q", lowest=2, max_per_day=5)
+    first = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=2, max_per_day=5))
     rows = _rows(tmp_path / "q")
     rows[0]["label"] = "crack"  # a reviewer's work is kept
     with (tmp_path / "q" / "queue.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    again = build_review_queue([logs], images, tmp_path / "q", lowest=2, max_per_day=5)
+    again = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=2, max_per_day=5))
     assert len(first.added) == 10 and len(again.added) == 0 and again.already_queued == 10
-    more = build_review_queue([logs], images, tmp_path / "q", lowest=2, max_per_day=8)  # a higher cap adds new parts only
+    more = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=2, max_per_day=8))  # a higher cap adds new parts only
     rows = _rows(tmp_path / "q")
     assert len(more.added) == 6 and len(rows) == 16 and len({r["part_id"] for r in rows}) == 16
     assert rows[0]["label"] == "crack"
@@ -114,8 +114,8 @@ def test_never_queued_twice_across_runs(station, tmp_path):
 def test_classes_drift_days_and_missing_images(station, tmp_path):
     logs, images = station
     (images / "part205.png").unlink()
-    result = build_review_queue([logs], images, tmp_path / "q", abstained=False, audit_rate=0, classes=["scratch"],
-                                drift_days=["2026-12-02"])
+    result = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(abstained=False, audit_rate=0, classes=("scratch",),
+                                                                      drift_days=("2026-12-02",)))
     rows = _rows(tmp_path / "q")
     assert {r["model_label"] for r in rows} == {"scratch"} and {r["reason"] for r in rows} == {"drift"}
     assert len(rows) == 19 - 1 and result.missing_images == ["part:part205"]
@@ -138,7 +138,7 @@ def test_queued_parts_get_heatmap_overlays_from_the_bundle(station, tmp_path):
 
     logs, images = station
     bundle = make_bundle(tmp_path / "bundle")
-    build_review_queue([logs], images, tmp_path / "q", lowest=1, audit_rate=0.0, bundle=bundle)
+    build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(lowest=1, audit_rate=0.0), bundle=bundle)
     rows = _rows(tmp_path / "q")
     assert rows and all(r["overlay"].endswith(".overlay.png") for r in rows)
     for r in rows:
