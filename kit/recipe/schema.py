@@ -181,6 +181,9 @@ class TrainConfig(_Strict):
     balance: Literal["auto", "none", "sampler", "loss"] = "auto"
     # The validation score that picks the best epoch; a model that calls every part good cannot win macro-F1.
     select_by: Literal["macro_f1", "balanced_accuracy", "accuracy"] = "macro_f1"
+    # Which of several epochs with the same best select_by score is kept (validation saturates on easy lines:
+    # 23 epochs at 1.000): first | last | val_loss (the lowest validation loss among them). benchmarks/tie_rule.py
+    tie_break: Literal["first", "last", "val_loss"] = "first"
 
     @field_validator("pretrained_file")
     @classmethod

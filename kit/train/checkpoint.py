@@ -37,6 +37,7 @@ class FitProgress:
     first_epoch: int = 0  # 0-based index of the next epoch to train
     best_score: float = -1.0  # the validation score the recipe's ``select_by`` names, of the best epoch
     best_epoch: int = -1  # 1-based, as written in history; -1 until an epoch is validated
+    best_loss: float = float("inf")  # the best epoch's validation loss (the val_loss tie break)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -97,7 +98,7 @@ class RoleCheckpointer:
             trainer.grad_scaler.load_state_dict(state["grad_scaler"])
         best = state.get("best_score", state.get("best_val_accuracy"))  # resume states before select_by
         return FitProgress(first_epoch=state["epoch"] + 1, best_score=best, best_epoch=state["best_epoch"],
-                           history=list(state["history"]))
+                           best_loss=state.get("best_loss", float("inf")), history=list(state["history"]))
 
     def save_best(self, model: nn.Module, *, epoch: int, val_scores: dict[str, float]) -> None:
         """The weights of a new best epoch (1-based ``epoch``), as a loadable model checkpoint that
@@ -118,6 +119,7 @@ class RoleCheckpointer:
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "epoch": epoch, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+            "best_loss": progress.best_loss,
             "history": progress.history,
         }
         write_atomic(self.last_path, lambda tmp: torch.save(state, tmp))

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -23,7 +24,7 @@ from kit.errors import TrainingDiverged
 from kit.evaluate import agreement, classification_metrics, predict_logits
 from kit.progress import Reporter
 from kit.recipe.schema import TrainConfig
-from kit.train.checkpoint import RoleCheckpointer, FitProgress
+from kit.train.checkpoint import FitProgress, RoleCheckpointer
 from kit.train.device import DeviceSetup
 from kit.train.distributed import SINGLE, DistContext, SplitBatchSampler, all_reduce_sum, barrier, wrap_for_training
 
@@ -220,15 +221,35 @@ def train_one_epoch(fitting: Fitting, trainer: Trainer, loader: DataLoader, step
 def validate(model: nn.Module, val_inputs: Tensor, val_labels: np.ndarray, device: torch.device,
              classes: list[str], val_reference: np.ndarray | None = None) -> dict[str, float]:
     """Validation scores of the plain model on clean, runtime-identical inputs (what the exported model
-    will see, not an augmented view): accuracy, macro-F1, balanced accuracy, recall per class and,
-    with ``val_reference``, agreement with it."""
-    val_pred = predict_logits(model, val_inputs, device).argmax(1).numpy()
+    will see, not an augmented view): accuracy, macro-F1, balanced accuracy, cross-entropy loss, recall per
+    class and, with ``val_reference``, agreement with it."""
+    logits = predict_logits(model, val_inputs, device)
+    val_pred = logits.argmax(1).numpy()
     m = classification_metrics(val_labels, val_pred, classes)
-    scores = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
+    scores = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"],
+              "loss": float(F.cross_entropy(logits.float(), torch.as_tensor(val_labels, dtype=torch.long)))}
     scores.update({f"recall_{c}": v["recall"] for c, v in m["per_class"].items()})
     if val_reference is not None:
         scores["agreement"] = agreement(val_pred, val_reference)
     return scores
+
+
+SCORE_TIE = 1e-12  # two epochs whose select_by scores differ by less are tied (scores are ratios of counts)
+
+
+def is_new_best(score: float, loss: float, progress: FitProgress, tie_break: str) -> bool:
+    """Whether an epoch with validation ``score`` and ``loss`` replaces the best so far. A higher score always
+    does; among tied scores ``tie_break`` decides: ``first`` keeps the earlier epoch, ``last`` the later one,
+    ``val_loss`` the lower validation loss (the later one when the losses tie too)."""
+    if score > progress.best_score + SCORE_TIE:
+        return True
+    if score < progress.best_score - SCORE_TIE:
+        return False
+    if tie_break == "last":
+        return True
+    if tie_break == "val_loss":
+        return loss <= progress.best_loss
+    return False
 
 
 def _check_finite(fitting: Fitting, epoch: int, totals: EpochTotals, best_epoch: int) -> None:
@@ -269,7 +290,7 @@ def fit(
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs``; keep the best epoch by the ``cfg.select_by`` validation score
-    (ties keep the earlier epoch).
+    (ties broken by ``cfg.tie_break``: ``is_new_best``).
 
     ``fitting.balance``: ``sampler`` draws classes evenly (resolved by the caller from ``cfg.balance``;
     ``loss`` lives in ``step_fn``).
@@ -304,9 +325,9 @@ def fit(
         row = _history_row(fitting, epoch, lr, totals, val_scores, epoch_started)
         progress.history.append(row)
         # -- checkpoint: best weights, then the resume state (both atomic; rank 0 only)
-        score = val_scores[cfg.select_by]
-        if score > progress.best_score:
-            progress.best_score, progress.best_epoch = score, epoch + 1
+        score, loss = val_scores[cfg.select_by], val_scores["loss"]
+        if is_new_best(score, loss, progress, cfg.tie_break):
+            progress.best_score, progress.best_epoch, progress.best_loss = score, epoch + 1, loss
             checkpointer.save_best(trainer.model, epoch=epoch + 1, val_scores=val_scores)
         checkpointer.save_last(trainer, epoch=epoch, progress=progress)
         barrier(dist_ctx)  # no rank runs ahead of the checkpoint it would resume from
