@@ -33,11 +33,12 @@ import torch  # noqa: E402
 
 import kit.train.loop as training_loop  # noqa: E402
 from benchmarks.common import append_results, markdown_table  # noqa: E402
-from benchmarks.distill_quality import (METHODS, SETTINGS, Bench, _append_row, _claim_work_dir, _teacher,  # noqa: E402
+from benchmarks.distill_quality import (DATASETS, METHODS, SETTINGS, Bench, _append_row, _claim_work_dir, _teacher,  # noqa: E402
                                         prepare, read_rows)
 from kit.errors import DataError  # noqa: E402
 from kit.evaluate import classification_metrics, predict_logits  # noqa: E402
 from kit.models import load_model  # noqa: E402
+from kit.recipe import load_recipe  # noqa: E402
 from kit.train import train_student  # noqa: E402
 from kit.train.loop import SCORE_TIE  # noqa: E402
 
@@ -115,7 +116,7 @@ def seed_row(bench: Bench, args: argparse.Namespace, seed: int, teacher, teacher
 
 
 def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    size, teacher_epochs, epochs = BUDGETS[name]
+    size, teacher_epochs, epochs = BUDGETS[name] if args.budget == "reduced" else (0, 0, 0)  # 0: the recipe's own
     args.image_size, args.epochs = args.image_size or size, args.epochs or epochs
     args.teacher_epochs = args.teacher_epochs or teacher_epochs
     work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-tie-{name}-"))
@@ -159,6 +160,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="student epochs (the dataset's reduced budget when 0)")
     parser.add_argument("--teacher-epochs", type=int, default=0, help="teacher epochs (the dataset's reduced budget when 0)")
     parser.add_argument("--image-size", type=int, default=0, help="px (the dataset's reduced budget when 0)")
+    parser.add_argument("--budget", choices=["reduced", "recipe"], default="reduced",
+                        help="reduced: the distillation tables' budget per dataset; recipe: the recipe's own")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work-dir", default=None, help="keep the teacher and rows here; a second call resumes")
     parser.add_argument("--no-record", action="store_true")
@@ -172,8 +175,10 @@ def main() -> None:
         image_size, epochs, teacher_epochs = args.image_size, args.epochs, args.teacher_epochs
         rows = bench_dataset(name, args)
         if rows:
-            title = (f"Tie rule for the best epoch: {name}, {args.image_size} px, teacher {args.teacher_epochs} ep, CRLD student "
-                     f"{args.epochs} ep, {len(rows)} seeds")
+            recipe = load_recipe(DATASETS[name])
+            title = (f"Tie rule for the best epoch: {name}, {args.image_size or recipe.data.image_size[0]} px, teacher "
+                     f"{args.teacher_epochs or recipe.teacher.epochs} ep, CRLD student {args.epochs or recipe.student.epochs} ep, "
+                     f"{len(rows)} seeds ({args.budget} budget)")
             table = markdown_table(summarize(rows), ["rule", "seeds", "accuracy", "macro_f1", "vs_first", "epochs kept"])
             print(title)
             print(table)

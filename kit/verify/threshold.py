@@ -14,6 +14,7 @@ as good). Two ways to choose it:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -335,3 +336,46 @@ def parse_target(text: str, ok_class: str | None = None) -> ThresholdTarget:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ArgumentError("target", f"{text}: {where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def strictest_certifiable_limit(n: int, confidence: float = 0.95) -> float | None:
+    """The lowest risk limit that ``n`` parts with no error among them can certify: ``1 - alpha^(1/n)``
+    (the one-sided Clopper-Pearson bound at k = 0). None for no parts."""
+    return None if n <= 0 else clopper_pearson_upper(0, n, confidence)
+
+
+def certifiability_problems(target: ThresholdTarget | None, labels: np.ndarray, classes: list[str],
+                            line_ok_class: str | None = None) -> list[str]:
+    """Before any training: the parts of the operating target that the validation split is too small to certify
+    even if the model made no error at all, one line each with the images needed and what it can certify instead.
+    Such a run can only end with every part sent to a person, so ``kit run`` says it at the start."""
+    if target is None:
+        return []
+    confidence, problems = target.confidence, []
+    ok_index = ok_class_index(target, classes, line_ok_class)
+    _, limit = _risk_limit(target)
+    have = _sample_size(labels, target, ok_index)
+    needed = zero_failure_sample_size(limit, confidence)
+    level = f"at {_percent(confidence)} confidence"
+    pool = "validation images" if target.accepted_accuracy is not None else "defective validation images"
+    if needed is not None and have < needed:
+        best = strictest_certifiable_limit(have, confidence)
+        if target.accepted_accuracy is not None:
+            instead = (f"accepted_accuracy {math.floor((1 - best) * 1000) / 1000:g} is the strictest these can certify, with no error at all"
+                       if best is not None and best < 1 else "none can be certified")
+            problems.append(f"verify.threshold.accepted_accuracy: {_percent(target.accepted_accuracy)} {level} needs at "
+                            f"least {needed} {pool} with no error, this split has {have}: {instead}; or add "
+                            f"{needed - have} images to the validation split")
+        else:
+            instead = (f"max_escape_rate {math.ceil(best * 1000) / 1000:g} is the strictest these can certify, with no error at all"
+                       if best is not None and best < 1 else "none can be certified")
+            problems.append(f"verify.threshold.max_escape_rate: {_percent(limit)} {level} needs at least {needed} {pool} "
+                            f"with no escape, this split has {have}: {instead}; or add {needed - have} defective images "
+                            "to the validation split")
+    for name, class_limit in target.class_escape_limits.items():
+        n = int((labels == classes.index(name)).sum()) if name in classes else 0
+        needed = zero_failure_sample_size(class_limit, confidence)
+        if needed is not None and n < needed:
+            problems.append(f"verify.threshold.class_escape_limits.{name}: {_percent(class_limit)} {level} needs at least "
+                            f"{needed} {name} validation images with no escape, this split has {n}")
+    return problems
