@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kit.evaluate import accuracy
-from kit.gate import check, verdict
+from kit.verdict import check, verdict
 from kit.recipe.schema import ParityGates
 
 PARENT = {"student": "teacher", "onnx": "student", "onnx-int8": "onnx", "tensorrt-fp16": "onnx", "tensorrt-int8": "onnx"}

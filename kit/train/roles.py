@@ -21,7 +21,7 @@ from kit.models import EnsembleModel, create_model, ensemble_args, load_model, m
 from kit.rundir import checkpoint_path, ensemble_member_role
 from kit.recipe.schema import Recipe
 from kit.train.checkpoint import publish_best
-from kit.train.device import DeviceSetup, resolve_workers
+from kit.device import DeviceSetup, resolve_workers
 from kit.train.distributed import SINGLE, DistContext, barrier
 from kit.train.loop import FitResult, Reporter, fit
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kit.gate import check, verdict
+from kit.verdict import check, verdict
 from kit.recipe.schema import KpiTargets
 
 # kpi field -> (measured key, op, description)
