@@ -20,6 +20,7 @@ from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest
 from deploy.predictor import auto_runtime, softmax
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
+from kit.device import resolve_device
 from kit.evaluate import classification_metrics
 from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic
 from kit.recipe import Recipe, read_recipe_lock, recipe_hash
@@ -29,7 +30,6 @@ from kit.rundir import (
     TEACHER_ONNX_NAME, VERIFY_DIR, VERIFY_METRICS_CSV, SplitData, checkpoint_path, comparison_role, kpi_path, load_split,
     mark_report_stale, mark_stage, require_stages,
 )
-from kit.device import resolve_device
 from kit.verify import calibration, gate, latency, robustness, stats, threshold
 from kit.verify.escapes import escape_table
 from kit.verify.localisation import localisation_section
