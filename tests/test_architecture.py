@@ -216,3 +216,10 @@ def test_deploy_never_imports_the_training_side(module):
     """The edge side runs where the kit, torch, timm and albumentations are not installed."""
     bad = sorted({n for n in _imported_names(module, MODULES[module]) if n.split(".")[0] in ("kit", *HEAVY)})
     assert not bad, f"{module} imports {', '.join(bad)}"
+
+
+def test_every_folder_is_a_package():
+    """``setuptools.packages.find`` skips a folder without ``__init__.py``: its modules would be missing from a wheel."""
+    folders = {p.parent for top in ("kit", "deploy") for p in (ROOT / top).rglob("*.py")}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, f"no __init__.py in {', '.join(missing)}"
