@@ -43,7 +43,7 @@ from kit.recipe import Recipe, load_recipe  # noqa: E402
 from kit.recipe.load import recipe_to_dict  # noqa: E402
 from kit.distill.methods import CRLDConfig, KDConfig, NoDistillConfig  # noqa: E402
 from kit.train import TrainContext, resolve_device, train_student, train_teacher  # noqa: E402
-from kit.verify.corruptions import coverage, list_corruptions  # noqa: E402
+from kit.views.corruptions import coverage, list_corruptions  # noqa: E402
 from kit.verify.robustness import run_suite  # noqa: E402
 from kit.scorers import model_scorer  # noqa: E402
 from kit.views import build_view  # noqa: E402

@@ -39,7 +39,7 @@ from deploy.bench import bench_end_to_end, bench_heatmap  # noqa: E402
 from deploy.heatmap import occlusion_maps, to_image_coordinates  # noqa: E402
 from deploy.predictor import Predictor  # noqa: E402
 from deploy.preprocess import load_and_preprocess  # noqa: E402
-from kit.export.heatmap import HeatmapModel, cell_origin, fit_heatmap_head, torch_heatmaps  # noqa: E402
+from kit.export.heatmap_head import HeatmapModel, cell_origin, fit_heatmap_head, torch_heatmaps  # noqa: E402
 from kit.export.onnx_fp32 import export_onnx  # noqa: E402
 from kit.models import load_model  # noqa: E402
 from kit.recipe import read_recipe_lock  # noqa: E402
@@ -168,7 +168,7 @@ def main() -> None:
             f"Localisation ({len(scored)} defective test images with a mask; point = pointing game, "
             f"energy = share of heatmap energy inside the mask):\n\n{loc_table}\n\n"
             f"Cost (batch 1, end to end, {args.threads} thread(s), ms):\n\n{cost_table}",
-            notes="cam = the bundle's in-graph stride-8 CAM (kit.export.heatmap); grad-cam-last = Grad-CAM on the torch "
+            notes="cam = the bundle's in-graph stride-8 CAM (kit.export.heatmap_head); grad-cam-last = Grad-CAM on the torch "
                   "model's last stage; occlusion = the fallback for bundles without the heatmap output")
 
 

@@ -29,7 +29,7 @@ from kit.distill.methods import get_method
 from kit.models import create_model
 from kit.recipe import load_recipe
 from kit.distill.methods import CRLDConfig, KDConfig
-from kit.train.device import resolve_device, resolve_workers
+from kit.device import resolve_device, resolve_workers
 from kit.views import build_view
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ batch 1 on one CPU thread; ``benchmarks/heatmap_quality.py`` and ``benchmarks/RE
 
 - ``cam`` (bundles exported since issue 16): the bundle's ONNX / TensorRT graph has a second output
   ``heatmap``, a class activation map from the student's stride-8 features through a projection
-  fitted to the student's own logits (``kit.export.heatmap`` explains the fit). Pointing game 0.88
+  fitted to the student's own logits (``kit.export.heatmap_head`` explains the fit). Pointing game 0.88
   (INT8 0.91) for the deployed student against 0.13 for Grad-CAM on its last stage (stride 32: 2x2
   cells at 64 px). It is computed in the same pass as the decision, so it costs a 1x1 convolution
   and the resize to image coordinates: +0.1 ms (+19 %) per part at batch 1 end to end on ONNX FP32

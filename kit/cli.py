@@ -355,7 +355,7 @@ def corruptions() -> None:
 
     Example: kit corruptions
     """
-    from kit.verify.corruptions import get_corruption, list_corruptions
+    from kit.views.corruptions import get_corruption, list_corruptions
 
     table = Table(title="corruption families (override in verify.corruptions.severities)")
     for col in ("family", "group", "severities 1..5", "unit"):
@@ -448,7 +448,7 @@ def _print_operating(op: dict[str, Any]) -> None:
 
 
 def _print_gate(verdict: dict[str, Any], name: str = "KPI gate") -> None:
-    """Any verdict of ``kit.gate``: the parity ladder's and the KPI gate's print the same way."""
+    """Any verdict of ``kit.verdict``: the parity ladder's and the KPI gate's print the same way."""
     for c in verdict["checks"]:
         value = "-" if c["value"] is None else f"{c['value']:.4g}"
         if not c["gated"]:
@@ -471,7 +471,7 @@ def views(
 
     Example: kit views recipes/sample_line.yaml --out views.png
     """
-    from kit.views.preview import preview_views
+    from kit.data.preview import preview_views
 
     path = preview_views(recipe, out, per_class=per_class)
     typer.echo(str(path))
@@ -514,7 +514,7 @@ def shadow(
 
     Example: kit shadow --log /var/log/line7 --inspector inspectors.csv --out shadow/ --target max_escape_rate=0.005
     """
-    from kit.shadow import shadow_period, write_shadow
+    from kit.feedback.shadow import shadow_period, write_shadow
     from kit.verify.threshold import parse_target
 
     result = shadow_period(log, inspector, parse_target(target, ok_class), ok_class=ok_class)
@@ -545,7 +545,7 @@ def ingest(
 
     Example: kit ingest review/queue.csv --recipe recipes/line7.yaml
     """
-    from kit.ingest import ingest_queue
+    from kit.feedback.ingest import ingest_queue
 
     result = ingest_queue(queue_csv, recipe)
     for line in result.refused:
@@ -578,14 +578,15 @@ def audit(
     Writes RUN_DIR/audit/ (audit.html with thumbnails, label_issues.csv, near_duplicates.csv, audit.json).
     Example: kit audit runs/sample_line/RUN
     """
-    from kit.audit import audit_run
+    from kit.feedback.audit import audit_run
+    from kit.rundir import AUDIT_HTML
 
     result = audit_run(run_dir, folds=folds, epochs=epochs, init=init, image_size_px=image_size, max_distance=max_distance,
                        log=lambda m: console.print(m, highlight=False, markup=False))
     for r in result.issues[:min(10, max(1, result.summary["flagged"]))]:
         console.print(f"  {r['rank']:>3}. {r['label']} -> {r['suggested']} (p {r['label_probability']:.2f}): {r['path']}",
                       highlight=False, markup=False)
-    typer.echo(str(result.audit_dir / "audit.html"))
+    typer.echo(str(result.audit_dir / AUDIT_HTML))
 
 
 def main() -> None:

@@ -29,6 +29,10 @@ class TrainingDiverged(KitError):
     """The loss became NaN or infinite; the best checkpoint so far is kept."""
 
 
+class ShadowError(KitError):
+    """The decision logs or the inspectors' CSV cannot be joined as given, or a file is not a shadow result."""
+
+
 class ArgumentError(KitError):
     """An argument of a library call has a value the call cannot use.
 

@@ -8,14 +8,21 @@ finds them. Nothing else in the kit spells a run's file names.
 runs/<line>/<run-id>/
   recipe.lock.yaml  state.json  split.csv  views.png  history.csv  teacher_check.json  metrics.json  run.log
   teacher.pt  student.pt  student-<method>.pt  checkpoints/
-  bundle/ (parity.json ...)  verify/ (kpi.json ...)  report/ (report.html, report.pdf)
+  bundle/ (parity.json ...)  verify/ (kpi.json, gate.csv ...)  report/ (report.html, report.pdf)
+  report.stale/ (a report whose measurements were repeated)  audit/ (audit.json, audit.html ...)
 ```
+
+Lower layers announce, higher ones react: a stage that repeats a measurement marks the report stale
+here (``mark_report_stale``), next to ``mark_stage``, instead of importing the report.
 """
 
 from __future__ import annotations
 
 import csv
+import html as html_lib
 import io
+import re
+import shutil
 from dataclasses import dataclass
 import uuid
 from datetime import datetime, timezone
@@ -35,6 +42,16 @@ CHECKPOINT_DIR = "checkpoints"  # per-epoch resume state while a training stage 
 BUNDLE_DIR, PARITY_NAME = "bundle", "parity.json"
 VERIFY_DIR, KPI_NAME = "verify", "kpi.json"
 REPORT_DIR, HTML_NAME, PDF_NAME = "report", "report.html", "report.pdf"
+STALE_REPORT_DIR = REPORT_DIR + ".stale"  # a report made before the measurements were repeated
+STALE_PDF_NAME = Path(PDF_NAME).stem + ".stale.pdf"  # its PDF (a PDF cannot take the banner)
+# The tables ``kit verify`` writes next to kpi.json (``kit threshold`` rewrites the gate's).
+VERIFY_METRICS_CSV, PER_CLASS_CSV, RELIABILITY_CSV = "metrics.csv", "per_class.csv", "reliability.csv"
+ROBUSTNESS_CSV, ROBUSTNESS_SUMMARY_CSV = "robustness.csv", "robustness_summary.csv"
+LATENCY_CSV, GATE_CSV = "latency.csv", "gate.csv"
+TEACHER_ONNX_NAME = "teacher.onnx"  # the teacher exported for timing only, inside verify's staging folder
+# ``kit audit``: the run's label-issue audit.
+AUDIT_DIR, AUDIT_JSON, AUDIT_HTML = "audit", "audit.json", "audit.html"
+LABEL_ISSUES_CSV, NEAR_DUPLICATES_CSV = "label_issues.csv", "near_duplicates.csv"
 
 # The order stages run in. Recording a stage drops every later one from the state: what they
 # wrote was made from the earlier stage's previous output. Comparison students share one slot.
@@ -97,6 +114,53 @@ def mark_stage(run_dir: str | Path, state: dict[str, Any], stage: str, seconds: 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
     }
     write_json_atomic(Path(run_dir) / STATE_NAME, state)
+
+
+# -- invalidation --------------------------------------------------------------------------------
+
+# The stale banner in each report language (``kit.report.i18n`` shows the same text under ``stale_banner``).
+STALE_BANNER = {
+    "en": "STALE: made before the measurements were repeated on {date} ({reason}); run `kit report {run}` for a current report.",
+    "ja": "古いレポート：{date} に測定がやり直される前に作成されたものです（{reason}）。最新のレポートは `kit report {run}` で作成してください。",
+}
+_BODY_TAG = re.compile(r"<body[^>]*>", re.IGNORECASE)
+_LANG_ATTR = re.compile(r'<html[^>]*\blang="([A-Za-z-]+)"', re.IGNORECASE)
+
+
+def mark_report_stale(run_dir: str | Path, reason: str) -> Path | None:
+    """Move ``report/`` to ``report.stale/`` and put a banner at the top of its HTML, because the
+    measurements it shows were just repeated (``reason``: the command, e.g. ``kit verify``).
+
+    Call it after the new measurements are in place (``kit verify``, ``kit export``, ``kit threshold``): a
+    report left in ``report/`` would look current. The banner is in the report's own language and is
+    styled inline (a report from any version shows it). The PDF cannot take a banner, so it is renamed
+    ``report.stale.pdf``. A previous ``report.stale/`` is replaced; ``kit report`` removes it once a current
+    report is written. Returns the stale folder, or None when the run had no report.
+    """
+    run_dir = Path(run_dir)
+    report = run_dir / REPORT_DIR
+    if not report.is_dir():
+        return None
+    stale = run_dir / STALE_REPORT_DIR
+    shutil.rmtree(stale, ignore_errors=True)
+    report.rename(stale)
+    pdf = stale / PDF_NAME
+    if pdf.is_file():
+        pdf.rename(stale / STALE_PDF_NAME)
+    page = stale / HTML_NAME
+    if page.is_file():
+        html = page.read_text(encoding="utf-8")
+        found = _LANG_ATTR.search(html)
+        lang = found.group(1) if found and found.group(1) in STALE_BANNER else "en"
+        text = STALE_BANNER[lang].format(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                         reason=reason, run=str(run_dir))
+        banner = ('<div class="stale-banner" role="alert" style="border: 3px solid #cf222e; background: #ffebe9; '
+                  'color: #a40e26; font-weight: bold; padding: 8px 12px; margin: 0 0 8px 0;">'
+                  f"{html_lib.escape(text)}</div>")
+        body = _BODY_TAG.search(html)
+        at = body.end() if body else 0
+        write_text_atomic(page, html[:at] + "\n" + banner + html[at:])
+    return stale
 
 
 def require_stages(run_dir: str | Path, stages: list[str], command: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.preprocess import prepare_image, read_image
-from kit.audit import audit_run, hamming_matrix, near_duplicates, perceptual_hash, rank_label_issues, train_classifier
+from kit.feedback.audit import audit_run, hamming_matrix, near_duplicates, perceptual_hash, rank_label_issues, train_classifier
 from kit.cli import app
 from kit.data.dataset import preprocess_spec
 from kit.data.index import index_line

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from kit.data.balance import balanced_order, class_weights, imbalance_ratio, resolve_balance
 from kit.evaluate import classification_metrics
 from kit.train.distributed import SINGLE, SplitBatchSampler
-from kit.train.teacher_check import assess_teacher
+from kit.verify.teacher_check import assess_teacher
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 LABELS = np.array([0] * 90 + [1] * 6 + [2] * 4)  # 90 % good parts

@@ -79,11 +79,11 @@ def test_onnxruntime_cuda_provider_matches_cpu(finished_run):
 
 
 def test_local_cnn_flattens_in_float32_under_bf16_autocast():
-    """A defect is a small difference of two large values: bf16 would round it away, so kit.local_cnn's
+    """A defect is a small difference of two large values: bf16 would round it away, so kit.models.local_cnn's
     background flattening runs in float32 inside an autocast region, and the model trains under AMP."""
     import timm
 
-    from kit.local_cnn import FlattenBackground
+    from kit.models.local_cnn import FlattenBackground
 
     torch.manual_seed(0)
     x = (torch.rand(4, 1, 64, 64) * 4 + 100.0)  # a bright surface: large values, small differences

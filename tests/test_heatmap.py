@@ -24,7 +24,7 @@ from deploy.heatmap import Heatmap, peak_of, to_image_coordinates
 from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
 from deploy.predictor import Predictor
 from deploy.preprocess import PreprocessSpec, preprocess_batch
-from kit.export.heatmap import HeatmapModel, fit_heatmap_head, heatmap_layer
+from kit.export.heatmap_head import HeatmapModel, fit_heatmap_head, heatmap_layer
 from kit.export.onnx_fp32 import export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import compare_heatmaps

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kit.cli import app
-from kit.ingest import ingest_queue
+from kit.feedback.ingest import ingest_queue
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 

@@ -1,4 +1,4 @@
-"""The small-receptive-field family (kit.local_cnn): the fixed background flattening, the position-free max, the
+"""The small-receptive-field family (kit.models.local_cnn): the fixed background flattening, the position-free max, the
 timm interface the kit relies on, its export, and the scaffold rule that picks it."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import timm
 import torch
 
 from kit.errors import RecipeError
-from kit.export.heatmap import heatmap_layer
+from kit.export.heatmap_head import heatmap_layer
 from kit.export.onnx_fp32 import export_onnx
-from kit.local_cnn import FLATTEN_SIGMA_PX, FlattenBackground
+from kit.models.local_cnn import FLATTEN_SIGMA_PX, FlattenBackground
 from kit.models import check_pretrained, create_model, load_model, model_args, save_checkpoint
 from kit.onboard.init_line import init_line, wants_local_cnn
 from kit.recipe import load_recipe
@@ -123,7 +123,7 @@ def test_a_local_weights_file_loads_with_timm_adapting_channels_and_classifier(t
 
 
 def test_heatmap_fit_reads_a_max_pooling_model_as_its_classifier_does():
-    from kit.export.heatmap import fit_heatmap_head
+    from kit.export.heatmap_head import fit_heatmap_head
 
     torch.manual_seed(0)
     model = timm.create_model("local_cnn_s", num_classes=3, in_chans=1).eval()

@@ -106,7 +106,7 @@ def test_the_report_shows_overlays_and_the_localisation_table(run_with_masks):
 def test_heatmap_cost_sentence_signs_its_difference():
     """Timing noise can make the heatmap's added cost negative: the sentence must read -0.06, not +-0.06."""
     from kit.report.i18n import translator
-    from kit.report.localisation import _cost
+    from kit.report.heatmap_section import _cost
 
     t = translator("en")
     cost = {"method": "cam", "runtime": "onnx", "decision_p50_ms": 1.25, "with_heatmap_p50_ms": 1.19,

@@ -15,12 +15,12 @@ from deploy.manifest import MANIFEST_NAME, sha256_file
 from deploy.predictor import Predictor
 from deploy.replay import replay_images
 from kit.errors import RecipeError
-from kit.gate import check, verdict
+from kit.verdict import check, verdict
 from kit.recipe import load_recipe, read_recipe_lock
 from kit.report import build_report
 from kit.rundir import read_split
 from kit.run import run_line
-from kit.shadow import shadow_period, write_shadow
+from kit.feedback.shadow import shadow_period, write_shadow
 from kit.verify import verify_run
 from kit.verify.regression import compare_models, previous_section, regression_checks, with_regression_checks
 from tests.conftest import tiny_recipe_dict, write_recipe

@@ -363,7 +363,7 @@ def test_the_appendix_records_the_measurements_it_was_built_from(run_copy):
 
 
 def test_a_repeated_measurement_leaves_a_stale_report_not_a_current_looking_one(run_copy):
-    from kit.report.build import mark_report_stale
+    from kit.rundir import mark_report_stale
 
     assert (run_copy / "report" / "report.html").is_file()
     stale = mark_report_stale(run_copy, f"kit verify {XSS}")
@@ -387,7 +387,7 @@ def test_a_repeated_measurement_leaves_a_stale_report_not_a_current_looking_one(
 
 @pytest.mark.skipif(_weasyprint_missing() is not None, reason=str(_weasyprint_missing()))
 def test_a_stale_pdf_is_renamed(run_copy):
-    from kit.report.build import mark_report_stale
+    from kit.rundir import mark_report_stale
 
     build_report(run_copy, pdf=True, log=lambda m: None)
     stale = mark_report_stale(run_copy, "kit verify")

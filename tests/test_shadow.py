@@ -13,8 +13,8 @@ from deploy.decision_log import DecisionLog, DecisionRecord
 from kit.cli import app
 from kit.recipe.schema import ThresholdTarget
 from kit.report.i18n import translator
-from kit.report.shadow import render_shadow_page, shadow_section
-from kit.shadow import ShadowError, defective_parts_needed, shadow_period, write_shadow
+from kit.report.after_golive import render_shadow_page, shadow_section
+from kit.feedback.shadow import ShadowError, defective_parts_needed, shadow_period, write_shadow
 from kit.verify.stats import clopper_pearson_upper, zero_failure_sample_size
 
 CLASSES = ["crack", "ok", "scratch"]

@@ -20,7 +20,7 @@ from kit.cli import app
 from kit.evaluate import classification_metrics
 from kit.recipe.schema import KpiTargets, ThresholdTarget
 from kit.verify.calibration import expected_calibration_error, fit_temperature, reliability_table
-from kit.verify.corruptions import corrupt_images, coverage, image_seed, list_corruptions, severity_table
+from kit.views.corruptions import corrupt_images, coverage, image_seed, list_corruptions, severity_table
 from kit.verify.gate import evaluate_gate
 from kit.verify.stats import clopper_pearson
 from kit.verify.threshold import choose_threshold, operating_point, parse_target

@@ -22,6 +22,7 @@ from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tens
 from kit.data.index import LineIndex, Sample
 from kit.errors import DataError
 from kit.recipe.schema import Recipe
+from kit.seeds import view_seed
 from kit.views.build import apply_view
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -115,19 +116,6 @@ def decode_line(index: LineIndex, recipe: Recipe, spec: PreprocessSpec) -> tuple
         if len(split) == 0:
             raise DataError(f"data: no readable images left in the {name} split")
     return splits, unreadable
-
-
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed from non-negative integers; stable across processes and platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-SEED_VIEW, SEED_TORCH, SEED_SHUFFLE = 0, 1, 2  # what a derived seed is for
-
-
-def view_seed(run_seed: int, epoch: int, index: int, view: int) -> int:
-    """The seed of one view of one sample in one epoch."""
-    return derive_seed(run_seed, SEED_VIEW, epoch, index, view)
 
 
 TEACHER_VIEW_PREFIX = "teacher:"  # a paired dataset names the teacher's copy of view ``weak`` "teacher:weak"

@@ -9,7 +9,7 @@ from kit.rundir import VIEWS_NAME, write_split
 
 def run_data_stage(ctx: Any) -> dict[str, Any]:
     """``split.csv`` (what every later stage reads) and ``views.png``; the decoded images stay in ``ctx.data``."""
-    from kit.views.preview import render_views_preview
+    from kit.data.preview import render_views_preview
 
     data = ctx.data
     if ctx.is_main:

@@ -1,6 +1,21 @@
-"""Distillation: losses and the method registry."""
+"""Distillation: losses and the method registry.
 
-from kit.distill.losses import crld_loss, kd_loss, kd_per_sample
-from kit.distill.methods import DistillMethod, get_method, list_methods, register_method
+The public names load lazily: the recipe schema reads the method registry (``kit.distill.methods``)
+without importing torch, which the losses need."""
 
-__all__ = ["DistillMethod", "crld_loss", "get_method", "kd_loss", "kd_per_sample", "list_methods", "register_method"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "crld_loss": "kit.distill.losses", "kd_loss": "kit.distill.losses", "kd_per_sample": "kit.distill.losses",
+    "DistillMethod": "kit.distill.methods", "get_method": "kit.distill.methods", "list_methods": "kit.distill.methods", "register_method": "kit.distill.methods",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,18 +10,20 @@ method is one ``register_method`` call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
-from kit.distill.losses import crld_loss, kd_loss
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported by the losses when they run, not here: the recipe schema validates ``distill:``
+# against this registry, and reading a recipe (``kit ingest``, ``kit shadow``) needs no torch.
 
 # (student logits per view, teacher logits per view or None, target, settings) -> (loss, parts).
 # Parts stay tensors: calling .item() every step would be a CPU-GPU sync point. With recipe
 # ``balance: loss`` the loss is also called with ``class_weight=`` (per-class cross-entropy weights).
-LossFn = Callable[[dict[str, Tensor], "dict[str, Tensor] | None", Tensor, Any], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[[dict[str, "Tensor"], "dict[str, Tensor] | None", "Tensor", Any], tuple["Tensor", dict[str, "Tensor"]]]
 
 
 class MethodSettings(BaseModel):
@@ -91,6 +93,8 @@ class CRLDConfig(MethodSettings):
 
 def _crld(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: CRLDConfig,
           class_weight: Tensor | None = None):
+    from kit.distill.losses import crld_loss
+
     assert teacher is not None
     out = crld_loss(
         student["weak"], student["strong"], teacher["weak"], teacher["strong"], target,
@@ -117,6 +121,8 @@ class KDConfig(MethodSettings):
 
 def _kd(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: KDConfig,
         class_weight: Tensor | None = None):
+    from kit.distill.losses import kd_loss
+
     assert teacher is not None
     out = kd_loss(student["weak"], teacher["weak"], target, temperature=cfg.temperature,
                   ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight, class_weight=class_weight)
@@ -133,6 +139,8 @@ class NoDistillConfig(MethodSettings):
 
 def _none(student: dict[str, Tensor], teacher: dict[str, Tensor] | None, target: Tensor, cfg: NoDistillConfig,
           class_weight: Tensor | None = None):
+    import torch.nn.functional as F
+
     ce = F.cross_entropy(student["weak"], target, weight=class_weight)
     return ce, {"ce": ce}
 

@@ -24,12 +24,12 @@ from deploy.preprocess import PreprocessSpec, load_and_preprocess, to_tensor
 from deploy.profile import PROFILE_NAME, build_profile, statistics_table
 from kit.data import preprocess_spec
 from kit.errors import ArgumentError, KitError
-from kit.export.heatmap import HeatmapModel, bundle_heatmaps, fit_heatmap_head, torch_heatmaps
+from kit.export.heatmap_head import HeatmapModel, bundle_heatmaps, fit_heatmap_head, torch_heatmaps
 from kit.export.onnx_fp32 import embed_manifest, export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.parity import Rung, run_ladder
 from kit.evaluate import EVAL_BATCH
-from kit.gate import describe_failures
+from kit.verdict import describe_failures
 from kit.export.tensorrt_engine import EngineSkipped, build_engine
 from kit.export.triton import write_triton_repository
 from kit.io import publish_dir, staging_dir, write_json_atomic
@@ -37,7 +37,8 @@ from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.recipe.schema import ExportFormat
 from kit.scorers import bundle_scorer, checkpoint_spec, model_scorer
-from kit.rundir import BUNDLE_DIR, LOCK_NAME, PARITY_NAME, checkpoint_path, load_split, mark_stage, read_split, require_stages
+from kit.rundir import (BUNDLE_DIR, LOCK_NAME, PARITY_NAME, checkpoint_path, load_split, mark_report_stale, mark_stage, read_split,
+                        require_stages)
 
 FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
                          "tensorrt-fp16": "model.fp16.plan", "tensorrt-int8": "model.int8.plan"}
@@ -173,8 +174,6 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
 
     bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
-    from kit.report.build import mark_report_stale
-
     mark_report_stale(run_dir, "kit export")  # the report described the previous bundle
     mark_stage(  # drops verify and report: they measured the previous bundle
         run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",

@@ -16,7 +16,7 @@ from kit.errors import KitError
 from kit.io import write_atomic
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-HEATMAP_NAME = "heatmap"  # optional second output: class activation maps (kit.export.heatmap)
+HEATMAP_NAME = "heatmap"  # optional second output: class activation maps (kit.export.heatmap_head)
 MANIFEST_KEY = "inspection_kit_manifest"
 
 

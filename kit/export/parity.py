@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from kit.evaluate import accuracy
-from kit.gate import check, verdict
 from kit.recipe.schema import ParityGates
+from kit.verdict import check, verdict
 
 PARENT = {"student": "teacher", "onnx": "student", "onnx-int8": "onnx", "tensorrt-fp16": "onnx", "tensorrt-int8": "onnx"}
 WORST_N = 5

@@ -43,7 +43,7 @@ MIN_TEACHER_SHRINK = 2.0
 TEACHER_CPU_PIXEL_BUDGET = 2 * CPU_PIXEL_BUDGET
 SMALL_DATA = 1000  # images: below this a smaller teacher with AdamW trains more reliably from scratch
 # Mostly good parts and few examples of each defect: timm backbones trained from scratch memorise the defect images
-# and stay near chance on new ones; the small-receptive-field family (kit.local_cnn) generalises. Measured on the
+# and stay near chance on new ones; the small-receptive-field family (kit.models.local_cnn) generalises. Measured on the
 # sparse line (90 % good, 33 images per defect class, defects 1-4 px; benchmarks/RESULTS.md, test split): resnet18
 # macro-F1 0.07-0.08 at 256 px (0.19-0.24 as the kit's teacher at 64 px), local_cnn_m 0.64-0.85 over seeds and sizes;
 # on the sample line (24 % good, 100 per class) resnet10t learns as it is. Between 33 and 100 images per class, and

@@ -107,7 +107,7 @@ def _check_corruptions(recipe: Recipe) -> None:
     """Family names exist and every overridden severity builds a valid albumentations pipeline."""
     import warnings
 
-    from kit.verify.corruptions import corruption_pipeline, list_corruptions
+    from kit.views.corruptions import corruption_pipeline, list_corruptions
 
     cfg = recipe.verify.corruptions
     known = list_corruptions()

@@ -225,7 +225,7 @@ class TeacherConfig(TrainConfig):
     train_views: Literal["weak", "strong", "mix"] = "mix"  # mix: each sample weak or strong, 50/50
     ensemble: Optional[EnsembleConfig] = None  # several models averaged into one teacher; null: a single teacher
     # After training: a teacher no better than calling every part the majority class stops the run (stop), or
-    # is only a warning (warn); see kit.train.teacher_check.
+    # is only a warning (warn); see kit.verify.teacher_check.
     check: Literal["stop", "warn"] = "stop"
     # The teacher may read larger images than the student (height, width; a single number means square): small
     # defects the student's resize blurs stay visible to it. Views are then drawn at this size and the student's

@@ -7,10 +7,8 @@ Every user string reaches the page through jinja2's autoescaping.
 
 from __future__ import annotations
 
-import html as html_lib
 import os
 import platform
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,23 +22,23 @@ from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from kit.errors import ArgumentError, KitError
 from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
-from kit.report import charts
+import kit.report.charts as charts
 from kit.report.economics import savings
 from kit.report.images import data_uri, thumbnail
 from kit.report.format import format_ci, format_exact, format_number, format_pct, format_rate_ci, level as _level
 from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
 from kit.report.i18n import LANGUAGES, STRINGS, translator
-from kit.report.localisation import localisation_context
+from kit.report.heatmap_section import localisation_context
 from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
 from kit.report.recommendation import point_only, recommend
+from kit.verify import stats
 from kit.verify.machine import cpu_name
 from kit.rundir import (
-    BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
+    BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
     read_state, require_stages,
 )
 
 THUMB_PX = 96
-STALE_REPORT_DIR = REPORT_DIR + ".stale"  # a report made before the measurements were repeated
 # Bundle formats as a reader names them; the engine is what runs them (the speed card compares across engines).
 FORMAT_NAMES = {"onnx": "ONNX FP32", "onnx-int8": "ONNX INT8", "tensorrt-fp16": "TensorRT FP16", "tensorrt-int8": "TensorRT INT8"}
 ENGINE_NAMES = {"onnx": "ONNX Runtime", "tensorrt": "TensorRT"}
@@ -149,9 +147,6 @@ def _engine(fmt: str) -> str:
 
 def _model_accuracy(kpi: dict[str, Any], name: str) -> dict[str, Any]:
     """A model's test accuracy as a rate with its interval, counted from its confusion matrix."""
-    # Imported here: kit.verify imports this module (mark_report_stale), so a module-level import would be a cycle.
-    from kit.verify import stats
-
     cm = kpi["models"][name]["confusion_matrix"]
     return stats.rate(sum(cm[i][i] for i in range(len(cm))), sum(map(sum, cm)))
 
@@ -494,7 +489,7 @@ def _environment() -> jinja2.Environment:
 
 def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow: str | Path | None = None) -> str:
     """``shadow``: a ``kit shadow`` result (shadow.json or its folder) for the "shadow period" section."""
-    from kit.report.shadow import after_golive_context
+    from kit.report.after_golive import after_golive_context
 
     context = build_context(run_dir, lang, font_family)
     context.update(after_golive_context(context["kpi"], shadow, context["t"]))
@@ -549,44 +544,4 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, go)
 
 
-_BODY_TAG = re.compile(r"<body[^>]*>", re.IGNORECASE)
-_LANG_ATTR = re.compile(r'<html[^>]*\blang="([A-Za-z-]+)"', re.IGNORECASE)
-
-
-def mark_report_stale(run_dir: str | Path, reason: str) -> Path | None:
-    """Move ``report/`` to ``report.stale/`` and put a banner at the top of its HTML, because the
-    measurements it shows were just repeated (``reason``: the command, e.g. ``kit verify``).
-
-    Call it after the new measurements are in place (``kit verify``, ``kit export``, ``kit threshold``): a
-    report left in ``report/`` would look current. The banner is in the report's own language and is
-    styled inline (a report from any version shows it). The PDF cannot take a banner, so it is renamed
-    ``report.stale.pdf``. A previous ``report.stale/`` is replaced; ``kit report`` removes it once a current
-    report is written. Returns the stale folder, or None when the run had no report.
-    """
-    run_dir = Path(run_dir)
-    report = run_dir / REPORT_DIR
-    if not report.is_dir():
-        return None
-    stale = run_dir / STALE_REPORT_DIR
-    shutil.rmtree(stale, ignore_errors=True)
-    report.rename(stale)
-    pdf = stale / PDF_NAME
-    if pdf.is_file():
-        pdf.rename(stale / (Path(PDF_NAME).stem + ".stale.pdf"))
-    page = stale / HTML_NAME
-    if page.is_file():
-        html = page.read_text(encoding="utf-8")
-        found = _LANG_ATTR.search(html)
-        lang = found.group(1) if found and found.group(1) in LANGUAGES else "en"
-        text = translator(lang)("stale_banner", date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                                reason=reason, run=str(run_dir))
-        banner = ('<div class="stale-banner" role="alert" style="border: 3px solid #cf222e; background: #ffebe9; '
-                  'color: #a40e26; font-weight: bold; padding: 8px 12px; margin: 0 0 8px 0;">'
-                  f"{html_lib.escape(text)}</div>")
-        body = _BODY_TAG.search(html)
-        at = body.end() if body else 0
-        write_text_atomic(page, html[:at] + "\n" + banner + html[at:])
-    return stale
-
-
-__all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "mark_report_stale", "render_html"]
+__all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]

@@ -3,6 +3,8 @@ words live here, one key per phrase, the same keys in both languages (a test che
 
 from __future__ import annotations
 
+from kit.rundir import STALE_BANNER
+
 LANGUAGES = ("en", "ja")
 
 STRINGS: dict[str, dict[str, str]] = {
@@ -73,7 +75,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "col_class": "Class", "col_kind": "Kind", "col_kn": "k / n", "col_rate": "Rate", "col_ppm": "ppm",
         "col_ppm_high": "ppm, upper end of {level} CI",
         "built_from": "Measurements this report was built from",
-        "stale_banner": "STALE: made before the measurements were repeated on {date} ({reason}); run `kit report {run}` for a current report.",
+        "stale_banner": STALE_BANNER["en"],  # written by kit.rundir.mark_report_stale
         "assumptions": "Assumptions",
         "kpi_table": "Release targets",
         "col_target": "Target", "col_measured": "Measured", "col_limit": "Limit", "col_result": "Result",
@@ -213,7 +215,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "fam_gaussian_blur": "Gaussian blur",
         "fam_gaussian_noise": "Gaussian noise",
         "fam_jpeg": "JPEG compression",
-        # -- heatmaps (issue 16: kit.report.localisation, _localisation.html.j2)
+        # -- heatmaps (issue 16: kit.report.heatmap_section, _localisation.html.j2)
         "loc_title": "Where the model looks: defect heatmaps",
         "loc_intro": "Each picture is a test part with the deployed model's heatmap for the class it decided: red is where the evidence for that class lies, the white ring marks the peak. A green outline, where shown, is where the defect really is.",
         "loc_cost_cam": "Cost on the line: a decision takes {decision} ms, with its heatmap {explained} ms ({added} ms, {pct} %; {runtime}, batch 1, end to end, p50). The heatmap is computed inside the model, in the same pass as the decision.",
@@ -231,7 +233,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "loc_correct": "One correct part per class",
         "loc_truth": "true {truth}, decided {predicted}",
         "loc_legend": "Caption in each picture: decided class and confidence.",
-        # -- after go-live (issue 17: kit.report.shadow, _shadow.html.j2)
+        # -- after go-live (issue 17: kit.report.after_golive, _shadow.html.j2)
         "sh_page_title": "Shadow period: the model next to the inspectors",
         "sh_sources": "Decision logs and inspectors' decisions",
         "sh_title": "Shadow period",
@@ -340,7 +342,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "col_class": "クラス", "col_kind": "種類", "col_kn": "k / n", "col_rate": "率", "col_ppm": "ppm",
         "col_ppm_high": "ppm（{level} 信頼区間の上限）",
         "built_from": "このレポートの元になった測定結果",
-        "stale_banner": "古いレポート：{date} に測定がやり直される前に作成されたものです（{reason}）。最新のレポートは `kit report {run}` で作成してください。",
+        "stale_banner": STALE_BANNER["ja"],
         "assumptions": "前提条件",
         "kpi_table": "リリース目標",
         "col_target": "目標", "col_measured": "実測値", "col_limit": "基準", "col_result": "結果",
@@ -480,7 +482,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "fam_gaussian_blur": "ぼかし",
         "fam_gaussian_noise": "ノイズ",
         "fam_jpeg": "JPEG 圧縮",
-        # -- ヒートマップ（issue 16: kit.report.localisation, _localisation.html.j2）
+        # -- ヒートマップ（issue 16: kit.report.heatmap_section, _localisation.html.j2）
         "loc_title": "モデルが見ている場所：欠陥ヒートマップ",
         "loc_intro": "各画像はテスト部品に、導入モデルが判定したクラスのヒートマップを重ねたものです。赤い部分がそのクラスの根拠のある場所で、白い円が最大点を示します。緑の輪郭がある場合は、実際の欠陥の位置です。",
         "loc_cost_cam": "ライン上のコスト：判定のみ {decision} ms、ヒートマップ付き {explained} ms（{added} ms、{pct} %。{runtime}、バッチ 1、エンドツーエンド、中央値）。ヒートマップはモデル内部で判定と同じ推論の中で計算されます。",
@@ -498,7 +500,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "loc_correct": "クラスごとの正解例",
         "loc_truth": "正解 {truth}、判定 {predicted}",
         "loc_legend": "画像内の文字：判定クラスと確信度。",
-        # -- 稼働後（issue 17: kit.report.shadow, _shadow.html.j2）
+        # -- 稼働後（issue 17: kit.report.after_golive, _shadow.html.j2）
         "sh_page_title": "シャドー運用：検査員と並行したモデルの判定",
         "sh_sources": "判定ログと検査員の判定",
         "sh_title": "シャドー運用期間",

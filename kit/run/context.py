@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from kit.data import decode_line, decode_teacher_splits, index_line, preprocess_spec
+from kit.device import DeviceSetup, resolve_device
 from kit.errors import DataError
 from kit.evaluate import predict_logits
 from kit.models import load_model
 from kit.progress import Reporter
 from kit.recipe import Recipe, recipe_hash
 from kit.rundir import CHECKPOINT_DIR, SPLIT_NAME, checkpoint_path, mark_stage, read_split_rows, read_state, write_history
-from kit.train.device import DeviceSetup, resolve_device
 from kit.train.distributed import SINGLE, DistContext, barrier
 from kit.train.roles import TrainContext
 from kit.views import build_view

@@ -175,7 +175,7 @@ def _launch_workers(target, out_root, name, resume, stop_after, launch: Launch) 
 def _run_as_worker(recipe_path, out_root, name, resume_dir, reporter, stop_after) -> RunResult:
     """One worker of a ``torchrun`` launch: rank 0 makes (or reopens) the run directory and is the
     only writer; every rank trains; rank 0 alone goes on to export, verify and report."""
-    from kit.train.device import resolve_device
+    from kit.device import resolve_device
     from kit.train.distributed import broadcast_object, init_distributed, shutdown
 
     source = load_recipe(recipe_path) if resume_dir is None else read_recipe_lock(Path(resume_dir) / LOCK_NAME)

@@ -87,7 +87,7 @@ def build_stages(recipe: Any) -> list[Stage]:
     from kit.data.stage import run_data_stage
     from kit.evaluate import run_evaluate_stage
     from kit.train.roles import run_student_stage, run_teacher_stage
-    from kit.train.teacher_check import run_teacher_check_stage
+    from kit.verify.teacher_check import run_teacher_check_stage
 
     main = recipe.distill.method
     stages = [

@@ -1,6 +1,6 @@
 """Training: teacher by cross-entropy, student by a distillation method."""
 
-from kit.train.device import DeviceSetup, resolve_device
+from kit.device import DeviceSetup, resolve_device
 from kit.train.loop import FitResult, Reporter, fit
 from kit.train.roles import TrainContext, train_student, train_teacher
 

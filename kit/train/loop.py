@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from kit.data.dataset import SEED_SHUFFLE, SEED_TORCH, ViewDataset, derive_seed
+from kit.data.dataset import ViewDataset
+from kit.device import DeviceSetup
 from kit.errors import TrainingDiverged
 from kit.evaluate import agreement, classification_metrics, predict_logits
 from kit.progress import Reporter
 from kit.recipe.schema import TrainConfig
+from kit.seeds import SEED_SHUFFLE, SEED_TORCH, derive_seed
 from kit.train.checkpoint import FitProgress, RoleCheckpointer
-from kit.train.device import DeviceSetup
 from kit.train.distributed import SINGLE, DistContext, SplitBatchSampler, all_reduce_sum, barrier, wrap_for_training
 
 # (model, {view: input batch}, target) -> (loss, {part: tensor}, logits of the first view)

@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from deploy.preprocess import PreprocessSpec
 from kit.data.balance import class_weights, imbalance_ratio, resolve_balance
 from kit.data.dataset import TEACHER_VIEW_PREFIX, DecodedSplit, PairedViewDataset, ViewDataset
+from kit.device import DeviceSetup, resolve_workers
 from kit.distill.methods import get_method
 from kit.models import EnsembleModel, create_model, ensemble_args, load_model, model_args, save_checkpoint
 from kit.rundir import checkpoint_path, ensemble_member_role
 from kit.recipe.schema import Recipe
 from kit.train.checkpoint import publish_best
-from kit.train.device import DeviceSetup, resolve_workers
 from kit.train.distributed import SINGLE, DistContext, barrier
 from kit.train.loop import CheckpointTarget, Fitting, FitResult, Reporter, ValidationSet, fit
 

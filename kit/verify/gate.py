@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kit.gate import check, verdict
 from kit.recipe.schema import KpiTargets
+from kit.verdict import check, verdict
 
 # kpi field -> (measured key, op, description)
 CHECKS: dict[str, tuple[str, str, str]] = {

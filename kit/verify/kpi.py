@@ -20,22 +20,23 @@ from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest
 from deploy.predictor import auto_runtime, softmax
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
+from kit.device import resolve_device
 from kit.evaluate import classification_metrics
 from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic
 from kit.recipe import Recipe, read_recipe_lock, recipe_hash
 from kit.recipe.schema import ThresholdTarget
 from kit.rundir import (
-    BUNDLE_DIR, KPI_NAME, LOCK_NAME, VERIFY_DIR, SplitData, checkpoint_path, comparison_role, kpi_path, load_split, mark_stage,
-    require_stages,
+    BUNDLE_DIR, GATE_CSV, KPI_NAME, LATENCY_CSV, LOCK_NAME, PER_CLASS_CSV, RELIABILITY_CSV, ROBUSTNESS_CSV, ROBUSTNESS_SUMMARY_CSV,
+    TEACHER_ONNX_NAME, VERIFY_DIR, VERIFY_METRICS_CSV, SplitData, checkpoint_path, comparison_role, kpi_path, load_split,
+    mark_report_stale, mark_stage, require_stages,
 )
-from kit.train.device import resolve_device
 from kit.verify import calibration, gate, latency, robustness, stats, threshold
 from kit.verify.escapes import escape_table
 from kit.verify.localisation import localisation_section
 from kit.verify.machine import measuring_machine
 from kit.verify import production
 from kit.verify import regression
-from kit.verify.corruptions import coverage, list_corruptions
+from kit.views.corruptions import coverage, list_corruptions
 from kit.scorers import Scorer, bundle_scorer, onnx_file_scorer, torch_scorer
 
 
@@ -167,7 +168,7 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
                                              bundle, deployed, log),
     }
     verify_dir = write_verify_dir(run_dir, kpi)
-    _stale_report(run_dir, "kit verify")
+    mark_report_stale(run_dir, "kit verify")  # a report of the previous measurements must not look current
     mark_stage(  # drops the report: it shows the previous measurements
         run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
     return VerifyResult(verify_dir, kpi)
@@ -182,7 +183,7 @@ def _teacher_in_onnx(checkpoint: Path, folder: Path, spec, log: Callable[[str], 
     from kit.export.onnx_fp32 import export_onnx
     from kit.models import load_model
 
-    path = folder / "teacher.onnx"
+    path = folder / TEACHER_ONNX_NAME
     try:
         model, _ = load_model(checkpoint)
         export_onnx(model, path, (spec.num_channels, *spec.image_size))
@@ -382,20 +383,20 @@ def write_verify_dir(run_dir: Path, kpi: dict[str, Any]) -> Path:
 
 def _write_tables(folder: Path, kpi: dict[str, Any]) -> None:
     models = kpi["models"]
-    write_csv_atomic(folder / "metrics.csv", [
+    write_csv_atomic(folder / VERIFY_METRICS_CSV, [
         {"model": n, "kind": m["kind"], "runtime": m["runtime"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
          "teacher_agreement": m.get("agreement"), "mean_kl_vs_teacher": m.get("mean_kl")} for n, m in models.items()])
-    write_csv_atomic(folder / "per_class.csv", [
+    write_csv_atomic(folder / PER_CLASS_CSV, [
         {"model": n, "class": c, **v} for n, m in models.items() for c, v in m["per_class"].items()])
-    write_csv_atomic(folder / "robustness.csv", kpi["robustness"]["rows"])
-    write_csv_atomic(folder / "robustness_summary.csv", [
+    write_csv_atomic(folder / ROBUSTNESS_CSV, kpi["robustness"]["rows"])
+    write_csv_atomic(folder / ROBUSTNESS_SUMMARY_CSV, [
         {"model": n, "families": part, "clean_accuracy": s["clean_accuracy"], "mean_accuracy": s[part]["mean_accuracy"],
          "relative_robustness": s[part]["relative_robustness"], "flip_rate": s[part]["flip_rate"],
          "teacher_agreement": s[part]["teacher_agreement"]}
         for n, s in kpi["robustness"]["summary"].items() for part in ("all", "in_recipe", "held_out")])
-    write_csv_atomic(folder / "latency.csv", kpi["latency"]["rows"])
-    write_csv_atomic(folder / "reliability.csv", kpi["calibration"]["reliability_test"])
-    write_csv_atomic(folder / "gate.csv", kpi["gate"]["checks"])
+    write_csv_atomic(folder / LATENCY_CSV, kpi["latency"]["rows"])
+    write_csv_atomic(folder / RELIABILITY_CSV, kpi["calibration"]["reliability_test"])
+    write_csv_atomic(folder / GATE_CSV, kpi["gate"]["checks"])
 
 
 def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -429,14 +430,8 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
             gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms, gate_bounds(kpi["intervals"], operating, kpi.get("differences"))),
             kpi.get("previous"))
         write_json_atomic(path, kpi)
-        write_csv_atomic(path.parent / "gate.csv", kpi["gate"]["checks"])
+        write_csv_atomic(path.parent / GATE_CSV, kpi["gate"]["checks"])
         log(f"threshold: updated {path}")
-    _stale_report(run_dir, "kit threshold")
+    mark_report_stale(run_dir, "kit threshold")
     return operating
 
-
-def _stale_report(run_dir: Path, reason: str) -> None:
-    """A report built from the previous measurements must not look current (moved to report.stale/, bannered)."""
-    from kit.report.build import mark_report_stale
-
-    mark_report_stale(run_dir, reason)

@@ -130,7 +130,7 @@ def localisation_section(run_dir: Path, recipe: Any, paths: Sequence[Path], labe
 def teacher_localisation(run_dir: Path, recipe: Any, scored: list[tuple[Path, str, np.ndarray]],
                          spec: PreprocessSpec) -> dict[str, Any]:
     """The teacher's stride-8 CAM, fitted on the training split as the export fits the student's."""
-    from kit.export.heatmap import HeatmapModel, fit_heatmap_head, torch_heatmaps
+    from kit.export.heatmap_head import HeatmapModel, fit_heatmap_head, torch_heatmaps
     from kit.models import load_model
     from kit.rundir import checkpoint_path, read_split
 

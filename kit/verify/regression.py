@@ -22,9 +22,9 @@ import numpy as np
 from deploy.manifest import MANIFEST_NAME
 from deploy.predictor import Predictor
 from kit.errors import RunDirError
-from kit.gate import check, verdict
 from kit.recipe.schema import Recipe
 from kit.rundir import BUNDLE_DIR, load_split, read_split_rows
+from kit.verdict import check, verdict
 from kit.verify import stats
 
 CONFIDENCE = 0.95

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from deploy.preprocess import PreprocessSpec, to_tensor
-from kit.verify.corruptions import corrupt_images, get_corruption, severity_table
+from kit.views.corruptions import corrupt_images, get_corruption, severity_table
 from kit.scorers import Scorer
 
 REFERENCE = "teacher"

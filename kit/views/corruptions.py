@@ -19,10 +19,9 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from kit.data.dataset import derive_seed
+from kit.seeds import SEED_CORRUPTION, derive_seed
 from kit.views.build import apply_view
 
-SEED_CORRUPTION = 3  # the purpose slot of derive_seed (views use 0, torch 1, shuffle 2)
 GROUPS = ("lighting", "angle", "blur", "sensor")
 
 

@@ -7,11 +7,17 @@ Every user string (class names, part ids, paths) reaches the page through jinja2
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
 
+from kit.errors import ShadowError
+from kit.io import read_json
 from kit.report.i18n import LANGUAGES, translator
+
+SHADOW_NAME = "shadow.json"  # the record ``kit shadow`` writes (``kit.feedback.shadow``) and the report reads
+SHADOW_FORMAT = "inspection-kit/shadow"
 
 MISMATCH_KEYS = ("inspector_without_decision", "decision_without_inspector", "repeated_inspector_rows", "unknown_labels",
                  "rows_without_id", "sha256_differs")
@@ -113,7 +119,18 @@ def render_shadow_page(result: dict[str, Any], lang: str = "en") -> str:
 
 def after_golive_context(kpi: dict[str, Any], shadow: Any, t: Callable[..., str]) -> dict[str, Any]:
     """The report's ``shadow`` and ``previous`` (each None when absent); ``shadow``: a shadow.json path or folder."""
-    from kit.shadow import read_shadow
-
     return {"shadow": shadow_section(read_shadow(shadow), t) if shadow is not None else None,
             "previous": previous_section(kpi.get("previous"), t)}
+
+
+def read_shadow(path: str | Path) -> dict[str, Any]:
+    """A ``shadow.json`` (or the folder holding one), checked to be one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SHADOW_NAME
+    if not path.is_file():
+        raise ShadowError(f"{path}: no shadow result; make one with `kit shadow --log DECISIONS --inspector CSV`")
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != SHADOW_FORMAT:
+        raise ShadowError(f"{path}: not a `kit shadow` result (no {SHADOW_FORMAT!r} format header)")
+    return data

@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from safetensors import SafetensorError
 from torch import nn
 
-import kit.local_cnn  # noqa: F401  (registers the local_cnn_* architectures with timm)
+import kit.models.local_cnn  # noqa: F401  (registers the local_cnn_* architectures with timm)
 from kit.errors import CheckpointError, RecipeError
 from kit.io import write_atomic
 

@@ -14,7 +14,7 @@ find the defect wherever it is:
 - a global max over positions: one defective neighbourhood decides, wherever it lies.
 
 Registered with timm (``timm.create_model("local_cnn_s")``) so recipes, checkpoints, export and
-``kit.audit`` treat them like any timm model. No published weights exist for them.
+``kit.feedback.audit`` treat them like any timm model. No published weights exist for them.
 """
 
 from __future__ import annotations

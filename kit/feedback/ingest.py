@@ -89,7 +89,9 @@ def ingest_queue(queue_csv: str | Path, recipe_path: str | Path, day: str | None
     queue_csv = Path(queue_csv)
     if not queue_csv.is_file():
         raise IngestError(f"{queue_csv}: review queue not found; make one with `deploy review-queue`")
-    recipe = load_recipe(recipe_path)
+    # Only the recipe's data section is read: the library look-ups (timm architectures, published weights,
+    # albumentations views) are left to `kit run`, so ingesting runs where torch is not installed.
+    recipe = load_recipe(recipe_path, check=False)
     classes, existing, class_root, manifest = _line_data(recipe)
     day = day or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     with queue_csv.open(newline="", encoding="utf-8-sig") as fh:

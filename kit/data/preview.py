@@ -12,8 +12,9 @@ matplotlib.use("Agg")  # files only; no display on a plant PC or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from kit.data.dataset import DecodedSplit, view_seed
+from kit.data.dataset import DecodedSplit
 from kit.io import write_atomic
+from kit.seeds import view_seed
 from kit.views.build import apply_view
 
 

@@ -24,7 +24,7 @@ but the classifier reads 512 last-stage channels, not the stride-8 ones. So the 
 fitted: ridge regression of the model's own logits on its globally pooled stride-8 features over
 the training split (closed form, deterministic, a second on a CPU). Applied per cell, that
 projection is a CAM (Zhou et al. 2016, "Learning Deep Features for Discriminative Localization")
-whose spatial mean is the fitted logit (a model that pools by its maximum, ``kit.local_cnn``, is fitted
+whose spatial mean is the fitted logit (a model that pools by its maximum, ``kit.models.local_cnn``, is fitted
 on max-pooled features, as its classifier reads them). The fraction of training images on which the fitted
 logits pick the model's own top-1 class is kept in the manifest (``heatmap.probe_agreement``) as
 the measure of how faithfully the map reads the model. The projection is a 1x1 convolution on an
@@ -94,7 +94,7 @@ class _Capture:
 def _pooled_features(model: nn.Module, layer: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     capture = _Capture(model.get_submodule(layer))
     pooled, logits = [], []
-    by_max = getattr(model, "global_pool", None) == "max"  # kit.local_cnn: one neighbourhood decides
+    by_max = getattr(model, "global_pool", None) == "max"  # kit.models.local_cnn: one neighbourhood decides
     try:
         for start in range(0, len(inputs), FIT_BATCH):
             logits.append(model(torch.from_numpy(np.ascontiguousarray(inputs[start : start + FIT_BATCH]))).float())

@@ -39,9 +39,9 @@ from kit.errors import ArgumentError, RunDirError
 from kit.io import publish_dir, staging_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 from kit.recipe import read_recipe_lock
 from kit.report.images import thumbnail
-from kit.rundir import LOCK_NAME, checkpoint_path, read_split_rows
+from kit.rundir import (AUDIT_DIR, AUDIT_HTML, AUDIT_JSON, LABEL_ISSUES_CSV, LOCK_NAME, NEAR_DUPLICATES_CSV, checkpoint_path,
+                        read_split_rows)
 
-AUDIT_DIR = "audit"
 THUMB_PX = 72
 
 
@@ -348,14 +348,14 @@ def _write_audit(run_dir: Path, summary: dict[str, Any], issues: list[dict[str, 
     import jinja2
 
     staging = staging_dir(run_dir / AUDIT_DIR)
-    write_csv_atomic(staging / "label_issues.csv", issues)
-    write_csv_atomic(staging / "near_duplicates.csv", duplicates, columns=[
+    write_csv_atomic(staging / LABEL_ISSUES_CSV, issues)
+    write_csv_atomic(staging / NEAR_DUPLICATES_CSV, duplicates, columns=[
         "path_a", "split_a", "label_a", "path_b", "split_b", "label_b", "distance", "labels_differ"])
-    write_json_atomic(staging / "audit.json", {**summary, "top": issues[:shown], "duplicates": duplicates[:200]})
+    write_json_atomic(staging / AUDIT_JSON, {**summary, "top": issues[:shown], "duplicates": duplicates[:200]})
     env = jinja2.Environment(loader=jinja2.PackageLoader("kit.report", "templates"), autoescape=True)
     html = env.get_template("audit.html.j2").render(
         s=summary, issues=[{**r, "thumb": thumbnail(r["path"], channels, THUMB_PX)} for r in issues[:shown]],
         duplicates=[{**d, "thumb_a": thumbnail(d["path_a"], channels, THUMB_PX), "thumb_b": thumbnail(d["path_b"], channels, THUMB_PX)}
                     for d in duplicates[:100]])
-    write_text_atomic(staging / "audit.html", html)
+    write_text_atomic(staging / AUDIT_HTML, html)
     return publish_dir(staging, run_dir / AUDIT_DIR)

@@ -28,23 +28,19 @@ from typing import Any, Iterable
 import numpy as np
 
 from deploy.decision_log import DecisionRecord, read_records
-from kit.errors import KitError
-from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic, write_text_atomic
+from kit.errors import ShadowError
+from kit.io import publish_dir, staging_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 from kit.recipe.schema import ThresholdTarget
+from kit.report.after_golive import SHADOW_FORMAT, SHADOW_NAME, read_shadow, render_shadow_page
 from kit.verify import stats
 from kit.verify.threshold import certify_threshold
 
-SHADOW_NAME, SHADOW_HTML, SHADOW_PARTS = "shadow.json", "shadow.html", "shadow_parts.csv"
-SHADOW_FORMAT = "inspection-kit/shadow"
+SHADOW_HTML, SHADOW_PARTS = "shadow.html", "shadow_parts.csv"  # next to SHADOW_NAME (the record the report reads)
 OK_WORDS = {"ok", "good", "pass", "accept", "accepted", "g"}
 NG_WORDS = {"ng", "nok", "nog", "bad", "defect", "defective", "fail", "reject", "rejected"}
 PART_COLUMNS, SHA_COLUMNS = ("part_id", "part"), ("image_sha256", "sha256")
 LABEL_COLUMNS = ("label", "inspector_label", "decision", "result")
 LISTED = 200  # ids listed per problem in shadow.json (all of them are counted)
-
-
-class ShadowError(KitError):
-    """The decision logs or the inspectors' CSV cannot be joined as given."""
 
 
 @dataclass
@@ -340,8 +336,6 @@ class ShadowFiles:
 def write_shadow(result: dict[str, Any], out_dir: str | Path, lang: str = "en") -> ShadowFiles:
     """``shadow.json``, ``shadow_parts.csv`` (one row per joined part) and ``shadow.html`` in ``out_dir``,
     assembled in a staging folder and swapped in whole."""
-    from kit.report.shadow import render_shadow_page
-
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir)
     write_json_atomic(staging / SHADOW_NAME, result)
@@ -350,15 +344,3 @@ def write_shadow(result: dict[str, Any], out_dir: str | Path, lang: str = "en") 
     folder = publish_dir(staging, out_dir)
     return ShadowFiles(folder, folder / SHADOW_NAME, folder / SHADOW_HTML, folder / SHADOW_PARTS)
 
-
-def read_shadow(path: str | Path) -> dict[str, Any]:
-    """A ``shadow.json`` (or the folder holding one), checked to be one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / SHADOW_NAME
-    if not path.is_file():
-        raise ShadowError(f"{path}: no shadow result; make one with `kit shadow --log DECISIONS --inspector CSV`")
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != SHADOW_FORMAT:
-        raise ShadowError(f"{path}: not a `kit shadow` result (no {SHADOW_FORMAT!r} format header)")
-    return data
