@@ -64,6 +64,20 @@ def _current(name: str, statuses: tuple[str, ...], output: Callable[[Path], Path
     return lambda ctx: stage_status(read_state(ctx.run_dir), name) in statuses and output(ctx.run_dir).exists()
 
 
+def _data(ctx: RunContext) -> dict[str, Any]:
+    """The data stage, then the pre-flight of the operating target: a validation split too small to certify it even
+    with no error is said now, before any training, not after the whole run."""
+    from kit.data.stage import run_data_stage
+    from kit.verify.threshold import certifiability_problems
+
+    extra = run_data_stage(ctx)
+    recipe, data = ctx.recipe, ctx.data
+    for problem in certifiability_problems(recipe.verify.threshold, data.splits["val"].labels, data.classes,
+                                           recipe.line.ok_class):
+        ctx.log(f"warning: {problem}; as it stands the run ends with every part sent to a person")
+    return extra
+
+
 def _export(ctx: RunContext) -> None:
     from kit.export import export_bundle
 
@@ -84,14 +98,13 @@ def _report(ctx: RunContext) -> None:
 
 def build_stages(recipe: Any) -> list[Stage]:
     """data -> teacher -> teacher-check -> student -> comparison students -> evaluate -> export -> verify -> report."""
-    from kit.data.stage import run_data_stage
     from kit.evaluate import run_evaluate_stage
     from kit.train.roles import run_student_stage, run_teacher_stage
     from kit.verify.teacher_check import run_teacher_check_stage
 
     main = recipe.distill.method
     stages = [
-        Stage("data", run_data_stage, lambda ctx: "data" in ctx.finished_before and (ctx.run_dir / SPLIT_NAME).is_file(),
+        Stage("data", _data, lambda ctx: "data" in ctx.finished_before and (ctx.run_dir / SPLIT_NAME).is_file(),
               all_ranks=True),
         Stage("teacher", run_teacher_stage, _trained("teacher"), all_ranks=True),
         Stage("teacher-check", run_teacher_check_stage, _trained("teacher-check"), all_ranks=True),
