@@ -324,3 +324,23 @@ def test_no_larger_teacher_when_the_student_loses_little(tmp_path):
     path, _ = init_line(tmp_path / "mild", "mild", tmp_path / "mild.yaml", gpu=False)
     assert load_recipe(path).teacher.image_size is None
     assert "  # image_size: 144" in path.read_text() and "measured worth it from a 2x shrink, this one is" in path.read_text()
+
+
+def test_init_line_on_1300_images_writes_a_target_the_split_can_certify(tmp_path):
+    """Issue 31: about 1,300 images give 195 validation images; 99 % (the schema's default) needs 299 with no error,
+    so the scaffold writes 98 % (certifiable with no error among 90 % of them accepted) and names 99 %'s price."""
+    from kit.onboard.init_line import certifiable_target
+    from kit.sample_line import generate_sample_line
+    from kit.verify.threshold import certifiability_problems
+
+    line = tmp_path / "line"
+    generate_sample_line(line, counts={"ok": 700, "scratch": 300, "dent": 300}, seed=2, size_px=16)
+    path, survey = init_line(line, "line13", tmp_path / "line13.yaml", gpu=False)
+    assert survey.total == 1300 and survey.val_images == 195
+    recipe = load_recipe(path)
+    assert recipe.verify.threshold.accepted_accuracy == 0.98
+    text = " ".join(path.read_text().split())
+    assert "# 0.99 needs about 333 validation images (about 2,220 images at this split: 920 more)" in text
+    assert certifiable_target(195) == (0.98, 0.99) and certifiable_target(10) == (None, 0.8)
+    labels = np.array([0] * 105 + [1] * 45 + [2] * 45)
+    assert certifiability_problems(recipe.verify.threshold, labels, recipe.data.classes) == []

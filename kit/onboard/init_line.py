@@ -8,6 +8,8 @@ next to the field, in plain numbers where it costs something (what the resize do
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from kit.errors import ArgumentError, DataError
 from kit.io import write_text_atomic
 from kit.onboard.roi import RoiFinder
 from kit.recipe import load_recipe
+from kit.verify.stats import zero_failure_sample_size
 
 SIZE_PROBES = 64  # images opened per class to learn sizes and colour
 MIN_SIZE_PX, MAX_SIZE_PX = 32, 224  # the input sides the scaffold proposes (timm backbones stride 32)
@@ -69,6 +72,14 @@ class LineSurvey:
     ok_class: str | None = None  # the good-part class, when a folder name says which
     roi: tuple[int, int, int, int] | None = None  # the box holding the part on a plain background (kit.onboard.roi)
     roi_images: int = 0  # sampled images the ROI was found on
+    val_images_in_folder: int | None = None  # the val/ folder's images, when the line comes split into folders
+
+    @property
+    def val_images(self) -> int:
+        """The validation split's size: the val/ folder's, else the scaffold's stratified 15 % (about)."""
+        if self.val_images_in_folder is not None:
+            return self.val_images_in_folder
+        return sum(int(round(n * SCAFFOLD_VAL_FRACTION)) for n in self.counts.values())
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -151,7 +162,9 @@ def survey_line(root: str | Path) -> LineSurvey:
 
     survey = LineSurvey(root, classes, dict(counts), split_folders, median_hw,  # type: ignore[arg-type]
                         "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=detect_ok_class(classes),
-                        roi=roi_finder.proposal(), roi_images=roi_finder.images)
+                        roi=roi_finder.proposal(), roi_images=roi_finder.images,
+                        val_images_in_folder=sum(len(images_in(root / "val" / c)) for c in classes
+                                                 if (root / "val" / c).is_dir()) if split_folders else None)
     low, high = min(counts.values()), max(counts.values())
     if survey.imbalanced:
         survey.warnings.append(f"imbalanced: {high} images of {counts.most_common(1)[0][0]!r} but only {low} of "
@@ -313,6 +326,46 @@ def _ok_class_line(survey: LineSurvey) -> str:
     return f"  ok_class: {_q(survey.ok_class)}              # the good-part class: a defect accepted as it is an escape\n"
 
 
+# The operating target the scaffold writes: the strictest of these that the validation split can certify (95 %
+# confidence, one-sided Clopper-Pearson) with no error among the parts accepted, while still accepting
+# CERTIFY_ACCEPT_SHARE of the validation images (headroom: a model sends its least confident parts to a person).
+ACCEPTED_ACCURACY_LADDER = (0.995, 0.99, 0.98, 0.97, 0.95, 0.90, 0.80)
+CERTIFY_ACCEPT_SHARE = 0.9
+SCAFFOLD_VAL_FRACTION = 0.15
+
+
+def certifiable_target(val_images: int) -> tuple[float | None, float | None]:
+    """(the strictest ladder target ``val_images`` can certify with the headroom above, the next stricter one)."""
+    accepted = int(val_images * CERTIFY_ACCEPT_SHARE)
+    fits = [a for a in ACCEPTED_ACCURACY_LADDER if accepted >= (zero_failure_sample_size(1 - a) or 0)]
+    chosen = fits[0] if fits else None
+    stricter = [a for a in ACCEPTED_ACCURACY_LADDER if chosen is None or a > chosen]
+    return chosen, (stricter[-1] if stricter else None)
+
+
+def _threshold_lines(survey: LineSurvey) -> str:
+    """``verify.threshold``: a target this line's validation split can certify, and what the stricter one costs."""
+    n_val = survey.val_images
+    chosen, stricter = certifiable_target(n_val)
+    split = "its val/ folder" if survey.split_folders else f"a {SCAFFOLD_VAL_FRACTION * 100:g} % split"
+    head = (f"verify:\n  threshold:                    # the operating target: the decisions taken without a person are at\n"
+            f"                                # least this accurate, certified at 95 % confidence on {n_val} validation\n"
+            f"                                # images ({split}; kit verify)\n")
+    if chosen is None:
+        needed = zero_failure_sample_size(1 - ACCEPTED_ACCURACY_LADDER[-1])
+        return (head + f"    accepted_accuracy: {ACCEPTED_ACCURACY_LADDER[-1]:g}     # {n_val} validation images certify no "
+                f"target; {ACCEPTED_ACCURACY_LADDER[-1]:.0%} needs about\n"
+                f"                                # {math.ceil(needed / CERTIFY_ACCEPT_SHARE)} (add images): until then every "
+                "part goes to a person\n")
+    line = f"    accepted_accuracy: {chosen:<10g}# certifiable with {n_val} validation images, with no error among the {CERTIFY_ACCEPT_SHARE * 100:g} % accepted\n"
+    if stricter is not None:
+        needed = math.ceil(zero_failure_sample_size(1 - stricter) / CERTIFY_ACCEPT_SHARE)
+        fraction = SCAFFOLD_VAL_FRACTION if not survey.split_folders else n_val / max(1, survey.total)
+        line += (f"                                # {stricter:g} needs about {needed} validation images (about "
+                 f"{math.ceil(needed / fraction):,} images at this split: {max(0, math.ceil(needed / fraction) - survey.total):,} more)\n")
+    return head + line
+
+
 def _escape_target_line(survey: LineSurvey) -> str:
     if survey.ok_class is None:
         return "  # max_class_escape_rate: 0.05 # needs line.ok_class\n"
@@ -367,7 +420,7 @@ def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir:
     data_split = (
         "  split_folders: {train: train, val: val, test: test}   # the folder already has train/val/test\n"
         if survey.split_folders else
-        "  split: {train: 0.7, val: 0.15, test: 0.15, seed: 0}   # stratified random split, fixed seed\n"
+        f"  split: {{train: 0.7, val: {SCAFFOLD_VAL_FRACTION:g}, test: 0.15, seed: 0}}   # stratified random split, fixed seed\n"
     )
     warnings = "".join(f"#   ! {w}\n" for w in survey.warnings) or "#   no warnings\n"
     balance = _balance_note(survey)
@@ -435,6 +488,7 @@ distill:
 
 compare: []                     # add [kd, none] to train comparison students (doubles training time)
 
+{_threshold_lines(survey)}
 kpi:                            # release targets: `kit verify` and the report's GO / NO-GO gate on them
   min_macro_f1: 0.85            # every defect class counts: a model that calls every part good scores low
 {_escape_target_line(survey)}  # max_accuracy_gap: 0.03       # uncomment the ones management signs off on
