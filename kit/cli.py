@@ -578,11 +578,11 @@ def audit(
     Writes RUN_DIR/audit/ (audit.html with thumbnails, label_issues.csv, near_duplicates.csv, audit.json).
     Example: kit audit runs/sample_line/RUN
     """
-    from kit.feedback.audit import audit_run
+    from kit.feedback.audit import AuditSettings, audit_run
     from kit.rundir import AUDIT_HTML
 
-    result = audit_run(run_dir, folds=folds, epochs=epochs, init=init, image_size_px=image_size, max_distance=max_distance,
-                       log=lambda m: console.print(m, highlight=False, markup=False))
+    settings = AuditSettings(folds=folds, epochs=epochs, init=init, image_size_px=image_size, max_distance=max_distance)
+    result = audit_run(run_dir, settings, log=lambda m: console.print(m, highlight=False, markup=False))
     for r in result.issues[:min(10, max(1, result.summary["flagged"]))]:
         console.print(f"  {r['rank']:>3}. {r['label']} -> {r['suggested']} (p {r['label_probability']:.2f}): {r['path']}",
                       highlight=False, markup=False)

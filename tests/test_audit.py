@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.preprocess import prepare_image, read_image
-from kit.feedback.audit import audit_run, hamming_matrix, near_duplicates, perceptual_hash, rank_label_issues, train_classifier
+from kit.feedback.audit import (AuditSettings, FoldTraining, audit_run, hamming_matrix, near_duplicates, perceptual_hash,
+                                rank_label_issues, train_classifier)
 from kit.cli import app
 from kit.data.dataset import preprocess_spec
 from kit.data.index import index_line
@@ -67,7 +68,8 @@ def flipped_run(tmp_path_factory):
         rows[i][1] = str(rng.choice([c for c in index.classes if c != rows[i][1]]))
     images = np.stack([prepare_image(read_image(rows[i][0], "gray"), spec) for i in train])
     labels = np.array([index.classes.index(rows[i][1]) for i in train])
-    student = train_classifier(images, labels, len(index.classes), spec, "test_resnet", epochs=12, batch_size=16, lr=0.02, seed=0)
+    student = train_classifier(images, labels, len(index.classes), spec,
+                               FoldTraining("test_resnet", epochs=12, batch_size=16, lr=0.02, seed=0))
     save_checkpoint(run / "student.pt", student, model_args("test_resnet", len(index.classes), 1), classes=index.classes,
                     preprocess=spec.to_dict())
     with (run / "split.csv").open("w", newline="") as fh:
@@ -77,7 +79,7 @@ def flipped_run(tmp_path_factory):
 
 def test_audit_finds_flipped_training_labels(flipped_run):
     run, flipped = flipped_run
-    result = audit_run(run, folds=3, log=lambda m: None)
+    result = audit_run(run, AuditSettings(folds=3), log=lambda m: None)
     top = {r["path"] for r in result.issues[:len(flipped)]}
     found = len(top & flipped)
     assert len(flipped) == 20 and found >= 14, f"found {found} of {len(flipped)}"

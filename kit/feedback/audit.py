@@ -27,7 +27,7 @@ Writes ``RUN_DIR/audit/`` (``label_issues.csv``, ``near_duplicates.csv``, ``audi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,10 +120,24 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec, arch: str,
-                     epochs: int, batch_size: int, lr: float, seed: int, augment: Any = None, initial: Any = None) -> Any:
-    """A model of ``arch`` trained ``epochs`` epochs on prepared uint8 images (AdamW, one-cycle schedule).
-    ``initial``: a trained model to start from (its classifier is re-initialised, so the labels it was
+@dataclass(frozen=True)
+class FoldTraining:
+    """How each fold's model is made: ``arch`` trained ``epochs`` epochs (AdamW, one-cycle) from random weights,
+    or, with ``initial`` (a trained model), that model's fixed features and a new linear head per fold."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    augment: Any = None  # a weak view to train on; None: the clean images
+    initial: Any = None
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec,
+                     training: FoldTraining) -> Any:
+    """A model of ``training.arch`` trained on prepared uint8 images (AdamW, one-cycle schedule).
+    ``training.initial``: a trained model to start from (its classifier is re-initialised, so the labels it was
     trained with do not decide the new head); None: random initialisation."""
     import copy
 
@@ -133,11 +147,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     from kit.models import create_model
     from kit.views.build import apply_view
 
+    arch, epochs, lr, seed, augment = training.arch, training.epochs, training.lr, training.seed, training.augment
+    batch_size = min(training.batch_size, len(labels))
     torch.manual_seed(seed)
-    if initial is None:
+    if training.initial is None:
         model = create_model(arch, num_classes, spec.num_channels, where="student")
     else:
-        model = copy.deepcopy(initial)
+        model = copy.deepcopy(training.initial)
         model.reset_classifier(num_classes)
     clean = torch.from_numpy(to_tensor(images, spec))
     target = torch.from_numpy(labels.astype(np.int64))
@@ -211,14 +227,14 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, see
     return predict
 
 
-def out_of_fold_probabilities(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec, arch: str,
-                              folds: int, epochs: int, batch_size: int, lr: float, seed: int, augment: Any = None,
-                              initial: Any = None, log: Callable[[str], None] = print) -> np.ndarray:
+def out_of_fold_probabilities(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec, folds: int,
+                              training: FoldTraining, log: Callable[[str], None] = print) -> np.ndarray:
     """Every image's probabilities from a model that did not learn its label. ``images``: prepared uint8 NxHxWxC.
 
-    ``initial`` None: ``folds`` models of ``arch`` trained from scratch ``epochs`` epochs, each on the other
-    folds. ``initial`` a trained model: its features, fixed, and per fold a new linear classifier fitted on
-    the other folds (a linear probe; ``epochs`` unused)."""
+    ``training.initial`` None: ``folds`` models of ``training.arch`` trained from scratch, each on the other
+    folds. ``training.initial`` a trained model: its features, fixed, and per fold a new linear classifier fitted on
+    the other folds (a linear probe; ``training.epochs`` unused)."""
+    seed, initial = training.seed, training.initial
     fold = stratified_folds(labels, folds, seed)
     probs = np.zeros((len(labels), num_classes), dtype=np.float32)
     features = embeddings(initial, images, spec) if initial is not None else None
@@ -228,8 +244,8 @@ def out_of_fold_probabilities(images: np.ndarray, labels: np.ndarray, num_classe
         if features is not None:
             probs[held_idx] = linear_probe(features[train_idx], labels[train_idx], num_classes, seed + f)(features[held_idx])
         else:
-            model = train_classifier(images[train_idx], labels[train_idx], num_classes, spec, arch, epochs,
-                                     min(batch_size, len(train_idx)), lr, seed + f, augment)
+            model = train_classifier(images[train_idx], labels[train_idx], num_classes, spec,
+                                     replace(training, seed=seed + f))
             probs[held_idx] = predict_probabilities(model, images[held_idx], spec)
         held_acc = float((probs[held_idx].argmax(1) == labels[held_idx]).mean())
         log(f"audit: fold {f + 1}/{folds}: {len(train_idx)} train, {len(held_idx)} held out, "
@@ -246,23 +262,39 @@ DEFAULT_EPOCHS = {"student": 0, "scratch": 20}  # student: a linear probe, no ep
 DEFAULT_LR = {"student": 0.001, "scratch": 0.01}
 
 
-def audit_run(run_dir: str | Path, folds: int = 3, epochs: int | None = None, init: str = "auto", arch: str | None = None,
-              image_size_px: int | None = None, batch_size: int = 32, lr: float | None = None, max_distance: int = 4,
-              top: int | None = None, splits: tuple[str, ...] = ("train",), seed: int | None = None, augment: bool = True,
-              log: Callable[[str], None] = print) -> AuditResult:
-    """Rank the labels of ``splits`` (default: the training split) by how likely they are wrong, and list
-    near-duplicates across all splits.
+@dataclass(frozen=True)
+class AuditSettings:
+    """What ``kit audit`` does. ``init``: what each fold's model is built from. ``student``: the run's ``student.pt``
+    as a fixed feature extractor and, per fold, a new linear classifier fitted on the other folds (seconds; the
+    features already know the line; caveat: the student was trained on these very labels, and the labels it
+    memorised look right to it). ``scratch``: ``folds`` models of the student architecture trained from random
+    weights ``epochs`` epochs (default 20): no trace of the audited labels (true out-of-fold predictions, as
+    confident learning needs), slower. ``auto``: ``scratch``; ``student`` is the fast look when minutes matter more
+    than the last few flips. ``arch`` defaults to the run's student architecture (scratch only); ``image_size_px``
+    (square) to the recipe's image size; ``top``: rows in the HTML page (default: the flagged issues, at least 20);
+    ``augment``: train on the recipe's weak view (False: clean images, faster); ``seed``: the recipe's when None."""
 
-    ``init``: what each fold's model is built from. ``student``: the run's ``student.pt`` as a fixed
-    feature extractor and, per fold, a new linear classifier fitted on the other folds (seconds; the
-    features already know the line; caveat: the student was trained on these very labels, and the
-    labels it memorised look right to it). ``scratch``: ``folds`` models of the student architecture
-    trained from random weights ``epochs`` epochs (default 20): no trace of the audited labels (true
-    out-of-fold predictions, as confident learning needs), slower. ``auto``: ``scratch``; ``student`` is
-    the fast look when minutes matter more than the last few flips.
-    ``arch`` defaults to the run's student architecture (scratch only); ``image_size_px`` (square) to the
-    recipe's image size; ``top``: rows in the HTML page (default: the flagged issues, at least 20);
-    ``augment``: train on the recipe's weak view (False: clean images, faster)."""
+    folds: int = 3
+    epochs: int | None = None
+    init: str = "auto"
+    arch: str | None = None
+    image_size_px: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    max_distance: int = 4  # near-duplicates: at most this many of 64 hash bits apart
+    top: int | None = None
+    splits: tuple[str, ...] = ("train",)
+    seed: int | None = None
+    augment: bool = True
+
+
+def audit_run(run_dir: str | Path, settings: AuditSettings = AuditSettings(),
+              log: Callable[[str], None] = print) -> AuditResult:
+    """Rank the labels of ``settings.splits`` (default: the training split) by how likely they are wrong, and list
+    near-duplicates across all splits."""
+    folds, epochs, init, arch, lr, seed = (settings.folds, settings.epochs, settings.init, settings.arch, settings.lr,
+                                           settings.seed)
+    image_size_px, max_distance, top, splits = settings.image_size_px, settings.max_distance, settings.top, settings.splits
     run_dir = Path(run_dir)
     if not (run_dir / LOCK_NAME).is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {LOCK_NAME}); make one with `kit run RECIPE`")
@@ -309,13 +341,13 @@ def audit_run(run_dir: str | Path, folds: int = 3, epochs: int | None = None, in
                                      f"of {len(classes)} classes")
     labels = np.array([lookup[label] for _, label, _ in rows], dtype=np.int64)
     weak = (build_view(recipe.views.weak, "views.weak", spec.image_size, spec.num_channels)
-            if augment and recipe.views.weak else None)
+            if settings.augment and recipe.views.weak else None)
     idx = np.flatnonzero(audited)
     how = "linear probe on the run's student" if init == "student" else f"from scratch, {epochs} epochs"
     log(f"audit: {len(idx)} images ({', '.join(splits)}), {folds} folds of {arch} ({how}) at "
         f"{spec.image_size[0]}x{spec.image_size[1]} px")
-    probs = out_of_fold_probabilities(prepared[idx], labels[idx], len(classes), spec, arch, folds, epochs, batch_size, lr,
-                                      seed, weak, initial, log)
+    training = FoldTraining(arch, epochs, settings.batch_size, lr, seed, weak, initial)
+    probs = out_of_fold_probabilities(prepared[idx], labels[idx], len(classes), spec, folds, training, log)
     order, flagged, suggested = rank_label_issues(probs, labels[idx])
     issues = []
     for rank, j in enumerate(order, start=1):
