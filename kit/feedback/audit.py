@@ -288,29 +288,36 @@ class AuditSettings:
     augment: bool = True
 
 
+def resolve_settings(run_dir: Path, settings: AuditSettings) -> AuditSettings:
+    """The settings checked against the run (one line naming the option when one is wrong), with ``auto`` and the
+    per-start default epochs and learning rate filled in."""
+    if not (run_dir / LOCK_NAME).is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {LOCK_NAME}); make one with `kit run RECIPE`")
+    if settings.folds < 2:
+        raise ArgumentError("folds", f"needs at least 2 folds (got {settings.folds})")
+    if settings.init not in INIT_CHOICES:
+        raise ArgumentError("init", f"unknown start {settings.init!r}; choose from {', '.join(INIT_CHOICES)}")
+    student_file = checkpoint_path(run_dir, "student")
+    if settings.init == "student" and not student_file.is_file():
+        raise ArgumentError("init", f"{student_file} not found: the run has no trained student; use {{init}} scratch",
+                            prefix=False)
+    init = "scratch" if settings.init == "auto" else settings.init
+    epochs = DEFAULT_EPOCHS[init] if settings.epochs is None else settings.epochs
+    if init == "scratch" and epochs < 1:
+        raise ArgumentError("epochs", f"needs at least 1 epoch (got {epochs})")
+    return replace(settings, init=init, epochs=epochs, lr=DEFAULT_LR[init] if settings.lr is None else settings.lr)
+
+
 def audit_run(run_dir: str | Path, settings: AuditSettings = AuditSettings(),
               log: Callable[[str], None] = print) -> AuditResult:
     """Rank the labels of ``settings.splits`` (default: the training split) by how likely they are wrong, and list
     near-duplicates across all splits."""
+    run_dir = Path(run_dir)
+    settings = resolve_settings(run_dir, settings)
     folds, epochs, init, arch, lr, seed = (settings.folds, settings.epochs, settings.init, settings.arch, settings.lr,
                                            settings.seed)
     image_size_px, max_distance, top, splits = settings.image_size_px, settings.max_distance, settings.top, settings.splits
-    run_dir = Path(run_dir)
-    if not (run_dir / LOCK_NAME).is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no {LOCK_NAME}); make one with `kit run RECIPE`")
-    if folds < 2:
-        raise ArgumentError("folds", f"needs at least 2 folds (got {folds})")
-    if init not in INIT_CHOICES:
-        raise ArgumentError("init", f"unknown start {init!r}; choose from {', '.join(INIT_CHOICES)}")
     student_file = checkpoint_path(run_dir, "student")
-    if init == "student" and not student_file.is_file():
-        raise ArgumentError("init", f"{student_file} not found: the run has no trained student; use {{init}} scratch",
-                            prefix=False)
-    init = "scratch" if init == "auto" else init
-    epochs = DEFAULT_EPOCHS[init] if epochs is None else epochs
-    lr = DEFAULT_LR[init] if lr is None else lr
-    if init == "scratch" and epochs < 1:
-        raise ArgumentError("epochs", f"needs at least 1 epoch (got {epochs})")
     from kit.data.dataset import preprocess_spec
     from kit.views.build import build_view
 
