@@ -77,6 +77,7 @@ def flipped_run(tmp_path_factory):
     return run, {rows[i][0] for i in flipped}
 
 
+@pytest.mark.slow
 def test_audit_finds_flipped_training_labels(flipped_run):
     run, flipped = flipped_run
     result = audit_run(run, AuditSettings(folds=3), log=lambda m: None)

@@ -41,6 +41,7 @@ def _history(run_dir):
         return [(r["role"], r["epoch"], float(r["loss"]), float(r["val_accuracy"])) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, tiny_line):
     recipe = write_recipe(tmp_path / "ddp.yaml", tiny_recipe_dict(tiny_line, **DDP_OVERRIDES))
     single = run_line(recipe, out_root=tmp_path / "runs", name="one", stop_after="train")

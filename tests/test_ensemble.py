@@ -108,6 +108,7 @@ def test_an_ensemble_checkpoint_of_other_classes_is_refused(tmp_path):
         train_teacher_ensemble(ctx, {"role": "teacher"}, on_epoch=lambda role: None)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_does_not_train_a_finished_member_again(tmp_path):
     ctx = _checkpoint_ctx(tmp_path, ["a.pt", "b.pt"])
     ctx.recipe = ctx.recipe.model_copy(update={"teacher": ctx.recipe.teacher.model_copy(update={
@@ -123,6 +124,7 @@ def test_a_resumed_run_does_not_train_a_finished_member_again(tmp_path):
     assert [m["role"] for m in body["ensemble"]] == ["teacher-m0", "teacher-m1"] and "source" not in body["ensemble"][0]
 
 
+@pytest.mark.slow
 def test_a_run_with_an_ensemble_teacher(tmp_path, tiny_line):
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(
         tiny_line, compare=[], **{"teacher.ensemble": {"members": 2}, "student.epochs": 1}))

@@ -46,6 +46,7 @@ def test_init_line_writes_a_valid_commented_recipe(tmp_path, tiny_line):
     assert bad.exit_code == 1 and "--name: 'line 7!' is not a valid line name" in bad.output
 
 
+@pytest.mark.slow
 def test_scaffolded_recipe_runs_without_edits(tmp_path, tiny_line):
     path, _ = init_line(tiny_line, "scaffolded", tmp_path / "scaffolded.yaml", gpu=False)
     # Test budget only: one epoch each, and a 1-epoch teacher is no better than chance, so its check only warns.

@@ -108,6 +108,7 @@ def test_teacher_image_size_in_the_recipe():
         parse_recipe(json.dumps(tiny_recipe_dict("images", **{"teacher.image_size": 16})), check=False)
 
 
+@pytest.mark.slow
 def test_a_run_whose_teacher_reads_larger_images(tmp_path, tiny_line):
     """Teacher at the source's 48 px, student at 32 px: every figure about the teacher is measured on 48 px
     inputs (recomputed here from its checkpoint), and the bundle the station runs stays at 32 px."""
