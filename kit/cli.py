@@ -10,7 +10,7 @@ import functools
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -21,6 +21,10 @@ from rich.table import Table
 from deploy.errors import DeployError
 from kit.errors import ArgumentError, KitError
 from kit.progress import Reporter
+
+if TYPE_CHECKING:
+    from kit.verdict import Verdict
+    from kit.verify.record import KpiRecord, Operating
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Inspection deployment kit: recipe -> robust edge model -> KPI report.")
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
@@ -245,8 +249,10 @@ def threshold(
     from kit.verify import retune_threshold
     from kit.verify.threshold import parse_target
 
+    from kit.verify.record import Operating
+
     operating = retune_threshold(run_dir, parse_target(target, ok_class), log=lambda m: console.print(m, highlight=False, markup=False))
-    _print_operating(operating)
+    _print_operating(Operating.model_validate(operating))
 
 
 @app.command()
@@ -392,18 +398,18 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _print_kpi(kpi: dict[str, Any]) -> None:
+def _print_kpi(kpi: KpiRecord) -> None:
     from rich import box
 
-    table = Table(title=f"test split ({kpi['test_images']} images); deployed runtime: {kpi['deployed_runtime']}", box=box.SIMPLE_HEAD)
+    table = Table(title=f"test split ({kpi.test_images} images); deployed runtime: {kpi.deployed_runtime}", box=box.SIMPLE_HEAD)
     for col in ("model", "acc %", "macro-F1", "agree %", "KL", "runs on"):
         table.add_column(col, no_wrap=col != "runs on")
-    for name, m in kpi["models"].items():
+    for name, m in kpi.models.items():
         table.add_row(name, _pct(m["accuracy"]), f"{m['macro_f1']:.3f}", _pct(m.get("agreement")),
                       "-" if m.get("mean_kl") is None else f"{m['mean_kl']:.3f}", m["runtime"])
     console.print(table)
 
-    rob = kpi["robustness"]
+    rob = kpi.robustness
     held = [f for f, v in rob["families"].items() if v["coverage"] == "held-out"]
     table = Table(title=f"robustness: {len(rob['families'])} corruption families x 5 severities "
                         f"(held-out: {', '.join(held) or 'none'})", box=box.SIMPLE_HEAD)
@@ -417,7 +423,7 @@ def _print_kpi(kpi: dict[str, Any]) -> None:
                       "-" if hrel is None else f"{hrel:.3f}", _pct(s["all"]["flip_rate"]), _pct(s["all"]["teacher_agreement"]))
     console.print(table)
 
-    lat = kpi["latency"]
+    lat = kpi.latency
     table = Table(title=f"latency (ms; takt {lat['takt_ms'] or '-'} ms/part; torch threads {lat['threads']['torch_threads']}, "
                         f"ONNX Runtime threads {lat['threads']['onnxruntime_intra_op_threads']})", box=box.SIMPLE_HEAD)
     for col in ("model", "mode", "batch", "p50", "p95", "p99", "img/s", "file MB", "+RSS MB"):
@@ -428,36 +434,40 @@ def _print_kpi(kpi: dict[str, Any]) -> None:
                       "-" if r["added_rss_mb"] is None else f"{r['added_rss_mb']:.0f}")
     console.print(table)
     console.print("  +RSS MB: peak resident memory while loading and timing the model, above the process before it", highlight=False)
-    cal = kpi["calibration"]
+    cal = kpi.calibration
     console.print(f"calibration: temperature {cal['temperature']:.3f}; test ECE {cal['test']['ece_before']:.3f} -> "
                   f"{cal['test']['ece_after']:.3f}", highlight=False)
-    _print_operating(kpi["operating"])
-    _print_gate(kpi["gate"])
+    _print_operating(kpi.operating)
+    _print_gate(kpi.gate)
 
 
-def _print_operating(op: dict[str, Any]) -> None:
-    t = op["test"]
+def _print_operating(op: Operating) -> None:
+    t = op.test
     escape = f"; escapes {t['escapes']} of {t['defective_parts']} defective parts" if "escapes" in t else ""
     if "escapes" in t and not t.get("accepted"):  # nothing decided alone: zero escapes would read as a pass
         escape = "; escapes and false rejects unmeasured (no part decided without a person)"
-    reached = "" if op.get("reached") in (None, True) else " [bold red](target not reached on val: every part goes to a person)[/]"
+    reached = "" if op.reached in (None, True) else " [bold red](target not reached on val: every part goes to a person)[/]"
     console.print(
-        f"operating threshold {op['threshold'] if op['threshold'] is not None else 'none'}"
-        f"{' for ' + op['target'] if op.get('target') else ''}{reached}: test automation {_pct(t['automation_rate'])} %, "
+        f"operating threshold {op.threshold if op.threshold is not None else 'none'}"
+        f"{' for ' + op.target if op.target else ''}{reached}: test automation {_pct(t['automation_rate'])} %, "
         f"accepted accuracy {_pct(t['accepted_accuracy'])} %{escape}", highlight=False)
 
 
-def _print_gate(verdict: dict[str, Any], name: str = "KPI gate") -> None:
-    """Any verdict of ``kit.verdict``: the parity ladder's and the KPI gate's print the same way."""
-    for c in verdict["checks"]:
-        value = "-" if c["value"] is None else f"{c['value']:.4g}"
-        if not c["gated"]:
-            console.print(f"[dim]info[/] {c['description']}: {value}", highlight=False)
+def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate") -> None:
+    """Any verdict of ``kit.verdict``: the parity ladder's (a dict from parity.json) and the KPI gate's print the same way."""
+    from kit.verdict import Verdict
+
+    if isinstance(verdict, dict):
+        verdict = Verdict.model_validate(verdict)
+    for c in verdict.checks:
+        value = "-" if c.value is None else f"{c.value:.4g}"
+        if not c.gated:
+            console.print(f"[dim]info[/] {c.description}: {value}", highlight=False)
             continue
-        mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
-        console.print(f"{mark} {escape(c['target'])}: {escape(c['description'])} = {value} (limit {c['op']} {c['limit']:g})",
+        mark = "[green]pass[/]" if c.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(c.target)}: {escape(c.description)} = {value} (limit {c.op} {c.limit:g})",
                       highlight=False)
-    console.print(f"[bold green]{name} passed[/]" if verdict["passed"] else f"[bold red]{name} failed[/]: {', '.join(verdict['failed'])}")
+    console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {', '.join(verdict.failed)}")
 
 
 @app.command()

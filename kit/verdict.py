@@ -4,11 +4,18 @@ A *check* is one value against one limit (or reported without a limit: informati
 gated); a *verdict* is a list of checks and whether every gated one passed. The parity ladder
 (``kit export``) and the KPI gate (``kit verify``) both produce verdicts of this shape, so one
 printer, one report table and one tolerance serve both.
+
+``check`` and ``verdict`` build plain dicts (what ``parity.json`` and ``kpi.json`` hold); ``Check`` and
+``Verdict`` are their typed form, for readers: ``Verdict.model_validate(d)`` reads one, ``to_dict()``
+gives back exactly the dict it was read from.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import numbers
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 
 TOLERANCE = 1e-12  # float noise at the limit never decides a release
 
@@ -40,3 +47,56 @@ def describe_failures(result: dict[str, Any]) -> str:
     """The failed checks of a verdict in one line: ``target = value (limit op limit)``."""
     return "; ".join(f"{c['target']} = {'unmeasured' if c['value'] is None else format(c['value'], '.6g')} "
                      f"(limit {c['op']} {c['limit']:g})" for c in result["checks"] if c["gated"] and not c["passed"])
+
+
+def _number(value: Any) -> Any:
+    """A measured figure as it was written: an int stays an int and a float a float (pydantic would turn
+    ``1`` into ``1.0`` and change the file); a bool or a string is not a number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+# A number kept exactly as written (int or float); records built by ``kit verify`` dump back to the same JSON.
+Number = Annotated[float, PlainValidator(_number), PlainSerializer(lambda v: v)]
+
+
+class Record(BaseModel):
+    """Base of the kit's typed file records: unknown keys refused, and ``to_dict()`` writes back the keys that were
+    read or set (a key the file did not have is not invented, so an old file stays as it was)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python", exclude_unset=True, by_alias=True)
+
+
+class Check(Record):
+    """One value against one limit (``check``); ``point``/``bound``/``gated_on``: the KPI gate's interval
+    (``kit.verify.gate``); ``rung``: the parity ladder's rung (``kit.export.parity``)."""
+
+    target: str
+    measure: str
+    description: str
+    value: Optional[Number]
+    op: Literal["<=", ">="]
+    limit: Optional[Number]
+    gated: bool
+    passed: Optional[bool]  # None: reported without a limit
+    point: Optional[Number] = None
+    bound: Optional[Number] = None
+    gated_on: Optional[Literal["point", "bound"]] = None
+    rung: Optional[str] = None
+
+
+class Verdict(Record):
+    """Checks and whether every gated one passed (``verdict``); ``gate_on``: the KPI gate's ``kpi.gate_on``."""
+
+    passed: bool
+    checks: list[Check]
+    failed: list[str]
+    gate_on: Optional[Literal["point", "bound"]] = None
+
+    @property
+    def gated(self) -> list[Check]:
+        return [c for c in self.checks if c.gated]

@@ -112,13 +112,13 @@ def test_init_from_starts_from_the_previous_student(second_run, finished_run):
 def test_verify_reports_old_vs_new_and_fails_on_the_planted_regression(second_run):
     run, worst, n_worst = second_run
     result = verify_run(run, log=lambda m: None)
-    prev = result.kpi["previous"]
+    prev = result.kpi.previous.to_dict()
     rows = {r["class"]: r for r in prev["per_class"]}
     assert rows[worst]["old"] == 1.0 and rows[worst]["new"] == 0.0 and rows[worst]["n"] == n_worst
     assert rows[worst]["verdict"] == "worse" and rows[worst]["high"] == pytest.approx(-1.0)
     assert all(r["old"] == 0.0 for c, r in rows.items() if c != worst)  # the planted model knows one class
-    assert prev["overall"]["n"] == result.kpi["test_images"] and prev["excluded_seen_by_previous"] == 0
-    assert not result.passed and f"kpi.no_regression[{worst}]" in result.kpi["gate"]["failed"]
+    assert prev["overall"]["n"] == result.kpi.test_images and prev["excluded_seen_by_previous"] == 0
+    assert not result.passed and f"kpi.no_regression[{worst}]" in result.kpi.gate.failed
     gate_rows = list(csv.DictReader((run / "verify" / "gate.csv").open()))
     assert any(r["target"] == f"kpi.no_regression[{worst}]" and r["passed"] == "False" for r in gate_rows)
 

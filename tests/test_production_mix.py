@@ -13,6 +13,7 @@ from kit.report.recommendation import GO, NO_GO, SHADOW, recommend
 from kit.verify.gate import evaluate_gate
 from kit.verify.production import class_weights, production_figures
 from kit.verify.stats import clopper_pearson, rate
+from tests.kpi_records import kpi_record
 
 CLASSES = ["crack", "ok", "scratch"]
 
@@ -68,12 +69,12 @@ def test_net_savings_subtract_review_escapes_and_false_rejects():
 
 
 def _kpi(checks, **operating):
-    return {"gate": {"checks": checks}, "deployed_runtime": "onnx", "val_images": 132,
+    return kpi_record({"gate": {"checks": checks}, "deployed_runtime": "onnx", "val_images": 132,
             "measured": {"worst_escape_class": "crack"},
             "operating": {"ok_class": "ok", "certificate": {"needed_images": 299},
                           "escapes_test": {"classes": {"crack": {}, "dent": {}, "ok": {}}}, **operating},
             "robustness": {"summary": {"onnx": {"per_family": {"shadow": 0.3, "jpeg": 0.9}}},
-                           "families": {"shadow": {"coverage": "held-out"}, "jpeg": {"coverage": "held-out"}}}}
+                           "families": {"shadow": {"coverage": "held-out"}, "jpeg": {"coverage": "held-out"}}}})
 
 
 def test_the_recommendation_goes_from_no_go_to_shadow_to_go():
@@ -137,12 +138,12 @@ def test_a_corruption_that_lets_defects_through_is_named_next_to_the_recommendat
     checks = evaluate_gate({"max_class_escape_rate": 0.0}, KpiTargets(max_class_escape_rate=0.2), None,
                            {"max_class_escape_rate": rate(0, 20)})["checks"]
     kpi = _kpi(checks)
-    kpi["robustness"]["decisions"] = {"worst": {"family": "shadow", "severity": 5, "escape_rate": rate(49, 100)}}
+    kpi.robustness["decisions"] = {"worst": {"family": "shadow", "severity": 5, "escape_rate": rate(49, 100)}}
     rec = recommend(kpi, t)
     assert rec["kind"] == GO and rec["warnings"] == [
         "under shadow (severity 5) the model accepts 49.0 % of defective parts as good: add this condition to the strong "
         "view (views.strong) and keep it off the line (lighting, focus)"]
-    kpi["robustness"]["decisions"]["worst"]["escape_rate"] = rate(3, 100)  # within the 20 % limit: nothing to say
+    kpi.robustness["decisions"]["worst"]["escape_rate"] = rate(3, 100)  # within the 20 % limit: nothing to say
     assert recommend(kpi, t)["warnings"] == []
 
 
@@ -176,7 +177,7 @@ def test_the_report_says_unmeasured_where_nothing_was_decided():
     from kit.report.build import _escapes
 
     t = translator("en")
-    section = _escapes({"operating": _nothing_decided_operating(), "intervals": {}}, t)
+    section = _escapes(kpi_record({"operating": _nothing_decided_operating(), "intervals": {}}), t)
     assert section["rows"] == [] and section["worst"] is None
     assert section["sentences"] == [t("escapes_unmeasured", n=150)]
     assert "not measured" in section["sentences"][0] and "No test defect was accepted" not in section["sentences"][0]
@@ -187,9 +188,10 @@ def test_the_accuracy_card_names_the_all_good_baseline_on_a_mostly_good_mix():
 
     t = translator("en")
     cm = [[4, 1, 0], [0, 135, 0], [1, 2, 2]]  # crack, ok, scratch: 135 of 145 test parts are good
-    kpi = {"deployed_runtime": "onnx", "classes": ["crack", "ok", "scratch"],
-           "models": {"onnx": {"confusion_matrix": cm, "macro_f1": 0.7512, "balanced_accuracy": 0.7333}}}
+    parts = {"deployed_runtime": "onnx", "classes": ["crack", "ok", "scratch"],
+             "models": {"onnx": {"confusion_matrix": cm, "macro_f1": 0.7512, "balanced_accuracy": 0.7333}}}
+    kpi = kpi_record(parts)
     assert _baseline_sentence(kpi, t) == ("Calling every part ok would already score 93.1 % on this test mix; across "
                                           "classes the small model's macro-F1 is 0.75 and its balanced accuracy 73.3 %.")
-    balanced = dict(kpi, models={"onnx": dict(kpi["models"]["onnx"], confusion_matrix=[[5, 0, 0], [0, 4, 1], [0, 0, 5]])})
+    balanced = kpi_record(dict(parts, models={"onnx": dict(parts["models"]["onnx"], confusion_matrix=[[5, 0, 0], [0, 4, 1], [0, 0, 5]])}))
     assert _baseline_sentence(balanced, t) is None  # no class holds half the test parts

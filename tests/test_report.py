@@ -16,6 +16,7 @@ from kit.recipe.schema import EconomicsConfig
 from kit.report import build_report, render_html
 from kit.report.economics import savings
 from kit.report.i18n import STRINGS
+from tests.kpi_records import kpi_record, operating_record
 
 XSS = "<script>alert(1)</script>"
 
@@ -256,17 +257,17 @@ def test_the_certificate_on_page_one_is_the_one_verify_wrote(case):
     message = _certify_message(out, target, parts)
     op = {"certified": out["certified"], "confidence": out["confidence"], "threshold": out["threshold"], "val": out["val"],
           "certificate": {k: out[k] for k in ("risk", "limit", "tested", "stopped_at", "needed_images")} | {"message": message}}
-    assert certificate_message(op, val_images, translator("en")) == message
-    japanese = certificate_message(op, val_images, translator("ja"))
+    assert certificate_message(operating_record(op), val_images, translator("en")) == message
+    japanese = certificate_message(operating_record(op), val_images, translator("ja"))
     assert re.search(r"[\u3040-\u30ff]", japanese) and not re.search(r"\b(certified|accepted|validation)\b", japanese)
 
 
-def _operating_kpi(k: int, n: int, threshold, certificate=None, certified=None) -> dict:
+def _operating_kpi(k: int, n: int, threshold, certificate=None, certified=None):
     from kit.verify.stats import rate
 
-    return {"val_images": 132, "operating": {"threshold": threshold, "certified": certified, "confidence": 0.95,
+    return kpi_record({"val_images": 132, "operating": {"threshold": threshold, "certified": certified, "confidence": 0.95,
                                              "certificate": certificate, "val": {"automation_rate": 0.9, "risk_upper": 0.04}},
-            "intervals": {"automation_rate": rate(k, n), "accepted_accuracy": rate(k, k)}}
+            "intervals": {"automation_rate": rate(k, n), "accepted_accuracy": rate(k, k)}})
 
 
 def test_the_operating_point_says_what_actually_happens():

@@ -131,7 +131,7 @@ def test_a_run_whose_teacher_reads_larger_images(tmp_path, tiny_line):
     pred = predict_logits(teacher, torch.from_numpy(test.inputs(spec48)), torch.device("cpu")).argmax(1).numpy()
     expected = float(np.mean(pred == test.labels))
     assert result.metrics["teacher"]["accuracy"] == pytest.approx(expected)
-    assert result.kpi["models"]["teacher"]["accuracy"] == pytest.approx(expected)
+    assert result.kpi.models["teacher"]["accuracy"] == pytest.approx(expected)
     rung = next(r for r in result.parity["rungs"] if r["rung"] == "teacher")
     assert rung["accuracy"] == pytest.approx(expected)
     # The export's teacher-vs-student figure, recomputed: the teacher on 48 px, the student on 32 px of the same images.
@@ -149,7 +149,7 @@ def test_a_run_whose_teacher_reads_larger_images(tmp_path, tiny_line):
     recorded = next(r for r in result.parity["rungs"] if r["rung"] == "student")["vs_teacher"]["mean_abs_delta_p"]
     assert recorded == pytest.approx(float(np.abs(teacher_p(spec48) - student_p).mean()), abs=1e-6)
     assert recorded != pytest.approx(float(np.abs(teacher_p(spec32) - student_p).mean()), abs=1e-6)  # the size matters
-    assert "teacher" in result.kpi["robustness"]["summary"]
+    assert "teacher" in result.kpi.robustness["summary"]
     assert "resnet10t (48x48 px; mobilenetv3_small_050: 32x32 px)" in result.report.read_text(encoding="utf-8")
     history = (run_dir / "history.csv").read_text()
     assert "student" in history and "teacher" in history

@@ -15,6 +15,7 @@ import jinja2
 from kit.errors import ShadowError
 from kit.io import read_json
 from kit.report.i18n import LANGUAGES, translator
+from kit.verify.record import ClassChange, KpiRecord, OverallChange, Previous
 
 SHADOW_NAME = "shadow.json"  # the record ``kit shadow`` writes (``kit.feedback.shadow``) and the report reads
 SHADOW_FORMAT = "inspection-kit/shadow"
@@ -77,29 +78,27 @@ def shadow_section(result: dict[str, Any], t: Callable[..., str]) -> dict[str, A
     }
 
 
-def previous_section(previous: dict[str, Any] | None, t: Callable[..., str]) -> dict[str, Any] | None:
+def previous_section(previous: Previous | None, t: Callable[..., str]) -> dict[str, Any] | None:
     """The old-vs-new table of ``kpi.json``'s ``previous`` block (``kit.verify.regression``)."""
     if not previous:
         return None
 
-    def diff_text(d: dict[str, Any]) -> str:
-        if d["diff"] is None:
+    def diff_text(d: ClassChange | OverallChange) -> str:
+        if d.diff is None:
             return "–"
-        return t("prev_diff", diff=f"{100 * d['diff']:+.1f}", low=f"{100 * d['low']:+.1f}", high=f"{100 * d['high']:+.1f}")
+        return t("prev_diff", diff=f"{100 * d.diff:+.1f}", low=f"{100 * d.low:+.1f}", high=f"{100 * d.high:+.1f}")
 
-    rows = [{"class": r["class"], "n": r["n"], "old": _pct(r["old"]), "new": _pct(r["new"]), "diff": diff_text(r),
-             "verdict": t("prev_" + r["verdict"]), "worse": r["verdict"] == "worse", "total": False}
-            for r in previous["per_class"]]
-    overall = previous["overall"]
-    rows.append({"class": t("prev_overall"), "n": overall["n"], "old": _pct(overall["old"]), "new": _pct(overall["new"]),
-                 "diff": diff_text(overall), "verdict": t("prev_" + overall["verdict"]), "worse": overall["verdict"] == "worse",
+    rows = [{"class": r.class_, "n": r.n, "old": _pct(r.old), "new": _pct(r.new), "diff": diff_text(r),
+             "verdict": t("prev_" + r.verdict), "worse": r.verdict == "worse", "total": False}
+            for r in previous.per_class]
+    overall = previous.overall
+    rows.append({"class": t("prev_overall"), "n": overall.n, "old": _pct(overall.old), "new": _pct(overall.new),
+                 "diff": diff_text(overall), "verdict": t("prev_" + overall.verdict), "worse": overall.verdict == "worse",
                  "total": True})
-    intro = t("prev_intro", run=previous["run_dir"], n=overall["n"], level=f"{previous['confidence']:.0%}")
-    if previous.get("excluded_seen_by_previous"):
-        intro += t("sentence_sep") + t("prev_excluded", n=previous["excluded_seen_by_previous"])
-    return {"intro": intro,
-            "rows": rows, "worse": [r["class"] for r in previous["per_class"] if r["verdict"] == "worse"],
-            "gated": previous.get("gated", False)}
+    intro = t("prev_intro", run=previous.run_dir, n=overall.n, level=f"{previous.confidence:.0%}")
+    if previous.excluded_seen_by_previous:
+        intro += t("sentence_sep") + t("prev_excluded", n=previous.excluded_seen_by_previous)
+    return {"intro": intro, "rows": rows, "worse": previous.worse, "gated": previous.gated}
 
 
 def _environment() -> jinja2.Environment:
@@ -117,10 +116,10 @@ def render_shadow_page(result: dict[str, Any], lang: str = "en") -> str:
         t=t, lang=lang, shadow=shadow_section(result, t), previous=None, result=result)
 
 
-def after_golive_context(kpi: dict[str, Any], shadow: Any, t: Callable[..., str]) -> dict[str, Any]:
+def after_golive_context(kpi: KpiRecord, shadow: Any, t: Callable[..., str]) -> dict[str, Any]:
     """The report's ``shadow`` and ``previous`` (each None when absent); ``shadow``: a shadow.json path or folder."""
     return {"shadow": shadow_section(read_shadow(shadow), t) if shadow is not None else None,
-            "previous": previous_section(kpi.get("previous"), t)}
+            "previous": previous_section(kpi.previous, t)}
 
 
 def read_shadow(path: str | Path) -> dict[str, Any]:

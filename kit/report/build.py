@@ -31,7 +31,9 @@ from kit.report.i18n import LANGUAGES, STRINGS, translator
 from kit.report.heatmap_section import localisation_context
 from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
 from kit.report.recommendation import point_only, recommend
+from kit.verdict import Check
 from kit.verify import stats
+from kit.verify.record import Intervals, KpiRecord, Operating, read_kpi
 from kit.verify.machine import cpu_name
 from kit.rundir import (
     BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
@@ -56,55 +58,51 @@ class ReportResult:
 
 
 def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str, Any]:
-    kpi = read_json(kpi_path(run_dir))
-    if "intervals" not in kpi:
-        raise ReportError(f"{kpi_path(run_dir)} was written by an older `kit verify` (no intervals); "
-                          f"run `kit verify {run_dir}` again, then `kit report {run_dir}`")
+    kpi = read_kpi(run_dir)  # an older file (no intervals, ...) is refused: run `kit verify` again
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     manifest = read_manifest(run_dir / BUNDLE_DIR)
     parity = read_json(parity_path(run_dir)) if parity_path(run_dir).is_file() else None
     t = translator(lang)
-    deployed = kpi["deployed_runtime"]
-    measured, gate = kpi["measured"], kpi["gate"]
-    summary = kpi["robustness"]["summary"]
-    gated = [c for c in gate["checks"] if c["gated"]]
-    lat_rows = [r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1]
+    deployed = kpi.deployed_runtime
+    measured, gate = kpi.measured, kpi.gate
+    summary = kpi.robustness["summary"]
+    gated = gate.gated
+    lat_rows = [r for r in kpi.latency["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1]
     basis = automation_basis(kpi)
     money = savings(basis["rate"], recipe.economics)
-    students = ["student"] + [comparison_role(m) for m in kpi.get("compare", []) if comparison_role(m) in summary]
+    students = ["student"] + [comparison_role(m) for m in kpi.compare if comparison_role(m) in summary]
     labels = model_labels(kpi, t)
 
     with charts.chart_style(font_family):
         figures = {
-            "robustness": charts.robustness_chart(kpi, ["teacher", *students], labels, t),
-            "latency": charts.latency_chart(lat_rows, kpi["latency"]["takt_ms"], t, labels),
-            "operating": charts.operating_chart(kpi["operating"].get("curve_test", []), kpi["operating"]["threshold"],
-                                                kpi["operating"]["test"], t),
-            "reliability": charts.reliability_chart(kpi["calibration"].get("reliability_test_before", []),
-                                                    kpi["calibration"]["reliability_test"], t),
-            "confusion": charts.confusion_chart(kpi["models"][deployed]["confusion_matrix"], kpi["classes"], t),
+            "robustness": charts.robustness_chart(kpi.robustness, ["teacher", *students], labels, t),
+            "latency": charts.latency_chart(lat_rows, kpi.latency["takt_ms"], t, labels),
+            "operating": charts.operating_chart(kpi.operating.curve_test, kpi.operating.threshold, kpi.operating.test, t),
+            "reliability": charts.reliability_chart(kpi.calibration.get("reliability_test_before", []),
+                                                    kpi.calibration["reliability_test"], t),
+            "confusion": charts.confusion_chart(kpi.deployed["confusion_matrix"], kpi.classes, t),
         }
     views_png = run_dir / VIEWS_NAME
     state = read_state(run_dir)
-    machine = kpi.get("machine")
+    machine = kpi.machine
     return {
-        "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": kpi.get("run_id") or state.get("run_id") or run_dir.name,
+        "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": kpi.run_id or state.get("run_id") or run_dir.name,
         "run_folder": run_dir.name, "recommendation": recommend(kpi, t),
         "production": production_sentences(kpi, recipe, t), "net": net_context(kpi, recipe, t),
         "corruption_escapes": corruption_sentence(kpi, t), "differences": difference_rows(kpi, labels, t),
-        "gate_on": gate.get("gate_on", "point"), "known_keys": set(STRINGS[lang]),
+        "gate_on": gate.gate_on or "point", "known_keys": set(STRINGS[lang]),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "deployed": deployed, "deployed_runtime": kpi["models"][deployed]["runtime"],
-        "go": None if not gated else bool(gate["passed"]), "gated": gated,
-        "checks": [_display(c, t, kpi) for c in gate["checks"]],
-        "failed": [_display(c, t, kpi) for c in gated if not c["passed"]],
+        "deployed": deployed, "deployed_runtime": kpi.deployed["runtime"],
+        "go": None if not gated else gate.passed, "gated": [c.to_dict() for c in gated],
+        "checks": [_display(c, t, kpi) for c in gate.checks],
+        "failed": [_display(c, t, kpi) for c in gated if not c.passed],
         "measured": measured, "summary": summary, "students": students, "model_labels": labels,
-        "intervals": kpi["intervals"],
+        "intervals": kpi.intervals,
         "accuracy_sentence": _accuracy_sentence(kpi, t),
         "baseline_sentence": _baseline_sentence(kpi, t),
-        "speed": _speed(kpi, labels, t), "takt_ms": kpi["latency"]["takt_ms"],
+        "speed": _speed(kpi, labels, t), "takt_ms": kpi.latency["takt_ms"],
         "money": money, "money_range": _savings_range(basis, recipe), "automation_mix": basis["mix"],
-        "automation_text": format_rate_ci(kpi["intervals"]["automation_rate"], t) if basis["mix"] == "test" else
+        "automation_text": format_rate_ci(kpi.intervals.automation_rate, t) if basis["mix"] == "test" else
         f"{format_pct(basis['rate'])} ({format_pct(basis['low'])}–{format_pct(basis['high'])})",
         "assumptions": _assumptions(money, recipe.line.defect_rate),
         "operating_sentences": operating_sentences(kpi, t),
@@ -115,7 +113,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "lat_rows": lat_rows, "parity": parity,
         "figures": {k: data_uri(v) for k, v in figures.items()},
         "views": data_uri(views_png.read_bytes()) if views_png.is_file() else None,
-        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX)} for e in kpi.get("misclassified", [])],
+        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX)} for e in kpi.misclassified],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
         "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}),
         "hardware": machine or {"cpu": cpu_name(), "cores": str(os.cpu_count()), "system": f"{platform.system()} {platform.release()}"},
@@ -127,13 +125,13 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     }
 
 
-def model_labels(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
+def model_labels(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, str]:
     """One name per model, everywhere in the report: the large model (teacher), the small model in each
     runtime (the deployed one says so), the comparison students."""
-    deployed = kpi["deployed_runtime"]
+    deployed = kpi.deployed_runtime
     labels = {"teacher": t("m_teacher"), "teacher-onnx": t("m_teacher_onnx"), "student": t("m_student_torch")}
-    labels.update({comparison_role(m): t("m_compare", method=m) for m in kpi.get("compare", [])})
-    for name, model in kpi["models"].items():
+    labels.update({comparison_role(m): t("m_compare", method=m) for m in kpi.compare})
+    for name, model in kpi.models.items():
         if model.get("kind") == "bundle":
             fmt = FORMAT_NAMES.get(name, name)
             labels[name] = t("m_deployed", fmt=fmt) if name == deployed else t("m_student_fmt", fmt=fmt)
@@ -145,15 +143,15 @@ def _engine(fmt: str) -> str:
     return ENGINE_NAMES.get(fmt.split("-")[0], fmt)
 
 
-def _model_accuracy(kpi: dict[str, Any], name: str) -> dict[str, Any]:
+def _model_accuracy(kpi: KpiRecord, name: str) -> dict[str, Any]:
     """A model's test accuracy as a rate with its interval, counted from its confusion matrix."""
-    cm = kpi["models"][name]["confusion_matrix"]
+    cm = kpi.models[name]["confusion_matrix"]
     return stats.rate(sum(cm[i][i] for i in range(len(cm))), sum(map(sum, cm)))
 
 
-def _accuracy_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str:
+def _accuracy_sentence(kpi: KpiRecord, t: Callable[..., str]) -> str:
     """The gap in words: better, worse or as accurate (never a signed "gap")."""
-    gap_pts = 100 * kpi["measured"]["accuracy_gap"]  # teacher minus deployed student
+    gap_pts = 100 * kpi.measured.accuracy_gap  # teacher minus deployed student
     interval = _model_accuracy(kpi, "teacher")
     teacher, ci = format_pct(interval["rate"]), format_ci(interval, t)
     if round(abs(gap_pts), 1) == 0:
@@ -164,30 +162,30 @@ def _accuracy_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str:
 MAJORITY_SHARE_NOTED = 0.5  # from this share of one class on, accuracy alone flatters a model
 
 
-def _baseline_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str | None:
+def _baseline_sentence(kpi: KpiRecord, t: Callable[..., str]) -> str | None:
     """On a test mix dominated by one class (mostly good parts), what calling every part that class would score,
     next to the deployed model's macro-F1 and balanced accuracy: the figures that class cannot win."""
-    deployed = kpi["models"][kpi["deployed_runtime"]]
+    deployed = kpi.deployed
     support = [sum(row) for row in deployed["confusion_matrix"]]
     n = sum(support)
     if not n or max(support) / n < MAJORITY_SHARE_NOTED:
         return None
-    return t("acc_baseline", cls=kpi["classes"][support.index(max(support))], rate=format_pct(max(support) / n),
+    return t("acc_baseline", cls=kpi.classes[support.index(max(support))], rate=format_pct(max(support) / n),
              f1=f"{deployed['macro_f1']:.2f}", balanced=format_pct(deployed["balanced_accuracy"]))
 
 
-def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -> dict[str, Any]:
+def _speed(kpi: KpiRecord, labels: dict[str, str], t: Callable[..., str]) -> dict[str, Any]:
     """The speed card: the deployed model against the line, then two comparisons that say what they compare
     (teacher in PyTorch vs the deployed runtime; both models in PyTorch)."""
-    deployed = kpi["deployed_runtime"]
-    rows = {r["model"]: r for r in kpi["latency"]["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1}
+    deployed = kpi.deployed_runtime
+    rows = {r["model"]: r for r in kpi.latency["rows"] if r["mode"] == "end_to_end" and r["batch"] == 1}
     mine, teacher, student = rows.get(deployed), rows.get("teacher"), rows.get("student")
     teacher_onnx = rows.get("teacher-onnx")
     out: dict[str, Any] = {"p95_ms": mine["p95_ms"] if mine else None, "lines": []}
     if mine is None:
         return out
     runtime = mine["runtime"].split(" on ", 1)[-1].replace("ExecutionProvider", "")  # ONNX Runtime (CPU)
-    takt = kpi["latency"]["takt_ms"]
+    takt = kpi.latency["takt_ms"]
     p95 = format_number(mine["p95_ms"])
     out["lines"].append(t("speed_line", model=labels[deployed], p95=p95, runtime=runtime, takt=format_number(takt, 0))
                         if takt else t("speed_no_takt", model=labels[deployed], p95=p95, runtime=runtime))
@@ -212,15 +210,15 @@ def _speed(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -
     return out
 
 
-def automation_basis(kpi: dict[str, Any]) -> dict[str, Any]:
+def automation_basis(kpi: KpiRecord) -> dict[str, Any]:
     """The automation rate the savings use: the line's production mix where the recipe gives one
     (``line.defect_rate``), else the test split's; with its interval."""
-    production = kpi["operating"].get("production") or {}
+    production = kpi.operating.production or {}
     auto = production.get("automation_rate") or {}
     if auto.get("rate") is not None:
         return {"mix": "production", "rate": auto["rate"], "low": auto["low"], "high": auto["high"], "confidence": 0.95}
-    interval = kpi["intervals"]["automation_rate"]
-    return {"mix": "test", "rate": kpi["operating"]["test"]["automation_rate"], "low": interval["low"],
+    interval = kpi.intervals.automation_rate
+    return {"mix": "test", "rate": kpi.operating.test["automation_rate"], "low": interval["low"],
             "high": interval["high"], "n": interval["n"], "confidence": interval.get("confidence", 0.95)}
 
 
@@ -245,12 +243,12 @@ def _assumptions(money: dict[str, Any], defect_rate: Any = None) -> list[tuple[s
     return out
 
 
-def _test_mix(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, str]:
+def _test_mix(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, str]:
     """The test split's size and class mix, from the deployed model's confusion matrix (rows: true class)."""
-    cm = kpi["models"][kpi["deployed_runtime"]]["confusion_matrix"]
-    counts = {c: int(sum(row)) for c, row in zip(kpi["classes"], cm)}
+    cm = kpi.deployed["confusion_matrix"]
+    counts = {c: int(sum(row)) for c, row in zip(kpi.classes, cm)}
     n = sum(counts.values())
-    ok = kpi["operating"].get("ok_class")
+    ok = kpi.operating.ok_class
     if ok is None:
         mix = t("test_mix_defects_only", n=n)
     else:
@@ -265,15 +263,15 @@ def _share(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
-def _escapes(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any] | None:
+def _escapes(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any] | None:
     """Escapes and false rejects per class (defect classes first, worst first) and the sentences naming the worst
     defect class and the total; None for a line without an ok class (escapes are not defined there)."""
-    table = kpi["operating"].get("escapes_test")
+    table = kpi.operating.escapes_test
     if table is None:
         return None
-    if not kpi["operating"]["test"].get("accepted"):  # every part went to a person: zeros here would read as a pass
+    if not kpi.operating.test.get("accepted"):  # every part went to a person: zeros here would read as a pass
         return {"ok_class": table["ok_class"], "rows": [], "worst": None, "level": "95 %",
-                "sentences": [t("escapes_unmeasured", n=kpi["operating"]["test"]["images"])]}
+                "sentences": [t("escapes_unmeasured", n=kpi.operating.test["images"])]}
     rows = [{"class": c, **r} for c, r in table["classes"].items()]
     rows.sort(key=lambda r: (r["kind"] != "escape", -(r["rate"] or 0), -r["high"], r["class"]))
     sentences = []
@@ -284,28 +282,28 @@ def _escapes(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any] | Non
     elif worst is not None:  # no escape at all: the bound the smallest defect class allows is the honest figure
         sentences.append(t("worst_escape_zero", cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
                            level=_level(worst)))
-    total = kpi["intervals"].get("escape_rate")
+    total = kpi.intervals.escape_rate
     if total is not None:
         sentences.append(t("escape_overall", k=total["k"], n=total["n"], rate=format_rate_ci(total, t)))
     return {"ok_class": table["ok_class"], "rows": rows, "worst": table.get("worst"), "sentences": sentences,
             "level": _level(rows[0]) if rows else "95 %"}
 
 
-def operating_sentences(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]:
+def operating_sentences(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
     """What the operating threshold is worth, in two sentences: whether its target was certified on
     validation (with the certificate), then what actually happens on the test split. Abstaining is
     described only when the threshold sends some, but not all, parts to a person."""
-    op = kpi["operating"]
+    op = kpi.operating
     sentences = []
-    if op.get("certificate"):
-        message = certificate_message(op, kpi["val_images"], t)
-        sentences.append(t("op_certified" if op.get("certified") else "op_not_certified", message=message))
-    elif op.get("threshold") is not None:
-        sentences.append(t("op_no_target", thr=f"{op['threshold']:.6g}"))
+    if op.certificate:
+        message = certificate_message(op, kpi.val_images, t)
+        sentences.append(t("op_certified" if op.certified else "op_not_certified", message=message))
+    elif op.threshold is not None:
+        sentences.append(t("op_no_target", thr=f"{op.threshold:.6g}"))
     else:
         sentences.append(t("op_no_threshold"))
-    auto, acc = kpi["intervals"]["automation_rate"], kpi["intervals"]["accepted_accuracy"]
-    confirmation = _test_confirmation(op, kpi["intervals"], t)
+    auto, acc = kpi.intervals.automation_rate, kpi.intervals.accepted_accuracy
+    confirmation = _test_confirmation(op, kpi.intervals, t)
     if confirmation:
         sentences.append(confirmation)
     if auto["n"] and auto["k"] == auto["n"]:
@@ -314,24 +312,24 @@ def operating_sentences(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]
         sentences.append(t("out_none", n=auto["n"]))
     else:
         sentences.append(t("out_some", k=auto["k"], n=auto["n"], rate=format_rate_ci(auto, t), acc=format_rate_ci(acc, t),
-                           rest=auto["n"] - auto["k"], thr=f"{op['threshold']:.6g}"))  # as the certificate writes it
+                           rest=auto["n"] - auto["k"], thr=f"{op.threshold:.6g}"))  # as the certificate writes it
     return sentences
 
 
-def _test_confirmation(op: dict[str, Any], intervals: dict[str, Any], t: Callable[..., str]) -> str | None:
+def _test_confirmation(op: Operating, intervals: Intervals, t: Callable[..., str]) -> str | None:
     """Whether the test split confirms a certified operating target (the certificate is a validation claim;
     validation also chose the checkpoint and the temperature)."""
-    cert = op.get("certificate")
-    if not cert or not op.get("certified"):
+    cert = op.certificate
+    if not cert or not op.certified:
         return None
     limit = cert["limit"]
     if cert["risk"] == "accepted_error_rate":
-        acc = intervals.get("accepted_accuracy")
+        acc = intervals.accepted_accuracy
         if not acc or not acc["n"]:
             return None
         err, upper = 1.0 - acc["rate"], 1.0 - acc["low"]
     else:
-        esc = intervals.get("escape_rate")
+        esc = intervals.escape_rate
         if not esc or not esc["n"]:
             return None
         err, upper = esc["rate"], esc["high"]
@@ -344,10 +342,10 @@ def _percent_4g(x: float) -> str:
     return f"{x * 100:.4g} %"
 
 
-def certificate_message(op: dict[str, Any], val_images: int, t: Callable[..., str]) -> str:
+def certificate_message(op: Operating, val_images: int, t: Callable[..., str]) -> str:
     """The certificate of ``kit verify`` in the report's language, from its fields; in English the words
     of ``certificate["message"]`` (a test holds the two together)."""
-    cert, val = op["certificate"], op["val"]
+    cert, val = op.certificate or {}, op.val
     blocked = [c for c, v in (cert.get("class_escapes") or {}).items() if v["blocked"]]
     if blocked:
         v = cert["class_escapes"][blocked[0]]
@@ -355,11 +353,11 @@ def certificate_message(op: dict[str, Any], val_images: int, t: Callable[..., st
     accuracy = cert["risk"] == "accepted_error_rate"
     suffix = "_acc" if accuracy else "_esc"
     claim = _percent_4g(round(1.0 - cert["limit"], 12) if accuracy else cert["limit"])
-    level = _percent_4g(op["confidence"])
+    level = _percent_4g(op.confidence)
     parts = val_images if accuracy else val.get("defective_parts", 0)
-    if op.get("certified"):
+    if op.certified:
         taken = f"{val['automation_rate']:.1%}" if accuracy else str(val["escapes"])
-        return t("cert_ok" + suffix, parts=parts, claim=claim, level=level, thr=f"{op['threshold']:.6g}", taken=taken,
+        return t("cert_ok" + suffix, parts=parts, claim=claim, level=level, thr=f"{op.threshold:.6g}", taken=taken,
                  upper=_percent_4g(val["risk_upper"]))
     if cert["needed_images"] is None:
         return t("cert_zero" + suffix, claim=claim)
@@ -403,15 +401,15 @@ PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "acc
                     "max_class_escape_rate", "operating_risk_upper", "false_reject_rate"}
 
 
-def _check_interval(check: dict[str, Any], kpi: dict[str, Any]) -> dict[str, Any] | None:
+def _check_interval(check: Check, kpi: KpiRecord) -> dict[str, Any] | None:
     """The interval behind a gate check's value, where the value is a rate measured on the test split."""
-    if check["measure"] in ("accuracy", "automation_rate", "accepted_accuracy", "false_reject_rate"):
-        return kpi["intervals"].get(check["measure"])
-    escapes = kpi["operating"].get("escapes_test") or {}
-    if check["measure"] == "max_class_escape_rate":
+    if check.measure in ("accuracy", "automation_rate", "accepted_accuracy", "false_reject_rate"):
+        return kpi.intervals.of(check.measure)
+    escapes = kpi.operating.escapes_test or {}
+    if check.measure == "max_class_escape_rate":
         return (escapes.get("classes") or {}).get(escapes.get("worst") or "")
-    if check["measure"].startswith("escape_rate["):
-        return (escapes.get("classes") or {}).get(check["measure"][len("escape_rate["):-1])
+    if check.measure.startswith("escape_rate["):
+        return (escapes.get("classes") or {}).get(check.measure[len("escape_rate["):-1])
     return None
 
 
@@ -424,45 +422,45 @@ def _check_description(target: str, t: Callable[..., str]) -> str:
     return t("g_" + name)
 
 
-def _display(check: dict[str, Any], t: Callable[..., str], kpi: dict[str, Any]) -> dict[str, Any]:
+def _display(check: Check, t: Callable[..., str], kpi: KpiRecord) -> dict[str, Any]:
     """A gate check with its value and limit formatted in the measure's unit, and its interval when it has one.
     The accuracy gap reads as "better" / "worse", never as a signed loss."""
     def fmt(v: float | None) -> str:
         if v is None:
             return "–"
-        if check["measure"] == "latency_p95_ms":
+        if check.measure == "latency_p95_ms":
             return f"{v:.2f} ms"
-        if check["measure"] == "accuracy_gap":  # teacher minus student: positive = the small model is worse
+        if check.measure == "accuracy_gap":  # teacher minus student: positive = the small model is worse
             return t("gap_worse" if v > 0 else "gap_better", pts=f"{abs(100 * v):.1f}")
-        if check["measure"] in PERCENT_MEASURES or check["measure"].startswith(("escape_rate[", "recall_change[")):
+        if check.measure in PERCENT_MEASURES or check.measure.startswith(("escape_rate[", "recall_change[")):
             return f"{100 * v:.1f} %"
         return f"{v:.3f}"
 
     interval = _check_interval(check, kpi)
-    point = check.get("point", check["value"])
-    if check["limit"] is None:
+    point = check.point if "point" in check.model_fields_set else check.value
+    if check.limit is None:
         limit_text = ""
-    elif check["measure"] == "accuracy_gap":
-        limit_text = t("gap_limit", pts=f"{100 * check['limit']:.1f}")
+    elif check.measure == "accuracy_gap":
+        limit_text = t("gap_limit", pts=f"{100 * check.limit:.1f}")
     else:
-        limit_text = f"{'≤' if check['op'] == '<=' else '≥'} {fmt(check['limit'])}"
-    bound_text = t("bound_used", bound=fmt(check["bound"])) if check.get("gated_on") == "bound" else None
+        limit_text = f"{'≤' if check.op == '<=' else '≥'} {fmt(check.limit)}"
+    bound_text = t("bound_used", bound=fmt(check.bound)) if check.gated_on == "bound" else None
     thin = point_only(check)
     if thin:
-        bound_text = t("point_only_note", bound=fmt(check["bound"]))
-    if check["measure"] == "accuracy_gap" and check.get("bound") is not None:
+        bound_text = t("point_only_note", bound=fmt(check.bound))
+    if check.measure == "accuracy_gap" and check.bound is not None:
         gap = _gap_interval(kpi)
         ci_text = t("gap_ci", low=fmt(gap["low"]), high=fmt(gap["high"]), n=gap["n"]) if gap else None
     else:
         ci_text = format_ci(interval, t) if interval else None
-    return {**check, "description": _check_description(check["target"], t), "point_only": thin,
-            "target_text": t("takt_fields") if check["target"] == "line takt" else check["target"],
+    return {**check.to_dict(), "description": _check_description(check.target, t), "point_only": thin,
+            "target_text": t("takt_fields") if check.target == "line takt" else check.target,
             "value_text": fmt(point), "ci_text": ci_text, "bound_text": bound_text, "limit_text": limit_text}
 
 
-def _gap_interval(kpi: dict[str, Any]) -> dict[str, Any] | None:
+def _gap_interval(kpi: KpiRecord) -> dict[str, Any] | None:
     """The accuracy gap (teacher minus deployed) as a paired bootstrap interval, from kpi.json's differences."""
-    pair = next((d for d in kpi.get("differences", []) if d["name"] == "deployed_vs_teacher" and d["diff"] is not None), None)
+    pair = next((d for d in kpi.differences if d["name"] == "deployed_vs_teacher" and d["diff"] is not None), None)
     return None if pair is None else {"low": -pair["high"], "high": -pair["low"], "n": pair["n"]}
 
 
@@ -534,9 +532,8 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
         write_pdf(html, staging / PDF_NAME, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
     shutil.rmtree(run_dir / STALE_REPORT_DIR, ignore_errors=True)  # superseded by the report just written
-    kpi = read_json(kpi_path(run_dir))
-    gated = [c for c in kpi["gate"]["checks"] if c["gated"]]
-    go = None if not gated else bool(kpi["gate"]["passed"])
+    gate = read_kpi(run_dir).gate
+    go = None if not gate.gated else gate.passed
     mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf,
                sources={s["file"]: s["sha256"] for s in source_hashes(run_dir)})
     log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; "

@@ -43,10 +43,12 @@ def family_name(family: str, t: Translate) -> str:
         return family
 
 
-def robustness_chart(kpi: dict[str, Any], models: list[str], labels: dict[str, str], t: Translate) -> bytes:
-    """Grouped bars: mean accuracy per family for each model; held-out families hatched."""
-    fams = list(kpi["robustness"]["families"])
-    summary = kpi["robustness"]["summary"]
+def robustness_chart(robustness: dict[str, Any], models: list[str], labels: dict[str, str], t: Translate) -> bytes:
+    """Grouped bars: mean accuracy per family for each model; held-out families hatched. ``robustness``:
+    ``kpi.json``'s robustness section (``kit.verify.robustness.run_suite``)."""
+    families = robustness["families"]
+    fams = list(families)
+    summary = robustness["summary"]
     fig, ax = plt.subplots(figsize=(9.5, 3.6))
     width = 0.8 / max(1, len(models))
     x = np.arange(len(fams))
@@ -55,11 +57,11 @@ def robustness_chart(kpi: dict[str, Any], models: list[str], labels: dict[str, s
         bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=labels.get(m, m),
                       color=COLOURS.get(m, DEFAULT_COLOUR))
         for bar, f in zip(bars, fams):
-            if kpi["robustness"]["families"][f]["coverage"] == "held-out":
+            if families[f]["coverage"] == "held-out":
                 bar.set_hatch("///")
                 bar.set_edgecolor("white")
     names = [family_name(f, t) for f in fams]
-    ax.set_xticks(x, [f"{name}\n({t('held_out')})" if kpi["robustness"]["families"][f]["coverage"] == "held-out" else name
+    ax.set_xticks(x, [f"{name}\n({t('held_out')})" if families[f]["coverage"] == "held-out" else name
                       for f, name in zip(fams, names)], rotation=40, ha="right", fontsize=8)
     ax.set_ylabel(t("chart_accuracy"))
     ax.set_ylim(0, 100)

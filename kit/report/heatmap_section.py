@@ -15,15 +15,16 @@ from typing import Any, Callable
 from deploy.errors import DeployError
 from deploy.preprocess import read_image
 from kit.rundir import BUNDLE_DIR, read_split
+from kit.verify.record import KpiRecord
 
 MISTAKES = 6  # most confident mistakes shown
 OVERLAY_PX = 192  # overlay side in the report (the PNGs are inline: ~50 kB each at this size)
 
 
-def localisation_context(run_dir: Path, kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
+def localisation_context(run_dir: Path, kpi: KpiRecord, recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
     """Everything ``_localisation.html.j2`` shows; None when the bundle cannot be run here at all."""
-    section = kpi.get("localisation") or {}
-    examples = _examples(run_dir, kpi, recipe, t)
+    section = kpi.localisation or {}
+    examples = _examples(run_dir, kpi.deployed_runtime, recipe, t)
     if examples is None and not section:
         return None
     return {"status": section.get("status"), "reason": section.get("reason"),
@@ -57,7 +58,7 @@ def _cost(cost: dict[str, Any] | None, t: Callable[..., str]) -> str | None:
              pct=f"{cost['added_p50_pct']:+.0f}" if cost.get("added_p50_pct") is not None else "?")  # timing noise can be < 0
 
 
-def _examples(run_dir: Path, kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
+def _examples(run_dir: Path, deployed: str, recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
     """Overlays of the most confident mistakes and of the most confident correct part per class."""
     from deploy.overlay import encode_overlay, overlay_caption, render_overlay
     from deploy.predictor import Predictor
@@ -65,7 +66,7 @@ def _examples(run_dir: Path, kpi: dict[str, Any], recipe: Any, t: Callable[..., 
 
     bundle = run_dir / BUNDLE_DIR
     predictor = None
-    for runtime in dict.fromkeys([kpi.get("deployed_runtime") or "onnx", "onnx"]):
+    for runtime in dict.fromkeys([deployed or "onnx", "onnx"]):
         try:
             predictor = Predictor.from_bundle(bundle, runtime)
             break

@@ -8,18 +8,19 @@ from typing import Any, Callable
 from kit.report.charts import family_name
 from kit.report.economics import net_savings
 from kit.report.format import format_number, format_pct, level
+from kit.verify.record import KpiRecord
 
 
 def _range_pct(x: dict[str, Any], digits: int = 1) -> str:
     return f"{format_pct(x['low'], digits)}–{format_pct(x['high'], digits)}"
 
 
-def production_sentences(kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> list[str]:
+def production_sentences(kpi: KpiRecord, recipe: Any, t: Callable[..., str]) -> list[str]:
     """The production-mix figures, or the statement that figures use the test mix."""
-    op = kpi["operating"]
-    prod = op.get("production")
+    op = kpi.operating
+    prod = op.production
     if prod is None:
-        if op.get("ok_class") is None:
+        if op.ok_class is None:
             return []
         return [t("mix_test_only")]
     out = []
@@ -28,7 +29,7 @@ def production_sentences(kpi: dict[str, Any], recipe: Any, t: Callable[..., str]
         mix = t("sep").join(f"{c} {format_pct(v, 2)}" for c, v in rate.items())
     else:
         mix = format_pct(rate, 2)
-    out.append(t("mix_production", mix=mix, ok=op["ok_class"], ok_share=format_pct(prod["weights"][op["ok_class"]], 2)))
+    out.append(t("mix_production", mix=mix, ok=op.ok_class, ok_share=format_pct(prod["weights"][op.ok_class], 2)))
     auto, esc, fr = prod["automation_rate"], prod["escapes_per_million"], prod["false_rejects_per_million"]
     if auto.get("rate") is None:
         return out + [t("mix_missing_class", classes=", ".join(auto.get("missing_classes", [])))]
@@ -38,14 +39,14 @@ def production_sentences(kpi: dict[str, Any], recipe: Any, t: Callable[..., str]
     return out
 
 
-def net_context(kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
+def net_context(kpi: KpiRecord, recipe: Any, t: Callable[..., str]) -> dict[str, Any] | None:
     """Net savings per month (production mix where the recipe gives one, else the test mix) and its sentences."""
-    op = kpi["operating"]
-    production = op.get("production")
+    op = kpi.operating
+    production = op.production
     if production is not None and production["automation_rate"].get("rate") is not None:
         figures, mix = {k: production[k] for k in ("automation_rate", "escapes_per_part", "false_rejects_per_part")}, "production"
     else:
-        figures, mix = op.get("test_mix"), "test"
+        figures, mix = op.test_mix, "test"
     net = net_savings(figures, recipe.economics, mix)
     if net is None:
         return None
@@ -63,26 +64,26 @@ def net_context(kpi: dict[str, Any], recipe: Any, t: Callable[..., str]) -> dict
     return {**net, "lines": lines}
 
 
-def corruption_sentence(kpi: dict[str, Any], t: Callable[..., str]) -> str | None:
+def corruption_sentence(kpi: KpiRecord, t: Callable[..., str]) -> str | None:
     """The corruption family and severity under which the deployed model lets most defects through."""
-    decisions = kpi["robustness"].get("decisions")
+    decisions = kpi.robustness.get("decisions")
     worst = (decisions or {}).get("worst")
     if not worst:
         return None
     esc = worst["escape_rate"]
-    if not kpi["operating"]["test"].get("accepted"):  # nothing decided alone: no escape could happen, none measured
+    if not kpi.operating.test.get("accepted"):  # nothing decided alone: no escape could happen, none measured
         return None
     if esc["k"] == 0:
         return t("no_corruption_escape", cells=len(decisions["cells"]), n=esc["n"])
     return t("worst_corruption", family=family_name(worst["family"], t), severity=worst["severity"], k=esc["k"], n=esc["n"],
              rate=format_pct(esc["rate"]), high=format_pct(esc["high"]), level=level(esc),
-             images=kpi["robustness"]["images"])
+             images=kpi.robustness["images"])
 
 
-def difference_rows(kpi: dict[str, Any], labels: dict[str, str], t: Callable[..., str]) -> list[dict[str, str]]:
+def difference_rows(kpi: KpiRecord, labels: dict[str, str], t: Callable[..., str]) -> list[dict[str, str]]:
     """Paired differences in test accuracy (a - b), each with its bootstrap interval, in words."""
     rows = []
-    for d in kpi.get("differences", []):
+    for d in kpi.differences:
         if d["diff"] is None:
             continue
         pts = 100 * d["diff"]

@@ -17,45 +17,47 @@ import math
 from typing import Any, Callable
 
 from kit.report.charts import family_name
+from kit.verdict import Check
+from kit.verify.record import KpiRecord
 from kit.verify.stats import zero_failure_sample_size
 
 GO, SHADOW, NO_GO, NONE = "go", "shadow", "no_go", "none"
 GATE_BOUND_CONFIDENCE = 0.975  # one-sided level of the upper end of a two-sided 95 % interval
 
 
-def _defect_share(kpi: dict[str, Any], cls: str | None) -> float | None:
+def _defect_share(kpi: KpiRecord, cls: str | None) -> float | None:
     """Production share of one defect class (or of all defects), from the production mix, if the recipe gives one."""
-    production = kpi["operating"].get("production")
+    production = kpi.operating.production
     if not production:
         return None
     weights = production["weights"]
-    ok = kpi["operating"].get("ok_class")
+    ok = kpi.operating.ok_class
     return weights.get(cls) if cls else sum(w for c, w in weights.items() if c != ok)
 
 
-def _worst_family(kpi: dict[str, Any], deployed: str, held_out_only: bool) -> str | None:
-    summary = kpi["robustness"]["summary"].get(deployed) or {}
-    fams = kpi["robustness"]["families"]
+def _worst_family(kpi: KpiRecord, deployed: str, held_out_only: bool) -> str | None:
+    summary = kpi.robustness["summary"].get(deployed) or {}
+    fams = kpi.robustness["families"]
     scores = {f: v for f, v in (summary.get("per_family") or {}).items()
               if v is not None and (not held_out_only or fams[f]["coverage"] == "held-out")}
     return min(scores, key=scores.get) if scores else None
 
 
-def _action(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -> str:
-    target, deployed = check["target"], kpi["deployed_runtime"]
+def _action(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
+    target, deployed = check.target, kpi.deployed_runtime
     if target == "verify.threshold":
-        cert = kpi["operating"].get("certificate") or {}
+        cert = kpi.operating.certificate or {}
         needed = cert.get("needed_images")
         if needed:
-            return t("act_certify", needed=needed, n=kpi["val_images"])
+            return t("act_certify", needed=needed, n=kpi.val_images)
         return t("act_certify_errors")
-    if (target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate") and check["value"] is None:
+    if (target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate") and check.value is None:
         return t("act_escape_unmeasured")
     if target.startswith("kpi.max_class_escape_rate"):
-        cls = target[target.index("[") + 1:-1] if "[" in target else kpi["measured"].get("worst_escape_class")
+        cls = target[target.index("[") + 1:-1] if "[" in target else kpi.measured.worst_escape_class
         return t("act_escape", cls=cls or "?")
     if target == "kpi.max_false_reject_rate":
-        return t("act_false_reject", ok=kpi["operating"].get("ok_class") or "?")
+        return t("act_false_reject", ok=kpi.operating.ok_class or "?")
     if target in ("kpi.min_relative_robustness", "kpi.min_heldout_relative_robustness"):
         fam = _worst_family(kpi, deployed, target == "kpi.min_heldout_relative_robustness")
         return t("act_robustness", family=family_name(fam, t) if fam else "?")
@@ -70,14 +72,14 @@ def _action(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -
     return t("act_see_table")
 
 
-def _shadow_need(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., str]) -> str:
+def _shadow_need(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
     """What a shadow period must show for a target met only as a point estimate."""
-    target, limit = check["target"], check["limit"]
+    target, limit = check.target, check.limit
     if target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate":
         if target == "kpi.max_false_reject_rate":
-            cls, what = kpi["operating"].get("ok_class"), "good"
+            cls, what = kpi.operating.ok_class, "good"
         else:
-            cls = target[target.index("[") + 1:-1] if "[" in target else kpi["measured"].get("worst_escape_class")
+            cls = target[target.index("[") + 1:-1] if "[" in target else kpi.measured.worst_escape_class
             what = "defect"
         # the gate's bound is the upper end of a two-sided 95 % Clopper-Pearson interval: one-sided 97.5 %
         needed = zero_failure_sample_size(limit, GATE_BOUND_CONFIDENCE) if limit and limit > 0 else None
@@ -89,18 +91,18 @@ def _shadow_need(check: dict[str, Any], kpi: dict[str, Any], t: Callable[..., st
         if share:
             return t("shadow_escape_mix", n=needed, cls=cls, limit=f"{100 * limit:g} %", parts=f"{math.ceil(needed / share):,}")
         return t("shadow_escape" if what == "defect" else "shadow_false_reject", n=needed, cls=cls, limit=f"{100 * limit:g} %")
-    bound = check.get("bound")
+    bound = check.bound
     if target == "kpi.max_accuracy_gap":
         return t("shadow_gap", limit=f"{100 * limit:g}", bound=f"{100 * bound:.1f}" if bound is not None else "?")
     return t("shadow_bound", target=t("g_" + target.removeprefix("kpi.").split("[")[0].replace(" ", "_")),
              bound=f"{100 * bound:.1f} %" if bound is not None else "?", limit=f"{100 * limit:g} %")
 
 
-def _every_class_need(kpi: dict[str, Any], needed: int, limit: float, t: Callable[..., str]) -> str:
-    ok = kpi["operating"].get("ok_class")
-    defects = [c for c in (kpi["operating"].get("escapes_test") or {}).get("classes", {}) if c != ok]
+def _every_class_need(kpi: KpiRecord, needed: int, limit: float, t: Callable[..., str]) -> str:
+    ok = kpi.operating.ok_class
+    defects = [c for c in (kpi.operating.escapes_test or {}).get("classes", {}) if c != ok]
     classes = t("sep").join(defects)
-    production = kpi["operating"].get("production")
+    production = kpi.operating.production
     shares = [production["weights"][c] for c in defects if production and production["weights"].get(c)] if production else []
     if shares:  # the rarest defect class sets how long the shadow period runs
         return t("shadow_escape_all_mix", n=needed, classes=classes, limit=f"{100 * limit:g} %",
@@ -108,35 +110,35 @@ def _every_class_need(kpi: dict[str, Any], needed: int, limit: float, t: Callabl
     return t("shadow_escape_all", n=needed, classes=classes, limit=f"{100 * limit:g} %")
 
 
-def point_only(check: dict[str, Any]) -> bool:
+def point_only(check: Check) -> bool:
     """A gated check met on its value while the pessimistic end of its interval is past the limit."""
-    if not check["gated"] or not check["passed"] or check.get("bound") is None or check.get("gated_on", "point") != "point":
+    if not check.gated or not check.passed or check.bound is None or (check.gated_on or "point") != "point":
         return False
-    return not (check["bound"] <= check["limit"] + 1e-12 if check["op"] == "<=" else check["bound"] >= check["limit"] - 1e-12)
+    return not (check.bound <= check.limit + 1e-12 if check.op == "<=" else check.bound >= check.limit - 1e-12)
 
 
-def _corruption_warning(kpi: dict[str, Any], t: Callable[..., str]) -> list[str]:
+def _corruption_warning(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
     """Line conditions under which the model lets defects through beyond the escape limit (or 5 %)."""
-    worst = ((kpi["robustness"].get("decisions") or {}).get("worst")) or {}
+    worst = ((kpi.robustness.get("decisions") or {}).get("worst")) or {}
     esc = worst.get("escape_rate")
-    limit = next((c["limit"] for c in kpi["gate"]["checks"] if c["target"] == "kpi.max_class_escape_rate" and c["gated"]), 0.05)
+    limit = next((c.limit for c in kpi.gate.gated if c.target == "kpi.max_class_escape_rate"), 0.05)
     if not esc or esc["rate"] is None or esc["rate"] <= limit:
         return []
     return [t("act_corruption", family=family_name(worst["family"], t), severity=worst["severity"],
               rate=f"{100 * esc['rate']:.1f} %")]
 
 
-def recommend(kpi: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:
-    checks = [c for c in kpi["gate"]["checks"] if c["gated"]]
+def recommend(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any]:
+    checks = kpi.gate.gated
     if not checks:
         return {"kind": NONE, "reasons": [], "actions": [], "warnings": []}
     warnings = _corruption_warning(kpi, t)
-    failed = [c for c in checks if not c["passed"]]
+    failed = [c for c in checks if not c.passed]
     if failed:
         actions = list(dict.fromkeys(_action(c, kpi, t) for c in failed))
-        return {"kind": NO_GO, "reasons": [c["target"] for c in failed], "actions": actions, "warnings": warnings}
+        return {"kind": NO_GO, "reasons": [c.target for c in failed], "actions": actions, "warnings": warnings}
     thin = [c for c in checks if point_only(c)]
     if thin:
-        return {"kind": SHADOW, "reasons": [c["target"] for c in thin],
+        return {"kind": SHADOW, "reasons": [c.target for c in thin],
                 "actions": list(dict.fromkeys(_shadow_need(c, kpi, t) for c in thin)), "warnings": warnings}
     return {"kind": GO, "reasons": [], "actions": [t("act_go")], "warnings": warnings}

@@ -24,6 +24,7 @@ from kit.rundir import (
 )
 from kit.run.context import RunContext
 from kit.train.distributed import shutdown
+from kit.verify.record import KpiRecord, read_kpi
 
 # ``kit run --stop-after X`` -> the last stage that runs
 STOP_POINTS = {"train": "evaluate", "export": "export", "verify": "verify", "report": "report"}
@@ -34,13 +35,13 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None  # from export, when the chain got that far
-    kpi: dict[str, Any] | None = None  # from verify
+    kpi: KpiRecord | None = None  # from verify (``kit.verify.record``)
     report: Path | None = None  # report/report.html
 
     @property
     def passed(self) -> bool:
         """Every gate that ran (parity, KPI) passed."""
-        return (self.parity is None or bool(self.parity["passed"])) and (self.kpi is None or bool(self.kpi["gate"]["passed"]))
+        return (self.parity is None or bool(self.parity["passed"])) and (self.kpi is None or self.kpi.gate.passed)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def build_stages(recipe: Any) -> list[Stage]:
               result=("parity", lambda ctx: read_json(parity_path(ctx.run_dir))),
               skip_note=lambda ctx: f"export: already done ({ctx.run_dir / BUNDLE_DIR})"),
         Stage("verify", _verify, _current("verify", ("done", "gate-failed"), kpi_path), records_itself=True,
-              result=("kpi", lambda ctx: read_json(kpi_path(ctx.run_dir))),
+              result=("kpi", lambda ctx: read_kpi(ctx.run_dir)),
               skip_note=lambda ctx: f"verify: already done ({kpi_path(ctx.run_dir)}); `kit verify {ctx.run_dir}` measures again"),
         Stage("report", _report, _current("report", ("done",), report_html_path), records_itself=True,
               result=("report", lambda ctx: report_html_path(ctx.run_dir)),

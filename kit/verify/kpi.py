@@ -22,7 +22,7 @@ from deploy.predictor import auto_runtime, softmax
 from deploy.runtimes.tensorrt_backend import tensorrt_unavailable_reason
 from kit.device import resolve_device
 from kit.evaluate import classification_metrics
-from kit.io import publish_dir, read_json, staging_dir, write_csv_atomic, write_json_atomic
+from kit.io import publish_dir, staging_dir, write_csv_atomic, write_json_atomic
 from kit.recipe import Recipe, read_recipe_lock, recipe_hash
 from kit.recipe.schema import ThresholdTarget
 from kit.rundir import (
@@ -34,6 +34,7 @@ from kit.verify import calibration, gate, latency, robustness, stats, threshold
 from kit.verify.escapes import escape_table
 from kit.verify.localisation import localisation_section
 from kit.verify.machine import measuring_machine
+from kit.verify.record import KPI_SCHEMA_VERSION, Intervals, KpiRecord, Measured, Operating, read_kpi, write_kpi
 from kit.verify import production
 from kit.verify import regression
 from kit.views.corruptions import coverage, list_corruptions
@@ -43,11 +44,11 @@ from kit.scorers import Scorer, bundle_scorer, onnx_file_scorer, torch_scorer
 @dataclass
 class VerifyResult:
     verify_dir: Path
-    kpi: dict[str, Any]
+    kpi: KpiRecord
 
     @property
     def passed(self) -> bool:
-        return bool(self.kpi["gate"]["passed"])
+        return self.kpi.gate.passed
 
 
 def _kl(p_ref: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -153,8 +154,8 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     verdict = gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms, gate_bounds(intervals, operating, differences))
     previous = regression.previous_section(recipe, run_dir, classes, test_logits[deployed], test.labels, log)  # None: first model
     verdict = regression.with_regression_checks(verdict, previous)
-    kpi = {
-        "line": recipe.line.name, "run_dir": str(run_dir), "run_id": state.get("run_id"), "recipe_hash": recipe_hash(recipe),
+    kpi = KpiRecord.model_validate({
+        "schema_version": KPI_SCHEMA_VERSION, "line": recipe.line.name, "run_dir": str(run_dir), "run_id": state.get("run_id"), "recipe_hash": recipe_hash(recipe),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": classes, "test_images": int(len(test.labels)), "val_images": int(len(val.labels)),
         "deployed_runtime": deployed, "skipped_runtimes": skipped,
@@ -166,11 +167,11 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "machine": measuring_machine(device),
         "localisation": localisation_section(run_dir, recipe, test.paths, [classes[i] for i in test.labels], classes,
                                              bundle, deployed, log),
-    }
+    })
     verify_dir = write_verify_dir(run_dir, kpi)
     mark_report_stale(run_dir, "kit verify")  # a report of the previous measurements must not look current
     mark_stage(  # drops the report: it shows the previous measurements
-        run_dir, state, "verify", time.perf_counter() - started, status="done" if verdict["passed"] else "gate-failed")
+        run_dir, state, "verify", time.perf_counter() - started, status="done" if kpi.gate.passed else "gate-failed")
     return VerifyResult(verify_dir, kpi)
 
 
@@ -374,29 +375,29 @@ def rate_intervals(logits: np.ndarray, labels: np.ndarray, operating: dict[str, 
     return {"accuracy": stats.rate(correct, len(labels)), **operating["test"].get("intervals", {})}
 
 
-def write_verify_dir(run_dir: Path, kpi: dict[str, Any]) -> Path:
+def write_verify_dir(run_dir: Path, record: KpiRecord) -> Path:
     staging = staging_dir(run_dir / VERIFY_DIR)
-    write_json_atomic(staging / KPI_NAME, kpi)
-    _write_tables(staging, kpi)
+    write_kpi(staging / KPI_NAME, record)
+    _write_tables(staging, record)
     return publish_dir(staging, run_dir / VERIFY_DIR)
 
 
-def _write_tables(folder: Path, kpi: dict[str, Any]) -> None:
-    models = kpi["models"]
+def _write_tables(folder: Path, record: KpiRecord) -> None:
+    models = record.models
     write_csv_atomic(folder / VERIFY_METRICS_CSV, [
         {"model": n, "kind": m["kind"], "runtime": m["runtime"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
          "teacher_agreement": m.get("agreement"), "mean_kl_vs_teacher": m.get("mean_kl")} for n, m in models.items()])
     write_csv_atomic(folder / PER_CLASS_CSV, [
         {"model": n, "class": c, **v} for n, m in models.items() for c, v in m["per_class"].items()])
-    write_csv_atomic(folder / ROBUSTNESS_CSV, kpi["robustness"]["rows"])
+    write_csv_atomic(folder / ROBUSTNESS_CSV, record.robustness["rows"])
     write_csv_atomic(folder / ROBUSTNESS_SUMMARY_CSV, [
         {"model": n, "families": part, "clean_accuracy": s["clean_accuracy"], "mean_accuracy": s[part]["mean_accuracy"],
          "relative_robustness": s[part]["relative_robustness"], "flip_rate": s[part]["flip_rate"],
          "teacher_agreement": s[part]["teacher_agreement"]}
-        for n, s in kpi["robustness"]["summary"].items() for part in ("all", "in_recipe", "held_out")])
-    write_csv_atomic(folder / LATENCY_CSV, kpi["latency"]["rows"])
-    write_csv_atomic(folder / RELIABILITY_CSV, kpi["calibration"]["reliability_test"])
-    write_csv_atomic(folder / GATE_CSV, kpi["gate"]["checks"])
+        for n, s in record.robustness["summary"].items() for part in ("all", "in_recipe", "held_out")])
+    write_csv_atomic(folder / LATENCY_CSV, record.latency["rows"])
+    write_csv_atomic(folder / RELIABILITY_CSV, record.calibration["reliability_test"])
+    write_csv_atomic(folder / GATE_CSV, [c.to_dict() for c in record.gate.checks])
 
 
 def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -422,15 +423,17 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
         log(f"threshold: {operating['certificate']['message']}")
     path = kpi_path(run_dir)
     if path.is_file():
-        kpi = read_json(path)
-        kpi["operating"] = operating
-        kpi["measured"].update(operating_measures(operating))
-        kpi.setdefault("intervals", {}).update(operating["test"]["intervals"])
-        kpi["gate"] = regression.with_regression_checks(
-            gate.evaluate_gate(kpi["measured"], recipe.kpi, recipe.line.takt_ms, gate_bounds(kpi["intervals"], operating, kpi.get("differences"))),
-            kpi.get("previous"))
-        write_json_atomic(path, kpi)
-        write_csv_atomic(path.parent / GATE_CSV, kpi["gate"]["checks"])
+        record = read_kpi(path)
+        measured = {**record.measured.to_dict(), **operating_measures(operating)}
+        intervals = {**record.intervals.to_dict(), **operating["test"]["intervals"]}
+        previous = record.previous.to_dict() if record.previous is not None else None
+        verdict = regression.with_regression_checks(
+            gate.evaluate_gate(measured, recipe.kpi, recipe.line.takt_ms, gate_bounds(intervals, operating, record.differences)),
+            previous)
+        record.operating, record.measured = Operating.model_validate(operating), Measured.model_validate(measured)
+        record.intervals, record.gate = Intervals.model_validate(intervals), verdict
+        write_kpi(path, record)
+        write_csv_atomic(path.parent / GATE_CSV, [c.to_dict() for c in record.gate.checks])
         log(f"threshold: updated {path}")
     mark_report_stale(run_dir, "kit threshold")
     return operating
