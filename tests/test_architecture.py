@@ -200,7 +200,8 @@ def test_kit_has_no_import_loop():
 
 
 def test_deploy_has_no_import_loop():
-    """Separate from the kit's: the runtimes and serve loops are untangled on the station branch."""
+    """Separate from the kit's: ``deploy.runtimes`` imports its backends (never the reverse), and the station is a
+    package of its own (``deploy/serve/``) that nothing below it imports."""
     loops = [loop for loop in _loops(EDGES) if all(m.startswith("deploy") for m in loop)]
     assert not loops, "import loops: " + "; ".join(" <-> ".join(loop) for loop in loops)
 
@@ -223,3 +224,19 @@ def test_every_folder_is_a_package():
     folders = {p.parent for top in ("kit", "deploy") for p in (ROOT / top).rglob("*.py")}
     missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file())
     assert not missing, f"no __init__.py in {', '.join(missing)}"
+
+
+# The station is read by integrators who must change it: every function fits on a screen.
+STATION_MAX_FUNCTION_LINES = 80
+
+
+def test_no_station_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted((ROOT / "deploy" / "serve").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > STATION_MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} {lines} lines")
+    assert (ROOT / "deploy" / "serve" / "app.py").is_file()
+    assert not long, "; ".join(long)
