@@ -256,8 +256,10 @@ def _variant_tag(args: argparse.Namespace) -> str:
     return "_" + "-".join(parts) if parts else ""
 
 
-def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-distill-{name}-"))
+def open_bench(name: str, args: argparse.Namespace, prefix: str) -> Bench | None:
+    """The dataset's bench in its work folder (``--work-dir``/NAME, else a new temporary one), claimed for these
+    settings; None, with one line, when the dataset is absent (x-sdd outside this machine)."""
+    work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"{prefix}-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         bench = prepare(name, args, work)
@@ -265,6 +267,14 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
         print(f"{name}: skipped ({exc})")
         return None
     _claim_work_dir(work, args)
+    return bench
+
+
+def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    bench = open_bench(name, args, "kit-distill")
+    if bench is None:
+        return None
+    work = bench.work
     rows_path = work / "rows.jsonl"
     teacher, teacher_path = _teacher(bench, args)
     if not any(r["method"] == "teacher" for r in read_rows(rows_path)):

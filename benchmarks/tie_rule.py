@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,8 @@ import torch  # noqa: E402
 
 import kit.train.loop as training_loop  # noqa: E402
 from benchmarks.common import append_results, markdown_table  # noqa: E402
-from benchmarks.distill_quality import (DATASETS, METHODS, SETTINGS, Bench, _append_row, _claim_work_dir, _teacher,  # noqa: E402
-                                        prepare, read_rows)
-from kit.errors import DataError  # noqa: E402
+from benchmarks.distill_quality import (DATASETS, METHODS, SETTINGS, Bench, _append_row, _teacher, open_bench,  # noqa: E402
+                                        read_rows)
 from kit.evaluate import classification_metrics, predict_logits  # noqa: E402
 from kit.models import load_model  # noqa: E402
 from kit.recipe import load_recipe  # noqa: E402
@@ -119,17 +117,12 @@ def bench_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]] |
     size, teacher_epochs, epochs = BUDGETS[name] if args.budget == "reduced" else (0, 0, 0)  # 0: the recipe's own
     args.image_size, args.epochs = args.image_size or size, args.epochs or epochs
     args.teacher_epochs = args.teacher_epochs or teacher_epochs
-    work = Path(args.work_dir) / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"kit-tie-{name}-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        bench = prepare(name, args, work)
-    except DataError as exc:
-        print(f"{name}: skipped ({exc})")
+    bench = open_bench(name, args, "kit-tie")
+    if bench is None:
         return None
-    _claim_work_dir(work, args)
     teacher, _ = _teacher(bench, args)
     teacher_val = predict_logits(teacher, bench.splits["val"].tensors(bench.spec), bench.setup.device).argmax(1).numpy()
-    rows_path = work / "tie_rows.jsonl"
+    rows_path = bench.work / "tie_rows.jsonl"
     done = {r["seed"] for r in read_rows(rows_path)}
     for seed in range(args.seeds):
         if seed in done:
