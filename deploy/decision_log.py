@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from deploy.errors import DeployError
+from deploy.filenames import readable
 
 if TYPE_CHECKING:
     from deploy.predictor import Decision
@@ -49,7 +50,15 @@ class DecisionRecord:
     decision_id: str | None = None  # unique per decision (deploy watch's journal finds its records by it)
 
     def to_line(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+        """One JSON line, valid UTF-8: a part id or image name holding bytes that are not UTF-8 (a file name
+        from the line, ``deploy.filenames``) is written in its readable form."""
+        fields = asdict(self)
+        line = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = json.dumps(_readable_strings(fields), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return line + "\n"
 
     @classmethod
     def from_decision(cls, decision: "Decision", *, part_id: str | None, image_sha256: str, model_id: str, source: str,
@@ -67,6 +76,16 @@ class DecisionRecord:
     def from_dict(cls, d: dict[str, Any]) -> "DecisionRecord":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _readable_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return readable(value)
+    if isinstance(value, dict):
+        return {_readable_strings(k): _readable_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_readable_strings(v) for v in value]
+    return value
 
 
 def utc_now() -> datetime:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = MANIFEST_NAME) -> "Manifest":
+        """Every value that steers a decision must be written out (``steering_values``); none is filled in."""
         if d.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{source}: not an inspection-kit bundle manifest (format {d.get('format')!r})")
         if d.get("version") != BUNDLE_VERSION:
@@ -74,18 +76,12 @@ class Manifest:
         known = {"format", "version", "classes", "preprocess", "input", "output", "temperature", "operating_threshold",
                  "decision", "artefacts"}
         try:
-            classes = list(d["classes"])
-            decision = d.get("decision")
-            if decision is None and isinstance(d.get("operating_point"), dict):
-                # A bundle verified before model.json had a decision block: its certified good-part class is
-                # in operating_point; without it every confident defect would be "accept".
-                decision = {"ok_class": d["operating_point"].get("ok_class")}
+            classes = _classes(d.get("classes"), source)
+            temperature, threshold, decision = steering_values(d, source)
             rule = DecisionRule.from_dict(decision, classes, source=f"{source}: decision")
-            threshold = d.get("operating_threshold", rule.threshold)
             return cls(
                 classes=classes, preprocess=PreprocessSpec.from_dict(d["preprocess"]),
-                artefacts=dict(d["artefacts"]), temperature=float(d.get("temperature", 1.0)),
-                operating_threshold=None if threshold is None else float(threshold),
+                artefacts=dict(d["artefacts"]), temperature=temperature, operating_threshold=threshold,
                 ok_class=rule.ok_class, class_thresholds=dict(rule.class_thresholds),
                 extra={k: v for k, v in d.items() if k not in known},
             )
@@ -93,6 +89,98 @@ class Manifest:
             raise BundleError(str(exc)) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number as float, else None (a bool is no number here, a string neither)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _classes(value: Any, source: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise BundleError(f"{source}: classes: expected a non-empty list of class names, got {value!r}")
+    twice = next((c for i, c in enumerate(value) if c in value[:i]), None)
+    if twice is not None:
+        raise BundleError(f"{source}: classes: {twice!r} is named twice")
+    return list(value)
+
+
+def steering_values(d: dict[str, Any], source: str) -> tuple[float, float | None, dict[str, Any]]:
+    """(temperature, operating threshold, decision block) of a manifest, each written out explicitly.
+
+    These decide what happens to a part; a default filled in for a missing one turned a confident defect into
+    ``accept`` (no ``ok_class``), skipped calibration (no temperature) or removed the review band (no
+    threshold), with no word. ``kit export`` writes all of them and ``kit verify`` rewrites them, so a bundle
+    the kit wrote always has them; a missing one means a hand-edited or truncated ``model.json``. An explicit
+    ``null`` is a decision of its own: ``operating_threshold: null`` is "no review band", ``ok_class: null``
+    "a line without a good-part class". A bundle verified before ``decision`` existed names its certified
+    good-part class in ``operating_point.ok_class``, which stands in for the block.
+    """
+    if "temperature" not in d:
+        raise BundleError(f"{source}: temperature: missing; write the calibrated temperature (1.0: uncalibrated)")
+    temperature = _number(d["temperature"])
+    if temperature is None or temperature <= 0:
+        raise BundleError(f"{source}: temperature: {d['temperature']!r} is not a positive number")
+    if "operating_threshold" not in d:
+        raise BundleError(f"{source}: operating_threshold: missing; write the certified threshold, or null for no "
+                          "review band (every part decided by the model)")
+    threshold = None if d["operating_threshold"] is None else _number(d["operating_threshold"])
+    if d["operating_threshold"] is not None and threshold is None:
+        raise BundleError(f"{source}: operating_threshold: {d['operating_threshold']!r} is not a number or null")
+    decision = d.get("decision")
+    legacy = d.get("operating_point")
+    if decision is None and isinstance(legacy, dict) and "ok_class" in legacy:
+        decision = {"ok_class": legacy["ok_class"]}
+    if decision is None:
+        raise BundleError(f"{source}: decision: missing; it holds the good-part class (ok_class) that tells accept "
+                          "from reject")
+    if not isinstance(decision, dict):
+        raise BundleError(f"{source}: decision: expected an object with ok_class, got {decision!r}")
+    if "ok_class" not in decision:
+        raise BundleError(f"{source}: decision.ok_class: missing; name the good-part class, or write null for a line "
+                          "without one (every confident decision is then accept)")
+    if "threshold" in decision:
+        stated = None if decision["threshold"] is None else _number(decision["threshold"])
+        if stated != threshold or (decision["threshold"] is not None and stated is None):
+            raise BundleError(f"{source}: decision.threshold {decision['threshold']!r} disagrees with operating_threshold "
+                              f"{d['operating_threshold']!r}; the two are written together, one of them was edited by "
+                              "hand: re-export or re-verify the bundle")
+    return temperature, threshold, {**decision, "threshold": threshold}
+
+
+# kit export embeds the manifest in each ONNX file's metadata under this key (kit.export.onnx_fp32.MANIFEST_KEY)
+EMBEDDED_MANIFEST_KEY = "inspection_kit_manifest"
+# What the embedded copy is authoritative for: what the model file was exported with. Temperature, threshold
+# and decision rule are not compared: kit verify rewrites them in model.json after export, by design.
+_EXPORTED_WITH = ("classes", "preprocess")
+
+
+def check_embedded_manifest(manifest: Manifest, embedded: str | None, model_path: Path, source: str) -> None:
+    """``model.json`` against the manifest embedded in the model file: the class list (names and order) and the
+    preprocessing must be the ones the model was exported with. The model file's sha256 is checked against
+    model.json, so without this a hand-edited class list or preprocessing was served as if nothing changed.
+    A model file without an embedded manifest (made elsewhere) has nothing to compare."""
+    if embedded is None:
+        return
+    try:
+        theirs = json.loads(embedded)
+        exported = {"classes": list(theirs["classes"]),
+                    "preprocess": PreprocessSpec.from_dict(theirs["preprocess"]).to_dict()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{model_path}: the manifest embedded in the model is unreadable ({type(exc).__name__}: {exc}); "
+                          "re-export the bundle (kit export RUN_DIR)") from None
+    ours = {"classes": manifest.classes, "preprocess": manifest.preprocess.to_dict()}
+    fix = ("model.json was edited or belongs to another model: copy the bundle again or re-export it "
+           "(kit export RUN_DIR)")
+    if ours["classes"] != exported["classes"]:
+        raise BundleError(f"{source}: classes {ours['classes']} differ from the ones {model_path.name} was exported "
+                          f"with ({exported['classes']}); {fix}")
+    for key, value in ours["preprocess"].items():
+        if value != exported["preprocess"].get(key):
+            raise BundleError(f"{source}: preprocess.{key} {value} differs from the one {model_path.name} was exported "
+                              f"with ({exported['preprocess'].get(key)}); {fix}")
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 import numpy as np
 
 from deploy.errors import DeployError
-from deploy.manifest import Manifest, read_manifest, verified_artefact
+from deploy.manifest import (MANIFEST_NAME, BundleError, Manifest, check_embedded_manifest, read_manifest,
+                             verified_artefact)
 from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
 from deploy.runtimes import Runtime, get_runtime
 
@@ -53,6 +54,25 @@ def auto_runtime(formats: Iterable[str]) -> str | None:
     return next((f for f in AUTO_ORDER if f in available and (trt_ok or not f.startswith("tensorrt"))), None)
 
 
+def check_output_width(runtime: Runtime, manifest: Manifest, model_path: Path) -> None:
+    """The model must give one score per class named in model.json. A shorter list loaded, and every
+    micro-batch holding a part of a class without a name then failed whole; a longer one decided on scores
+    that are not there. The width comes from the graph where it declares it, else from one inference on a
+    zero batch."""
+    width = getattr(runtime, "output_width", None)
+    if width is None:
+        spec = manifest.preprocess
+        logits = np.asarray(runtime.run(np.zeros((1, spec.num_channels, *spec.image_size), np.float32)))
+        width = logits.shape[1] if logits.ndim == 2 else None
+        if width is None:
+            raise BundleError(f"{model_path}: the model gives scores of shape {list(logits.shape)} for one image, "
+                              f"expected [1, {len(manifest.classes)}] (one per class)")
+    if width != len(manifest.classes):
+        raise BundleError(f"{model_path}: the model gives {width} scores per image, model.json names "
+                          f"{len(manifest.classes)} classes ({', '.join(manifest.classes)}); the class list must name "
+                          "every output, in order: re-export the bundle (kit export RUN_DIR)")
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits.astype(np.float64) / temperature
     z -= z.max(axis=1, keepdims=True)
@@ -83,7 +103,11 @@ class Predictor:
             factory = get_runtime(runtime)
         except KeyError as exc:
             raise DeployError(str(exc).strip('"')) from None
-        return cls(bundle_dir, manifest, factory(verified_artefact(bundle_dir, manifest, runtime), manifest, options))
+        path = verified_artefact(bundle_dir, manifest, runtime)
+        backend = factory(path, manifest, options)
+        check_embedded_manifest(manifest, getattr(backend, "embedded_manifest", None), path, str(bundle_dir / MANIFEST_NAME))
+        check_output_width(backend, manifest, path)
+        return cls(bundle_dir, manifest, backend)
 
     @classmethod
     def _auto(cls, bundle_dir: Path, manifest: Manifest, options: dict[str, Any]) -> "Predictor":

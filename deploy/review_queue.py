@@ -35,6 +35,7 @@ from typing import Any, Iterable
 from deploy.atomic import copy_atomic, write_bytes_atomic
 from deploy.decision_log import DecisionRecord, read_records
 from deploy.errors import DeployError
+from deploy.filenames import readable
 from deploy.preprocess import IMAGE_SUFFIXES
 
 QUEUE_NAME, STATE_NAME, IMAGES_DIR = "queue.csv", ".queue-state.json", "images"
@@ -276,10 +277,11 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
         rel = Path(IMAGES_DIR) / _day(record) / f"{record.image_sha256[:16]}{source.suffix.lower()}"
         copy_atomic(source, out_dir / rel)
         overlay = explain.write(source, record, out_dir / rel.with_suffix(".overlay.png")) if explain is not None else None
-        added.append({"path": rel.as_posix(), "sha256": record.image_sha256, "part_id": record.part_id or "",
-                      "time": record.time, "model_label": record.label, "confidence": f"{record.confidence:.6g}",
-                      "action": record.action, "reason": reason, "label": "", "queued_at": now,
-                      "overlay": overlay.relative_to(out_dir).as_posix() if overlay is not None else ""})
+        row = {"path": rel.as_posix(), "sha256": record.image_sha256, "part_id": record.part_id or "",
+               "time": record.time, "model_label": record.label, "confidence": f"{record.confidence:.6g}",
+               "action": record.action, "reason": reason, "label": "", "queued_at": now,
+               "overlay": overlay.relative_to(out_dir).as_posix() if overlay is not None else ""}
+        added.append({k: readable(v) for k, v in row.items()})  # a part id from a non-UTF-8 file name: \xNN
         queued[part_key(record)] = {"day": _day(record), "reason": reason, "queued_at": now}
 
     buf = io.StringIO()

@@ -7,8 +7,11 @@ file counts as written once its size and modification time have not changed for 
 Only image suffixes are taken (.png .jpg .jpeg .bmp .tif .tiff ...) directly in ``IN_DIR`` (subfolders
 are not watched); a stable file that is empty or whose bytes end early (no PNG end chunk, no JPEG end
 marker) is given ``--broken-after-s`` more before it counts as broken. Each decision goes to the decision log, and the file moves to ``DONE_DIR/<action>/``;
-a file that cannot be decoded moves to ``DONE_DIR/error/`` and its reason is appended to
-``DONE_DIR/error/errors.jsonl``.
+a file that cannot be decoded, or that fails in any other way before its decision is committed (the model
+raises on it, ...), moves to ``DONE_DIR/error/`` and its reason is appended to
+``DONE_DIR/error/errors.jsonl``: one file never stops the line. A file name need not be UTF-8
+(``deploy.filenames``): the file is moved under its exact name, records and messages carry a readable
+UTF-8 form of it.
 
 Exactly once, even under SIGKILL: per batch of files, the decisions are first committed to a small
 journal (``DONE_DIR/.deploy-watch-journal.jsonl``, one write + fsync), then appended to the decision
@@ -37,6 +40,7 @@ from typing import Any, Callable, Iterator
 from deploy.atomic import write_bytes_atomic
 from deploy.decision_log import DecisionLog, DecisionRecord, log_path
 from deploy.errors import DeployError
+from deploy.filenames import name_from_json, name_to_json, readable
 from deploy.intake import IntakeError, decode_bytes
 from deploy.manifest import model_id
 from deploy.predictor import Predictor
@@ -102,8 +106,13 @@ class Journal:
     def pending(self) -> list[dict[str, Any]]:
         return [e for i, e in self.entries.items() if i not in self.done]
 
+    @staticmethod
+    def encode(entries: list[dict[str, Any]]) -> bytes:
+        return "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+                       for e in entries).encode("utf-8")
+
     def _write(self, entries: list[dict[str, Any]], durable: bool) -> None:
-        data = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in entries).encode("utf-8")
+        data = self.encode(entries)
         if os.write(self._fd, data) != len(data):
             raise DeployError(f"{self.path}: short write; is the disk full?")
         if durable:
@@ -159,6 +168,11 @@ def _move(src: Path, dest: Path) -> None:
         src.unlink()
 
 
+def _unexpected(path: Path, exc: Exception) -> tuple[str, str]:
+    """(kind, reason) of a failure nobody foresaw, for errors.jsonl and stderr."""
+    return "unexpected", f"{readable(path.name)}: {type(exc).__name__}: {str(exc).strip()[:300]}"
+
+
 def _sha256(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -182,6 +196,7 @@ class Watcher:
         self.log = DecisionLog(config.log_dir or self.done_dir / "decisions", durable=False)
         self.journal = Journal(self.done_dir / JOURNAL_NAME)
         self._seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, stable since)
+        self._stuck: set[str] = set()  # committed but could not be moved: left to the restart's recovery
         self.decided = self.errors = 0
 
     # -- recovery -------------------------------------------------------------------------------
@@ -196,13 +211,21 @@ class Watcher:
                     self.log.append(DecisionRecord.from_dict(e["record"]))
             self.log.sync()
             self.journal.mark("logged", [e["id"] for e in unlogged])
+        finished = []
         for e in pending:
-            self._finish(e)
-        if pending:
-            self.journal.mark("moved", [e["id"] for e in pending])
+            try:
+                self._finish(e)
+            except OSError as exc:  # stays pending: the next start tries again; the line goes on meanwhile
+                self._stuck.add(name_from_json(e, "src"))
+                self.err(f"error: cannot move {e['src']} to {e['dest']} ({exc.strerror or exc}); it is decided "
+                         f"({e['id']}) and is moved when deploy watch restarts")
+                continue
+            finished.append(e["id"])
+        if finished:
+            self.journal.mark("moved", finished)
             _fsync_dir(self.done_dir)
         self.journal.compact()
-        return len(pending)
+        return len(finished)
 
     def _logged_ids(self, times: list[str]) -> set[str]:
         found: set[str] = set()
@@ -218,16 +241,17 @@ class Watcher:
         return found
 
     def _finish(self, e: dict[str, Any]) -> None:
-        src, dest = self.in_dir / e["src"], self.done_dir / e["dest"]
+        src, dest = self.in_dir / name_from_json(e, "src"), self.done_dir / name_from_json(e, "dest")
         if src.exists() and _sha256(src) == e["sha256"]:
             _move(src, dest)
             if e["op"] == "error":
                 self._append_error(e)
         elif not dest.exists():
-            self.err(f"warning: {src} was decided ({e['id']}) but is gone and not in {dest.parent}")
+            self.err(f"warning: {readable(str(src))} was decided ({e['id']}) but is gone and not in {readable(str(dest.parent))}")
 
     def _append_error(self, e: dict[str, Any]) -> None:
-        line = json.dumps({k: e[k] for k in ("time", "src", "dest", "sha256", "kind", "reason")}, ensure_ascii=False)
+        keys = ("time", "src", "src_bytes", "dest", "sha256", "kind", "reason")
+        line = json.dumps({k: e[k] for k in keys if k in e}, ensure_ascii=False)
         with open(self.done_dir / ERROR_DIR / ERRORS_NAME, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
@@ -240,7 +264,7 @@ class Watcher:
         with os.scandir(self.in_dir) as it:
             for entry in it:
                 name = entry.name
-                if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or name in self._stuck:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):  # a link could point anywhere on the disk: ignored
@@ -263,45 +287,45 @@ class Watcher:
 
     # -- one batch ------------------------------------------------------------------------------
     def process(self, paths: list[Path]) -> int:
-        """Decide, commit, log, move; returns the number of files finished."""
+        """Decide, commit, log, move; returns the number of files finished. Whatever goes wrong for one file
+        before the commit sends that file to error/ with its reason; the others are decided."""
         spec = self.predictor.manifest.preprocess
         good: list[tuple[Path, bytes, Any]] = []
-        bad: list[tuple[Path, bytes, IntakeError]] = []
+        bad: list[tuple[Path, bytes, str, str]] = []  # path, bytes, kind, reason
         for path in paths:
             try:
                 data = path.read_bytes()
             except OSError:
                 continue  # gone meanwhile
             try:
-                good.append((path, data, decode_bytes(data, spec.channels, source=path.name).image))
+                good.append((path, data, decode_bytes(data, spec.channels, source=readable(path.name)).image))
             except IntakeError as exc:
                 stable_for = time.monotonic() - self._seen.get(path.name, (0, 0, time.monotonic()))[2]
                 if exc.kind in ("truncated_image", "empty_body") and stable_for < self.config.broken_after_s:
                     continue  # a writer may still be busy (or not yet started: created, not written); look again later
-                bad.append((path, data, exc))
+                bad.append((path, data, exc.kind, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - one file must not stop the line
+                bad.append((path, data, *_unexpected(path, exc)))
         if not good and not bad:
             return 0
-        decisions = []
         t0 = time.perf_counter()
-        if good:
-            decisions = self.predictor.decide_images([g[2] for g in good])
+        good, decisions = self._decide(good, bad)
         infer_ms = (time.perf_counter() - t0) * 1000.0
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         entries = []
         taken: set[str] = set()
         for (path, data, _), d in zip(good, decisions):
+            try:
+                entries.append(self._decided_entry(path, data, d, now, infer_ms / len(good), taken))
+            except Exception as exc:  # noqa: BLE001
+                bad.append((path, data, *_unexpected(path, exc)))
+        for path, data, kind, reason in bad:
             ident = uuid.uuid4().hex
-            dest = self._dest(d.action, path.name, ident, taken)
-            record = DecisionRecord.from_decision(
-                d, time=now, part_id=path.stem, image_sha256=hashlib.sha256(data).hexdigest(), model_id=self.model_id,
-                latency_ms={"infer": round(infer_ms / len(good), 3)}, source="watch",
-                image=str((self.done_dir / dest).resolve()), decision_id=ident)
-            entries.append({"op": "decided", "id": ident, "src": path.name, "dest": dest,
-                            "sha256": record.image_sha256, "record": asdict(record)})
-        for path, data, exc in bad:
-            ident = uuid.uuid4().hex
-            entries.append({"op": "error", "id": ident, "src": path.name, "dest": self._dest(ERROR_DIR, path.name, ident, taken),
-                            "sha256": hashlib.sha256(data).hexdigest(), "kind": exc.kind, "reason": str(exc), "time": now})
+            entry = {"op": "error", "id": ident, "sha256": hashlib.sha256(data).hexdigest(), "kind": kind,
+                     "reason": readable(reason), "time": now}
+            name_to_json(entry, "src", path.name)
+            name_to_json(entry, "dest", self._dest(ERROR_DIR, path.name, ident, taken))
+            entries.append(entry)
         self.journal.commit(entries)
         _crash_point("journal")
         decided = [e for e in entries if e["op"] == "decided"]
@@ -310,23 +334,65 @@ class Watcher:
         self.log.sync()
         self.journal.mark("logged", [e["id"] for e in decided])
         _crash_point("log")
+        moved = []
         for e in entries:
-            self._finish(e)
+            src = name_from_json(e, "src")
+            self._seen.pop(src, None)
+            try:
+                self._finish(e)
+            except OSError as exc:  # committed: the restart's recovery moves it; until then it is not taken again
+                self._stuck.add(src)
+                self.err(f"error: cannot move {e['src']} to {e['dest']} ({exc.strerror or exc}); it is decided "
+                         f"({e['id']}) and is moved when deploy watch restarts")
+                continue
+            moved.append(e["id"])
             if e["op"] == "decided":
                 r = e["record"]
                 self.out(json.dumps({"image": e["src"], "label": r["label"], "confidence": r["confidence"],
-                                     "action": r["action"], "dest": e["dest"], "model_id": self.model_id[:12]}))
+                                     "action": r["action"], "dest": e["dest"], "model_id": self.model_id[:12]},
+                                    ensure_ascii=False))
             else:
                 self.err(f"error: {e['src']} -> {e['dest']}: {e['reason']}")
-            self._seen.pop(e["src"], None)
         _fsync_dir(self.done_dir)
         _crash_point("move")
-        self.journal.mark("moved", [e["id"] for e in entries])
+        self.journal.mark("moved", moved)
         if len(self.journal.entries) > 1000:
             self.journal.compact()
         self.decided += len(decided)
         self.errors += len(entries) - len(decided)
         return len(entries)
+
+    def _decide(self, good: list[tuple[Path, bytes, Any]], bad: list[tuple[Path, bytes, str, str]]) -> tuple[list, list]:
+        """(files, decisions): the batch in one call; if that raises, file by file, and a file whose own call
+        raises goes to ``bad``."""
+        if not good:
+            return [], []
+        try:
+            return good, self.predictor.decide_images([g[2] for g in good])
+        except Exception:  # noqa: BLE001 - which file? each alone tells
+            pass
+        kept, decisions = [], []
+        for item in good:
+            try:
+                decisions += self.predictor.decide_images([item[2]])
+                kept.append(item)
+            except Exception as exc:  # noqa: BLE001
+                bad.append((item[0], item[1], *_unexpected(item[0], exc)))
+        return kept, decisions
+
+    def _decided_entry(self, path: Path, data: bytes, d: Any, now: str, infer_ms: float, taken: set[str]) -> dict[str, Any]:
+        """The journal entry of one decided file: exact names for the move, readable ones in the record."""
+        ident = uuid.uuid4().hex
+        dest = self._dest(d.action, path.name, ident, taken)
+        record = DecisionRecord.from_decision(
+            d, time=now, part_id=readable(path.stem), image_sha256=hashlib.sha256(data).hexdigest(),
+            model_id=self.model_id, latency_ms={"infer": round(infer_ms, 3)}, source="watch",
+            image=readable(str((self.done_dir / dest).resolve())), decision_id=ident)
+        entry = {"op": "decided", "id": ident, "sha256": record.image_sha256, "record": asdict(record)}
+        name_to_json(entry, "src", path.name)
+        name_to_json(entry, "dest", dest)
+        Journal.encode([entry])  # an entry that cannot be written fails here, for this file alone
+        return entry
 
     def _dest(self, folder: str, name: str, ident: str, taken: set[str]) -> str:
         """DONE_DIR-relative destination; a name already there gets the decision id appended."""

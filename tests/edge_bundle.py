@@ -1,8 +1,9 @@
 """A small real bundle for the station tests, made in well under a second without torch.
 
 A linear classifier in ONNX (Flatten -> MatMul -> Add) over 32 px gray images of the sample line,
-with a manifest, decision rule and reference profile exactly as ``kit export`` writes them, so
-``Predictor``, ``deploy serve``, ``deploy watch`` and ``deploy monitor`` run on it unchanged.
+with a manifest, decision rule and reference profile exactly as ``kit export`` writes them (the
+manifest also embedded in ``model.onnx``'s metadata, as ``kit export`` embeds it), so ``Predictor``,
+``deploy serve``, ``deploy watch`` and ``deploy monitor`` run on it unchanged.
 Seeds give different models (different model ids) for reload tests.
 
 The ONNX files of the seeds the tests use are committed (``tests/data/``, 12 KB each), so the edge tier
@@ -42,6 +43,7 @@ class _Block:
 sys.meta_path.insert(0, _Block())
 """
 
+EMBEDDED_MANIFEST_KEY = "inspection_kit_manifest"  # kit.export.onnx_fp32.MANIFEST_KEY (tests/test_export.py checks it)
 MODEL_DIR = Path(__file__).resolve().parent / "data"
 COMMITTED_SEEDS = (0, 1, 3)
 
@@ -74,24 +76,46 @@ def build_onnx_model(seed: int):
     return model
 
 
-def make_bundle(folder: Path, seed: int = 0, threshold: float | None = 0.55, line: str = "station_line") -> Path:
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def with_embedded_manifest(model: bytes, manifest: dict) -> bytes:
+    """``model`` with ``manifest`` in its ``metadata_props`` under the key ``kit export`` uses, without the
+    ``onnx`` package: a serialized protobuf message followed by one more field is that message with the
+    field added, so the entry (ModelProto field 14: a StringStringEntryProto of key 1 and value 2) is
+    appended to the bytes."""
+    key, value = EMBEDDED_MANIFEST_KEY.encode(), json.dumps(manifest, sort_keys=True).encode()
+    entry = b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value
+    return model + bytes([(14 << 3) | 2]) + _varint(len(entry)) + entry
+
+
+def make_bundle(folder: Path, seed: int = 0, threshold: float | None = 0.55, line: str = "station_line",
+                classes: list[str] | None = None, embed: bool = True) -> Path:
+    """``classes``: another class list than the model's three outputs (a bundle that does not fit its model);
+    ``embed=False``: no manifest in ``model.onnx`` (a model file made elsewhere)."""
     import onnxruntime as ort
 
     folder.mkdir(parents=True, exist_ok=True)
     if seed in COMMITTED_SEEDS:
-        (folder / "model.onnx").write_bytes(committed_model_path(seed).read_bytes())
+        model = committed_model_path(seed).read_bytes()
     else:
-        import onnx
-
-        onnx.save(build_onnx_model(seed), folder / "model.onnx")
+        model = build_onnx_model(seed).SerializeToString()
     spec = PreprocessSpec(image_size=(SIZE_PX, SIZE_PX), channels="gray")
     manifest = Manifest(
-        classes=list(CLASSES), preprocess=spec,
-        artefacts={"onnx": {"file": "model.onnx", "opset": 17, "sha256": sha256_file(folder / "model.onnx"),
-                            "bytes": (folder / "model.onnx").stat().st_size}},
+        classes=list(classes or CLASSES), preprocess=spec, artefacts={},
         temperature=1.0, operating_threshold=threshold, ok_class="ok",
         extra={"line": line, "created_at": "2026-01-01T00:00:00+00:00"},
     )
+    # kit export embeds the manifest before the artefacts are hashed (so without them), then hashes the file
+    (folder / "model.onnx").write_bytes(with_embedded_manifest(model, manifest.to_dict()) if embed else model)
+    manifest.artefacts = {"onnx": {"file": "model.onnx", "opset": 17, "sha256": sha256_file(folder / "model.onnx"),
+                                   "bytes": (folder / "model.onnx").stat().st_size}}
     reference = sample_images(20)
     images = [read_image(p, "gray") for p in reference]
     batch = preprocess_batch(images, spec)

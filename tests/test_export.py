@@ -67,6 +67,16 @@ def test_onnx_is_valid_with_fixed_names_and_dynamic_batch(exported):
     assert embedded["classes"] == ["dent", "ok", "scratch"] and embedded["preprocess"]["image_size"] == [32, 32]
 
 
+def test_the_station_reads_the_manifest_under_the_key_kit_export_embeds_it():
+    """deploy compares model.json with the manifest embedded in the ONNX file (deploy.manifest), and the test
+    bundle of tests/edge_bundle.py embeds one the same way: all three must name the same metadata key."""
+    from deploy.manifest import EMBEDDED_MANIFEST_KEY
+    from kit.export.onnx_fp32 import MANIFEST_KEY
+    from tests.edge_bundle import EMBEDDED_MANIFEST_KEY as TEST_BUNDLE_KEY
+
+    assert MANIFEST_KEY == EMBEDDED_MANIFEST_KEY == TEST_BUNDLE_KEY
+
+
 def test_torch_and_onnxruntime_logits_agree_on_real_images(exported):
     student, _ = load_model(exported / "student.pt")
     manifest = read_manifest(exported / "bundle")

@@ -144,3 +144,29 @@ def test_queued_parts_get_heatmap_overlays_from_the_bundle(station, tmp_path):
     for r in rows:
         overlay = cv2.imread(str(tmp_path / "q" / r["overlay"]), cv2.IMREAD_UNCHANGED)
         assert overlay is not None and overlay.ndim == 3 and overlay.shape[0] >= 16
+
+
+def test_a_part_named_with_a_non_utf8_byte_is_logged_and_queued_with_a_readable_name(tmp_path):
+    """A part id or image name holding a byte that is not UTF-8 (``os.fsdecode`` of a Latin-1 file name: lone
+    surrogates) is written in a readable, valid UTF-8 form (``\\xfc``) to the decision log and to queue.csv,
+    also when another writer's log spells it with a JSON surrogate escape."""
+    images, logs = tmp_path / "images", tmp_path / "logs"
+    images.mkdir()
+    probabilities = {"crack": 0.2, "ok": 0.3, "scratch": 0.5}
+    common = dict(label="scratch", confidence=0.5, probabilities=probabilities, abstain=True, action="review",
+                  model_id="m", runtime="onnx")
+    with DecisionLog(logs, durable=False) as log:
+        log.append(DecisionRecord(time="2026-12-01T08:00:00+00:00", part_id=os.fsdecode(b"Pr\xfcfteil_\xe4"),
+                                  image_sha256=_image(images / "a.png", 1), image=os.fsdecode(b"/line/Pr\xfcfteil_\xe4.png"),
+                                  **common))
+    log_file = next(logs.glob("decisions-*.jsonl"))
+    assert '"part_id":"Pr\\\\xfcfteil_\\\\xe4"' in log_file.read_bytes().decode("utf-8")
+    other = {"time": "2026-12-01T08:01:00+00:00", "part_id": "Teil_\udce4", "image_sha256": _image(images / "b.png", 2),
+             "image": "b.png", **common}
+    with open(log_file, "a", encoding="ascii") as fh:  # another writer: JSON's \udce4 escape, a lone surrogate when read
+        fh.write(json.dumps(other) + "\n")
+    result = build_review_queue([logs], images, tmp_path / "q", ReviewPolicy(audit_rate=0.0))
+    assert len(result.added) == 2 and result.missing_images == []
+    text = (tmp_path / "q" / "queue.csv").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    rows = list(csv.DictReader(text.splitlines()))
+    assert [r["part_id"] for r in rows] == ["Pr\\xfcfteil_\\xe4", "Teil_\\xe4"]

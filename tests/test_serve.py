@@ -359,6 +359,43 @@ def test_reload_swaps_the_model_under_load_without_a_failed_request(bundles, tmp
     assert len(records) == len(results) and Counter(r.model_id for r in records) == ids
 
 
+def test_a_reload_refuses_a_bundle_that_would_decide_wrongly_and_says_what_changed(bundles, tmp_path):
+    """A model.json without ``decision.ok_class`` reloaded with 200 and answered a 100 % scratch ``accept``; a
+    class list of 2 names for 3 outputs reloaded with 200 and failed every batch holding a part of the third
+    class. Both are refused (409, the reason; the old model keeps serving); a reload that succeeds says what
+    changed."""
+    a = bundles[0]
+    root = a.parent  # the reload root: the folder holding the first bundle
+    no_ok = root / f"no-ok-{tmp_path.name}"
+    shutil.copytree(a, no_ok)
+    manifest = json.loads((no_ok / "model.json").read_text())
+    manifest["decision"].pop("ok_class")
+    (no_ok / "model.json").write_text(json.dumps(manifest))
+    narrow = make_bundle(root / f"narrow-{tmp_path.name}", classes=["dent", "ok"])
+    strict = make_bundle(root / f"strict-{tmp_path.name}", seed=1, threshold=0.7)
+    s = Station(a, tmp_path / "log")
+    scratch = sample_images(1, ("scratch",))[0].read_bytes()
+    try:
+        before = s.inspect(scratch)[1]
+        for bundle, reason in ((no_ok, f"{no_ok / 'model.json'}: decision.ok_class: missing"),
+                               (narrow, f"{narrow / 'model.onnx'}: the model gives 3 scores per image, model.json "
+                                        "names 2 classes (dent, ok)")):
+            status, refused = s.request("POST", "/v1/reload", json.dumps({"bundle": str(bundle)}).encode())
+            assert (status, refused["error"], refused["model_id"]) == (409, "reload_failed", model_id(a))
+            assert refused["message"].startswith(f"reload of {bundle} failed, still serving {model_id(a)[:12]}: {reason}")
+            assert s.inspect(scratch)[1]["action"] == before["action"]  # still the old model, deciding as before
+        status, swapped = s.request("POST", "/v1/reload", json.dumps({"bundle": str(strict)}).encode())
+        assert status == 200 and swapped["model_id"] == model_id(strict) and swapped["previous_model_id"] == model_id(a)
+        assert swapped["changes"] == {"model_id": {"old": model_id(a), "new": model_id(strict)},
+                                      "threshold": {"old": 0.55, "new": 0.7}}
+        status, again = s.request("POST", "/v1/reload", b"")  # the same folder again: nothing changed
+        assert status == 200 and again["changes"] == {}
+        status, back = s.request("POST", "/v1/reload", json.dumps({"bundle": str(a)}).encode())
+        assert status == 200 and back["changes"]["threshold"] == {"old": 0.7, "new": 0.55}
+    finally:
+        s.stop()
+
+
 def test_metrics_parse_and_count_what_was_sent(bundles, tmp_path):
     s = Station(bundles[0], tmp_path / "log")
     try:

@@ -281,3 +281,112 @@ def test_monitor_reads_the_watch_decision_log(bundle, tmp_path):
     assert cut.exit_code == 0 and "1 unreadable log line(s) skipped" in cut.output
     mixed = runner.invoke(deploy_app, ["monitor", str(bundle), str(log_file), str(in_dir), "--out", str(tmp_path / "m5")])
     assert mixed.exit_code == 1 and "not both in one call" in mixed.output
+
+
+# -- a file the line cannot decide must never stop the line ----------------------------------------------------
+
+NON_UTF8 = b"Pr\xfcfteil_\xe4.png"  # Latin-1 bytes: a Windows camera PC on a share mounted without a UTF-8 charset
+NON_UTF8_BROKEN = b"kaputt_\xff.png"
+
+
+def _non_utf8_names(in_dir: Path) -> tuple[str, str]:
+    """The names as Python sees them on Linux (lone surrogates, os.fsdecode), created or skipped."""
+    names = os.fsdecode(NON_UTF8), os.fsdecode(NON_UTF8_BROKEN)
+    try:
+        for name in names:
+            (in_dir / name).write_bytes(b"")
+            (in_dir / name).unlink()
+    except (OSError, UnicodeEncodeError) as exc:
+        pytest.skip(f"this file system refuses a non-UTF-8 file name ({exc})")
+    return names
+
+
+def _utf8(path: Path) -> str:
+    """The file's text, which must be valid UTF-8 (strict decoding raises otherwise)."""
+    return path.read_bytes().decode("utf-8")
+
+
+def test_a_non_utf8_file_name_is_decided_and_moved_like_any_other(bundle, tmp_path):
+    """``Prüfteil_ä.png`` written in Latin-1 crashed ``deploy watch`` in the journal's UTF-8 encoding, on every
+    restart, and nothing after it was decided. Now it is decided and moved under its exact name, an undecodable
+    file with such a name goes to error/ with its reason, and every record carries a readable UTF-8 name."""
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    good, broken = _non_utf8_names(in_dir)
+    source, plain = sample_images(2, ("scratch",))
+    _drop(source, in_dir, good)
+    _drop(plain, in_dir, "plain.png")
+    (in_dir / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64 + b"IEND\xaeB`\x82")  # complete-looking, undecodable
+    result = subprocess.run(_cmd(bundle, in_dir, done, "--once"), env=_env(tmp_path), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert os.listdir(in_dir) == []
+    want = _predict(bundle, [source, plain])
+    action = want[source.name]["action"]
+    assert os.listdir(os.fsencode(done / action)).count(NON_UTF8) == 1  # the exact bytes of the name
+    assert (done / action / good).read_bytes() == source.read_bytes()
+    assert sorted(os.listdir(os.fsencode(done / "error"))) == [b"errors.jsonl", NON_UTF8_BROKEN]
+    records = {r.part_id: r for r in read_records([done / "decisions"]).records}
+    assert set(records) == {"Pr\\xfcfteil_\\xe4", "plain"}
+    odd = records["Pr\\xfcfteil_\\xe4"]
+    assert (odd.label, odd.action) == (want[source.name]["label"], action)
+    assert odd.image == str((done / action).resolve()) + "/Pr\\xfcfteil_\\xe4.png"
+    assert '"part_id":"Pr\\\\xfcfteil_\\\\xe4"' in _utf8(next((done / "decisions").glob("decisions-*.jsonl")))
+    errors = [json.loads(line) for line in _utf8(done / "error" / "errors.jsonl").splitlines()]
+    assert [(e["src"], e["dest"], e["kind"]) for e in errors] == [("kaputt_\\xff.png", "error/kaputt_\\xff.png", "corrupt_image")]
+    assert errors[0]["reason"] == "kaputt_\\xff.png: the PNG data does not decode (corrupt or cut short)"
+    lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+    assert sorted(line["image"] for line in lines) == ["Pr\\xfcfteil_\\xe4.png", "plain.png"]
+    stderr = result.stderr.decode("utf-8")  # valid UTF-8 too
+    assert "error: kaputt_\\xff.png -> error/kaputt_\\xff.png: kaputt_\\xff.png: the PNG data does not decode" in stderr
+    assert "Traceback" not in stderr and (done / JOURNAL_NAME).read_bytes() == b""
+
+
+@pytest.mark.parametrize("point", ["journal", "log"])
+def test_a_non_utf8_name_is_found_again_by_the_journal_after_a_sigkill(bundle, tmp_path, point):
+    """The journal keeps the name's exact bytes: a restart moves the same file, and decides nothing twice."""
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    good, _ = _non_utf8_names(in_dir)
+    source = sample_images(1)[0]
+    _drop(source, in_dir, good)
+    crashed = subprocess.run(_cmd(bundle, in_dir, done, "--once"), env=_env(tmp_path, **{CRASH_ENV: point}),
+                             capture_output=True, timeout=60)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode("utf-8", "replace")
+    assert (in_dir / good).is_file()  # committed, not yet moved
+    _utf8(done / JOURNAL_NAME)  # the journal is valid UTF-8
+    finished = subprocess.run(_cmd(bundle, in_dir, done, "--once"), env=_env(tmp_path), capture_output=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr.decode("utf-8", "replace")
+    assert "1 file(s) finished from the journal" in finished.stderr.decode("utf-8")
+    records = _watch_records(done)
+    assert [r.part_id for r in records] == ["Pr\\xfcfteil_\\xe4"]
+    assert os.listdir(in_dir) == [] and (done / records[0].action / good).read_bytes() == source.read_bytes()
+
+
+def test_an_unexpected_failure_for_one_file_sends_it_to_error_and_the_line_goes_on(bundle, tmp_path, monkeypatch):
+    """Any exception a file causes (here the model fails on one image, and only on it) ends with that file in
+    error/ and its reason in errors.jsonl; the files around it are decided and the watcher keeps watching."""
+    from deploy.predictor import Predictor
+
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    sources = sample_images(2)
+    for src in sources:
+        _drop(src, in_dir)
+    cv2.imwrite(str(in_dir / "odd.png"), np.full((41, 43), 7, np.uint8))
+    real = Predictor.decide_images
+
+    def failing(self, images, *args, **kwargs):
+        if any(image.shape[:2] == (41, 43) for image in images):
+            raise RuntimeError("the model failed on this image")
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "decide_images", failing)
+    lines: list[str] = []
+    watcher = run_watch(WatchConfig(in_dir, bundle, done, runtime="onnx", settle_ms=0, poll_ms=5), once=True,
+                        out=lines.append)
+    assert (watcher.decided, watcher.errors) == (6, 1) and os.listdir(in_dir) == []
+    assert (done / "error" / "odd.png").is_file() and len(lines) == 6
+    errors = [json.loads(line) for line in (done / "error" / "errors.jsonl").read_text().splitlines()]
+    assert [(e["src"], e["kind"], e["reason"]) for e in errors] == \
+        [("odd.png", "unexpected", "odd.png: RuntimeError: the model failed on this image")]
+    assert sorted(r.part_id for r in _watch_records(done)) == sorted(p.stem for p in sources)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import DeployError
-from deploy.manifest import Manifest
+from deploy.manifest import EMBEDDED_MANIFEST_KEY, Manifest
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -51,6 +51,11 @@ class OnnxRuntimeBackend:
         # The decision needs the logits alone (first output of older bundles, named "logits" in all).
         self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.intra_op_threads = intra_op_threads
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == self.logits_name)
+        # scores per image where the graph declares it ([batch, 6]); None where it is symbolic ([batch, "n"])
+        self.output_width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+        # the manifest kit export embedded in the file (deploy.manifest.check_embedded_manifest)
+        self.embedded_manifest = self.session.get_modelmeta().custom_metadata_map.get(EMBEDDED_MANIFEST_KEY)
 
     @property
     def providers(self) -> list[str]:

@@ -47,6 +47,19 @@ class LoadedModel:
         }
 
 
+def model_changes(old: LoadedModel, new: LoadedModel) -> dict[str, dict[str, Any]]:
+    """What a reload changed, ``{field: {"old": ..., "new": ...}}`` for each that differs among what decides
+    a part: model id, classes, threshold, ok_class, per-class thresholds, temperature, runtime."""
+    def facts(model: LoadedModel) -> dict[str, Any]:
+        m = model.predictor.manifest
+        return {"model_id": model.model_id, "classes": list(m.classes), "threshold": m.operating_threshold,
+                "ok_class": m.ok_class, "class_thresholds": dict(m.class_thresholds), "temperature": m.temperature,
+                "runtime": model.predictor.runtime.name}
+
+    before, after = facts(old), facts(new)
+    return {k: {"old": before[k], "new": after[k]} for k in before if before[k] != after[k]}
+
+
 def load_model(bundle_dir: str | Path, config: ServeConfig, on_batch: Callable[[int, float], None] | None = None) -> LoadedModel:
     """Load (every artefact's sha256 checked by ``Predictor.from_bundle``), warm up at batch 1 and
     ``max_batch`` (the first runs allocate memory and pick kernels), then start its batcher."""

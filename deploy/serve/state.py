@@ -19,7 +19,7 @@ from deploy.decision_log import DecisionLog, DecisionRecord
 from deploy.serve.config import ServeConfig
 from deploy.serve.intake import DECODE_SLOTS
 from deploy.serve.metrics import StationMetrics
-from deploy.serve.models import LoadedModel, ModelHost, ReloadError
+from deploy.serve.models import LoadedModel, ModelHost, ReloadError, model_changes
 
 
 def error_body(kind: str, message: str, **extra: Any) -> bytes:
@@ -83,7 +83,9 @@ class StationState:
     def reload_quietly(self) -> None:  # SIGHUP: nobody to answer, so say it on stderr
         try:
             new, old = self.reload(None)
-            print(f"# reload: {old.model_id[:12]} -> {new.model_id[:12]} ({new.bundle_dir})", file=sys.stderr, flush=True)
+            changed = "; ".join(f"{k} {v['old']} -> {v['new']}" for k, v in model_changes(old, new).items() if k != "model_id")
+            print(f"# reload: {old.model_id[:12]} -> {new.model_id[:12]} ({new.bundle_dir}){'; ' + changed if changed else ''}",
+                  file=sys.stderr, flush=True)
         except ReloadError as exc:
             self.metrics.reloads.labels("failed").inc()
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -1,6 +1,9 @@
 """Model administration: ``GET /v1/model`` (manifest summary of the serving model) and
 ``POST /v1/reload`` (load a bundle, JSON ``{"bundle": PATH}``, default: the serving bundle's folder
-again; verify and warm it up, switch atomically; SIGHUP does the same for the folder).
+again; verify and warm it up, switch atomically; SIGHUP does the same for the folder). The answer says what
+changed (``changes``: old and new model id, classes, threshold, ok_class ... where they differ); a bundle
+that is refused (``deploy.manifest``: a value that steers decisions missing, a class list that does not fit
+the model) answers 409 with the reason, and the old model keeps serving.
 
 No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime.
 """
@@ -8,7 +11,7 @@ No ``from __future__ import annotations``: FastAPI reads the endpoints' annotati
 import json
 from typing import Any
 
-from deploy.serve.models import ReloadError, ReloadForbidden
+from deploy.serve.models import ReloadError, ReloadForbidden, model_changes
 from deploy.serve.state import StationState, json_response, station_of
 
 MAX_RELOAD_BODY = 64 * 1024
@@ -59,4 +62,4 @@ async def reload_bundle(station: StationState, request: Any):
         station.metrics.reloads.labels("failed").inc()
         return station.error_response("reload_failed", str(exc), 409, model_id=station.host.current.model_id)
     return json_response({"model_id": new.model_id, "previous_model_id": old.model_id, "bundle": str(new.bundle_dir),
-                          "warmup_ms": round(new.warmup_ms, 2)})
+                          "warmup_ms": round(new.warmup_ms, 2), "changes": model_changes(old, new)})
