@@ -47,6 +47,7 @@ MODULE_TO_DISTRIBUTION = {
     "onnx": "onnx",
     "pydantic": "pydantic",
     "pydantic_core": "pydantic",  # pydantic's own core, installed with it
+    "typing_extensions": "pydantic",  # a dependency of pydantic, whose TypedDict it needs on Python < 3.12
     "yaml": "pyyaml",
     "jinja2": "jinja2",
     "huggingface_hub": "huggingface-hub",  # timm's weight hub; kit names its offline errors
