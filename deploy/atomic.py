@@ -37,7 +37,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -64,7 +64,8 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     return write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
+    """Flush a file, or a folder's entries (a rename inside it), to disk: what survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from deploy.atomic import write_bytes_atomic
+from deploy.atomic import fsync_path, write_bytes_atomic
 from deploy.decision_log import DecisionLog, DecisionRecord, log_path
 from deploy.errors import DeployError
 from deploy.filenames import name_from_json, name_to_json, readable
@@ -69,14 +69,6 @@ class WatchConfig:
 def _crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -223,7 +215,7 @@ class Watcher:
             finished.append(e["id"])
         if finished:
             self.journal.mark("moved", finished)
-            _fsync_dir(self.done_dir)
+            fsync_path(self.done_dir)
         self.journal.compact()
         return len(finished)
 
@@ -353,7 +345,7 @@ class Watcher:
                                     ensure_ascii=False))
             else:
                 self.err(f"error: {e['src']} -> {e['dest']}: {e['reason']}")
-        _fsync_dir(self.done_dir)
+        fsync_path(self.done_dir)
         _crash_point("move")
         self.journal.mark("moved", moved)
         if len(self.journal.entries) > 1000:
