@@ -80,7 +80,7 @@ def predict(
     paths = _expand(inputs)
     if heatmaps is None:
         for decision in predictor.predict_paths(paths):
-            typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False))
+            typer.echo(_json_line(decision.to_dict()))
         return
     from deploy.heatmap import heatmap_method
     from deploy.overlay import overlay_caption, write_overlay
@@ -98,7 +98,21 @@ def predict(
             write_overlay(heatmaps / name, image, decision.heatmap, caption, channels=channels)
             row = decision.to_dict()
             row["heatmap"]["overlay"] = str(heatmaps / name)
-            typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(_json_line(row))
+
+
+def _json_line(row: dict) -> str:
+    """One JSON line of valid UTF-8: a path that is not (a file name from a non-UTF-8 share) in its readable form."""
+    from deploy.filenames import readable
+
+    def clean(value):
+        if isinstance(value, str):
+            return readable(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return json.dumps(clean(row), ensure_ascii=False)
 
 
 def _overlay_name(path: Path, taken: set[str]) -> str:

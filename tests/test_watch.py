@@ -390,3 +390,21 @@ def test_an_unexpected_failure_for_one_file_sends_it_to_error_and_the_line_goes_
     assert [(e["src"], e["kind"], e["reason"]) for e in errors] == \
         [("odd.png", "unexpected", "odd.png: RuntimeError: the model failed on this image")]
     assert sorted(r.part_id for r in _watch_records(done)) == sorted(p.stem for p in sources)
+
+
+def test_deploy_predict_prints_a_non_utf8_name_in_its_readable_form(bundle, tmp_path):
+    """The same name given to ``deploy predict`` (directly and inside a folder): one valid UTF-8 JSON line each,
+    with and without heatmaps, instead of a UnicodeEncodeError on stdout."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    good, _ = _non_utf8_names(folder)
+    source = sample_images(1, ("scratch",))[0]
+    shutil.copyfile(source, folder / good)
+    want = _predict(bundle, [source])[source.name]
+    for extra in ([], ["--heatmaps", str(tmp_path / "maps")]):
+        result = subprocess.run([sys.executable, "-m", "deploy", "predict", str(bundle), str(folder), str(folder / good),
+                                 "--runtime", "onnx", *extra], env=_env(tmp_path), capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+        rows = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines() if line.startswith("{")]
+        assert [row["path"] for row in rows] == [str(folder) + "/Pr\\xfcfteil_\\xe4.png"] * 2
+        assert {(row["label"], row["action"]) for row in rows} == {(want["label"], want["action"])}
