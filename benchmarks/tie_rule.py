@@ -13,7 +13,7 @@ test predictions are recorded, so each rule is scored on the same training traje
 
 Budgets are the distillation benchmark's reduced ones per dataset (``--epochs`` / ``--image-size`` override them);
 ``--work-dir`` keeps the teacher and one row per finished seed, so a run that was stopped resumes. Appends one table
-per dataset to benchmarks/RESULTS.md.
+per dataset to benchmarks/RESULTS.md and its rows to benchmarks/tie_rule_<dataset>_<budget>.json.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main() -> None:
                 append_results(title, table, notes="test split; accuracy in % and macro-F1, mean ± population std over "
                                                    "seeds; vs_first = mean accuracy gain over the first tied epoch "
                                                    "(points); epochs kept per seed (1-based), the tied ones for average")
-                (Path(__file__).resolve().parent / f"tie_rule_{name}.json").write_text(json.dumps(rows, indent=1))
+                (Path(__file__).resolve().parent / f"tie_rule_{name}_{args.budget}.json").write_text(json.dumps(rows, indent=1))
         args.image_size, args.epochs, args.teacher_epochs = image_size, epochs, teacher_epochs
 
 
