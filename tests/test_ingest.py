@@ -24,10 +24,9 @@ def _png(path: Path, value: int) -> Path:
     return path
 
 
-@pytest.fixture
-def line(tmp_path):
-    """An image-folder line (dent, ok, scratch) and a reviewed queue: 3 good rows, an unknown label, a label that
-    contradicts the data, a row already in the data, an unreviewed row."""
+def reviewed_line(tmp_path: Path, reviewed: list[tuple[str, int, str]]) -> tuple[Path, Path, Path, list[dict]]:
+    """An image-folder line (dent, ok, scratch: 3 images each), its recipe, and a queue folder holding one image per
+    ``(name, grey value, label)`` with its queue row: (data, recipe, queue folder, rows)."""
     data = tmp_path / "data"
     for i, cls in enumerate(["dent", "ok", "scratch"]):
         for j in range(3):
@@ -35,18 +34,31 @@ def line(tmp_path):
     recipe = write_recipe(tmp_path / "line.yaml", tiny_recipe_dict(data))
     queue = tmp_path / "queue"
     rows = []
-    for name, value, label in [("a", 200, "dent"), ("b", 201, "ok"), ("c", 202, "scratch"), ("d", 203, "smudge"), ("e", 204, "")]:
+    for name, value, label in reviewed:
         _png(queue / "images" / f"{name}.png", value)
         rows.append({"path": f"images/{name}.png", "label": label})
-    shutil.copy(data / "ok" / "ok0.png", queue / "images" / "f.png")
-    rows.append({"path": "images/f.png", "label": "scratch"})  # the data says ok
-    shutil.copy(data / "dent" / "dent1.png", queue / "images" / "g.png")
-    rows.append({"path": "images/g.png", "label": "dent"})  # already in the data, same label
+    return data, recipe, queue, rows
+
+
+def write_queue_csv(queue: Path, rows: list[dict]) -> Path:
     with (queue / "queue.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, ["path", "sha256", "part_id", "model_label", "reason", "label"], restval="")
         w.writeheader()
         w.writerows(rows)
-    return data, recipe, queue / "queue.csv"
+    return queue / "queue.csv"
+
+
+@pytest.fixture
+def line(tmp_path):
+    """An image-folder line (dent, ok, scratch) and a reviewed queue: 3 good rows, an unknown label, a label that
+    contradicts the data, a row already in the data, an unreviewed row."""
+    data, recipe, queue, rows = reviewed_line(
+        tmp_path, [("a", 200, "dent"), ("b", 201, "ok"), ("c", 202, "scratch"), ("d", 203, "smudge"), ("e", 204, "")])
+    shutil.copy(data / "ok" / "ok0.png", queue / "images" / "f.png")
+    rows.append({"path": "images/f.png", "label": "scratch"})  # the data says ok
+    shutil.copy(data / "dent" / "dent1.png", queue / "images" / "g.png")
+    rows.append({"path": "images/g.png", "label": "dent"})  # already in the data, same label
+    return data, recipe, write_queue_csv(queue, rows)
 
 
 def test_good_rows_land_bad_rows_refused_one_line_each(line):

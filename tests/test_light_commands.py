@@ -10,13 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from deploy.decision_log import DecisionLog, DecisionRecord
 from kit.feedback.shadow import shadow_period
 from kit.recipe.schema import ThresholdTarget
-from tests.conftest import tiny_recipe_dict, write_recipe
+from tests.test_ingest import reviewed_line, write_queue_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "timm", "albumentations")
@@ -80,29 +77,9 @@ def test_shadow_runs_without_torch(tmp_path):
     assert (tmp_path / "out" / "shadow_parts.csv").is_file()
 
 
-def _png(path: Path, value: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.full((20, 20), value, np.uint8)
-    img[3, 3] = 255 - value
-    cv2.imwrite(str(path), img)
-    return path
-
-
 def test_ingest_runs_without_torch(tmp_path):
-    data = tmp_path / "data"
-    for i, cls in enumerate(["dent", "ok", "scratch"]):
-        for j in range(3):
-            _png(data / cls / f"{cls}{j}.png", 10 + 30 * i + j)
-    recipe = write_recipe(tmp_path / "line.yaml", tiny_recipe_dict(data))
-    queue = tmp_path / "queue"
-    rows = []
-    for name, value, label in [("a", 200, "dent"), ("b", 201, "ok")]:
-        _png(queue / "images" / f"{name}.png", value)
-        rows.append({"path": f"images/{name}.png", "label": label})
-    with (queue / "queue.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, ["path", "sha256", "part_id", "model_label", "reason", "label"], restval="")
-        w.writeheader()
-        w.writerows(rows)
+    data, recipe, queue, rows = reviewed_line(tmp_path, [("a", 200, "dent"), ("b", 201, "ok")])
+    write_queue_csv(queue, rows)
 
     done = _kit("ingest", str(queue / "queue.csv"), "--recipe", str(recipe))
     assert done.returncode == 0, done.stderr
