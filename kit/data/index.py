@@ -157,6 +157,21 @@ def stratified_split(labels: list[int], cfg_train: float, cfg_val: float, seed: 
     return out
 
 
+def held_out_defects(labels: list[int], splits: list[str], ok_label: int, val: float, test: float, seed: int) -> list[str]:
+    """Anomaly mode learns from good parts only: a defect image in train would be wasted. Each defect class is
+    split between val and test instead, in the recipe's val : test proportion (a class of one image goes to test:
+    the figures a person reads come from test)."""
+    rng = np.random.default_rng(seed + 1)
+    out = list(splits)
+    for label in sorted(set(labels) - {ok_label}):
+        idx = [i for i, lab in enumerate(labels) if lab == label]
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val / (val + test))) if len(idx) > 1 else 0
+        for rank, i in enumerate(idx):
+            out[i] = "val" if rank < n_val else "test"
+    return out
+
+
 def index_line(recipe: Recipe) -> LineIndex:
     """All labelled samples of the line with their split, validated."""
     data: DataConfig = recipe.data
@@ -175,7 +190,8 @@ def index_line(recipe: Recipe) -> LineIndex:
     else:
         classes = class_folders(root, data.classes, "data.root")
         items3 = [(p, lab, None) for p, lab in _index_imagefolder(root, classes, "data.root")]
-    if len(classes) < 2:
+    anomaly = recipe.task == "anomaly"
+    if len(classes) < 2 and not anomaly:
         raise DataError(f"data.root: found only one class ({classes[0]!r}); a classifier needs at least two class folders")
     problem = recipe.class_name_problem(list(classes))
     if problem:
@@ -185,6 +201,8 @@ def index_line(recipe: Recipe) -> LineIndex:
         items3, dropped = _dedupe(items3, classes)
     counts = Counter(it[1] for it in items3)
     for label, name in enumerate(classes):
+        if anomaly and name != recipe.line.ok_class:
+            continue  # anomaly mode: any number of defect images, none included
         if counts.get(label, 0) < data.min_images_per_class:
             raise DataError(
                 f"data: class {name!r} has {counts.get(label, 0)} image(s); at least data.min_images_per_class = {data.min_images_per_class} are needed"
@@ -192,6 +210,9 @@ def index_line(recipe: Recipe) -> LineIndex:
     preset_splits = [it[2] for it in items3]
     if all(s is None for s in preset_splits):
         splits = stratified_split([it[1] for it in items3], data.split.train, data.split.val, data.split.seed)
+        if anomaly and not recipe.anomaly.name_defects:
+            ok = classes.index(recipe.line.ok_class)
+            splits = held_out_defects([it[1] for it in items3], splits, ok, data.split.val, data.split.test, data.split.seed)
     elif any(s is None for s in preset_splits):
         raise DataError(f"{data.manifest}: the split column must be filled on every row or on none")
     else:

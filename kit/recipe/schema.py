@@ -378,6 +378,8 @@ class KpiTargets(_Strict):
     min_automation_rate: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # share decided without a person
     min_accepted_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     max_ece: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # after temperature scaling
+    # task: anomaly only: the area under the ROC curve of the image score, good against defective test parts.
+    min_image_auroc: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     # point: gate the measured rate; bound: gate the pessimistic end of its 95 % interval (lower bound for a
     # minimum, upper for a maximum), so a pass holds with 95 % confidence. The report shows both either way.
     gate_on: Literal["point", "bound"] = "point"
@@ -423,10 +425,45 @@ class MonitorConfig(_Strict):
         return self
 
 
+class AnomalyConfig(_Strict):
+    """``task: anomaly``: the good part is learnt from good parts alone (``kit.anomaly``).
+
+    The teacher's features are learnt on the line's good images against synthetic defects pasted in (the
+    ``defects`` view family), or taken from published weights (``teacher.pretrained``/``pretrained_file``). The
+    student regresses them; the anomaly map is where they differ. Defect images, any number including none, serve
+    validation, certification and test only (with ``name_defects`` they also train the namer)."""
+
+    # The synthetic defects the teacher learns to tell from good parts (scars, pits, CutPaste patches, Perlin blobs).
+    synthetic_defects: Annotated[int, Field(ge=1, le=5)] = 3
+    # The student, fed the strong view, regresses the teacher's features of the weak view (photometric changes only,
+    # so both stay aligned): lighting, blur and noise then do not raise the score. false: same view for both.
+    cross_view: bool = True
+    # Locations where the teacher's own features change most between the two views (above this quantile of that
+    # change, per batch) are left out of the cross-view loss, as CRLD masks unconfident teacher outputs. 1: no mask.
+    unstable_quantile: Annotated[float, Field(gt=0, le=1)] = 0.9
+    # Image score from the anomaly map: the mean of its top share of locations (robust to one hot pixel), or its max.
+    score: Literal["topk_mean", "max"] = "topk_mean"
+    topk_fraction: Annotated[float, Field(gt=0, le=1)] = 0.02
+    # The certified operating point: at most this share of good parts rejected, at verify.threshold's confidence
+    # (95 %), by a one-sided Clopper-Pearson bound on the good validation images. 0.05 needs 59 of them with no
+    # false reject, 0.01 needs 299.
+    max_false_reject_rate: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # The review band below the reject threshold: parts scoring between the accept and the reject thresholds go
+    # to a person. Its width is this share of good validation parts (0: no band, every part decided).
+    review_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    # The hybrid: the labelled defect classes also train a namer (nearest class centre in the teacher's features);
+    # a rejected part unlike every named class is reported as ``unknown_label``.
+    name_defects: bool = False
+    unknown_label: Annotated[str, Field(min_length=1, max_length=40)] = "unknown defect"
+
+
 class Recipe(_Strict):
     """One camera line: data, views, teacher, student, distillation."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
+    # classify: one class per folder, learnt from labelled examples of each. anomaly: learnt from good parts alone
+    # (``anomaly:``); a part unlike them is rejected, whatever its kind.
+    task: Literal["classify", "anomaly"] = "classify"
     line: LineConfig
     data: DataConfig
     views: ViewsConfig = ViewsConfig()
@@ -440,6 +477,7 @@ class Recipe(_Strict):
     verify: VerifyConfig = VerifyConfig()
     kpi: KpiTargets = KpiTargets()
     economics: EconomicsConfig = EconomicsConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
     report: ReportConfig = ReportConfig()
     monitor: MonitorConfig = MonitorConfig()
     # The run this model replaces (a run directory with a bundle): `kit verify` scores it on this run's test split
@@ -506,7 +544,19 @@ class Recipe(_Strict):
                              "teacher becomes a shear for the student")
         if isinstance(self.line.defect_rate, dict) and not self.line.ok_class:
             raise ValueError("line.defect_rate per class needs the good-part class: set line.ok_class")
+        if self.task == "anomaly":
+            self._check_anomaly()
         return self
+
+    def _check_anomaly(self) -> None:
+        """What ``task: anomaly`` needs: the good-part class it learns, and no setting that only a classifier has."""
+        if not self.line.ok_class:
+            raise ValueError("task: anomaly learns the good part: set line.ok_class to the good-part folder")
+        if self.compare:
+            raise ValueError("compare: comparison students are for task: classify; in anomaly mode the benchmark "
+                             "compares the references (benchmarks/anomaly_quality.py)")
+        if self.data.classes is not None and self.anomaly.unknown_label in self.data.classes:
+            raise ValueError(f"anomaly.unknown_label: {self.anomaly.unknown_label!r} is already a class name")
 
     def _class_named_fields(self) -> dict[str, dict[str, Any]]:
         """Every per-class field of the recipe that is set, by its field path."""
