@@ -25,7 +25,7 @@ class ExportError(KitError):
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = 18,
-                max_batch: int = 4096, heatmap: bool = False) -> str:
+                max_batch: int = 4096, heatmap: bool = False, outputs: list[str] | None = None) -> str:
     """Export with torch's TorchScript-based exporter; fall back to the ``torch.export`` one.
 
     The TorchScript exporter goes first because its graphs are read correctly by more
@@ -34,17 +34,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     tests/test_export.py::test_opencv_dnn_gives_the_same_top1). It is also ~8x faster.
     Returns the exporter used (it goes into the manifest). The graph is checked with
     ``onnx.checker`` and shape inference before the file takes its final name.
-    ``heatmap``: the model returns ``(logits, heatmap)``, exported as a second output.
+    ``heatmap``: the model returns ``(logits, heatmap)``, exported as a second output. ``outputs``: other output
+    names, in the model's return order (an anomaly model's ``score``, ``anomaly_map``, ``kind_distance``).
     """
     model = model.eval().cpu()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     path = Path(path)
-    outputs = [OUTPUT_NAME, HEATMAP_NAME] if heatmap else [OUTPUT_NAME]
+    named = outputs
+    outputs = list(named) if named else [OUTPUT_NAME, HEATMAP_NAME] if heatmap else [OUTPUT_NAME]
     errors = []
     for exporter in ("torchscript", "dynamo"):
         try:
             write_atomic(path, lambda tmp: _export(model, example, tmp, opset, max_batch, exporter, outputs))
-            check_onnx(path, heatmap=heatmap)
+            check_onnx(path, heatmap=heatmap, outputs=named)
             return exporter
         except ExportError:
             raise
@@ -73,8 +75,9 @@ def _export(model: nn.Module, example: torch.Tensor, out: Path, opset: int, max_
             )
 
 
-def check_onnx(path: Path, heatmap: bool | None = None) -> onnx.ModelProto:
-    """``heatmap``: True / False require / forbid the ``heatmap`` output; None accepts either."""
+def check_onnx(path: Path, heatmap: bool | None = None, outputs: list[str] | None = None) -> onnx.ModelProto:
+    """``heatmap``: True / False require / forbid the ``heatmap`` output; None accepts either. ``outputs``: exactly
+    these output names instead (anomaly graphs)."""
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
@@ -82,7 +85,12 @@ def check_onnx(path: Path, heatmap: bool | None = None) -> onnx.ModelProto:
     except Exception as exc:  # onnx raises ValidationError, InferenceError, DecodeError ...
         raise ExportError(f"{path}: invalid ONNX model ({str(exc).strip().splitlines()[0]})") from None
     inputs = [i.name for i in model.graph.input]
+    expected_names = outputs
     outputs = [o.name for o in model.graph.output]
+    if expected_names:
+        if inputs != [INPUT_NAME] or outputs != list(expected_names):
+            raise ExportError(f"{path}: expected tensors {INPUT_NAME!r} -> {list(expected_names)}, got {inputs} -> {outputs}")
+        return model
     with_heatmap = outputs == [OUTPUT_NAME, HEATMAP_NAME]
     if inputs != [INPUT_NAME] or not (outputs == [OUTPUT_NAME] or with_heatmap) or heatmap not in (None, with_heatmap):
         expected = [OUTPUT_NAME, HEATMAP_NAME] if heatmap else [OUTPUT_NAME]

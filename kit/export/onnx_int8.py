@@ -51,8 +51,11 @@ def heatmap_nodes(path: Path) -> list[str]:
 
 
 def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, method: str = "minmax",
-                     batch_size: int = 16) -> None:
-    """Static QDQ quantization of ``fp32_path`` calibrated on ``calibration`` (float32 NCHW)."""
+                     batch_size: int = 16, outputs: list[str] | None = None, op_types: list[str] | None = None) -> None:
+    """Static QDQ quantization of ``fp32_path`` calibrated on ``calibration`` (float32 NCHW). ``outputs``: the
+    graph's output names when they are not a classifier's; ``op_types``: quantize only these operators (an anomaly
+    graph quantizes its convolutions and keeps the teacher-student difference in FP32: a difference of two
+    quantized maps is mostly rounding)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -75,6 +78,7 @@ def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *
                 str(prepared), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[method]), nodes_to_exclude=exclude,
+                op_types_to_quantize=op_types,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
 
@@ -84,4 +88,4 @@ def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *
             raise
         except Exception as exc:
             raise ExportError(f"{out_path}: INT8 quantization failed ({str(exc).strip().splitlines()[0]})") from None
-    check_onnx(out_path)
+    check_onnx(out_path, outputs=outputs)

@@ -555,6 +555,9 @@ class Recipe(_Strict):
         if self.compare:
             raise ValueError("compare: comparison students are for task: classify; in anomaly mode the benchmark "
                              "compares the references (benchmarks/anomaly_quality.py)")
+        if self.teacher.image_size is not None:
+            raise ValueError("teacher.image_size: in anomaly mode teacher and student read the same image (their "
+                             "features are compared location by location); leave it out")
         if self.data.classes is not None and self.anomaly.unknown_label in self.data.classes:
             raise ValueError(f"anomaly.unknown_label: {self.anomaly.unknown_label!r} is already a class name")
 

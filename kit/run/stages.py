@@ -73,6 +73,8 @@ def _data(ctx: RunContext) -> dict[str, Any]:
 
     extra = run_data_stage(ctx)
     recipe, data = ctx.recipe, ctx.data
+    if recipe.task == "anomaly":
+        return extra
     for problem in certifiability_problems(recipe.verify.threshold, data.splits["val"].labels, data.classes,
                                            recipe.line.ok_class):
         ctx.log(f"warning: {problem}; as it stands the run ends with every part sent to a person")
@@ -97,8 +99,39 @@ def _report(ctx: RunContext) -> None:
     build_report(ctx.run_dir, log=ctx.log)
 
 
+def build_anomaly_stages() -> list[Stage]:
+    """``task: anomaly``: data -> teacher (good parts against synthetic defects) -> student (feature regression) ->
+    evaluate -> export -> verify -> report (``kit.anomaly``)."""
+    from kit.anomaly.export import export_anomaly_bundle
+    from kit.anomaly.record import read_anomaly_record, record_path
+    from kit.anomaly.report import build_anomaly_report
+    from kit.anomaly.stages import run_anomaly_evaluate_stage, run_anomaly_student_stage, run_anomaly_teacher_stage
+    from kit.anomaly.verify import verify_anomaly_run
+
+    return [
+        Stage("data", _data, lambda ctx: "data" in ctx.finished_before and (ctx.run_dir / SPLIT_NAME).is_file(),
+              all_ranks=True),
+        Stage("teacher", run_anomaly_teacher_stage, _trained("teacher")),
+        Stage("student", run_anomaly_student_stage, _trained("student")),
+        Stage("evaluate", run_anomaly_evaluate_stage, lambda ctx: "evaluate" in ctx.finished_before
+              and (ctx.run_dir / METRICS_NAME).is_file(),
+              result=("metrics", lambda ctx: read_json(ctx.run_dir / METRICS_NAME))),
+        Stage("export", lambda ctx: export_anomaly_bundle(ctx.run_dir, log=ctx.log) and None,
+              _current("export", ("done",), lambda d: d / BUNDLE_DIR), records_itself=True,
+              result=("parity", lambda ctx: read_json(parity_path(ctx.run_dir)))),
+        Stage("verify", lambda ctx: verify_anomaly_run(ctx.run_dir, log=ctx.log) and None,
+              _current("verify", ("done", "gate-failed"), record_path), records_itself=True,
+              result=("kpi", lambda ctx: read_anomaly_record(ctx.run_dir))),
+        Stage("report", lambda ctx: build_anomaly_report(ctx.run_dir, log=ctx.log) and None,
+              _current("report", ("done",), report_html_path), records_itself=True,
+              result=("report", lambda ctx: report_html_path(ctx.run_dir))),
+    ]
+
+
 def build_stages(recipe: Any) -> list[Stage]:
     """data -> teacher -> teacher-check -> student -> comparison students -> evaluate -> export -> verify -> report."""
+    if recipe.task == "anomaly":
+        return build_anomaly_stages()
     from kit.evaluate import run_evaluate_stage
     from kit.train.roles import run_student_stage, run_teacher_stage
     from kit.verify.teacher_check import run_teacher_check_stage

@@ -25,6 +25,7 @@ from kit.views.presets import MAX_SEVERITY, get_preset, list_presets
 _FORBIDDEN = {"Normalize", "ToTensorV2", "ToTensor3D", "ToFloat", "FromFloat", "Lambda", "ToRGB", "ToGray", "ToSepia"}
 _COMPOSES = ("OneOf", "SomeOf", "Sequential")  # compositions a recipe may nest, with a transforms: list
 _PRESET_ARGS = {"severity", "p"}
+LABEL_CHANGING = "defects"  # kit.views.defects: a view family that makes a defect, never a training view
 
 
 def _albumentations_transforms() -> dict[str, type]:
@@ -62,6 +63,9 @@ def _build_step(step: Any, where: str) -> list[A.BasicTransform | A.BaseCompose]
         kwargs = {}
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise RecipeError(f"{where}: arguments of {name!r} must be a mapping (got {kwargs!r})")
+    if name == LABEL_CHANGING:
+        raise RecipeError(f"{where}: {name} turns a good part into a defective one, so it cannot be a weak or strong "
+                          "view (views keep the label); anomaly mode draws it itself: set anomaly.synthetic_defects")
     if name in list_presets():
         return _build_preset(name, kwargs, where)
     if name in _FORBIDDEN:
@@ -146,3 +150,25 @@ def apply_view(pipeline: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
     pipeline.set_random_seed(seed)
     out = pipeline(image=image)["image"]
     return out if out.ndim == 3 else out[:, :, None]
+
+
+def photometric_only(pipeline: A.Compose) -> A.Compose:
+    """The view's steps that change pixel values but not where things are (lighting, blur, noise, compression):
+    an anomaly student compares two views location by location, so they must stay aligned. Geometric steps
+    (flips, affine, crops) are dropped; a composition keeps its photometric members."""
+
+    def keep(t: Any) -> Any:
+        if isinstance(t, A.ImageOnlyTransform):
+            return t
+        if isinstance(t, A.BaseCompose):
+            inner = [k for k in (keep(c) for c in t.transforms) if k is not None]
+            if not inner:
+                return None
+            if isinstance(t, A.OneOf):
+                return A.OneOf(inner, p=t.p)
+            if isinstance(t, A.SomeOf):
+                return A.SomeOf(inner, n=min(t.n, len(inner)), replace=t.replace, p=t.p)
+            return A.Sequential(inner, p=t.p)
+        return None
+
+    return A.Compose([k for k in (keep(t) for t in pipeline.transforms) if k is not None], seed=0)

@@ -1,0 +1,127 @@
+"""``kit report`` in anomaly mode: page one says GO, GO after a shadow period, or NO-GO with its reasons, from
+``verify/anomaly.json`` alone, every rate with its n and 95 % interval.
+
+- **NO-GO**: the operating point is not certified, or a measured target is missed.
+- **GO after a shadow period**: every measured target is met, but an escape target is unmeasured or not yet
+  certified (too few defective parts): the page says how many defective parts the shadow period must bring.
+- **GO**: every target met and every defect class's escapes certified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+
+from kit.anomaly.record import AnomalyRecord, read_anomaly_record
+from kit.io import publish_dir, staging_dir, write_text_atomic
+from kit.rundir import HTML_NAME, REPORT_DIR, mark_stage, require_stages
+
+GO, SHADOW, NO_GO = "GO", "GO after a shadow period", "NO-GO"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    verdict: str
+    reasons: list[str]
+
+
+def _pct(rate: dict[str, Any] | None) -> str:
+    if rate is None or rate.get("rate") is None:
+        return "unmeasured (n = 0)"
+    return f"{rate['rate']:.1%} ({rate['k']} of {rate['n']}; 95 % interval {rate['low']:.1%} - {rate['high']:.1%})"
+
+
+def recommend(record: AnomalyRecord) -> Recommendation:
+    """The one verdict of this run (the CLI and the page print this)."""
+    reasons, waiting = [], []
+    cert = record.certificate
+    if not cert["certified"]:
+        reasons.append(f"the operating point is not certified: {cert['message']}")
+    for c in record.gate.gated:
+        if c.passed:
+            continue
+        if c.value is None:
+            waiting.append(f"{c.measure} is unmeasured ({c.description}): limit {c.op} {c.limit:g}")
+        else:
+            reasons.append(f"{c.target} ({c.measure}) = {c.value:.4g}, limit {c.op} {c.limit:g}")
+    for name, row in record.escapes.items():
+        if row["status"] != "certified":
+            have = f"{row.get('k', 0)} escapes of {row.get('n', 0)}" if row["status"] != "unmeasured" else "no validation image"
+            waiting.append(f"{name}: escapes <= {row['limit']:.0%} not yet certified ({have}); "
+                           f"{row['needed_defective_parts']} defective parts of it with none accepted would certify it")
+    if reasons:
+        return Recommendation(NO_GO, reasons + waiting)
+    if waiting:
+        return Recommendation(SHADOW, waiting)
+    return Recommendation(GO, [])
+
+
+_PAGE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ r.line }}: anomaly model release report</title>
+<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}
+table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .5em;text-align:left}
+.v{font-size:1.6em;font-weight:bold}.NO-GO{color:#b00}.GO{color:#070}.SHADOW{color:#a60}</style></head><body>
+<h1>{{ r.line }}: anomaly model (learnt from good parts alone)</h1>
+<p class="v {{ css }}">{{ rec.verdict }}</p>
+{% if rec.reasons %}<ul>{% for x in rec.reasons %}<li>{{ x }}</li>{% endfor %}</ul>{% endif %}
+<h2>Operating point</h2>
+<p>{{ r.certificate.message }}. Reject at score {{ reject }}, review from {{ '%.4g' % r.certificate.accept_below }}
+(score 1.0 = the 99th percentile of good validation parts). Validation: {{ r.val.n_good }} good of {{ r.val.n }} images.</p>
+<table><tr><th>On {{ r.test.n }} test images ({{ r.test.n_good }} good), {{ r.deployed_runtime }}</th><th>rate</th></tr>
+<tr><td>good parts rejected (false rejects)</td><td>{{ pct(op.false_reject_rate) }}</td></tr>
+<tr><td>good parts sent to review</td><td>{{ pct(op.good_review_rate) }}</td></tr>
+<tr><td>defective parts accepted (escapes)</td><td>{{ pct(op.escape_rate) }}</td></tr>
+<tr><td>parts decided without a person</td><td>{{ pct(op.automation_rate) }}</td></tr>
+{% for name, row in op.per_class.items() %}<tr><td>{{ name }}: caught (rejected or reviewed)</td><td>{{ pct(row.caught) }}</td></tr>{% endfor %}
+</table>
+<h2>Escapes on validation, per defect class</h2>
+<table><tr><th>class</th><th>status</th><th>escapes</th><th>limit</th><th>defective parts that would certify it</th></tr>
+{% for name, e in r.escapes.items() %}<tr><td>{{ name }}</td><td>{{ e.status }}</td><td>{{ e.get('k', '-') }} of {{ e.get('n', 0) }}</td>
+<td>{{ '%.0f %%' % (100 * e.limit) }}</td><td>{{ e.needed_defective_parts }}</td></tr>{% endfor %}
+</table>
+<h2>Ranking (test)</h2>
+<p>Image AUROC {{ fmt(r.figures.auroc) }}, AUPR {{ fmt(r.figures.aupr) }} ({{ r.test.n - r.test.n_good }} defective, {{ r.test.n_good }} good).
+{% if r.figures.recall_at_1pct_false_reject %}At 1 % false rejects on test, caught {{ pct(r.figures.recall_at_1pct_false_reject.caught) }}.{% endif %}</p>
+<table><tr><th>defect class</th><th>AUROC against good parts</th></tr>
+{% for name, v in r.figures.per_class_auroc.items() %}<tr><td>{{ name }}</td><td>{{ fmt(v) }}</td></tr>{% endfor %}</table>
+<h2>Good parts under line changes (robustness)</h2>
+<p>Clean: {{ pct(r.robustness.clean_false_reject) }} rejected.</p>
+<table><tr><th>family</th><th>severity</th><th>good parts rejected</th><th>sent to review</th></tr>
+{% for row in r.robustness.rows %}<tr><td>{{ row.family }}</td><td>{{ row.severity }}</td><td>{{ pct(row.false_reject) }}</td><td>{{ pct(row.review) }}</td></tr>{% endfor %}</table>
+<h2>Where the map points</h2>
+{% if r.localisation.status == 'measured' %}<p>Peak within {{ r.localisation.tolerance_px_at_input }} px (model input) of the defect mask:
+{{ pct(r.localisation.pointing) }}; AUPRO (to 30 % good pixels flagged) {{ fmt(r.localisation['aupro_0.3']) }}.</p>
+{% else %}<p>Not measured: {{ r.localisation.reason }}.</p>{% endif %}
+<h2>Speed</h2><p>End to end per part, batch 1, {{ r.latency.runtime }}: p95 {{ '%.2f' % r.latency.p95_ms }} ms, p50 {{ '%.2f' % r.latency.p50_ms }} ms ({{ r.latency.iters }} parts).</p>
+<h2>Gate</h2><table><tr><th>target</th><th>measure</th><th>value</th><th>limit</th><th>result</th></tr>
+{% for c in r.gate.checks %}<tr><td>{{ c.target }}</td><td>{{ c.measure }}</td><td>{{ 'unmeasured' if c.value is none else '%.4g' % c.value }}</td>
+<td>{{ '-' if c.limit is none else c.op ~ ' ' ~ ('%g' % c.limit) }}</td><td>{{ 'reported' if not c.gated else ('met' if c.passed else ('unmeasured: not met' if c.value is none else 'missed')) }}</td></tr>{% endfor %}</table>
+<p><small>{{ r.run_dir }} · recipe {{ r.recipe_hash[:12] }} · {{ r.created_at }}</small></p>
+</body></html>""")
+
+
+def render_anomaly_html(record: AnomalyRecord) -> str:
+    rec = recommend(record)
+    reject = record.certificate["reject_at"]
+    return _PAGE.render(r=record, rec=rec, op=record.operating_test, pct=_pct,
+                        css={GO: "GO", SHADOW: "SHADOW", NO_GO: "NO-GO"}[rec.verdict],
+                        reject="none (not certified: every part reviewed)" if reject is None else f"{reject:.4g}",
+                        fmt=lambda v: "unmeasured" if v is None else f"{v:.4f}")
+
+
+def build_anomaly_report(run_dir: str | Path, log: Callable[[str], None] = print) -> Recommendation:
+    run_dir = Path(run_dir)
+    state = require_stages(run_dir, ["export"], "kit report")
+    started = time.perf_counter()
+    record = read_anomaly_record(run_dir)
+    staging = staging_dir(run_dir / REPORT_DIR)
+    write_text_atomic(staging / HTML_NAME, render_anomaly_html(record))
+    out = publish_dir(staging, run_dir / REPORT_DIR)
+    rec = recommend(record)
+    mark_stage(run_dir, state, "report", time.perf_counter() - started, verdict=rec.verdict)
+    log(f"report: {out / HTML_NAME} ({rec.verdict}{': ' + rec.reasons[0] if rec.reasons else ''})")
+    return rec
