@@ -214,7 +214,8 @@ class Predictor:
         result type. A list must hold one kind: mixing paths and images raises ``DeployError``.
 
         ``heatmap=True`` attaches ``Decision.heatmap`` (``deploy.heatmap.Heatmap``): a map in the input
-        image's pixels and its peak, for the predicted class or for ``heatmap_class``.
+        image's pixels and its peak, for the predicted class or for ``heatmap_class``. An anomaly bundle
+        gives its ``anomaly_map`` (one map per part, so no ``heatmap_class``), and each decision its ``score``.
         """
         kind, items = _split_source(source)
         if kind == "path":
