@@ -17,6 +17,7 @@ from deploy.predictor import Predictor, softmax
 from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
 
 Infer = Callable[[np.ndarray], np.ndarray]  # preprocessed float32 NCHW batch -> logits
+Decide = Callable[[np.ndarray], Any]  # preprocessed float32 NCHW batch -> the decision (whatever form it takes)
 
 
 def _timed(fn: Callable[[], Any], warmup: int, iters: int) -> np.ndarray:
@@ -37,19 +38,33 @@ def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
             "images_per_s": float(batch * 1000.0 / times_ms.mean())}
 
 
-def _unpack(target: Predictor | Infer, spec: PreprocessSpec | None) -> tuple[Infer, PreprocessSpec, float, float | None]:
+def _unpack(target: Predictor | Infer, spec: PreprocessSpec | None) -> tuple[Callable[[np.ndarray], Any], PreprocessSpec, Decide]:
+    """(the forward pass, the preprocessing, forward pass + decision). A classifier's decision is the calibrated
+    probabilities and the abstain threshold; an anomaly bundle's (``Predictor.outputs``: score and map in one
+    pass) its rule, through ``Predictor.decide_batch``."""
     if isinstance(target, Predictor):
         m = target.manifest
-        return target.logits, m.preprocess, m.temperature, m.operating_threshold
+        if m.anomaly is not None:
+            return target.outputs, m.preprocess, target.decide_batch
+        return target.logits, m.preprocess, _classify(target.logits, m.temperature, m.operating_threshold)
     if spec is None:
         raise ValueError("a bare inference function needs the PreprocessSpec it expects")
-    return target, spec, 1.0, None
+    return target, spec, _classify(target, 1.0, None)
+
+
+def _classify(infer: Infer, temperature: float, threshold: float | None) -> Decide:
+    def decide(batch: np.ndarray) -> Any:
+        probabilities = softmax(infer(batch), temperature)
+        top, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        return top, (confidence < threshold if threshold is not None else None)
+
+    return decide
 
 
 def bench_model(target: Predictor | Infer, batch: int = 1, warmup: int = 10, iters: int = 100,
                 spec: PreprocessSpec | None = None) -> dict[str, float]:
     """Inference alone on a preprocessed batch (what the accelerator sees)."""
-    infer, spec, _, _ = _unpack(target, spec)
+    infer, spec, _ = _unpack(target, spec)
     c, (h, w) = spec.num_channels, spec.image_size
     x = np.random.default_rng(0).normal(size=(batch, c, h, w)).astype(np.float32)
     return summarize(_timed(lambda: infer(x), warmup, iters), batch)
@@ -57,9 +72,9 @@ def bench_model(target: Predictor | Infer, batch: int = 1, warmup: int = 10, ite
 
 def bench_end_to_end(target: Predictor | Infer, paths: Sequence[str | Path], batch: int = 1, warmup: int = 5,
                      iters: int = 50, spec: PreprocessSpec | None = None) -> dict[str, float]:
-    """Read files, preprocess, infer, decide (calibrated probabilities, abstain threshold): what
-    one part on the line costs."""
-    infer, spec, temperature, threshold = _unpack(target, spec)
+    """Read files, preprocess, infer, decide (calibrated probabilities and abstain threshold, or an anomaly
+    bundle's rule): what one part on the line costs."""
+    _, spec, decide = _unpack(target, spec)
     paths = list(paths)
     if not paths:
         raise ValueError("end-to-end timing needs at least one image")
@@ -68,9 +83,7 @@ def bench_end_to_end(target: Predictor | Infer, paths: Sequence[str | Path], bat
     def step() -> None:
         chunk = [paths[(state["i"] + k) % len(paths)] for k in range(batch)]
         state["i"] += batch
-        probabilities = softmax(infer(preprocess_batch([read_image(p, spec.channels) for p in chunk], spec)), temperature)
-        top, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
-        _ = top, (confidence < threshold if threshold is not None else None)
+        decide(preprocess_batch([read_image(p, spec.channels) for p in chunk], spec))
 
     return summarize(_timed(step, warmup, iters), batch)
 

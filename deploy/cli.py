@@ -94,7 +94,8 @@ def predict(
         for path, image, decision in zip(chunk, images, predictor.predict(images, heatmap=True, heatmap_class=heatmap_class)):
             decision.path = str(path)
             name = _overlay_name(path, taken)
-            caption = overlay_caption(decision.label, decision.confidence, decision.action, decision.heatmap.label)
+            caption = overlay_caption(decision.label, decision.confidence, decision.action, decision.heatmap.label,
+                                      decision.score)
             write_overlay(heatmaps / name, image, decision.heatmap, caption, channels=channels)
             row = decision.to_dict()
             row["heatmap"]["overlay"] = str(heatmaps / name)
@@ -206,7 +207,8 @@ def _monitor_lines(report: dict[str, Any], files: MonitorFiles) -> list[str]:
         lines.append(f"{r['status']:>5}  {r['check']:<18} PSI {r['psi']:.3f}{p}{med}")
     if report["abstain"]:
         a = report["abstain"]
-        lines.append(f"abstain rate {a['reference_rate']:.1%} -> {a['new_rate']:.1%} (threshold {a['threshold']:.3f})")
+        bar = f"review band {a['band'][0]:g} to {a['band'][1]:g}" if "band" in a else f"threshold {a['threshold']:.3f}"
+        lines.append(f"abstain rate {a['reference_rate']:.1%} -> {a['new_rate']:.1%} ({bar})")
     lines += [f"note: {note}" for note in report["notes"]]
     if files.drift_png is None:
         lines.append('note: drift.png not written: matplotlib is not installed (pip install "inspection-kit[plot]")')

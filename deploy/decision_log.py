@@ -2,7 +2,8 @@
 
 One append-only JSON-lines file per UTC day (``decisions-YYYY-MM-DD.jsonl``) in a log folder,
 written by ``deploy serve`` and ``deploy watch``, read by ``deploy monitor``, ``deploy
-review-queue`` and ``kit shadow``. One record per decided part (``DecisionRecord``).
+review-queue`` and ``kit shadow``. One record per decided part (``DecisionRecord``). A record of an
+anomaly bundle carries its ``score`` and no probabilities (``{}``); a classifier's, ``score`` null.
 
 Crash safety: each record is one ``os.write`` of one complete line on a file opened with
 ``O_APPEND`` (the kernel places it at the end, whole, even with several writers), then
@@ -13,6 +14,7 @@ skips lines that do not parse and counts them, so a reader never fails on a log 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass, field
@@ -48,6 +50,7 @@ class DecisionRecord:
     image: str | None = None  # file name or path, where the image is kept
     version: int = LOG_VERSION
     decision_id: str | None = None  # unique per decision (deploy watch's journal finds its records by it)
+    score: float | None = None  # an anomaly bundle's score (1.0 = 99th percentile of good parts); None: a classifier
 
     def to_line(self) -> str:
         """One JSON line, valid UTF-8: a part id or image name holding bytes that are not UTF-8 (a file name
@@ -70,12 +73,18 @@ class DecisionRecord:
             time=time or utc_now().isoformat(timespec="microseconds"), part_id=part_id, image_sha256=image_sha256,
             label=decision.label, confidence=decision.confidence, probabilities=decision.probabilities or {},
             abstain=decision.abstain, action=decision.action, model_id=model_id, runtime=decision.runtime,
-            latency_ms=dict(latency_ms or {}), source=source, image=image, decision_id=decision_id)
+            latency_ms=dict(latency_ms or {}), source=source, image=image, decision_id=decision_id,
+            score=_finite_or_none(decision.score))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DecisionRecord":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a score that is not a number is logged as null (its decision says review)."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _readable_strings(value: Any) -> Any:

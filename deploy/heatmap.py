@@ -17,6 +17,10 @@ batch 1 on one CPU thread; ``benchmarks/heatmap_quality.py`` and ``benchmarks/RE
   (110-230 ms on one CPU thread for the sample student): compute it for the images that need it
   (abstained, rejected, or asked for).
 
+An anomaly bundle (``task: anomaly``) needs neither: its graph's ``anomaly_map`` output, the score per pixel
+of the model input, comes from the same forward pass as the score (method ``anomaly-map``); it is mapped
+to the image's pixels like the others. It is one map, for whatever the part is, not one per class.
+
 Maps are returned in the input image's coordinates (the inverse of the manifest's ROI crop and
 resize; zero outside the ROI), min-max normalised to [0, 1], with the peak as (x, y) pixels.
 """
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from deploy.predictor import Predictor
 
 HEATMAP_OUTPUT = "heatmap"
+ANOMALY_MAP_METHOD = "anomaly-map"  # an anomaly bundle's anomaly_map output, from the decision's forward pass
 OCCLUSION_PATCH_FRACTION = 8  # patch side = input side / 8 (8 px at 64 px), stride half of it
 OCCLUSION_BATCH = 256  # occluded copies per runtime call
 
@@ -46,7 +51,7 @@ class Heatmap:
     map: np.ndarray  # float32 HxW in the input image's pixels, [0, 1]
     peak_xy: tuple[int, int]  # (x, y) px in the input image, where ``map`` is largest
     label: str  # the class the map is for
-    method: str  # cam | occlusion
+    method: str  # cam | occlusion | anomaly-map
 
     def to_dict(self) -> dict[str, Any]:
         """What a JSON line carries (the map itself goes to a PNG: ``deploy.overlay``)."""
@@ -55,7 +60,10 @@ class Heatmap:
 
 
 def heatmap_method(predictor: "Predictor") -> str:
-    """``cam`` when the bundle's manifest and the loaded artefact both have the in-graph output."""
+    """``anomaly-map`` for an anomaly bundle; ``cam`` when a classifier's manifest and the loaded artefact both
+    have the in-graph output; else ``occlusion``."""
+    if predictor.manifest.anomaly is not None:
+        return ANOMALY_MAP_METHOD
     entry = predictor.manifest.extra.get("heatmap")
     has_output = HEATMAP_OUTPUT in getattr(predictor.runtime, "output_names", [])
     return "cam" if entry and has_output and hasattr(predictor.runtime, "run_with_heatmap") else "occlusion"

@@ -1,7 +1,9 @@
 """``deploy monitor``: have the line's images drifted from what the model was verified on?
 
 Compares new images with the bundle's reference profile (``profile.json``, written at export):
-each imaging statistic, the model's confidence, its abstain rate and the predicted-class mix.
+each imaging statistic, the model's confidence, its abstain rate and the predicted-class mix. For an
+anomaly bundle (``task: anomaly``) the model's side is the anomaly score's distribution (check
+``score``), the review-band rate and the mix of the labels its rule gives (``predicted_classes``).
 Per comparison: the population stability index (PSI, bins at the reference's deciles) and a
 two-sample Kolmogorov-Smirnov test; ``ok`` / ``watch`` / ``drift`` from the thresholds the
 recipe put in the profile. Torch-free: runs on the edge box next to the model.
@@ -19,8 +21,9 @@ import numpy as np
 from scipy.stats import chisquare, ks_2samp
 
 from deploy.atomic import write_atomic, write_text_atomic
+from deploy.decision import AnomalyRule
 from deploy.errors import DeployError
-from deploy.manifest import read_manifest, sha256_file
+from deploy.manifest import Manifest, read_manifest, sha256_file
 from deploy.predictor import Predictor, softmax
 from deploy.preprocess import prepare_image, read_image, to_tensor
 from deploy.profile import PROFILE_FORMAT, PROFILE_NAME, STATISTICS, statistics_table
@@ -114,22 +117,20 @@ def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = 
     if not paths:
         raise DeployError("monitor: no images given")
     images = [prepare_image(read_image(p, spec.channels), spec) for p in paths]
-    stats = statistics_table(images)
-    logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + batch_size]), spec))
-                             for i in range(0, len(images), batch_size)])
-
-    rows = _statistic_rows(profile, stats, th)
-    temperature, threshold = predictor.manifest.temperature, predictor.manifest.operating_threshold
-    ref_p, new_p = softmax(np.asarray(profile["logits"], np.float32), temperature), softmax(logits, temperature)
-    rows += _model_rows(ref_p, new_p.max(1), new_p.argmax(1), th)
-    abstain = None
-    rule = predictor.manifest.decision_rule
-    if threshold is not None or rule.class_thresholds:  # the abstain rate by the rule the bundle deploys
-        classes = predictor.classes
-        ref_rate = float(np.mean(~rule.accepted(ref_p, classes)))
-        new_rate = float(np.mean(~rule.accepted(new_p, classes)))
-        abstain = {"threshold": threshold or 0.0, "reference_rate": ref_rate, "new_rate": new_rate}
-
+    rows = _statistic_rows(profile, statistics_table(images), th)
+    rule = predictor.manifest.anomaly
+    if rule is not None:
+        decisions = [d for i in range(0, len(images), batch_size)
+                     for d in predictor.decide_batch(to_tensor(np.stack(images[i : i + batch_size]), spec))]
+        model_rows, abstain = _anomaly_rows(profile, rule, [d.score for d in decisions], [d.label for d in decisions],
+                                            [d.abstain for d in decisions], th, bundle_dir)
+        rows += model_rows
+        labels = [d.label for d in decisions]
+    else:
+        logits = np.concatenate([predictor.logits(to_tensor(np.stack(images[i : i + batch_size]), spec))
+                                 for i in range(0, len(images), batch_size)])
+        model_rows, abstain, labels = _classifier_rows(profile, predictor.manifest, logits, th)
+        rows += model_rows
     overall = max((r["status"] for r in rows), key=STATUS_ORDER.index)
     notes = []
     if len(paths) < th.min_images:
@@ -138,9 +139,53 @@ def monitor(bundle_dir: str | Path, paths: Sequence[str | Path], runtime: str = 
         "bundle": str(bundle_dir), "runtime": predictor.runtime.name, "images": len(paths),
         "reference_images": profile["images"], "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "thresholds": th.__dict__, "status": overall, "checks": rows, "abstain": abstain,
-        "predicted_share": {c: float(np.mean(new_p.argmax(1) == i)) for i, c in enumerate(predictor.classes)},
+        "predicted_share": {c: float(np.mean([label == c for label in labels])) for c in predictor.classes},
         "notes": notes,
     }
+
+
+def _classifier_rows(profile: dict[str, Any], manifest: Manifest, logits: np.ndarray,
+                     th: Thresholds) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str]]:
+    """A classifier's model rows (confidence, class mix), its abstain rates and the new parts' predicted labels."""
+    temperature, threshold = manifest.temperature, manifest.operating_threshold
+    ref_p, new_p = softmax(np.asarray(profile["logits"], np.float32), temperature), softmax(logits, temperature)
+    rows = _model_rows(ref_p, new_p.max(1), new_p.argmax(1), th)
+    abstain = None
+    rule = manifest.decision_rule
+    if threshold is not None or rule.class_thresholds:  # the abstain rate by the rule the bundle deploys
+        ref_rate = float(np.mean(~rule.accepted(ref_p, manifest.classes)))
+        new_rate = float(np.mean(~rule.accepted(new_p, manifest.classes)))
+        abstain = {"threshold": threshold or 0.0, "reference_rate": ref_rate, "new_rate": new_rate}
+    return rows, abstain, [manifest.classes[i] for i in new_p.argmax(1)]
+
+
+def _anomaly_rows(profile: dict[str, Any], rule: AnomalyRule, scores: Sequence[float | None], labels: Sequence[str],
+                  abstain: Sequence[bool], th: Thresholds, bundle_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """An anomaly bundle's model rows against its reference: the score distribution (PSI, KS) and the mix of the
+    labels the rule gives (the reference's labels by today's rule, from its stored scores and kind distances); and
+    the review-band rate."""
+    if profile.get("task", "classify") != "anomaly" or "scores" not in profile:
+        raise DeployError(f"{bundle_dir / PROFILE_NAME}: no reference scores for this anomaly bundle (a classifier's "
+                          "profile?); re-export it with `kit export`")
+    if rule.kinds and "kind_distance" not in profile:
+        raise DeployError(f"{bundle_dir / PROFILE_NAME}: no reference kind distances for the bundle's kinds "
+                          f"({', '.join(rule.kinds)}); re-export it with `kit export`")
+    ref_scores = np.asarray(profile["scores"], np.float64)
+    reference = rule.decide(ref_scores, profile.get("kind_distance") if rule.kinds else None)
+    new_scores = np.array([s for s in scores if s is not None], np.float64)  # a NaN score is logged as null
+    if not len(new_scores):
+        raise DeployError("monitor: none of the decisions carries an anomaly score to compare")
+    rows = [_compare("score", "anomaly score (1.0: the 99th percentile of the good validation parts)", ref_scores,
+                     new_scores, th)]
+    names = rule.labels()
+    mix, mix_p = _categorical_shift(np.array([names.index(x) for x in reference.labels], int),
+                                    np.array([names.index(x) for x in labels], int), len(names))
+    rows.append({"check": "predicted_classes", "description": "mix of decision labels (p: chi-square test)", "psi": mix,
+                 "ks_statistic": None, "ks_p_value": mix_p, "reference_median": None, "new_median": None,
+                 "status": th.status(mix, mix_p)})
+    rates = {"threshold": rule.accept_below, "band": [rule.accept_below, rule.reject_at],
+             "reference_rate": float(np.mean(reference.abstain)), "new_rate": float(np.mean(np.asarray(abstain, bool)))}
+    return rows, rates
 
 
 def _statistic_rows(profile: dict[str, Any], stats: dict[str, np.ndarray], th: Thresholds) -> list[dict[str, Any]]:
@@ -199,13 +244,18 @@ def monitor_log(bundle_dir: str | Path, logs: Sequence[str | Path]) -> dict[str,
             notes.append(f"imaging statistics from the {len(kept)} of {len(mine)} decided images still on disk")
     else:
         notes.append("no kept images in the log: imaging statistics not checked (confidence, abstain and class mix only)")
-    ref_p = softmax(np.asarray(profile["logits"], np.float32), manifest.temperature)
-    rows += _model_rows(ref_p, np.array([r.confidence for r in mine]), np.array([classes.index(r.label) for r in mine]), th)
-    abstain = None
-    if manifest.operating_threshold is not None or manifest.class_thresholds:
-        abstain = {"threshold": manifest.operating_threshold or 0.0,
-                   "reference_rate": 1.0 - float(np.mean(manifest.decision_rule.accepted(ref_p, classes))),
-                   "new_rate": float(np.mean([r.abstain for r in mine]))}
+    if manifest.anomaly is not None:
+        model_rows, abstain = _anomaly_rows(profile, manifest.anomaly, [r.score for r in mine], [r.label for r in mine],
+                                            [r.abstain for r in mine], th, bundle_dir)
+        rows += model_rows
+    else:
+        rows += _logged_classifier_rows(profile, manifest, mine, th)
+        abstain = None
+        if manifest.operating_threshold is not None or manifest.class_thresholds:
+            ref_p = softmax(np.asarray(profile["logits"], np.float32), manifest.temperature)
+            abstain = {"threshold": manifest.operating_threshold or 0.0,
+                       "reference_rate": 1.0 - float(np.mean(manifest.decision_rule.accepted(ref_p, classes))),
+                       "new_rate": float(np.mean([r.abstain for r in mine]))}
     if others:
         notes.append(f"{sum(others.values())} records by other models left out ({', '.join(others)})")
     if read.skipped_lines:
@@ -222,6 +272,13 @@ def monitor_log(bundle_dir: str | Path, logs: Sequence[str | Path]) -> dict[str,
         "predicted_share": {c: float(np.mean([r.label == c for r in mine])) for c in classes},
         "notes": notes,
     }
+
+
+def _logged_classifier_rows(profile: dict[str, Any], manifest: Manifest, mine: list, th: Thresholds) -> list[dict[str, Any]]:
+    """A classifier's confidence and class mix from its logged decisions, against the reference logits."""
+    ref_p = softmax(np.asarray(profile["logits"], np.float32), manifest.temperature)
+    return _model_rows(ref_p, np.array([r.confidence for r in mine]),
+                       np.array([manifest.classes.index(r.label) for r in mine]), th)
 
 
 class MonitorFiles(NamedTuple):

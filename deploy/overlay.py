@@ -53,10 +53,12 @@ def render_overlay(image: np.ndarray, heatmap: Heatmap, caption: str, mask: np.n
     return np.vstack([strip, out])
 
 
-def overlay_caption(label: str, confidence: float, action: str | None = None, heatmap_label: str | None = None) -> str:
-    """``scratch 0.97 reject`` (and ``map: dent`` when the map is for another class). ASCII only:
-    OpenCV's built-in font has no other glyphs (the report puts translated text next to the PNG)."""
-    text = f"{label} {confidence:.2f}" + (f" {action}" if action else "")
+def overlay_caption(label: str, confidence: float, action: str | None = None, heatmap_label: str | None = None,
+                    score: float | None = None) -> str:
+    """``scratch 0.97 reject`` (and ``map: dent`` when the map is for another class; ``score 1.31`` for an
+    anomaly bundle's decision). ASCII only: OpenCV's built-in font has no other glyphs (the report puts
+    translated text next to the PNG)."""
+    text = f"{label} {confidence:.2f}" + (f" {action}" if action else "") + (f" score {score:.2f}" if score is not None else "")
     if heatmap_label and heatmap_label != label:
         text += f"  map: {heatmap_label}"
     return text

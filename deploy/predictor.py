@@ -1,5 +1,7 @@
-"""``Predictor``: bundle in, decisions out. Preprocessing, inference, calibrated probabilities,
-and the abstain decision, all driven by the bundle manifest."""
+"""``Predictor``: bundle in, decisions out. Preprocessing, inference, and the decision by the bundle's
+rule, all driven by the bundle manifest: calibrated probabilities and the abstain threshold for a
+classifier, the anomaly score and its accept / review / reject band for an anomaly bundle
+(``deploy.decision``). The same calls serve both tasks."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 import numpy as np
 
 from deploy.errors import DeployError
-from deploy.manifest import (MANIFEST_NAME, BundleError, Manifest, check_embedded_manifest, read_manifest,
-                             verified_artefact)
+from deploy.manifest import (ANOMALY_OUTPUTS, MANIFEST_NAME, BundleError, Manifest, check_embedded_manifest,
+                             read_manifest, verified_artefact)
 from deploy.preprocess import PreprocessSpec, preprocess_batch, read_image
 from deploy.runtimes import Runtime, get_runtime
 
@@ -26,14 +28,15 @@ _ACCEPTED = "pass a path (str or Path), a decoded uint8 image (numpy HxW or HxWx
 
 @dataclass
 class Decision:
-    label: str  # predicted class, also when abstaining
-    confidence: float  # calibrated max probability
-    abstain: bool  # confidence below the operating threshold (of its class): route to a person
+    label: str  # predicted class (anomaly: ok class or the suspected defect), also when abstaining
+    confidence: float  # calibrated max probability (anomaly: read off the good parts' scores, AnomalyRule.confidence)
+    abstain: bool  # below the operating threshold (of its class), or in the anomaly review band: route to a person
     runtime: str
     path: str | None = None
     action: str = "accept"  # accept | reject | review, from the bundle's decision rule (deploy.decision)
-    probabilities: dict[str, float] | None = None  # calibrated, per class
+    probabilities: dict[str, float] | None = None  # calibrated, per class; None for an anomaly bundle
     heatmap: "Heatmap | None" = field(default=None, repr=False)  # with predict(..., heatmap=True)
+    score: float | None = None  # the anomaly score (1.0 = 99th percentile of good parts); None for a classifier
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; a heatmap becomes its label, peak and method (the map goes to a PNG)."""
@@ -58,7 +61,9 @@ def check_output_width(runtime: Runtime, manifest: Manifest, model_path: Path) -
     """The model must give one score per class named in model.json. A shorter list loaded, and every
     micro-batch holding a part of a class without a name then failed whole; a longer one decided on scores
     that are not there. The width comes from the graph where it declares it, else from one inference on a
-    zero batch."""
+    zero batch. An anomaly bundle's outputs are checked by ``check_anomaly_outputs`` instead."""
+    if manifest.anomaly is not None:
+        return check_anomaly_outputs(runtime, manifest, model_path)
     width = getattr(runtime, "output_width", None)
     if width is None:
         spec = manifest.preprocess
@@ -71,6 +76,35 @@ def check_output_width(runtime: Runtime, manifest: Manifest, model_path: Path) -
         raise BundleError(f"{model_path}: the model gives {width} scores per image, model.json names "
                           f"{len(manifest.classes)} classes ({', '.join(manifest.classes)}); the class list must name "
                           "every output, in order: re-export the bundle (kit export RUN_DIR)")
+
+
+def check_anomaly_outputs(runtime: Runtime, manifest: Manifest, model_path: Path) -> None:
+    """An anomaly bundle's model gives ``score`` [N], ``anomaly_map`` [N, 1, H, W] at the model's input size and,
+    for the hybrid only, ``kind_distance`` [N, kinds]: checked by name, then by shape on one inference of a zero
+    batch of two (one where an engine takes no more), so a graph that does not fit model.json is refused at load
+    instead of deciding on outputs that are not there."""
+    rule, spec, fix = manifest.anomaly, manifest.preprocess, "re-export the bundle (kit export RUN_DIR)"
+    wanted = list(ANOMALY_OUTPUTS if rule.kinds else ANOMALY_OUTPUTS[:2])
+    names = list(getattr(runtime, "output_names", []))
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise BundleError(f"{model_path}: the model has no {missing[0]!r} output (outputs: {', '.join(names)}); an "
+                          f"anomaly bundle's model gives {', '.join(wanted)}: {fix}")
+    if "kind_distance" in names and not rule.kinds:
+        raise BundleError(f"{model_path}: the model gives kind_distance but model.json's decision names no kinds; "
+                          f"name them (decision.kinds, kind_radius, classes) or {fix}")
+    n = max(1, min(2, int(getattr(runtime, "max_batch", 2))))
+    outputs = runtime.run_named(np.zeros((n, spec.num_channels, *spec.image_size), np.float32))
+    expected = {"score": (n,), "anomaly_map": (n, 1, *spec.image_size), "kind_distance": (n, len(rule.kinds))}
+    for name in wanted:
+        shape = tuple(np.shape(outputs[name]))
+        if name == "kind_distance" and len(shape) == 2 and shape[0] == n and shape[1] != len(rule.kinds):
+            raise BundleError(f"{model_path}: the model gives {shape[1]} kind distances per image, model.json names "
+                              f"{len(rule.kinds)} kinds ({', '.join(rule.kinds)}); the kinds must name every distance, "
+                              f"in order: {fix}")
+        if shape != expected[name]:
+            raise BundleError(f"{model_path}: the model's {name} output has shape {list(shape)} for {n} image(s), "
+                              f"expected {list(expected[name])}: {fix}")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -118,11 +152,26 @@ class Predictor:
 
     @property
     def classes(self) -> list[str]:
+        """The labels a decision can carry (an anomaly bundle's: its rule's labels)."""
         return self.manifest.classes
 
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """Preprocessed float32 NCHW batch -> raw logits."""
+        """Preprocessed float32 NCHW batch -> raw logits (classifiers)."""
+        if self.manifest.anomaly is not None:
+            raise DeployError(f"{self.bundle_dir}: an anomaly bundle gives scores, not logits: use Predictor.outputs, "
+                              "or decide_batch for decisions")
         return self.runtime.run(images)
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed float32 NCHW batch -> the model's outputs by name, for either task: ``logits`` of a
+        classifier; ``score``, ``anomaly_map`` (and ``kind_distance``) of an anomaly bundle, in one pass."""
+        if self.manifest.anomaly is None:
+            return {"logits": self.runtime.run(images)}
+        return self.runtime.run_named(images)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images), self.manifest.temperature)
@@ -137,11 +186,23 @@ class Predictor:
             label, abstain = self.classes[cls_idx], not bool(accepted[i])
             out.append(Decision(
                 label=label, confidence=float(probabilities[i, cls_idx]), abstain=abstain, runtime=self.runtime.name,
-                path=None if paths is None else (str(paths[i]) if paths[i] is not None else None),
-                action=rule.action(label, abstain),
+                path=_path_at(paths, i), action=rule.action(label, abstain),
                 probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i])},
             ))
         return out
+
+    def decide_anomaly(self, outputs: dict[str, np.ndarray], paths: Sequence[str | None] | None = None) -> list[Decision]:
+        """An anomaly bundle's outputs (``score``, and ``kind_distance`` for the hybrid) -> decisions by the
+        manifest's ``AnomalyRule``: label, confidence, abstain (review band), action and the score itself."""
+        rule = self.manifest.anomaly
+        if rule is None:
+            raise DeployError(f"{self.bundle_dir}: decide_anomaly needs an anomaly bundle (this one is a classifier)")
+        scores = np.asarray(outputs["score"]).reshape(-1)
+        outcome = rule.decide(scores, outputs.get("kind_distance") if rule.kinds else None)
+        return [Decision(label=outcome.labels[i], confidence=float(outcome.confidence[i]),
+                         abstain=bool(outcome.abstain[i]), runtime=self.runtime.name, path=_path_at(paths, i),
+                         action=outcome.actions[i], score=float(scores[i]))
+                for i in range(len(scores))]
 
     def predict(self, source: PredictSource, batch_size: int = 32, heatmap: bool = False,
                 heatmap_class: str | None = None) -> list[Decision]:
@@ -153,7 +214,8 @@ class Predictor:
         result type. A list must hold one kind: mixing paths and images raises ``DeployError``.
 
         ``heatmap=True`` attaches ``Decision.heatmap`` (``deploy.heatmap.Heatmap``): a map in the input
-        image's pixels and its peak, for the predicted class or for ``heatmap_class``.
+        image's pixels and its peak, for the predicted class or for ``heatmap_class``. An anomaly bundle
+        gives its ``anomaly_map`` (one map per part, so no ``heatmap_class``), and each decision its ``score``.
         """
         kind, items = _split_source(source)
         if kind == "path":
@@ -170,7 +232,7 @@ class Predictor:
         spec, images = self.manifest.preprocess, list(images)
         for index, image in enumerate(images):
             _check_image(image, index, spec)
-        _check_heatmap_args(heatmap, heatmap_class, self.classes)
+        _check_heatmap_args(heatmap, heatmap_class, self.classes, self.manifest.anomaly is not None)
         out: list[Decision] = []
         for start in range(0, len(images), batch_size):
             out += self.decide_images(images[start : start + batch_size], None, heatmap, heatmap_class)
@@ -179,7 +241,7 @@ class Predictor:
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, heatmap: bool = False,
                       heatmap_class: str | None = None) -> list[Decision]:
         paths = [Path(p) for p in paths]
-        _check_heatmap_args(heatmap, heatmap_class, self.classes)
+        _check_heatmap_args(heatmap, heatmap_class, self.classes, self.manifest.anomaly is not None)
         out: list[Decision] = []
         spec = self.manifest.preprocess
         for start in range(0, len(paths), batch_size):
@@ -202,6 +264,8 @@ class Predictor:
         """Preprocessed float32 NCHW batch -> probabilities -> decisions by the manifest's rule. With
         ``heatmap``, the maps come from the same forward pass over the same tensor (``deploy.heatmap``);
         ``images`` (the decoded images the batch was made from) give the maps their pixel coordinates."""
+        if self.manifest.anomaly is not None:
+            return self._decide_anomaly_batch(batch, images, paths, heatmap, heatmap_class)
         if not heatmap:
             return self.decide(self.probabilities(batch), paths)
         if images is None or len(images) != len(batch):
@@ -217,8 +281,30 @@ class Predictor:
             decision.heatmap = explained
         return decisions
 
+    def _decide_anomaly_batch(self, batch: np.ndarray, images: Sequence[np.ndarray] | None,
+                              paths: Sequence[str | None] | None, heatmap: bool, heatmap_class: str | None) -> list[Decision]:
+        """``decide_batch`` of an anomaly bundle: one forward pass gives the score and the anomaly map, so a
+        heatmap costs only its resize to the image's pixels (``deploy.heatmap``, method ``anomaly-map``)."""
+        _check_heatmap_args(heatmap, heatmap_class, self.classes, anomaly=True)
+        if heatmap and (images is None or len(images) != len(batch)):
+            raise DeployError("decide_batch(heatmap=True) needs the decoded images the batch was made from")
+        outputs = self.runtime.run_named(batch)
+        decisions = self.decide_anomaly(outputs, paths)
+        if heatmap:
+            from deploy.heatmap import ANOMALY_MAP_METHOD, heatmaps_for
+
+            maps = np.asarray(outputs["anomaly_map"])[:, 0]
+            for decision, explained in zip(decisions, heatmaps_for(maps, images, [d.label for d in decisions],
+                                                                   ANOMALY_MAP_METHOD, self.manifest.preprocess)):
+                decision.heatmap = explained
+        return decisions
+
     def describe(self) -> str:
         return self.runtime.describe()
+
+
+def _path_at(paths: Sequence[str | None] | None, index: int) -> str | None:
+    return None if paths is None or paths[index] is None else str(paths[index])
 
 
 def _source_kind(item: Any) -> str | None:
@@ -258,9 +344,12 @@ def _split_source(source: Any) -> tuple[str, list[Any]]:
     return (kinds[0] if kinds else "path"), items
 
 
-def _check_heatmap_args(heatmap: bool, heatmap_class: str | None, classes: list[str]) -> None:
+def _check_heatmap_args(heatmap: bool, heatmap_class: str | None, classes: list[str], anomaly: bool = False) -> None:
     if heatmap_class is None:
         return
+    if anomaly:
+        raise DeployError(f"heatmap class {heatmap_class!r}: an anomaly bundle has one map (where the part differs from "
+                          "the good parts), not one per class; leave the heatmap class out")
     if not heatmap:
         raise DeployError(f"heatmap_class={heatmap_class!r} needs heatmap=True")
     if heatmap_class not in classes:

@@ -2,7 +2,8 @@
 
 The statistics describe how a camera sees the part, not what the part is: brightness, contrast,
 illumination non-uniformity, sharpness, noise, dominant orientation. ``kit calibrate`` uses them
-to propose views; ``deploy monitor`` compares new images against the profile stored at export.
+to propose views; ``deploy monitor`` compares new images against the profile stored at export, with the
+model's outputs on the same held-out images (a classifier's logits, an anomaly bundle's scores).
 All are computed on the prepared image (ROI + resize), the same pixels the model sees.
 """
 
@@ -74,12 +75,34 @@ def _subsample(values: np.ndarray, limit: int = MAX_REFERENCE_VALUES) -> list[fl
 
 
 def build_profile(stats: dict[str, np.ndarray], logits: np.ndarray, source: str, thresholds: dict[str, float]) -> dict[str, Any]:
-    """The reference a bundle carries: image statistics and the model's logits on held-out images
+    """The reference a classifier's bundle carries: image statistics and the model's logits on held-out images
     (logits, not confidences, so a later temperature or threshold applies to both sides alike)."""
     return {
-        "format": PROFILE_FORMAT, "version": 1, "source": source, "images": int(len(logits)),
+        "format": PROFILE_FORMAT, "version": 1, "task": "classify", "source": source, "images": int(len(logits)),
         "statistics": {name: _subsample(v) for name, v in stats.items()},
         "descriptions": STATISTICS,
         "logits": [[round(float(x), 5) for x in row] for row in logits],
         "thresholds": thresholds,
     }
+
+
+def build_anomaly_profile(stats: dict[str, np.ndarray], scores: np.ndarray, source: str, thresholds: dict[str, float],
+                          kind_distance: np.ndarray | None = None) -> dict[str, Any]:
+    """The reference an anomaly bundle carries: image statistics and the model's ``score`` output (N) on held-out
+    images, and for the hybrid its ``kind_distance`` output (N x kinds). Raw outputs, not decisions, so a later
+    ``accept_below`` / ``reject_at`` / ``kind_radius`` applies to both sides alike: ``deploy monitor`` compares
+    the score distribution and the mix of the labels the bundle's rule gives."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    profile = {
+        "format": PROFILE_FORMAT, "version": 1, "task": "anomaly", "source": source, "images": int(len(scores)),
+        "statistics": {name: _subsample(v) for name, v in stats.items()},
+        "descriptions": STATISTICS,
+        "scores": [float(x) for x in scores],  # unrounded: a rounded 0.018839 is not the 0.0188389 a part scores again
+        "thresholds": thresholds,
+    }
+    if kind_distance is not None:
+        kind_distance = np.asarray(kind_distance, np.float64)
+        if kind_distance.ndim != 2 or len(kind_distance) != len(scores):
+            raise ValueError(f"kind_distance has shape {list(kind_distance.shape)}, expected [{len(scores)}, kinds]")
+        profile["kind_distance"] = [[float(x) for x in row] for row in kind_distance]
+    return profile

@@ -15,8 +15,14 @@ part (its part id, else its image sha256) is queued once: ``QUEUE_DIR/.queue-sta
 every part ever queued, across runs, even after rows are removed from ``queue.csv``.
 
 ``queue.csv`` (path relative to QUEUE_DIR, sha256, part id, time, model label, confidence, reason,
-and an empty ``label`` column for the reviewer) keeps the rows of earlier runs and their filled-in
-labels; it and the state file are replaced atomically, after the images are copied.
+an empty ``label`` column for the reviewer, the overlay and, for an anomaly bundle, the score) keeps the
+rows of earlier runs and their filled-in labels; it and the state file are replaced atomically, after
+the images are copied.
+
+Decisions of an anomaly bundle (no probabilities, a ``score``) are queued by the same reasons and
+order: their confidence is the share of good validation parts the score is more typical than (accepted)
+or above (a defect label), so "least confident" is "nearest the review band", from either side, and the
+review band's own parts come nearest its accept edge first.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from deploy.preprocess import IMAGE_SUFFIXES
 QUEUE_NAME, STATE_NAME, IMAGES_DIR = "queue.csv", ".queue-state.json", "images"
 STATE_FORMAT = "inspection-kit/review-queue-state"
 COLUMNS = ["path", "sha256", "part_id", "time", "model_label", "confidence", "action", "reason", "label", "queued_at",
-           "overlay"]
+           "overlay", "score"]
 REASONS = ("abstained", "audit", "drift", "low_confidence")
 AUDIT_SHARE_OF_CAP = 0.1
 
@@ -131,10 +137,11 @@ class _Explainer:
             image = read_image(source, channels)
         except DeployError:
             return None  # the copy is queued anyway; the reviewer sees the image without the map
+        per_class = self.predictor.task == "classify"  # an anomaly bundle has one map, whatever the label
         decision = self.predictor.predict_images([image], heatmap=True, heatmap_class=record.label
-                                                 if record.label in self.predictor.classes else None)[0]
-        return write_overlay(path, image, decision.heatmap, overlay_caption(record.label, record.confidence, record.action),
-                             channels=channels)
+                                                 if per_class and record.label in self.predictor.classes else None)[0]
+        caption = overlay_caption(record.label, record.confidence, record.action, score=record.score)
+        return write_overlay(path, image, decision.heatmap, caption, channels=channels)
 
 
 def _day(record: DecisionRecord) -> str:
@@ -280,7 +287,8 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
         row = {"path": rel.as_posix(), "sha256": record.image_sha256, "part_id": record.part_id or "",
                "time": record.time, "model_label": record.label, "confidence": f"{record.confidence:.6g}",
                "action": record.action, "reason": reason, "label": "", "queued_at": now,
-               "overlay": overlay.relative_to(out_dir).as_posix() if overlay is not None else ""}
+               "overlay": overlay.relative_to(out_dir).as_posix() if overlay is not None else "",
+               "score": "" if record.score is None else f"{record.score:.6g}"}
         added.append({k: readable(v) for k, v in row.items()})  # a part id from a non-UTF-8 file name: \xNN
         queued[part_key(record)] = {"day": _day(record), "reason": reason, "queued_at": now}
 

@@ -341,8 +341,8 @@ class Watcher:
             if e["op"] == "decided":
                 r = e["record"]
                 self.out(json.dumps({"image": e["src"], "label": r["label"], "confidence": r["confidence"],
-                                     "action": r["action"], "dest": e["dest"], "model_id": self.model_id[:12]},
-                                    ensure_ascii=False))
+                                     "score": r.get("score"), "action": r["action"], "dest": e["dest"],
+                                     "model_id": self.model_id[:12]}, ensure_ascii=False))
             else:
                 self.err(f"error: {e['src']} -> {e['dest']}: {e['reason']}")
         fsync_path(self.done_dir)

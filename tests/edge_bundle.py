@@ -6,6 +6,10 @@ manifest also embedded in ``model.onnx``'s metadata, as ``kit export`` embeds it
 ``deploy serve``, ``deploy watch`` and ``deploy monitor`` run on it unchanged.
 Seeds give different models (different model ids) for reload tests.
 
+``make_anomaly_bundle`` assembles an anomaly bundle (``task: anomaly``) the same way around the committed
+graphs of ``tests/data/make_edge_anomaly.py`` (plain and hybrid), with a rule whose numbers are easy to
+check by hand (``anomaly_rule``) and a reference profile of synthetic good parts (``good_parts``).
+
 The ONNX files of the seeds the tests use are committed (``tests/data/``, 12 KB each), so the edge tier
 (``pytest -m edge`` on an install without the ``train`` extra) needs no ``onnx`` package;
 ``tests/test_edge_tier.py`` checks that they are what ``build_onnx_model`` makes.
@@ -124,6 +128,70 @@ def make_bundle(folder: Path, seed: int = 0, threshold: float | None = 0.55, lin
 
     profile = build_profile(statistics_table([prepare_image(im, spec) for im in images]), logits, source="sample line",
                             thresholds={"psi_watch": 0.1, "psi_drift": 0.25, "ks_alpha": 0.01, "min_images": 30})
+    (folder / PROFILE_NAME).write_text(json.dumps(profile), encoding="utf-8")
+    manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(folder / PROFILE_NAME)}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2), encoding="utf-8")
+    return folder
+
+
+# -- anomaly bundles -------------------------------------------------------------------------------------------
+
+ANOMALY_SPEC = PreprocessSpec(image_size=(SIZE_PX, SIZE_PX), channels="gray", mean=(0.5,), std=(0.5,))
+# good_scores: the q-th quantile is q / 99 up to 99 % (1.0 at the 99th percentile, as the contract normalises it),
+# then 2.0 at 100 %: share below s is 0.99 s up to s = 1, then 0.99 + (s - 1) / 100 up to 2.
+GOOD_SCORES = tuple([q / 99 for q in range(100)] + [2.0])
+ACCEPT_BELOW, REJECT_AT = 0.93, 1.12
+KIND_RADIUS = 0.04  # within 0.2 of a kind's normalised level: 25.5 grey levels
+
+
+def anomaly_rule(hybrid: bool = False, **changes):
+    from deploy.decision import AnomalyRule
+    from tests.data.make_edge_anomaly import KINDS
+
+    fields = {"ok_class": "ok", "accept_below": ACCEPT_BELOW, "reject_at": REJECT_AT, "good_scores": GOOD_SCORES,
+              "kinds": KINDS if hybrid else (), "kind_radius": {k: KIND_RADIUS for k in KINDS} if hybrid else {}}
+    return AnomalyRule(**{**fields, **changes})
+
+
+def level_score(level: float) -> float:
+    """The score (and every pixel of the map) of a uniform image at grey ``level``, by hand (make_edge_anomaly)."""
+    from tests.data.make_edge_anomaly import CENTRE, SCALE
+
+    return SCALE * (level / 127.5 - 1 - CENTRE) ** 2
+
+
+def good_parts(n: int, seed: int = 0, size_px: int = 48, level: int = 128) -> list[np.ndarray]:
+    """Synthetic good parts: mid grey with up to +-2..7 grey levels of noise (scores 0.004 to 0.06)."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(level + rng.integers(-a, a + 1, (size_px, size_px)), 0, 255).astype(np.uint8)
+            for a in rng.integers(2, 8, n)]
+
+
+def make_anomaly_bundle(folder: Path, hybrid: bool = False, line: str = "anomaly_line", embed: bool = True,
+                        rule=None, reference: list[np.ndarray] | None = None) -> Path:
+    """An anomaly bundle as the kit writes it: ``Manifest(task="anomaly", anomaly=rule)``, the manifest embedded in
+    ``model.onnx``, and a reference profile (``build_anomaly_profile``) of ``reference`` (default: 40 good parts)."""
+    import onnxruntime as ort
+
+    from deploy.preprocess import prepare_image
+    from deploy.profile import build_anomaly_profile
+    from tests.data.make_edge_anomaly import model_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rule = rule or anomaly_rule(hybrid)
+    manifest = Manifest(classes=rule.labels(), preprocess=ANOMALY_SPEC, artefacts={}, task="anomaly", anomaly=rule,
+                        extra={"line": line, "created_at": "2026-01-01T00:00:00+00:00"})
+    model = model_path(hybrid).read_bytes()
+    (folder / "model.onnx").write_bytes(with_embedded_manifest(model, manifest.to_dict()) if embed else model)
+    manifest.artefacts = {"onnx": {"file": "model.onnx", "opset": 17, "sha256": sha256_file(folder / "model.onnx"),
+                                   "bytes": (folder / "model.onnx").stat().st_size}}
+    images = reference if reference is not None else good_parts(40)
+    outputs = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": preprocess_batch(images, ANOMALY_SPEC)})
+    profile = build_anomaly_profile(statistics_table([prepare_image(im, ANOMALY_SPEC) for im in images]), outputs[0],
+                                    source="good parts", thresholds={"psi_watch": 0.1, "psi_drift": 0.25,
+                                                                     "ks_alpha": 0.01, "min_images": 30},
+                                    kind_distance=outputs[2] if hybrid else None)
     (folder / PROFILE_NAME).write_text(json.dumps(profile), encoding="utf-8")
     manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(folder / PROFILE_NAME)}
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2), encoding="utf-8")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.data.make_edge_anomaly import build_anomaly_model, model_path
 from tests.edge_bundle import BLOCK_HEAVY, COMMITTED_SEEDS, build_onnx_model, committed_model_path
 
 pytestmark = pytest.mark.edge
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOT_ON_AN_EDGE_BOX = ("torch", "timm", "albumentations", "kit", "onnx", "jinja2", "matplotlib", "yaml")
 # Modules of the tier, at least: the station, the watcher, the review queue and these guards.
 EDGE_MODULES = {"test_serve.py", "test_watch.py", "test_review_queue.py", "test_edge_install.py",
-                "test_edge_tier.py", "test_constraints.py"}
+                "test_edge_tier.py", "test_constraints.py", "test_anomaly_edge.py"}
 
 
 def test_the_edge_tier_collects_without_the_training_side(tmp_path):
@@ -46,3 +47,10 @@ def test_the_committed_edge_models_are_what_onnx_builds(seed):
     onnx = pytest.importorskip("onnx", reason="the onnx package (train extra) builds the reference")
     assert committed_model_path(seed).read_bytes() == build_onnx_model(seed).SerializeToString()
     onnx.checker.check_model(str(committed_model_path(seed)))
+
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["plain", "hybrid"])
+def test_the_committed_anomaly_models_are_what_their_script_builds(hybrid):
+    onnx = pytest.importorskip("onnx", reason="the onnx package (train extra) builds the reference")
+    assert model_path(hybrid).read_bytes() == build_anomaly_model(hybrid).SerializeToString()
+    onnx.checker.check_model(str(model_path(hybrid)))

@@ -1,9 +1,12 @@
 """Inference backends behind one interface, one file per backend.
 
-A runtime takes the preprocessed float32 NCHW batch and returns float32 logits; everything
-before (preprocessing) and after (softmax, temperature, threshold) lives in ``Predictor``,
-so backends cannot disagree on anything but arithmetic. Backends also expose ``output_names`` and
-``run_with_heatmap`` (logits and the bundle's in-graph ``heatmap`` output in one pass, issue 16).
+A runtime takes the preprocessed float32 NCHW batch and returns float32 outputs; everything
+before (preprocessing) and after (softmax, temperature, threshold, the anomaly rule) lives in
+``Predictor``, so backends cannot disagree on anything but arithmetic. ``run`` gives a classifier's
+logits; ``run_named`` every output by name in one pass (an anomaly bundle's ``score``, ``anomaly_map``
+and ``kind_distance``). Backends also expose ``output_names``, ``output_shapes`` (declared, None for a
+dynamic dimension) and ``run_with_heatmap`` (logits and the bundle's in-graph ``heatmap`` output in one
+pass, issue 16).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ class Runtime(Protocol):
     name: str  # the bundle format it runs: onnx, onnx-int8, tensorrt-fp16, tensorrt-int8
 
     def run(self, images: np.ndarray) -> np.ndarray: ...
+
+    def run_named(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
     def describe(self) -> str: ...
 

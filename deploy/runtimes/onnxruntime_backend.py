@@ -48,6 +48,8 @@ class OnnxRuntimeBackend:
             raise DeployError(f"{model_path}: ONNX Runtime cannot load the model ({first})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # per output, its declared shape: an int where the graph fixes a dimension, None where it is symbolic
+        self.output_shapes = {o.name: [d if isinstance(d, int) else None for d in o.shape] for o in self.session.get_outputs()}
         # The decision needs the logits alone (first output of older bundles, named "logits" in all).
         self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.intra_op_threads = intra_op_threads
@@ -63,6 +65,11 @@ class OnnxRuntimeBackend:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.logits_name], {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def run_named(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name, in one pass (an anomaly bundle's score, anomaly_map, kind_distance)."""
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return dict(zip(self.output_names, outputs))
 
     def run_with_heatmap(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and the in-graph ``heatmap`` output (batch x classes x h x w), in one pass."""

@@ -98,6 +98,8 @@ class TensorRTBackend:
         # Every output needs a device address; the decision reads "logits" (the only output of older bundles).
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.output_name = "logits" if "logits" in self.output_names else self.output_names[0]
+        # declared shapes, None for a dynamic dimension (TensorRT reports -1: the batch of a dynamic profile)
+        self.output_shapes = {n: [d if d >= 0 else None for d in self.engine.get_tensor_shape(n)] for n in self.output_names}
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.stream = _check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
@@ -113,6 +115,11 @@ class TensorRTBackend:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self._run(images, [self.output_name])[0]
+
+    def run_named(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the engine by name, in one pass (an anomaly bundle's score, anomaly_map, kind_distance).
+        Each chunk of at most ``max_batch`` images copies every output back; the chunks are joined per output."""
+        return dict(zip(self.output_names, self._run(images, list(self.output_names))))
 
     def run_with_heatmap(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and the in-graph ``heatmap`` output (batch x classes x h x w), in one pass."""

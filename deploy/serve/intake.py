@@ -71,13 +71,17 @@ def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False) -> Prep
                     image if keep_image else None)
 
 
-def heatmap_request(query: Any, classes: list[str]) -> tuple[bool, str | None]:
-    """``?heatmap=1`` (and optional ``heatmap_class=C``): explain the decision with the bundle's heatmap."""
+def heatmap_request(query: Any, classes: list[str], per_class: bool = True) -> tuple[bool, str | None]:
+    """``?heatmap=1`` (and optional ``heatmap_class=C``): explain the decision with the bundle's heatmap.
+    ``per_class`` False (an anomaly bundle: one map, not one per class) refuses ``heatmap_class``."""
     raw = query.get("heatmap", "0").strip().lower()
     if raw not in ("0", "1", "true", "false", "yes", "no", ""):
         raise IntakeError("bad_request", f"heatmap must be 1 or 0 (got {raw[:20]!r})")
     wanted = raw in ("1", "true", "yes")
     cls = query.get("heatmap_class")
+    if cls is not None and not per_class:
+        raise IntakeError("bad_request", "heatmap_class: an anomaly bundle has one map (where the part differs from the "
+                          "good parts), not one per class; ask for heatmap=1 alone")
     if cls is not None and cls not in classes:
         raise IntakeError("bad_request", f"heatmap_class {cls[:40]!r} is not a class of this model ({', '.join(classes)})")
     return wanted or cls is not None, cls

@@ -38,9 +38,9 @@ class LoadedModel:
     def summary(self) -> dict[str, Any]:
         m = self.predictor.manifest
         return {
-            "model_id": self.model_id, "bundle": str(self.bundle_dir), "line": m.extra.get("line"),
+            "model_id": self.model_id, "bundle": str(self.bundle_dir), "line": m.extra.get("line"), "task": m.task,
             "classes": m.classes, "threshold": m.operating_threshold, "temperature": m.temperature,
-            "decision": m.decision_rule.to_dict(), "runtime": self.predictor.runtime.name,
+            "decision": m.decision_dict(), "runtime": self.predictor.runtime.name,
             "providers": self.predictor.describe(), "preprocess": m.preprocess.to_dict(),
             "artefacts": {fmt: {"file": e["file"], "sha256": e["sha256"]} for fmt, e in m.artefacts.items()},
             "created_at": m.extra.get("created_at"), "loaded_at": self.loaded_at, "warmup_ms": round(self.warmup_ms, 2),
@@ -49,12 +49,14 @@ class LoadedModel:
 
 def model_changes(old: LoadedModel, new: LoadedModel) -> dict[str, dict[str, Any]]:
     """What a reload changed, ``{field: {"old": ..., "new": ...}}`` for each that differs among what decides
-    a part: model id, classes, threshold, ok_class, per-class thresholds, temperature, runtime."""
+    a part: model id, task, classes, threshold, ok_class, per-class thresholds, temperature, runtime; for an anomaly
+    bundle its band (accept_below, reject_at) and kind radii too."""
     def facts(model: LoadedModel) -> dict[str, Any]:
-        m = model.predictor.manifest
-        return {"model_id": model.model_id, "classes": list(m.classes), "threshold": m.operating_threshold,
+        m, rule = model.predictor.manifest, model.predictor.manifest.anomaly
+        return {"model_id": model.model_id, "task": m.task, "classes": list(m.classes), "threshold": m.operating_threshold,
                 "ok_class": m.ok_class, "class_thresholds": dict(m.class_thresholds), "temperature": m.temperature,
-                "runtime": model.predictor.runtime.name}
+                "accept_below": rule and rule.accept_below, "reject_at": rule and rule.reject_at,
+                "kind_radius": rule and dict(rule.kind_radius), "runtime": model.predictor.runtime.name}
 
     before, after = facts(old), facts(new)
     return {k: {"old": before[k], "new": after[k]} for k in before if before[k] != after[k]}
@@ -70,7 +72,7 @@ def load_model(bundle_dir: str | Path, config: ServeConfig, on_batch: Callable[[
     spec = predictor.manifest.preprocess
     started = time.perf_counter()
     for batch in (1, config.max_batch, 1):
-        predictor.probabilities(np.zeros((batch, spec.num_channels, *spec.image_size), np.float32))
+        predictor.outputs(np.zeros((batch, spec.num_channels, *spec.image_size), np.float32))
     warmup_ms = (time.perf_counter() - started) * 1000.0
     batcher = MicroBatcher(predictor, config.max_batch, config.max_wait_ms, config.max_queue, on_batch,
                            name=f"batcher-{identity[:8]}")

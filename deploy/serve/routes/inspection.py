@@ -50,7 +50,8 @@ async def inspect_part(station: StationState, request: Any):
     t0 = time.perf_counter()
     model = station.host.acquire()
     try:
-        wants_heatmap, heatmap_class = heatmap_request(request.query_params, model.predictor.classes)
+        wants_heatmap, heatmap_class = heatmap_request(request.query_params, model.predictor.classes,
+                                                       per_class=model.predictor.task == "classify")
     except IntakeError as exc:
         station.host.release(model)
         return station.error_response(exc.kind, str(exc), exc.status)
@@ -152,7 +153,7 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
                                           model_id=model.model_id, source="serve", latency_ms=timings,
                                           decision_id=uuid.uuid4().hex)
     station.record(record)
-    answer = {"part_id": part_id, "label": d.label, "confidence": d.confidence,
+    answer = {"part_id": part_id, "label": d.label, "confidence": d.confidence, "score": d.score,
               "probabilities": d.probabilities, "abstain": d.abstain, "action": d.action,
               "model_id": model.model_id, "runtime": d.runtime, "image_sha256": prepared.image_sha256,
               "decision_id": record.decision_id, "batch_size": result.batch_size, "timings_ms": timings}
