@@ -85,7 +85,7 @@ def image_score(cells: torch.Tensor, mode: str, topk_fraction: float) -> torch.T
     flat = cells.flatten(1)
     if mode == "max":
         return flat.max(dim=1).values
-    k = max(1, int(round(flat.shape[1] * topk_fraction)))
+    k = max(1, int(round(int(flat.shape[1]) * topk_fraction)))  # a constant: the input size is fixed
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
