@@ -490,7 +490,7 @@ def views(
 @app.command("sample-data")
 @_user_errors
 def sample_data(
-    out: Optional[Path] = typer.Argument(None, help="Folder to write <class>/<image>.png into (default for --line sample: sample_data/sample_line)."),
+    out: Optional[Path] = typer.Argument(None, help="Folder to write <class>/<image>.png into, defect masks into OUT_masks (default for --line sample: sample_data/sample_line)."),
     line: str = typer.Option("sample", "--line", help="Which synthetic line: sample (six classes, 96 px, committed) or sparse (90 % good parts, defects a few px across, 256 px)."),
     seed: int = typer.Option(0, "--seed"),
     size: Optional[int] = typer.Option(None, "--size", min=32, help="Image side in px (default: the line's own size, 96 for sample, 256 for sparse)."),
