@@ -298,20 +298,21 @@ def monitor(
 @app.command("init-line")
 @_user_errors
 def init_line(
-    images: Path = typer.Argument(..., help="Folder with one subfolder per class (or train/val/test folders of those)."),
+    images: Path = typer.Argument(..., help="Folder with one subfolder per class (or train/val/test folders of those); one folder of good parts alone gets a task: anomaly recipe."),
     name: str = typer.Option(..., "--name", help="The line's name; the recipe becomes recipes/NAME.yaml."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the recipe (default: recipes/NAME.yaml)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing recipe."),
 ) -> None:
     """Scaffold a commented recipe from a folder of labelled images: classes and counts, imbalance,
-    tiny classes and duplicates, image size and channels from the data, sensible model defaults.
+    tiny classes and duplicates, image size and channels from the data, sensible model defaults;
+    task: anomaly when a defect class has too few images for a classifier, or there are good parts only.
 
     Example: kit init-line /data/line7 --name line7
     """
     from kit.onboard.init_line import init_line as scaffold
 
     path, survey = scaffold(images, name, out, overwrite=force)
-    console.print(f"{len(survey.classes)} classes, {survey.total} images: "
+    console.print(f"{len(survey.classes)} class{'es' if len(survey.classes) != 1 else ''}, {survey.total} images: "
                   + ", ".join(f"{c} {survey.counts[c]}" for c in survey.classes), highlight=False, markup=False)
     for warning in survey.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -490,7 +491,7 @@ def views(
 @app.command("sample-data")
 @_user_errors
 def sample_data(
-    out: Optional[Path] = typer.Argument(None, help="Folder to write <class>/<image>.png into (default for --line sample: sample_data/sample_line)."),
+    out: Optional[Path] = typer.Argument(None, help="Folder to write <class>/<image>.png into, defect masks into OUT_masks (default for --line sample: sample_data/sample_line)."),
     line: str = typer.Option("sample", "--line", help="Which synthetic line: sample (six classes, 96 px, committed) or sparse (90 % good parts, defects a few px across, 256 px)."),
     seed: int = typer.Option(0, "--seed"),
     size: Optional[int] = typer.Option(None, "--size", min=32, help="Image side in px (default: the line's own size, 96 for sample, 256 for sparse)."),

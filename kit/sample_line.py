@@ -11,8 +11,10 @@ Two lines (``SAMPLE_LINES``):
   ``sample_data/sample_line`` (regenerate it with ``kit sample-data sample_data/sample_line``).
 - ``sparse``: what real lines look like (issue 19): 90 % good parts and defects a few pixels
   across in 256 px images, so shrinking the images to a CPU-sized input can erase them. Made on
-  the fly (``kit sample-data --line sparse /tmp/sparse``), never committed; each image comes with
-  its defect mask (``render_sparse_image``).
+  the fly (``kit sample-data --line sparse sample_data/sparse_line``), never committed (40 MB).
+
+Both write each defective image's mask next to the images, in ``<out>_masks`` (``masks_dir``) with the
+images' layout: the folder a recipe's ``data.masks`` names.
 """
 
 from __future__ import annotations
@@ -293,11 +295,16 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     write_atomic(path, lambda tmp, data=png: tmp.write_bytes(data.tobytes()))
 
 
-def _write_pngs(out_dir: Path, counts: dict[str, int], render: Callable[[str, int], np.ndarray]) -> None:
-    """``out_dir/<class>/<class>_NNNN.png``."""
+def _write_line(out_dir: Path, counts: dict[str, int],
+                render_part: Callable[[str, int], tuple[np.ndarray, np.ndarray]]) -> None:
+    """``out_dir/<class>/<class>_NNNN.png``, and each defective image's mask (uint8, 255 = defect) as
+    ``<out_dir>_masks/<class>/<class>_NNNN.png``; ``render_part`` returns the image and its bool mask."""
     for label, n in counts.items():
         for i in range(n):
-            _write_png(out_dir / label / f"{label}_{i:04d}.png", render(label, i))
+            image, mask = render_part(label, i)
+            _write_png(out_dir / label / f"{label}_{i:04d}.png", image)
+            if label != "ok":
+                _write_png(masks_dir(out_dir) / label / f"{label}_{i:04d}.png", mask.astype(np.uint8) * 255)
 
 
 def masks_dir(out_dir: str | Path) -> Path:
@@ -316,13 +323,7 @@ def generate_sample_line(
     """Write ``out_dir/<class>/<class>_NNNN.png``, and each defective image's mask (uint8, 255 = defect)
     as ``<out_dir>_masks/<class>/<class>_NNNN.png``; return the count per class."""
     counts = dict(CLASS_COUNTS if counts is None else counts)
-    out_dir = Path(out_dir)
-    for label, n in counts.items():
-        for i in range(n):
-            image, mask = render_sample_part(label, i, seed=seed, size_px=size_px)
-            _write_png(out_dir / label / f"{label}_{i:04d}.png", image)
-            if label != "ok":
-                _write_png(masks_dir(out_dir) / label / f"{label}_{i:04d}.png", mask.astype(np.uint8) * 255)
+    _write_line(Path(out_dir), counts, lambda label, i: render_sample_part(label, i, seed=seed, size_px=size_px))
     return counts
 
 
@@ -332,10 +333,11 @@ def generate_sparse_line(
     seed: int = 0,
     size_px: int = 256,
 ) -> dict[str, int]:
-    """Write the sparse line (90 % good parts, defects a few px across) as
-    ``out_dir/<class>/<class>_NNNN.png`` and return the count per class."""
+    """Write the sparse line (90 % good parts, defects a few px across) as ``out_dir/<class>/<class>_NNNN.png``,
+    and each defective image's mask as ``<out_dir>_masks/<class>/<class>_NNNN.png`` like the sample line's (uint8,
+    255 where the posed stroke covers at least ``SPARSE_MASK_LEVEL`` of the pixel); return the count per class."""
     counts = dict(SPARSE_CLASS_COUNTS if counts is None else counts)
-    _write_pngs(Path(out_dir), counts, lambda label, i: render_sparse_image(label, i, seed=seed, size_px=size_px)[0])
+    _write_line(Path(out_dir), counts, lambda label, i: render_sparse_image(label, i, seed=seed, size_px=size_px))
     return counts
 
 

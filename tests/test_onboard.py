@@ -3,6 +3,7 @@ fits the views to measured imaging conditions."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from kit.onboard.init_line import (
     propose_image_size,
 )
 from kit.recipe import load_recipe
-from kit.sample_line import generate_sparse_line
+from kit.sample_line import SPARSE_CLASS_COUNTS, generate_sample_line, generate_sparse_line, masks_dir
 
 
 def test_init_line_writes_a_valid_commented_recipe(tmp_path, tiny_line):
@@ -58,10 +59,6 @@ def test_scaffolded_recipe_runs_without_edits(tmp_path, tiny_line):
     assert (tmp_path / "runs" / "scaffolded").is_dir()
 
 
-def test_init_line_refuses_a_single_class(tmp_path, tiny_line):
-    shutil.copytree(tiny_line / "ok", tmp_path / "one" / "ok")
-    result = CliRunner().invoke(app, ["init-line", str(tmp_path / "one"), "--name", "x", "--out", str(tmp_path / "x.yaml")])
-    assert result.exit_code == 1 and "found only one class ('ok')" in result.output
 
 
 def test_image_size_proposal():
@@ -345,3 +342,130 @@ def test_init_line_on_1300_images_writes_a_target_the_split_can_certify(tmp_path
     assert certifiable_target(195) == (0.98, 0.99) and certifiable_target(10) == (None, 0.8)
     labels = np.array([0] * 105 + [1] * 45 + [2] * 45)
     assert certifiability_problems(recipe.verify.threshold, labels, recipe.data.classes) == []
+
+
+# -- task: anomaly (kit/onboard/anomaly_scaffold.py) ----------------------------------------------------------------
+
+def _flat(text: str) -> str:
+    """The recipe's text on one line, comment markers at line starts dropped: wrapped comments read as written."""
+    return " ".join(re.sub(r"(^|\n)\s*#", "\n", text).split())
+
+
+def test_the_sparse_line_is_proposed_anomaly_mode_with_the_false_reject_target_it_can_certify(tmp_path):
+    """The sparse line's counts (900 good, 33-34 per defect class; 64 px here, the counts decide): 33 < 50 images of
+    'crack', so task: anomaly. A 15 % split holds round(900 x 0.15) = 135 good validation images: 0.05 needs 59 with no
+    false reject, 0.02 needs 149, so 0.05 is written and 0.02's price named (149 / 0.15 -> 994 good images, 94 more).
+    Every defect class has at least 10 images: the hybrid is proposed."""
+    from kit.data.index import index_line
+
+    generate_sparse_line(tmp_path / "sparse", counts=SPARSE_CLASS_COUNTS, seed=2, size_px=64)
+    path, survey = init_line(tmp_path / "sparse", "sparse", tmp_path / "sparse.yaml", gpu=False)
+    assert survey.good_val_images == 135
+    recipe = load_recipe(path)
+    assert recipe.task == "anomaly" and recipe.line.ok_class == "ok"
+    assert recipe.anomaly.max_false_reject_rate == 0.05 and recipe.anomaly.review_fraction == 0.02
+    assert recipe.anomaly.name_defects is True
+    assert (recipe.teacher.arch, recipe.student.arch) == ("local_cnn_m", "local_cnn_s")
+    assert recipe.kpi.min_image_auroc == 0.95 and recipe.kpi.max_false_reject_rate == 0.05
+    assert recipe.kpi.max_class_escape_rate == 0.05 and recipe.kpi.min_macro_f1 is None
+    assert recipe.compare == [] and recipe.resolve_path(recipe.data.masks) == masks_dir(tmp_path / "sparse").resolve()
+    text = path.read_text()
+    assert "\nverify:" not in text and "\ncompare:" not in text and "\ndistill:" not in text
+    flat = _flat(text)
+    assert "task: anomaly, proposed: the rarest defect class, 'crack', has 33 images, fewer than 50" in flat
+    assert "max_false_reject_rate: 0.05 # at most 5 % of good parts rejected, certified at 95 % confidence:" in flat
+    assert "135 good validation images (a 15 % split) with no false reject" in flat
+    assert "0.02 needs about 149 good validation images (about 994 good images at this split: 94 more)" in flat
+    assert "epochs: 30 # an epoch is about 630 good training images x 64^2 px = 3 M px, within the CPU budget (20 M)" in flat
+    index = index_line(recipe)
+    splits = {(index.classes[s.label], s.split) for s in index.samples}
+    assert ("ok", "val") in splits and ("crack", "train") in splits  # name_defects: the namer learns from train
+
+
+@pytest.mark.parametrize("folder", ["ok", "parts"])
+def test_a_folder_of_good_parts_alone_scaffolds_a_loadable_anomaly_recipe(tmp_path, folder):
+    """200 good images and no defect folder: the only folder is the good-part class whatever its name; 30 good
+    validation images certify 0.10 (29 needed), 0.05 needs 59; escapes wait for defective parts."""
+    from kit.data.index import index_line
+
+    generate_sample_line(tmp_path / "line", counts={"ok": 200}, seed=3, size_px=32)
+    if folder != "ok":
+        (tmp_path / "line" / "ok").rename(tmp_path / "line" / folder)
+    result = CliRunner().invoke(app, ["init-line", str(tmp_path / "line"), "--name", "goodonly",
+                                      "--out", str(tmp_path / "goodonly.yaml")])
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(tmp_path / "goodonly.yaml")
+    assert recipe.task == "anomaly" and recipe.line.ok_class == folder and recipe.data.classes == [folder]
+    assert recipe.anomaly.max_false_reject_rate == 0.1 and recipe.anomaly.name_defects is False
+    assert recipe.kpi.min_image_auroc == 0.95 and recipe.data.masks is None
+    assert {s.split for s in index_line(recipe).samples} == {"train", "val", "test"}
+    flat = _flat((tmp_path / "goodonly.yaml").read_text())
+    assert "1 class, 200 images:" in flat and "task: anomaly, proposed: the folder holds good parts only" in flat
+    assert "GO needs defective parts, and the shadow period supplies them" in flat
+    assert "30 good validation images (a 15 % split) with no false reject" in flat
+    assert "0.05 needs about 59 good validation images (about 394 good images at this split: 194 more)" in flat
+    assert "name_defects: true # the hybrid: the anomaly score decides accept / reject" in flat
+    if folder != "ok":
+        assert f"good-part class: {folder} (the only folder: a line of good parts alone)" in flat
+
+
+def test_a_line_with_100_images_per_defect_class_keeps_the_classifier_scaffold(tmp_path):
+    """The sample line's measured point: 100 images per defect class trained supervised was GO."""
+    generate_sample_line(tmp_path / "line", counts={"ok": 300, "scratch": 100, "dent": 100}, seed=3, size_px=32)
+    path, survey = init_line(tmp_path / "line", "line", tmp_path / "line.yaml", gpu=False)
+    recipe = load_recipe(path)
+    assert recipe.task == "classify" and recipe.verify.threshold is not None and recipe.distill.method == "crld"
+    assert "task:" not in path.read_text() and "anomaly" not in path.read_text()
+
+
+def _counted(counts: dict[str, int]) -> LineSurvey:
+    classes = sorted(counts)
+    ok = classes[0] if len(classes) == 1 else detect_ok_class(classes)
+    return LineSurvey(Path("/data/line"), classes, counts, False, (256, 256), "gray", ok_class=ok)
+
+
+@pytest.mark.parametrize(("counts", "anomaly"), [
+    ({"ok": 900, "pit": 49, "crack": 200}, True),   # the rarest defect class decides
+    ({"ok": 900, "pit": 50, "crack": 200}, False),  # at the cut-off: a classifier
+    ({"ok": 900, "pit": 33, "crack": 33, "scratch": 34}, True),  # the sparse line
+    ({"ok": 160, "pit": 100, "crack": 100}, False),  # the sample line's measured point
+    ({"ok": 193, "pit": 5}, True),                   # 29 good validation images certify 0.10
+    ({"ok": 186, "pit": 5}, False),                  # 28 certify nothing: the classifier's scaffold stays
+    ({"crack": 900, "pit": 10}, False),              # no good-part class named: nothing to learn alone
+    ({"ok": 200}, True),                             # good parts only
+    ({"parts": 12}, True),                           # good parts only, however few: there is no other task
+])
+def test_the_anomaly_rule_and_its_cut_off(counts, anomaly):
+    from kit.onboard.anomaly_scaffold import ANOMALY_BELOW_DEFECT_IMAGES, MIN_GOOD_VAL_IMAGES, propose_anomaly
+
+    assert (ANOMALY_BELOW_DEFECT_IMAGES, MIN_GOOD_VAL_IMAGES) == (50, 29)
+    assert (propose_anomaly(_counted(counts)) is not None) is anomaly
+
+
+@pytest.mark.parametrize(("counts", "name_defects"), [
+    ({"ok": 900, "pit": 10, "crack": 12}, True),
+    ({"ok": 900, "pit": 9, "crack": 40}, False),  # every defect class needs 10
+    ({"ok": 900}, False),                         # no labelled defect to name
+])
+def test_the_hybrid_is_proposed_from_10_images_of_every_defect_class(counts, name_defects):
+    from kit.onboard.anomaly_scaffold import NAME_DEFECTS_MIN_IMAGES, propose_anomaly
+
+    assert NAME_DEFECTS_MIN_IMAGES == 10
+    assert propose_anomaly(_counted(counts)).name_defects is name_defects
+
+
+@pytest.mark.parametrize(("good_val", "expected"), [
+    (299, (0.01, None)), (298, (0.02, 0.01)), (149, (0.02, 0.01)), (135, (0.05, 0.02)), (59, (0.05, 0.02)),
+    (58, (0.1, 0.05)), (29, (0.1, 0.05)), (28, (None, 0.1)),
+])
+def test_the_false_reject_ladder_is_the_threshold_ladder_on_good_validation_images(good_val, expected):
+    from kit.onboard.anomaly_scaffold import FALSE_REJECT_LADDER
+    from kit.onboard.targets import strictest_certifiable
+
+    assert strictest_certifiable(FALSE_REJECT_LADDER, good_val) == expected
+
+
+def test_the_committed_sparse_recipe_is_the_anomaly_scaffold():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "sparse_line.yaml")
+    assert recipe.task == "anomaly" and recipe.anomaly.max_false_reject_rate == 0.05 and recipe.anomaly.name_defects
+    assert recipe.data.masks == "../sample_data/sparse_line_masks"

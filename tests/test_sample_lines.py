@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from kit.cli import app
 from kit.errors import ArgumentError
 from kit.sample_line import (_DEFECTS, CLASS_COUNTS, SAMPLE_LINES, SPARSE_CLASS_COUNTS, _apply_pose, _blank_part, _pose,
-                             SAMPLE_MASK_LEVEL, generate_line, render_sample_image, render_sample_layer,
-                             render_sample_part, render_sparse_image)
+                             SAMPLE_MASK_LEVEL, generate_line, generate_sparse_line, masks_dir, render_sample_image,
+                             render_sample_layer, render_sample_part, render_sparse_image)
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSE_DEFECTS = [c for c in SPARSE_CLASS_COUNTS if c != "ok"]
@@ -128,6 +128,47 @@ def test_sparse_defects_are_small_inside_the_image_and_visible(label):
     assert min(contrasts) > 8 and np.median(contrasts) > 20, contrasts
 
 
+SPARSE_FEW = {"ok": 3, "scratch": 5, "pit": 5, "crack": 5}
+
+
+@pytest.fixture(scope="module")
+def sparse_few(tmp_path_factory) -> Path:
+    """A few sparse parts per class as ``kit sample-data --line sparse`` writes them, masks included."""
+    out = tmp_path_factory.mktemp("sparse_few") / "sparse"
+    generate_sparse_line(out, counts=SPARSE_FEW)
+    return out
+
+
+def test_the_sparse_line_writes_a_mask_for_every_defect_image_like_the_sample_line(sparse_few):
+    """``<out>_masks/<class>/<stem>.png`` for every defect image and none for ok, uint8 0/255 at the image's size,
+    thresholded like the sample line's (the posed layer at least half on); the images are the ones rendered alone,
+    pixel for pixel, so writing masks changed none of them."""
+    images, masks = _pixels(sparse_few), _pixels(masks_dir(sparse_few))
+    assert masks_dir(sparse_few) == sparse_few.with_name("sparse_masks")
+    assert sorted(masks) == sorted(name for name in images if not name.startswith("ok/"))
+    assert len(masks) == sum(n for c, n in SPARSE_FEW.items() if c != "ok")
+    for name, image in images.items():
+        label, index = name.split("/")[0], int(Path(name).stem.rsplit("_", 1)[1])
+        rendered, mask = render_sparse_image(label, index)
+        assert (image == rendered).all(), name
+        if label != "ok":
+            assert masks[name].shape == image.shape and masks[name].dtype == np.uint8, name
+            assert set(np.unique(masks[name])) == {0, 255} and ((masks[name] == 255) == mask).all(), name
+
+
+def test_a_sparse_mask_lies_on_the_defect(sparse_few):
+    """Read back from the files: the image departs from its own good texture (a 9 px median, which a defect a few
+    px across does not survive) far more on the mask's pixels than away from them."""
+    ratios = []
+    for path in sorted(masks_dir(sparse_few).rglob("*.png")):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0
+        image = cv2.imread(str(sparse_few / path.relative_to(masks_dir(sparse_few))), cv2.IMREAD_UNCHANGED)
+        departure = np.abs(image.astype(np.float32) - cv2.medianBlur(image, 9))
+        near = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ratios.append(departure[mask].mean() / departure[~near].mean())
+    assert min(ratios) > 1.5 and np.median(ratios) > 3, ratios
+
+
 def test_sparse_ok_images_have_an_empty_mask():
     for index in range(5):
         img, mask = render_sparse_image("ok", index)
@@ -170,3 +211,5 @@ def test_cli_writes_the_default_sparse_line_at_a_chosen_size(tmp_path):
     assert result.output.strip() == f"1000 images in {out}: {SPARSE_CLASS_COUNTS}"
     assert {d.name: len(list(d.glob("*.png"))) for d in out.iterdir()} == SPARSE_CLASS_COUNTS
     assert cv2.imread(str(out / "pit" / "pit_0000.png"), cv2.IMREAD_UNCHANGED).shape == (128, 128)
+    masks = sorted(masks_dir(out).rglob("*.png"))
+    assert len(masks) == 100 and cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (128, 128)

@@ -4,6 +4,8 @@ It looks at the data the way an engineer would before writing a recipe: which cl
 images each, how imbalanced, which one holds the good parts, exact duplicates, image sizes and
 colour. The recipe it writes loads and runs as is; every choice it made is explained in a comment
 next to the field, in plain numbers where it costs something (what the resize does to a small defect).
+A line with too few images of a defect class for a classifier, or good parts alone, gets a
+``task: anomaly`` recipe instead (``kit.onboard.anomaly_scaffold``: the rule and its measurements).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from kit.data.balance import IMBALANCE_RATIO
 from kit.data.index import SPLITS, class_folders, file_hash, images_in
 from kit.errors import ArgumentError, DataError
 from kit.io import write_text_atomic
+from kit.onboard.anomaly_scaffold import (AnomalyProposal, anomaly_header, anomaly_sections, anomaly_split_note,
+                                          propose_anomaly)
 from kit.onboard.roi import RoiFinder
+from kit.onboard.targets import SCAFFOLD_VAL_FRACTION, next_target_line, strictest_certifiable
 from kit.recipe import load_recipe
+from kit.sample_line import masks_dir
 from kit.verify.stats import zero_failure_sample_size
 
 SIZE_PROBES = 64  # images opened per class to learn sizes and colour
@@ -73,6 +79,15 @@ class LineSurvey:
     roi: tuple[int, int, int, int] | None = None  # the box holding the part on a plain background (kit.onboard.roi)
     roi_images: int = 0  # sampled images the ROI was found on
     val_images_in_folder: int | None = None  # the val/ folder's images, when the line comes split into folders
+    good_val_images_in_folder: int | None = None  # of them, the good-part class's
+    masks: Path | None = None  # the images' defect masks, when they lie next to them in <folder>_masks
+
+    @property
+    def good_val_images(self) -> int:
+        """The good-part class's validation images: its val/ folder's, else its share of the scaffold's split."""
+        if self.good_val_images_in_folder is not None:
+            return self.good_val_images_in_folder
+        return max(1, int(round(self.counts.get(self.ok_class, 0) * SCAFFOLD_VAL_FRACTION))) if self.ok_class else 0
 
     @property
     def val_images(self) -> int:
@@ -129,8 +144,6 @@ def survey_line(root: str | Path) -> LineSurvey:
     empty = [c for c in classes if counts[c] == 0]
     if empty:
         raise DataError(f"IMAGES_DIR: class folder {empty[0]!r} has no images: {root / empty[0]}")
-    if len(classes) < 2:
-        raise DataError(f"IMAGES_DIR: found only one class ({classes[0]!r}) in {root}; a classifier needs two or more")
 
     sizes, colour, unreadable = [], [], []
     roi_finder = RoiFinder()
@@ -160,11 +173,15 @@ def survey_line(root: str | Path) -> LineSurvey:
             else:
                 seen[digest] = path
 
+    # One folder is the good parts whatever its name (a line of good parts alone: task: anomaly).
+    ok_class = classes[0] if len(classes) == 1 else detect_ok_class(classes)
+    val_counts = {c: len(images_in(root / "val" / c)) if (root / "val" / c).is_dir() else 0 for c in classes}
     survey = LineSurvey(root, classes, dict(counts), split_folders, median_hw,  # type: ignore[arg-type]
-                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=detect_ok_class(classes),
+                        "rgb" if np.mean(colour) > 0.5 else "gray", duplicates, ok_class=ok_class,
                         roi=roi_finder.proposal(), roi_images=roi_finder.images,
-                        val_images_in_folder=sum(len(images_in(root / "val" / c)) for c in classes
-                                                 if (root / "val" / c).is_dir()) if split_folders else None)
+                        val_images_in_folder=sum(val_counts.values()) if split_folders else None,
+                        good_val_images_in_folder=val_counts.get(ok_class, 0) if split_folders and ok_class else None,
+                        masks=masks_dir(root) if masks_dir(root).is_dir() else None)
     low, high = min(counts.values()), max(counts.values())
     if survey.imbalanced:
         survey.warnings.append(f"imbalanced: {high} images of {counts.most_common(1)[0][0]!r} but only {low} of "
@@ -331,16 +348,11 @@ def _ok_class_line(survey: LineSurvey) -> str:
 # CERTIFY_ACCEPT_SHARE of the validation images (headroom: a model sends its least confident parts to a person).
 ACCEPTED_ACCURACY_LADDER = (0.995, 0.99, 0.98, 0.97, 0.95, 0.90, 0.80)
 CERTIFY_ACCEPT_SHARE = 0.9
-SCAFFOLD_VAL_FRACTION = 0.15
 
 
 def certifiable_target(val_images: int) -> tuple[float | None, float | None]:
     """(the strictest ladder target ``val_images`` can certify with the headroom above, the next stricter one)."""
-    accepted = int(val_images * CERTIFY_ACCEPT_SHARE)
-    fits = [a for a in ACCEPTED_ACCURACY_LADDER if accepted >= (zero_failure_sample_size(1 - a) or 0)]
-    chosen = fits[0] if fits else None
-    stricter = [a for a in ACCEPTED_ACCURACY_LADDER if chosen is None or a > chosen]
-    return chosen, (stricter[-1] if stricter else None)
+    return strictest_certifiable(ACCEPTED_ACCURACY_LADDER, int(val_images * CERTIFY_ACCEPT_SHARE), lambda a: 1 - a)
 
 
 def _threshold_lines(survey: LineSurvey) -> str:
@@ -361,8 +373,7 @@ def _threshold_lines(survey: LineSurvey) -> str:
     if stricter is not None:
         needed = math.ceil(zero_failure_sample_size(1 - stricter) / CERTIFY_ACCEPT_SHARE)
         fraction = SCAFFOLD_VAL_FRACTION if not survey.split_folders else n_val / max(1, survey.total)
-        line += (f"                                # {stricter:g} needs about {needed} validation images (about "
-                 f"{math.ceil(needed / fraction):,} images at this split: {max(0, math.ceil(needed / fraction) - survey.total):,} more)\n")
+        line += next_target_line(stricter, needed, fraction, survey.total)
     return head + line
 
 
@@ -376,11 +387,15 @@ def _escape_target_line(survey: LineSurvey) -> str:
 def _defect_rate_line(survey: LineSurvey) -> str:
     share = survey.counts.get(survey.ok_class, 0) / max(1, sum(survey.counts.values())) if survey.ok_class else None
     seen = f"; {1 - share:.0%} of these images are defective, production is usually far less" if share is not None else ""
+    if len(survey.classes) == 1:
+        seen = "; these images hold no defective part, so escapes wait for some"
     return (f"  # defect_rate: 0.02           # share of defective parts in production: the report re-weights automation,\n"
             f"                                # escapes and false rejects to it (unset: figures use the test mix{seen})\n")
 
 
 def _ok_class_note(survey: LineSurvey) -> str:
+    if survey.ok_class is not None and len(survey.classes) == 1 and not _is_ok_name(survey.ok_class):
+        return f"{survey.ok_class} (the only folder: a line of good parts alone)"
     if survey.ok_class is not None:
         return f"{survey.ok_class} (recognised by its folder name)"
     return f"none recognised among the folder names (looked for {', '.join(OK_CLASS_NAMES)})"
@@ -395,11 +410,100 @@ def _balance_note(survey: LineSurvey) -> str:
     return f"class-balanced sampling only if the training split is imbalanced (largest class > {IMBALANCE_RATIO:g}x smallest)"
 
 
-def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "",
-                  gpu: bool = False, weights_cached: bool | None = None) -> str:
-    """``weights_cached``: whether the teacher's published weights are in the local cache (None: look)."""
-    recipe_path = recipe_path or f"recipes/{name}.yaml"
+def _head(survey: LineSurvey, recipe_path: str, task_note: str = "") -> str:
+    """The header (what was found, why the task, the survey's warnings, what to run next) and the schema version."""
+    counts = ", ".join(f"{c} {survey.counts[c]}" for c in survey.classes)
+    n_classes = f"{len(survey.classes)} class{'es' if len(survey.classes) != 1 else ''}"
+    warnings = "".join(f"#   ! {w}\n" for w in survey.warnings) or "#   no warnings\n"
+    return f"""# Recipe scaffolded by `kit init-line` from {survey.root}
+# {n_classes}, {survey.total} images: {counts}
+# good-part class: {_ok_class_note(survey)}
+{task_note}# Survey warnings:
+{warnings}#
+# Next: `kit views {recipe_path}` to look at the views, `kit calibrate {survey.root}` to fit them to
+# this camera, then `kit run {recipe_path}`.
+schema_version: 1
+"""
+
+
+def _masks_line(survey: LineSurvey, recipe_dir: Path) -> str:
+    """``data.masks`` when the images' defect masks lie next to them in ``<folder>_masks`` (as ``kit sample-data``
+    writes them)."""
+    if survey.masks is None:
+        return ""
+    rel = Path(os.path.relpath(survey.masks, recipe_dir.resolve()))
+    return f"  masks: {_q(str(rel))}   # defect masks found next to the images: kit verify scores the heatmaps on them\n"
+
+
+def _line_and_data(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, split_note: str) -> str:
+    """``line:`` and ``data:``, the same for both tasks but for the split's comment."""
     rel_root = Path(os.path.relpath(survey.root, recipe_dir.resolve()))
+    data_split = (
+        "  split_folders: {train: train, val: val, test: test}   # the folder already has train/val/test\n"
+        if survey.split_folders else
+        f"  split: {{train: 0.7, val: {SCAFFOLD_VAL_FRACTION:g}, test: 0.15, seed: 0}}   # {split_note}\n"
+    )
+    return f"""
+line:
+  name: {name}
+  description: {_q(f"Scaffolded from {survey.root.name}")}
+  # parts_per_minute: 120       # the line's speed: sets the time-per-part target that verify gates on
+{_ok_class_line(survey)}{_defect_rate_line(survey)}
+data:
+  root: {_q(str(rel_root))}        # relative to this recipe's folder
+  layout: imagefolder           # one folder per class
+  classes: [{", ".join(_q(c) for c in survey.classes)}]   # fixed order: it becomes the model's output order
+  image_size: {size.size_px:<18}# {size.cost()}
+                                # {size.reason}
+{roi_line(survey, size)}  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
+{data_split}{_masks_line(survey, recipe_dir)}  dedupe: true                  # drop exact duplicate files before splitting (they leak train -> test)
+  max_unreadable_fraction: 0.0  # stop on an unreadable file; raise to skip a few and log them
+"""
+
+
+def _views(strong_note: str) -> str:
+    return f"""
+views:                          # albumentations on the resized uint8 image; presets take severity 1..5
+  weak:                         # what the student always sees: mild, label-preserving
+    - HorizontalFlip: {{p: 0.5}}
+    - VerticalFlip: {{p: 0.5}}
+    - angle: {{severity: 1, p: 0.5}}
+  strong:                       # {strong_note}
+    - HorizontalFlip: {{p: 0.5}}
+    - VerticalFlip: {{p: 0.5}}
+    - lighting: {{severity: 2, p: 0.8}}
+    - angle: {{severity: 2, p: 0.7}}
+    - blur: {{severity: 2, p: 0.5}}
+    - noise: {{severity: 2, p: 0.5}}
+"""
+
+
+ECONOMICS_AND_RUN = """
+# economics:                    # what manual inspection costs: the report turns automation into hours and money
+#   parts_per_day: 20000
+#   manual_seconds_per_part: 2
+#   labour_cost_per_hour: 35
+#   currency: EUR
+#   escape_cost: 50             # a defective part shipped (net savings subtract escapes and false rejects)
+#   false_reject_cost: 2        # a good part scrapped or re-worked
+
+seed: 0
+device: auto
+"""
+
+
+def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir: Path, recipe_path: str = "",
+                  gpu: bool = False, weights_cached: bool | None = None,
+                  anomaly: AnomalyProposal | None = None) -> str:
+    """``weights_cached``: whether the teacher's published weights are in the local cache (None: look).
+    ``anomaly``: write a ``task: anomaly`` recipe (``kit.onboard.anomaly_scaffold``) instead of a classifier's."""
+    recipe_path = recipe_path or f"recipes/{name}.yaml"
+    if anomaly is not None:
+        return (_head(survey, recipe_path, anomaly_header(anomaly)) + "task: anomaly                   # the good part "
+                "learnt from good parts alone (see the header)\n"
+                + _line_and_data(survey, size, name, recipe_dir, anomaly_split_note(anomaly))
+                + _views("the line conditions the student learns to ignore (anomaly.cross_view)")
+                + anomaly_sections(anomaly, size.size_px, CPU_PIXEL_BUDGET) + ECONOMICS_AND_RUN)
     small = survey.total < SMALL_DATA
     local = wants_local_cnn(survey)
     teacher, opt, lr, wd, bs = (("resnet10t", "adamw", 0.003, 0.05, 16) if small and not local else ("resnet18", "sgd", 0.05, 0.0005, 32))
@@ -416,52 +520,10 @@ def render_recipe(survey: LineSurvey, size: SizeProposal, name: str, recipe_dir:
 
             weights_cached = published_weights_cached(teacher)
         pretrained = pretrained_line(teacher, weights_cached)
-    counts = ", ".join(f"{c} {survey.counts[c]}" for c in survey.classes)
-    data_split = (
-        "  split_folders: {train: train, val: val, test: test}   # the folder already has train/val/test\n"
-        if survey.split_folders else
-        f"  split: {{train: 0.7, val: {SCAFFOLD_VAL_FRACTION:g}, test: 0.15, seed: 0}}   # stratified random split, fixed seed\n"
-    )
-    warnings = "".join(f"#   ! {w}\n" for w in survey.warnings) or "#   no warnings\n"
     balance = _balance_note(survey)
     select_by = "the epoch with the best validation macro-F1 is kept: calling every part good cannot win it"
-    return f"""# Recipe scaffolded by `kit init-line` from {survey.root}
-# {len(survey.classes)} classes, {survey.total} images: {counts}
-# good-part class: {_ok_class_note(survey)}
-# Survey warnings:
-{warnings}#
-# Next: `kit views {recipe_path}` to look at the views, `kit calibrate {survey.root}` to fit them to
-# this camera, then `kit run {recipe_path}`.
-schema_version: 1
-
-line:
-  name: {name}
-  description: {_q(f"Scaffolded from {survey.root.name}")}
-  # parts_per_minute: 120       # the line's speed: sets the time-per-part target that verify gates on
-{_ok_class_line(survey)}{_defect_rate_line(survey)}
-data:
-  root: {_q(str(rel_root))}        # relative to this recipe's folder
-  layout: imagefolder           # one folder per class
-  classes: [{", ".join(_q(c) for c in survey.classes)}]   # fixed order: it becomes the model's output order
-  image_size: {size.size_px:<18}# {size.cost()}
-                                # {size.reason}
-{roi_line(survey, size)}  channels: {survey.channels}                # {"colour differs between R, G and B" if survey.channels == "rgb" else "the camera is monochrome (or R = G = B)"}
-{data_split}  dedupe: true                  # drop exact duplicate files before splitting (they leak train -> test)
-  max_unreadable_fraction: 0.0  # stop on an unreadable file; raise to skip a few and log them
-
-views:                          # albumentations on the resized uint8 image; presets take severity 1..5
-  weak:                         # what the student always sees: mild, label-preserving
-    - HorizontalFlip: {{p: 0.5}}
-    - VerticalFlip: {{p: 0.5}}
-    - angle: {{severity: 1, p: 0.5}}
-  strong:                       # the line conditions CRLD makes the student robust to
-    - HorizontalFlip: {{p: 0.5}}
-    - VerticalFlip: {{p: 0.5}}
-    - lighting: {{severity: 2, p: 0.8}}
-    - angle: {{severity: 2, p: 0.7}}
-    - blur: {{severity: 2, p: 0.5}}
-    - noise: {{severity: 2, p: 0.5}}
-
+    return (_head(survey, recipe_path) + _line_and_data(survey, size, name, recipe_dir, "stratified random split, fixed seed")
+            + _views("the line conditions CRLD makes the student robust to") + f"""
 teacher:
   arch: {teacher:<24}# {teacher_note}
   epochs: 30
@@ -496,18 +558,7 @@ kpi:                            # release targets: `kit verify` and the report's
   # min_heldout_relative_robustness: 0.70
   # min_automation_rate: 0.70
   # gate_on: bound              # gate each rate on the pessimistic end of its 95 % interval, not its value
-
-# economics:                    # what manual inspection costs: the report turns automation into hours and money
-#   parts_per_day: 20000
-#   manual_seconds_per_part: 2
-#   labour_cost_per_hour: 35
-#   currency: EUR
-#   escape_cost: 50             # a defective part shipped (net savings subtract escapes and false rejects)
-#   false_reject_cost: 2        # a good part scrapped or re-worked
-
-seed: 0
-device: auto
-"""
+""" + ECONOMICS_AND_RUN)
 
 
 def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, *, overwrite: bool = False,
@@ -533,7 +584,8 @@ def init_line(images_dir: str | Path, name: str, out: str | Path | None = None, 
     resize_warning = size.warning()
     if resize_warning:
         survey.warnings.append(resize_warning)
-    text = render_recipe(survey, size, name, path.parent, str(path), gpu=gpu, weights_cached=weights_cached)
+    text = render_recipe(survey, size, name, path.parent, str(path), gpu=gpu, weights_cached=weights_cached,
+                         anomaly=propose_anomaly(survey))
     tmp = path.parent / f".{path.name}.check.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(tmp, text)
