@@ -142,6 +142,12 @@ def run(
                       launch=Launch(nproc_per_node, nnodes, rdzv_endpoint, rdzv_id))
     if not result.metrics:  # the launcher, or a torch.distributed worker other than rank 0: rank 0 reports
         return
+    if result.metrics.get("task") == "anomaly":
+        _print_anomaly(result.kpi)
+        typer.echo(str(result.run_dir))
+        if not result.passed:
+            raise typer.Exit(1)
+        return
     _print_metrics(result.metrics)
     if result.parity is not None:
         _print_parity(result.parity)
@@ -150,6 +156,33 @@ def run(
     typer.echo(str(result.run_dir))
     if not result.passed:
         raise typer.Exit(1)
+
+
+def _is_anomaly_run(run_dir: Path) -> bool:
+    """Whether the run's recipe has ``task: anomaly`` (its export, verify and report are ``kit.anomaly``'s)."""
+    from kit.recipe import read_recipe_lock
+    from kit.rundir import LOCK_NAME
+
+    return (Path(run_dir) / LOCK_NAME).is_file() and read_recipe_lock(Path(run_dir) / LOCK_NAME).task == "anomaly"
+
+
+def _print_anomaly(record: Any) -> None:
+    """An anomaly run's figures and its one verdict (``kit.anomaly.report.recommend``)."""
+    if record is None:
+        return
+    from kit.anomaly.report import recommend
+
+    op, cert, fig = record.operating_test, record.certificate, record.figures
+    console.print(f"operating point: {cert['message']}", highlight=False, markup=False)
+    auroc = "unmeasured (no defective test part)" if fig["auroc"] is None else f"{fig['auroc']:.4f}"
+    console.print(f"test ({record.test['n']} images, {record.test['n_good']} good; {record.deployed_runtime}): image AUROC "
+                  f"{auroc}; false rejects {op['false_reject_rate']['k']}/{op['false_reject_rate']['n']}, escapes "
+                  f"{op['escape_rate']['k']}/{op['escape_rate']['n']}, sent to review "
+                  f"{op['n'] - op['automation_rate']['k']}/{op['n']}", highlight=False, markup=False)
+    rec = recommend(record)
+    console.print(f"verdict: {rec.verdict}", highlight=False, markup=False)
+    for reason in rec.reasons:
+        console.print(f"  - {reason}", highlight=False, markup=False)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -179,6 +212,13 @@ def export(
     from kit.export import ParityGateError, export_bundle
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    if _is_anomaly_run(run_dir):
+        from kit.anomaly.export import export_anomaly_bundle
+
+        parity = export_anomaly_bundle(run_dir, chosen, log=lambda m: console.print(m, highlight=False, markup=False))
+        _print_gate(parity["gate"], "parity gate")
+        typer.echo(str(Path(run_dir) / "bundle"))
+        return
     try:
         result = export_bundle(run_dir, chosen, log=lambda m: console.print(m, highlight=False, markup=False))
         _print_parity(result.parity)
@@ -227,6 +267,16 @@ def verify(
     from kit.rundir import kpi_path
     from kit.verify import verify_run
 
+    if _is_anomaly_run(run_dir):
+        from kit.anomaly.record import record_path
+        from kit.anomaly.verify import verify_anomaly_run
+
+        record = verify_anomaly_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
+        _print_anomaly(record)
+        typer.echo(str(record_path(run_dir)))
+        if not record.gate.passed:
+            raise typer.Exit(1)
+        return
     result = verify_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
     _print_kpi(result.kpi)
     typer.echo(str(kpi_path(result.verify_dir.parent)))
@@ -248,6 +298,11 @@ def threshold(
     """
     from kit.verify import retune_threshold
     from kit.verify.threshold import parse_target
+
+    if _is_anomaly_run(run_dir):
+        raise ArgumentError("target", f"{run_dir}: an anomaly run has no confidence threshold to re-tune; change "
+                            "anomaly.max_false_reject_rate or anomaly.review_fraction in the recipe and run "
+                            f"`kit verify {run_dir}`", prefix=False)
 
     from kit.verify.record import Operating
 
@@ -271,6 +326,13 @@ def report(
     """
     from kit.report import build_report
 
+    if _is_anomaly_run(run_dir):
+        from kit.anomaly.report import build_anomaly_report
+        from kit.rundir import report_html_path
+
+        build_anomaly_report(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
+        typer.echo(str(report_html_path(run_dir)))
+        return
     result = build_report(run_dir, lang=lang, pdf=pdf, log=lambda m: console.print(m, highlight=False, markup=False),
                           shadow=shadow)
     typer.echo(str(result.html))

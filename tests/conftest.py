@@ -37,7 +37,7 @@ def _cuda_missing_reason() -> str | None:
 
 
 # Fixtures that train models (a tiny ``kit run`` and what is built on it): a test that uses one is ``slow``.
-TRAINING_FIXTURES = {"finished_run", "exported", "flipped_run", "second_run"}
+TRAINING_FIXTURES = {"finished_run", "exported", "flipped_run", "second_run", "anomaly_run", "good_only_run"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -41,13 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, int] = {
     "deploy": 0, "kit.errors": 0, "kit.io": 0, "kit.rundir": 0, "kit.progress": 0, "kit.device": 0, "kit.seeds": 0,
-    "kit.distill": 1, "kit.views": 1, "kit.models": 1, "kit.verdict": 1,
+    "kit.distill": 1, "kit.views": 1, "kit.models": 1, "kit.verdict": 1, "kit.anomaly.model": 1, "kit.anomaly.metrics": 1,
     "kit.recipe": 2,
     "kit.data": 3,
     "kit.evaluate": 4, "kit.scorers": 4,
-    "kit.train": 5, "kit.export": 5,
-    "kit.verify": 6,
-    "kit.report": 7,
+    "kit.train": 5, "kit.export": 5, "kit.anomaly.train": 5, "kit.anomaly.stages": 5, "kit.anomaly.export": 5,
+    "kit.anomaly.record": 5,
+    "kit.verify": 6, "kit.anomaly.verify": 6,
+    "kit.report": 7, "kit.anomaly.report": 7, "kit.anomaly": 7,
     "kit.feedback": 8,
     "kit.onboard": 9, "kit.sample_line": 9,
     "kit.run": 10,

@@ -153,10 +153,12 @@ def _classes(body: dict[str, Any]) -> list[str]:
 
 def _compare(a: list[np.ndarray], b: list[np.ndarray], threshold: float) -> dict[str, Any]:
     score_delta = np.abs(a[0] - b[0])
+    relative = score_delta / np.maximum(np.abs(a[0]), 1.0)
     map_delta = np.abs(a[1] - b[1])
     flipped = (a[0] >= threshold) != (b[0] >= threshold)
     return {"decision_agreement": float(1 - flipped.mean()) if len(flipped) else 1.0, "decisions_flipped": int(flipped.sum()),
             "max_abs_score_delta": float(score_delta.max()) if score_delta.size else 0.0,
+            "max_rel_score_delta": float(relative.max()) if relative.size else 0.0,
             "mean_abs_map_delta": float(map_delta.mean()) if map_delta.size else 0.0,
             "peak_agreement": float(np.mean(a[1].reshape(len(a[1]), -1).argmax(1) == b[1].reshape(len(b[1]), -1).argmax(1)))
             if len(a[1]) else 1.0}
@@ -186,9 +188,9 @@ def anomaly_parity(run_dir: Path, bundle: Path, model: AnomalyModel, spec, class
                                 f"{name} reject decisions agree with {parent} at the provisional threshold",
                                 vs["decision_agreement"], getattr(gates, AGREEMENT_GATE[name]), ">=", rung=name))
             if name == "onnx":
-                checks.append(check("export.parity.onnx_max_abs_prob_delta", "max_abs_score_delta",
-                                    "ONNX FP32 max |delta score| against the torch model", vs["max_abs_score_delta"],
-                                    gates.onnx_max_abs_prob_delta * 10, "<=", rung=name))
+                checks.append(check("export.parity.anomaly_onnx_max_rel_score_delta", "max_rel_score_delta",
+                                    "ONNX FP32 max |delta score| / max(|score|, 1) against the torch model",
+                                    vs["max_rel_score_delta"], gates.anomaly_onnx_max_rel_score_delta, "<=", rung=name))
         rows.append(row)
     result = verdict(checks)
     return {"task": "anomaly", "test_images": len(test.labels), "operating_threshold": PROVISIONAL_THRESHOLD,

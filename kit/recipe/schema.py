@@ -265,6 +265,8 @@ class ParityGates(_Strict):
     # The in-graph heatmap output (bundles whose student has one), each map min-max normalised to [0, 1]:
     heatmap_onnx_max_abs_delta: Annotated[float, Field(ge=0)] = 1e-3  # ONNX FP32 vs torch student
     heatmap_int8_max_mean_abs_delta: Annotated[float, Field(ge=0)] = 0.1  # ONNX INT8 vs ONNX FP32 (sample line: 0.025)
+    # task: anomaly: ONNX FP32 vs torch, max |delta score| / max(|score|, 1) (scores reach hundreds on odd parts)
+    anomaly_onnx_max_rel_score_delta: Annotated[float, Field(ge=0)] = 1e-4
 
 
 class ExportConfig(_Strict):

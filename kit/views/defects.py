@@ -9,7 +9,8 @@ Four kinds, after the published recipes for learning without real defects:
   Perlin-noise regions, Zavrtanik et al. 2021, with the part's own texture instead of a texture database).
 
 ``severity`` (1..5) is how hard the hardest defect is: each defect draws a level in 1..severity, and a higher
-level is smaller and fainter. So severity 3 teaches obvious and subtle defects together.
+level is smaller and fainter. So severity 3 teaches obvious and subtle defects together. Sizes are drawn on a
+log scale down to 3 px scars and sub-pixel pits: real lines' defects are often a few pixels at the model's input.
 
 The ``defects`` view family is registered next to lighting, angle and blur (``kit views`` lists it), but it
 changes a good part into a defective one: it belongs in ``anomaly.synthetic_defects``, never in the
@@ -33,16 +34,21 @@ def _level(rng: np.random.Generator, severity: int) -> float:
 
 
 def _contrast(rng: np.random.Generator, level: float) -> float:
-    """Signed intensity change in grey levels: 60-110 when obvious, 18-35 when subtle."""
-    magnitude = rng.uniform(60, 110) * (1 - level) + rng.uniform(18, 35) * level
+    """Signed intensity change in grey levels: 40-100 when obvious, 15-35 when subtle."""
+    magnitude = rng.uniform(40, 100) * (1 - level) + rng.uniform(15, 35) * level
     return float(magnitude if rng.random() < 0.5 else -magnitude)
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """Sizes drawn evenly on a log scale: as many 2-4 px defects as 20-40 px ones (real lines have both)."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(max(high, low * 1.01)))))
 
 
 def _scar(rng: np.random.Generator, h: int, w: int, level: float) -> np.ndarray:
     side = min(h, w)
-    length = side * rng.uniform(0.15, 0.45) * (1 - 0.6 * level)
-    width = max(1, int(round(rng.uniform(1.0, 3.0) * (1 - 0.5 * level) * side / 128)))
-    x, y = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
+    length = _log_uniform(rng, 3.0, side * (0.35 - 0.2 * level))
+    width = max(1, int(round(rng.uniform(1.0, 2.5) * (1 - 0.5 * level) * side / 128)))
+    x, y = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
     angle = rng.uniform(0, np.pi)
     points, scale = [], 8  # drawn 8x larger, then area-resized: anti-aliased
     for i in range(4):
@@ -57,9 +63,9 @@ def _scar(rng: np.random.Generator, h: int, w: int, level: float) -> np.ndarray:
 
 def _pit(rng: np.random.Generator, h: int, w: int, level: float) -> np.ndarray:
     side = min(h, w)
-    radius = max(1.0, side * rng.uniform(0.02, 0.06) * (1 - 0.5 * level))
+    radius = _log_uniform(rng, 0.7, side * (0.06 - 0.03 * level))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
+    cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
     ratio = rng.uniform(0.6, 1.0)
     d2 = ((xx - cx) / radius) ** 2 + ((yy - cy) / (radius * ratio)) ** 2
     return np.exp(-d2).astype(np.float32)
@@ -93,7 +99,7 @@ def _other_place(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 def _cutpaste(rng: np.random.Generator, image: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     side = min(h, w)
-    ph = max(2, int(side * rng.uniform(0.06, 0.2) * (1 - 0.5 * level)))
+    ph = max(2, int(_log_uniform(rng, 3.0, side * (0.2 - 0.1 * level))))
     pw = max(2, int(ph * rng.uniform(0.3, 3.0)))
     pw = min(pw, w - 2)
     sy, sx = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))

@@ -1,0 +1,124 @@
+"""Anomaly mode end to end on tiny lines: ``kit run`` with ``task: anomaly`` (one epoch each, 32 px), a line of
+good parts alone, the bundle on the edge with torch blocked, and the one verdict the CLI and the report state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import write_recipe
+from tests.edge_bundle import BLOCK_HEAVY
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def anomaly_recipe(root: Path, name: str, **anomaly) -> dict:
+    return {
+        "task": "anomaly",
+        "line": {"name": name, "ok_class": "ok", "parts_per_minute": 60},
+        "data": {"root": str(root), "image_size": 32, "channels": "gray", "num_workers": 0,
+                 "masks": str(root.parent / (root.name + "_masks")),
+                 "split": {"train": 0.5, "val": 0.25, "test": 0.25, "seed": 0}},
+        "views": {"weak": [{"HorizontalFlip": {"p": 0.5}}],
+                  "strong": [{"lighting": {"severity": 3, "p": 1.0}}, {"blur": {"severity": 2}}]},
+        "teacher": {"arch": "local_cnn_s", "epochs": 1, "batch_size": 8, "lr": 0.05},
+        "student": {"arch": "local_cnn_s", "epochs": 1, "batch_size": 8, "lr": 0.003, "optimizer": "adamw"},
+        "anomaly": {"max_false_reject_rate": 0.2, "review_fraction": 0.1, **anomaly},
+        "export": {"formats": ["onnx", "onnx-int8"], "calibration_images": 16, "parity": {"int8_min_agreement": 0.5}},
+        "verify": {"latency": {"warmup": 1, "iters": 5}, "corruptions": {"families": ["darker", "defocus"]}},
+        "kpi": {"max_false_reject_rate": 0.5, "max_class_escape_rate": 1.0},
+        "seed": 0, "device": "cpu",
+    }
+
+
+def _run(tmp: Path, recipe: dict, name: str) -> tuple[Path, str]:
+    from kit.cli import app
+
+    path = write_recipe(tmp / f"{name}.yaml", recipe)
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp / "runs"), "--name", "r1"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output, result.output
+    return tmp / "runs" / recipe["line"]["name"] / "r1", result.output
+
+
+@pytest.fixture(scope="session")
+def anomaly_run(tmp_path_factory):
+    from kit.sample_line import generate_sample_line
+
+    tmp = tmp_path_factory.mktemp("anomaly")
+    generate_sample_line(tmp / "line", counts={"ok": 64, "scratch": 8, "dent": 8}, seed=1, size_px=48)
+    return _run(tmp, anomaly_recipe(tmp / "line", "anomaly_line"), "anomaly_line")
+
+
+@pytest.fixture(scope="session")
+def good_only_run(tmp_path_factory):
+    from kit.sample_line import generate_sample_line
+
+    tmp = tmp_path_factory.mktemp("good_only")
+    generate_sample_line(tmp / "line", counts={"ok": 64}, seed=2, size_px=48)
+    return _run(tmp, anomaly_recipe(tmp / "line", "good_only_line"), "good_only_line")
+
+
+def test_an_anomaly_run_goes_through_every_stage_and_certifies_false_rejects(anomaly_run):
+    run_dir, output = anomaly_run
+    state = json.loads((run_dir / "state.json").read_text())
+    assert {"data", "teacher", "student", "evaluate", "export", "verify", "report"} <= set(state["stages"])
+    split = (run_dir / "split.csv").read_text().splitlines()[1:]
+    assert not [row for row in split if row.split(",")[-2] != "ok" and row.endswith(",train")], "defects trained on"
+    manifest = json.loads((run_dir / "bundle" / "model.json").read_text())
+    assert manifest["task"] == "anomaly" and manifest["classes"] == ["ok", "defect"]
+    record = json.loads((run_dir / "verify" / "anomaly.json").read_text())
+    cert = record["certificate"]
+    assert cert["certified"] and cert["n_good"] == 16 and cert["false_reject_upper"] <= 0.2
+    assert manifest["decision"]["reject_at"] == pytest.approx(cert["reject_at"])
+    assert manifest["decision"]["certified"] is True
+    op = record["operating_test"]
+    assert op["false_reject_rate"]["n"] == 16 and op["escape_rate"]["n"] == 8
+    assert set(op["per_class"]) == {"scratch", "dent"}
+    assert record["localisation"]["status"] == "measured" and record["localisation"]["pointing"]["n"] == 8
+    assert len(record["robustness"]["rows"]) == 10
+
+
+def test_the_cli_and_the_report_state_the_same_verdict(anomaly_run):
+    from kit.anomaly.record import read_anomaly_record
+    from kit.anomaly.report import recommend
+
+    run_dir, output = anomaly_run
+    verdict = recommend(read_anomaly_record(run_dir)).verdict
+    html = (run_dir / "report" / "report.html").read_text()
+    assert f"verdict: {verdict}" in output
+    assert f'">{verdict}</p>' in html.replace("&#39;", "'")
+
+
+def test_the_bundle_decides_on_the_edge_with_torch_blocked(anomaly_run, tmp_path):
+    run_dir, _ = anomaly_run
+    image = next((run_dir.parent.parent.parent / "line" / "scratch").glob("*.png"))
+    code = BLOCK_HEAVY + (
+        "import sys, json\nfrom deploy.cli import app\n"
+        f"sys.argv = ['deploy', 'predict', {str(run_dir / 'bundle')!r}, {str(image)!r}, '--heatmaps', {str(tmp_path)!r}]\n"
+        "app()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["action"] in ("accept", "review", "reject") and isinstance(line["score"], float)
+    assert line["label"] in ("ok", "defect")
+    assert list(tmp_path.glob("*.png")), "no heatmap overlay written"
+
+
+def test_a_folder_of_good_parts_alone_runs_end_to_end_and_says_what_it_needs(good_only_run):
+    from kit.anomaly.record import read_anomaly_record
+    from kit.anomaly.report import GO, recommend
+
+    run_dir, output = good_only_run
+    record = read_anomaly_record(run_dir)
+    assert record.certificate["certified"]
+    assert record.figures["auroc"] is None and record.operating_test["escape_rate"]["n"] == 0
+    verdict = recommend(record)
+    assert verdict.verdict != GO
+    assert any("unmeasured" in reason for reason in verdict.reasons), verdict.reasons
+    assert "unmeasured" in (run_dir / "report" / "report.html").read_text()
