@@ -122,3 +122,31 @@ def test_a_folder_of_good_parts_alone_runs_end_to_end_and_says_what_it_needs(goo
     assert verdict.verdict != GO
     assert any("unmeasured" in reason for reason in verdict.reasons), verdict.reasons
     assert "unmeasured" in (run_dir / "report" / "report.html").read_text()
+
+
+@pytest.fixture(scope="session")
+def hybrid_run(tmp_path_factory):
+    from kit.sample_line import generate_sample_line
+
+    tmp = tmp_path_factory.mktemp("hybrid")
+    generate_sample_line(tmp / "line", counts={"ok": 64, "scratch": 8, "dent": 8, "stain": 8}, seed=3, size_px=48)
+    recipe = anomaly_recipe(tmp / "line", "hybrid_line", name_defects=True)
+    recipe["data"]["classes"] = ["dent", "ok", "scratch"]  # stain stays out: a kind the namer never saw
+    return _run(tmp, recipe, "hybrid_line")
+
+
+def test_the_hybrid_names_the_kinds_it_knows_and_only_those(hybrid_run):
+    from deploy.predictor import Predictor
+
+    run_dir, _ = hybrid_run
+    manifest = json.loads((run_dir / "bundle" / "model.json").read_text())
+    assert manifest["classes"] == ["ok", "dent", "scratch", "unknown defect"]
+    assert manifest["decision"]["kinds"] == ["dent", "scratch"]
+    assert all(r > 0 for r in manifest["decision"]["kind_radius"].values())
+    assert [o["name"] for o in manifest["outputs"]] == ["score", "anomaly_map", "kind_distance"]
+    unseen = sorted((run_dir.parent.parent.parent / "line" / "stain").glob("*.png"))
+    decisions = Predictor.from_bundle(run_dir / "bundle", "onnx").predict(unseen)
+    assert len(decisions) == 8
+    for d in decisions:
+        assert d.label in manifest["classes"] and isinstance(d.score, float)
+        assert (d.action == "accept") == (d.label == "ok")

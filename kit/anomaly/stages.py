@@ -92,8 +92,8 @@ def student_args(recipe: Any, in_chans: int, kinds: list[str], kind_radius: dict
 def _named_kinds(ctx: Any) -> list[str]:
     if not ctx.recipe.anomaly.name_defects:
         return []
-    train = ctx.data.splits["train"]
-    present = set(int(k) for k in np.unique(train.labels))
+    val = ctx.data.splits["val"]
+    present = set(int(k) for k in np.unique(val.labels))
     return [c for i, c in enumerate(ctx.data.classes) if c != ctx.recipe.line.ok_class and i in present]
 
 
@@ -125,14 +125,13 @@ def run_anomaly_student_stage(ctx: Any) -> dict[str, Any]:
     model.scale.fill_(score_scale(raw_scores(model, val_good, device)))
     kinds = _named_kinds(ctx)
     radius: dict[str, float] = {}
-    if kinds:
-        train = data.splits["train"]
-        idx = np.isin(train.labels, [data.classes.index(k) for k in kinds])
-        desc = descriptors(model, to_tensor(train.images[idx], spec), device)
-        kind_of = np.array([kinds.index(data.classes[int(label)]) for label in train.labels[idx]])
+    if kinds:  # the namer's centres from the validation defects (anomaly mode trains on no defect)
+        idx = np.isin(val.labels, [data.classes.index(k) for k in kinds])
+        desc = descriptors(model, to_tensor(val.images[idx], spec), device)
+        kind_of = np.array([kinds.index(data.classes[int(label)]) for label in val.labels[idx]])
         centres, radius = kind_centres(desc, kind_of, kinds)
         model.centres = torch.from_numpy(centres)
-        ctx.log(f"anomaly namer: {len(kinds)} named kinds ({', '.join(kinds)}) from {int(idx.sum())} training images")
+        ctx.log(f"anomaly namer: {len(kinds)} named kinds ({', '.join(kinds)}) from {int(idx.sum())} validation images")
     if ctx.is_main:
         save_checkpoint(checkpoint_path(ctx.run_dir, "student"), model.cpu(),
                         student_args(recipe, spec.num_channels, kinds, radius), **ctx.checkpoint_meta, role="student",

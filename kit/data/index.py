@@ -160,7 +160,8 @@ def stratified_split(labels: list[int], cfg_train: float, cfg_val: float, seed: 
 def held_out_defects(labels: list[int], splits: list[str], ok_label: int, val: float, test: float, seed: int) -> list[str]:
     """Anomaly mode learns from good parts only: a defect image in train would be wasted. Each defect class is
     split between val and test instead, in the recipe's val : test proportion (a class of one image goes to test:
-    the figures a person reads come from test)."""
+    the figures a person reads come from test). The hybrid's namer takes its class centres from the validation
+    defects, so test still measures its naming on parts it never saw."""
     rng = np.random.default_rng(seed + 1)
     out = list(splits)
     for label in sorted(set(labels) - {ok_label}):
@@ -210,7 +211,7 @@ def index_line(recipe: Recipe) -> LineIndex:
     preset_splits = [it[2] for it in items3]
     if all(s is None for s in preset_splits):
         splits = stratified_split([it[1] for it in items3], data.split.train, data.split.val, data.split.seed)
-        if anomaly and not recipe.anomaly.name_defects:
+        if anomaly:
             ok = classes.index(recipe.line.ok_class)
             splits = held_out_defects([it[1] for it in items3], splits, ok, data.split.val, data.split.test, data.split.seed)
     elif any(s is None for s in preset_splits):

@@ -433,7 +433,8 @@ class AnomalyConfig(_Strict):
     The teacher's features are learnt on the line's good images against synthetic defects pasted in (the
     ``defects`` view family), or taken from published weights (``teacher.pretrained``/``pretrained_file``). The
     student regresses them; the anomaly map is where they differ. Defect images, any number including none, serve
-    validation, certification and test only (with ``name_defects`` they also train the namer)."""
+    validation, certification and test only (with ``name_defects`` the validation ones also give the namer its
+    class centres)."""
 
     # The synthetic defects the teacher learns to tell from good parts (scars, pits, CutPaste patches, Perlin blobs).
     synthetic_defects: Annotated[int, Field(ge=1, le=5)] = 3
@@ -453,8 +454,8 @@ class AnomalyConfig(_Strict):
     # The review band below the reject threshold: parts scoring between the accept and the reject thresholds go
     # to a person. Its width is this share of good validation parts (0: no band, every part decided).
     review_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.02
-    # The hybrid: the labelled defect classes also train a namer (nearest class centre in the teacher's features);
-    # a rejected part unlike every named class is reported as ``unknown_label``.
+    # The hybrid: the labelled defect classes of the validation split give a namer (nearest class centre in the
+    # teacher's features, weighted by the anomaly map); a rejected part unlike every named class is ``unknown_label``.
     name_defects: bool = False
     unknown_label: Annotated[str, Field(min_length=1, max_length=40)] = "unknown defect"
 
