@@ -12,9 +12,9 @@ Four kinds, after the published recipes for learning without real defects:
 level is smaller and fainter. So severity 3 teaches obvious and subtle defects together. Sizes are drawn on a
 log scale down to 3 px scars and sub-pixel pits: real lines' defects are often a few pixels at the model's input.
 
-The ``defects`` view family is registered next to lighting, angle and blur (``kit views`` lists it), but it
-changes a good part into a defective one: it belongs in ``anomaly.synthetic_defects``, never in the
-label-preserving weak and strong views (``kit.views.build`` refuses it there).
+The ``defects`` view family sits next to lighting, angle and blur with the same severity knob, but it changes a
+good part into a defective one: it belongs in ``anomaly.synthetic_defects``, never in the label-preserving weak
+and strong views (``kit.views.build`` refuses the name there with a line saying so).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from kit.views.presets import register_preset
 
 KINDS = ("scar", "pit", "cutpaste", "blob")
 
@@ -154,6 +153,7 @@ class SyntheticDefects(A.ImageOnlyTransform):
         return ("severity",)
 
 
-@register_preset("defects", "synthetic defects (scars, pits, CutPaste patches, smooth-noise blobs): anomaly teachers only")
-def defects(severity: int, p: float) -> list[A.BasicTransform]:
-    return [SyntheticDefects(severity=severity, p=p)]
+def defects_view(severity: int, p: float = 1.0) -> A.Compose:
+    """The family as a view of its own (previews, ``kit views``): never mixed into the label-preserving presets,
+    whose severity means "harsher", where this one's means "subtler"."""
+    return A.Compose([SyntheticDefects(severity=severity, p=p)], seed=0)
