@@ -150,3 +150,15 @@ def test_the_hybrid_names_the_kinds_it_knows_and_only_those(hybrid_run):
     for d in decisions:
         assert d.label in manifest["classes"] and isinstance(d.score, float)
         assert (d.action == "accept") == (d.label == "ok")
+
+
+def test_deploy_monitor_reads_the_anomaly_bundle_profile(anomaly_run, tmp_path):
+    from deploy.cli import app as deploy_app
+
+    run_dir, _ = anomaly_run
+    profile = json.loads((run_dir / "bundle" / "profile.json").read_text())
+    assert profile["task"] == "anomaly" and profile["images"] == 48  # validation + test
+    good = run_dir.parent.parent.parent / "line" / "ok"
+    result = CliRunner().invoke(deploy_app, ["monitor", str(run_dir / "bundle"), str(good), "--out", str(tmp_path)])
+    assert result.exit_code in (0, 2), result.output  # 2: drift (good parts only differ from the held-out mix)
+    assert (tmp_path / "drift.json").is_file()

@@ -20,7 +20,8 @@ import torch
 from deploy.decision import AnomalyRule
 from deploy.manifest import MANIFEST_NAME, Manifest, sha256_file
 from deploy.predictor import Predictor
-from deploy.preprocess import load_and_preprocess
+from deploy.preprocess import load_and_preprocess, to_tensor
+from deploy.profile import PROFILE_NAME, build_anomaly_profile, statistics_table
 from kit.anomaly.model import AnomalyModel, load_anomaly_model
 from kit.data import preprocess_spec
 from kit.export.bundle import CALIBRATION_CACHE, FILES, ParityGateError, _versions
@@ -138,6 +139,9 @@ def export_anomaly_bundle(run_dir: str | Path, formats: list[str] | None = None,
     write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
     parity = anomaly_parity(run_dir, staging, model, spec, _classes(body), list(artefacts), recipe)
     write_json_atomic(staging / PARITY_NAME, parity)
+    write_json_atomic(staging / PROFILE_NAME, reference_profile(run_dir, staging, spec, _classes(body), recipe))
+    manifest.extra["profile"] = {"file": PROFILE_NAME, "sha256": sha256_file(staging / PROFILE_NAME)}
+    write_json_atomic(staging / MANIFEST_NAME, manifest.to_dict())
     bundle = publish_dir(staging, run_dir / BUNDLE_DIR)
     mark_report_stale(run_dir, "kit export")
     mark_stage(run_dir, state, "export", time.perf_counter() - started, status="done" if parity["passed"] else "gate-failed",
@@ -145,6 +149,15 @@ def export_anomaly_bundle(run_dir: str | Path, formats: list[str] | None = None,
     if not parity["passed"]:
         raise ParityGateError(f"{bundle}: parity gate failed: {describe_failures(parity['gate'])}")
     return parity
+
+
+def reference_profile(run_dir: Path, bundle: Path, spec, classes: list[str], recipe: Any) -> dict[str, Any]:
+    """What ``deploy monitor`` compares the line with: imaging statistics and the ONNX FP32 scores (and kind
+    distances) on the held-out validation + test images, the closest thing to production the run has seen."""
+    images = np.concatenate([load_split(run_dir, split, spec, classes).images for split in ("val", "test")])
+    outputs = bundle_outputs(bundle, "onnx", to_tensor(images, spec))
+    return build_anomaly_profile(statistics_table(list(images)), outputs[0], "validation + test splits",
+                                 recipe.monitor.model_dump(), outputs[2] if len(outputs) > 2 else None)
 
 
 def _classes(body: dict[str, Any]) -> list[str]:

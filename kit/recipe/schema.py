@@ -558,6 +558,9 @@ class Recipe(_Strict):
         if self.compare:
             raise ValueError("compare: comparison students are for task: classify; in anomaly mode the benchmark "
                              "compares the references (benchmarks/anomaly_quality.py)")
+        if "triton" in self.export.formats:
+            raise ValueError("export.formats: triton serves classifiers' logits; an anomaly bundle's score and map "
+                             "are served by `deploy serve` (leave triton out)")
         if self.teacher.image_size is not None:
             raise ValueError("teacher.image_size: in anomaly mode teacher and student read the same image (their "
                              "features are compared location by location); leave it out")
