@@ -167,3 +167,38 @@ def test_accepted_accuracy_needs_classes(period):
     logs, csv_path = period
     with pytest.raises(ShadowError, match="some rows only say ng"):
         shadow_period([logs], csv_path, ThresholdTarget(accepted_accuracy=0.99))
+
+
+def _anomaly_period(tmp: Path, defective: int, escapes: int = 0) -> tuple[list[Path], Path]:
+    """An anomaly bundle's log (scores, no probabilities): defective parts scored high, except ``escapes`` of them;
+    the inspectors name the kind they saw ("scratch") or say ok."""
+    records, inspector = [], []
+    for i in range(defective + 10):
+        bad = i < defective
+        score = 0.4 if (not bad or i < escapes) else 3.0
+        action, label = ("accept", "ok") if score < 1 else ("reject", "defect")
+        records.append(DecisionRecord(time=f"2026-12-01T08:00:{i % 60:02d}.{i:03d}+00:00", part_id=f"p{i:04d}",
+                                      image_sha256=f"{i:064x}", label=label, confidence=0.9, probabilities={},
+                                      abstain=False, action=action, model_id="m1", runtime="onnx", source="test",
+                                      score=score))
+        inspector.append({"part_id": f"p{i:04d}", "image_sha256": "", "label": "scratch" if bad else "ok", "time": ""})
+    logs, csv_path = _write(tmp, records, inspector)
+    return [logs], csv_path
+
+
+def test_an_anomaly_log_is_shadowed_and_its_escapes_certified(tmp_path):
+    few = shadow_period(*_anomaly_period(tmp_path / "a", 58), ThresholdTarget(max_escape_rate=0.05))
+    enough = shadow_period(*_anomaly_period(tmp_path / "b", 59), ThresholdTarget(max_escape_rate=0.05))
+    assert few["classes"] == ["ok", "defect"] and few["counts"]["unknown_labels"] == 0
+    assert few["recommendation"]["decision"] == "keep_shadowing" and few["recommendation"]["needed"] == 59
+    assert few["recommendation"]["more"] == 1
+    assert enough["recommendation"]["decision"] == "automate"
+    assert enough["recommendation"]["upper"] == pytest.approx(clopper_pearson_upper(0, 59))
+    scratch = next(r for r in enough["per_class"] if r["class"] == "scratch")
+    assert scratch["escapes"]["k"] == 0 and scratch["parts"] == 59
+
+
+def test_an_anomaly_escape_raises_the_parts_needed(tmp_path):
+    result = shadow_period(*_anomaly_period(tmp_path, 80, escapes=1), ThresholdTarget(max_escape_rate=0.05))
+    assert result["summary"]["escapes"]["k"] == 1
+    assert result["recommendation"]["needed"] == 93 and result["recommendation"]["more"] == 13

@@ -110,6 +110,17 @@ def _latest(records: Iterable[DecisionRecord]) -> dict[str, DecisionRecord]:
     return out
 
 
+def _is_anomaly_log(records: list[DecisionRecord]) -> bool:
+    """An anomaly bundle logs a score and no probabilities (``deploy.decision_log``)."""
+    return bool(records) and all(r.score is not None and not r.probabilities for r in records)
+
+
+def _anomaly_classes(records: list[DecisionRecord], ok_class: str | None) -> list[str]:
+    """The labels an anomaly bundle's rule gave: its good-part class first (the one ``accept`` carries)."""
+    ok = ok_class or next((r.label for r in records if r.action == "accept"), None) or "ok"
+    return [ok] + sorted({r.label for r in records} - {ok})
+
+
 def _model_classes(records: list[DecisionRecord]) -> list[str]:
     orders = {tuple(r.probabilities) for r in records if r.probabilities}
     if len(orders) != 1:
@@ -145,7 +156,8 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
     log = read_records(log_paths)
     if not log.records:
         raise ShadowError(f"no decision records in {', '.join(map(str, log.files)) or 'the given logs'}")
-    classes = _model_classes(log.records)
+    anomaly = _is_anomaly_log(log.records)
+    classes = _anomaly_classes(log.records, ok_class or target.ok_class) if anomaly else _model_classes(log.records)
     ok = _ok_class(ok_class or target.ok_class, classes, log.records)
     by_key = _latest(log.records)
     by_sha = {rec.image_sha256: rec for rec in sorted(log.records, key=lambda r: r.time)}
@@ -160,7 +172,7 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
         if not row.part_id and not row.sha256:
             problems["rows_without_id"].append(f"line {row.line}")
             continue
-        if not _interpret(row, classes, ok):
+        if not _interpret(row, classes, ok) and not (anomaly and _defect_kind(row)):
             problems["unknown_labels"].append(f"line {row.line}: {row.raw_label!r}")
             continue
         if row.key in latest_rows:
@@ -197,10 +209,53 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
                    **{k: len(v) for k, v in problems.items()}},
         "mismatches": {k: v[:LISTED] for k, v in problems.items()},
         "summary": _summary(parts, confidence),
-        "per_class": _per_class(parts, classes, ok, confidence),
-        "recommendation": recommend(pairs, classes, ok, target, confidence),
+        "per_class": _per_class(parts, classes + _inspector_kinds(parts, classes), ok, confidence),
+        "recommendation": recommend_anomaly(pairs, target, confidence) if anomaly else
+        recommend(pairs, classes, ok, target, confidence),
         "parts": parts,
     }
+    return out
+
+
+def _inspector_kinds(parts: list[dict[str, Any]], classes: list[str]) -> list[str]:
+    """Defect kinds the inspectors named that the model does not (an anomaly bundle names none)."""
+    return sorted({p["inspector_label"] for p in parts if p["inspector_label"] and p["inspector_label"] not in classes})
+
+
+def _defect_kind(row: InspectorRow) -> bool:
+    """Anomaly logs: the model names no defect kind, so an inspector's own kind (``scratch``) is a defect of that
+    kind (counted per kind); empty words stay unknown."""
+    if not row.raw_label.strip():
+        return False
+    row.label, row.good = row.raw_label.strip(), False
+    return True
+
+
+def recommend_anomaly(pairs: list[tuple[InspectorRow, DecisionRecord]], target: ThresholdTarget,
+                      confidence: float) -> dict[str, Any]:
+    """An anomaly bundle's operating point is fixed by its manifest (its accept threshold): the shadow period
+    certifies its escapes with the inspectors as ground truth, or says how many defective parts are still needed."""
+    limit = target.max_escape_rate if target.max_escape_rate is not None else 0.01
+    defective = [(row, rec) for row, rec in pairs if row.good is False]
+    escapes = sum(rec.action == "accept" for _, rec in defective)
+    n = len(defective)
+    upper = stats.clopper_pearson_upper(escapes, n, confidence) if n else 1.0
+    out = {"target": f"escape rate <= {limit:g}", "risk": "escape", "limit": limit, "confidence": confidence,
+           "shadowed_parts": len(pairs), "pool": n, "pool_name": "defective parts", "escapes": escapes,
+           "threshold": None, "upper": upper if n else None}
+    level = f"{confidence:.0%}"
+    if n and upper <= limit:
+        automated = sum(rec.action != "review" for _, rec in pairs) / len(pairs)
+        out.update(decision="automate", automation_rate=automated,
+                   message=f"automate at the bundle's thresholds: {escapes} escape(s) among {n} shadowed defective parts "
+                           f"put the {level} upper bound on the escape rate at {upper:.3%}, at or below the target "
+                           f"{limit:.3%}; {automated:.1%} of the shadowed parts would have been decided without a person")
+        return out
+    needed = defective_parts_needed(escapes, limit, confidence)
+    out.update(decision="keep_shadowing", needed=needed, more=max(0, (needed or 0) - n),
+               message=f"keep shadowing: {escapes} escape(s) among {n} shadowed defective parts; {needed} defective parts "
+                       f"with at most {escapes} escape(s) would certify escapes <= {limit:.3%} at {level} confidence: "
+                       f"about {max(0, (needed or 0) - n)} more")
     return out
 
 
