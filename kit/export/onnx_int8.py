@@ -50,12 +50,23 @@ def heatmap_nodes(path: Path) -> list[str]:
     return [node.name for node in graph.node if HEATMAP_NAME in node.output and node.name]
 
 
+def _nodes_under(path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    if not prefixes:
+        return []
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node if node.name.startswith(prefixes)]
+
+
 def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, method: str = "minmax",
-                     batch_size: int = 16, outputs: list[str] | None = None, op_types: list[str] | None = None) -> None:
+                     batch_size: int = 16, outputs: list[str] | None = None, op_types: list[str] | None = None,
+                     keep_fp32: tuple[str, ...] = ()) -> None:
     """Static QDQ quantization of ``fp32_path`` calibrated on ``calibration`` (float32 NCHW). ``outputs``: the
     graph's output names when they are not a classifier's; ``op_types``: quantize only these operators (an anomaly
     graph quantizes its convolutions and keeps the teacher-student difference in FP32: a difference of two
-    quantized maps is mostly rounding)."""
+    quantized maps is mostly rounding); ``keep_fp32``: node-name prefixes left in FP32 (an anomaly graph's teacher,
+    whose features are the student's target: quantized, they moved 5 % of the sparse line's reject decisions)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -71,7 +82,7 @@ def export_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *
         except Exception:  # symbolic shape inference trips on some graphs; the plain model quantizes too
             prepared = fp32_path
 
-        exclude = heatmap_nodes(prepared)
+        exclude = heatmap_nodes(prepared) + _nodes_under(prepared, keep_fp32)
 
         def quantize(tmp_out: Path) -> None:
             quantize_static(
