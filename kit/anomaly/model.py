@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -18,15 +20,48 @@ from torch import nn
 from kit.models.factory import check_arch
 
 MAX_REDUCTION = 8  # the deepest feature level used: a defect of a few pixels still covers one cell
+CONTRAST_SIGMA_PX = 8.0  # the neighbourhood local contrast is measured over: wider than a defect, narrower than light
+CONTRAST_FLOOR = 0.05  # in normalised input units: a flat region's noise is not blown up
+
+
+def _gaussian(sigma: float) -> torch.Tensor:
+    radius = int(math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class LocalContrastNorm(nn.Module):
+    """``(x - local mean) / (local std + floor)`` per channel, Gaussian neighbourhoods: a fixed (not learned) input
+    stage that removes the light's gain and offset, locally. A part seen darker, brighter or under uneven light
+    gives (nearly) the same input; a scratch stays a local departure from its neighbourhood."""
+
+    def __init__(self, channels: int, sigma_px: float = CONTRAST_SIGMA_PX, floor: float = CONTRAST_FLOOR) -> None:
+        super().__init__()
+        k = _gaussian(sigma_px)
+        self.channels, self.radius, self.floor = channels, len(k) // 2, floor
+        self.register_buffer("kernel_h", k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), persistent=False)
+        self.register_buffer("kernel_v", k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), persistent=False)
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), self.kernel_h, groups=self.channels)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), self.kernel_v, groups=self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self._blur(x)
+        return centred / (self._blur(centred * centred).clamp_min(0).sqrt() + self.floor)
 
 
 class FeatureTrunk(nn.Module):
     """A timm backbone cut at its deepest level with a reduction of at most ``MAX_REDUCTION``: local features
     that a small defect still changes."""
 
-    def __init__(self, arch: str, in_chans: int, pretrained: bool = False, pretrained_file: str | None = None) -> None:
+    def __init__(self, arch: str, in_chans: int, pretrained: bool = False, pretrained_file: str | None = None,
+                 contrast_norm: bool = True) -> None:
         super().__init__()
         check_arch(arch)
+        self.contrast = LocalContrastNorm(in_chans) if contrast_norm else nn.Identity()
         weights = {"pretrained": pretrained or bool(pretrained_file)}
         if pretrained_file:
             weights["pretrained_cfg_overlay"] = {"file": pretrained_file}
@@ -43,6 +78,7 @@ class FeatureTrunk(nn.Module):
                                                               out_indices=(self.level,), **weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.contrast(x)
         return self.net.forward_features(x) if self.whole else self.net(x)[0]
 
 
@@ -106,6 +142,8 @@ class AnomalyModel(nn.Module):
         self.register_buffer("std", torch.ones(1, teacher.channels, 1, 1))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("centres", torch.zeros(0, teacher.channels))
+        # Where cell (0, 0) of the teacher's grid looks, in input px (x, y): set by ``cell_origin`` after training.
+        self.register_buffer("origin", torch.full((2,), (teacher.reduction - 1) / 2))
 
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         return (self.teacher(x) - self.mean) / self.std
@@ -126,21 +164,49 @@ class AnomalyModel(nn.Module):
     def forward(self, x: torch.Tensor):
         cells, t = self.cells(x)
         score = image_score(cells, self.score_mode, self.topk_fraction) / self.scale
-        amap = F.interpolate(cells, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False) / self.scale
+        amap = self.to_pixels(cells, tuple(x.shape[-2:])) / self.scale
         if self.centres.shape[0] == 0:
             return score, amap
         desc = self.descriptor(cells, t)
         return score, amap, (desc[:, None, :] - self.centres[None]).pow(2).sum(dim=-1)
+
+    def to_pixels(self, cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The cell map resampled to the input's pixels, each cell placed where it looks (``origin``): plain
+        bilinear upsampling assumes the middle of the cell's pixels, 1.5 px off for stride-2 3x3 convolutions."""
+        h, w = size
+        rows, cols = cells.shape[-2:]
+        stride = self.teacher.reduction
+        ys = ((torch.arange(h, dtype=cells.dtype, device=cells.device) - self.origin[1]) / stride) / max(rows - 1, 1) * 2 - 1
+        xs = ((torch.arange(w, dtype=cells.dtype, device=cells.device) - self.origin[0]) / stride) / max(cols - 1, 1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).unsqueeze(0).expand(cells.shape[0], h, w, 2)
+        return F.grid_sample(cells, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     @property
     def named_kinds(self) -> int:
         return int(self.centres.shape[0])
 
 
+def cell_origin(trunk: FeatureTrunk, inputs: torch.Tensor) -> tuple[float, float]:
+    """Where a cell of the trunk looks, as (x, y) input px of cell (0, 0)'s centre: the centre of mass of
+    |d cell / d input| for a central cell, minus its index times the stride (as ``kit.export.heatmap_head`` does
+    for classifiers' maps)."""
+    x = inputs.clone().requires_grad_(True)
+    features = trunk(x)
+    rows, cols = features.shape[2:]
+    i, j = rows // 2, cols // 2
+    (grad,) = torch.autograd.grad(features[:, :, i, j].abs().sum(), x)
+    weight = grad.abs().sum(dim=(0, 1)).double()
+    height, width = weight.shape
+    centre_y = float((weight.sum(1) * torch.arange(height, dtype=torch.float64)).sum() / weight.sum())
+    centre_x = float((weight.sum(0) * torch.arange(width, dtype=torch.float64)).sum() / weight.sum())
+    return centre_x - trunk.reduction * j, centre_y - trunk.reduction * i
+
+
 def build_anomaly_model(args: dict[str, Any]) -> AnomalyModel:
     """The model a checkpoint's ``model_args`` describe (random weights; the state dict fills them)."""
-    teacher = FeatureTrunk(args["teacher_arch"], args["in_chans"])
-    student = AnomalyStudent(FeatureTrunk(args["student_arch"], args["in_chans"]), teacher.channels)
+    norm = bool(args.get("contrast_norm", True))
+    teacher = FeatureTrunk(args["teacher_arch"], args["in_chans"], contrast_norm=norm)
+    student = AnomalyStudent(FeatureTrunk(args["student_arch"], args["in_chans"], contrast_norm=norm), teacher.channels)
     model = AnomalyModel(teacher, student, args["score"], args["topk_fraction"])
     kinds = len(args.get("kinds") or [])
     model.centres = torch.zeros(kinds, teacher.channels)

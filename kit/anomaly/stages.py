@@ -15,7 +15,7 @@ import torch
 
 from deploy.preprocess import to_tensor
 from kit.anomaly.metrics import aupr, auroc
-from kit.anomaly.model import AnomalyModel, AnomalyStudent, FeatureTrunk, load_anomaly_model
+from kit.anomaly.model import AnomalyModel, AnomalyStudent, FeatureTrunk, cell_origin, load_anomaly_model
 from kit.anomaly.train import (Schedule, descriptors, feature_statistics, kind_centres, raw_scores, score_scale,
                                train_student, train_teacher)
 from kit.errors import DataError
@@ -37,14 +37,15 @@ def _good(ctx: Any, split: str) -> np.ndarray:
 
 def _teacher_args(recipe: Any, in_chans: int) -> dict[str, Any]:
     t = recipe.teacher
-    return {"kind": "anomaly-teacher", "arch": t.arch, "in_chans": in_chans,
+    return {"kind": "anomaly-teacher", "arch": t.arch, "in_chans": in_chans, "contrast_norm": recipe.anomaly.contrast_norm,
             "weights": "published" if (t.pretrained or t.pretrained_file) else "synthetic-defects"}
 
 
 def _trunk(recipe: Any, in_chans: int) -> FeatureTrunk:
     t = recipe.teacher
     return FeatureTrunk(t.arch, in_chans, pretrained=t.pretrained,
-                        pretrained_file=str(recipe.resolve_path(t.pretrained_file)) if t.pretrained_file else None)
+                        pretrained_file=str(recipe.resolve_path(t.pretrained_file)) if t.pretrained_file else None,
+                        contrast_norm=recipe.anomaly.contrast_norm)
 
 
 def run_anomaly_teacher_stage(ctx: Any) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def run_anomaly_teacher_stage(ctx: Any) -> dict[str, Any]:
 def load_teacher_trunk(path: Any) -> FeatureTrunk:
     body = load_checkpoint_file(path)
     args = body["model_args"]
-    trunk = FeatureTrunk(args["arch"], args["in_chans"])
+    trunk = FeatureTrunk(args["arch"], args["in_chans"], contrast_norm=bool(args.get("contrast_norm", True)))
     trunk.load_state_dict(body["state_dict"])
     return trunk.eval()
 
@@ -86,6 +87,7 @@ def student_args(recipe: Any, in_chans: int, kinds: list[str], kind_radius: dict
     return {"kind": "anomaly", "arch": f"anomaly:{recipe.teacher.arch}+{recipe.student.arch}",
             "teacher_arch": recipe.teacher.arch, "student_arch": recipe.student.arch, "in_chans": in_chans,
             "score": a.score, "topk_fraction": a.topk_fraction, "cross_view": a.cross_view, "kinds": kinds,
+            "contrast_norm": a.contrast_norm,
             "kind_radius": kind_radius}
 
 
@@ -103,7 +105,8 @@ def run_anomaly_student_stage(ctx: Any) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     trunk = load_teacher_trunk(checkpoint_path(ctx.run_dir, "teacher")).to(device)
     good = _good(ctx, "train")
-    model = AnomalyModel(trunk, AnomalyStudent(FeatureTrunk(recipe.student.arch, spec.num_channels), trunk.channels),
+    model = AnomalyModel(trunk, AnomalyStudent(FeatureTrunk(recipe.student.arch, spec.num_channels,
+                                                            contrast_norm=a.contrast_norm), trunk.channels),
                          a.score, a.topk_fraction)
     mean, std = feature_statistics(trunk, to_tensor(good, spec), device)
     model.mean.copy_(mean)
@@ -123,6 +126,7 @@ def run_anomaly_student_stage(ctx: Any) -> dict[str, Any]:
                             a.cross_view, a.unstable_quantile, _schedule(recipe.student, recipe.seed), device, ctx.log,
                             on_epoch)
     model.scale.fill_(score_scale(raw_scores(model, val_good, device)))
+    model.origin.copy_(torch.tensor(cell_origin(model.teacher, torch.from_numpy(val_good[:16]).to(device))))
     kinds = _named_kinds(ctx)
     radius: dict[str, float] = {}
     if kinds:  # the namer's centres from the validation defects (anomaly mode trains on no defect)

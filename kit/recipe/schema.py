@@ -438,6 +438,9 @@ class AnomalyConfig(_Strict):
 
     # The synthetic defects the teacher learns to tell from good parts (scars, pits, CutPaste patches, Perlin blobs).
     synthetic_defects: Annotated[int, Field(ge=1, le=5)] = 3
+    # Both networks read the image with its local contrast normalised (a fixed input stage, ``kit.anomaly.model.
+    # LocalContrastNorm``): a part seen darker, brighter or under uneven light then gives nearly the same input.
+    contrast_norm: bool = True
     # The student, fed the strong view, regresses the teacher's features of the weak view (photometric changes only,
     # so both stay aligned): lighting, blur and noise then do not raise the score. false: same view for both.
     cross_view: bool = True
