@@ -217,6 +217,31 @@ def _prepared(path: Path, spec) -> np.ndarray:
     return prepare_image(read_image(path, spec.channels), spec)
 
 
+def hybrid_check(args: argparse.Namespace, fresh: dict[str, Any], tmp: Path, unknown: str) -> dict[str, Any]:
+    """The hybrid trained without one defect class (``unknown``): on fresh parts, how the rejected ones are named
+    (a known kind by its name, the left-out kind as ``unknown defect``)."""
+    recipe_path = anomaly_recipe(args.line, args.seeds[0], True, tmp)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["anomaly"]["name_defects"] = True
+    recipe["data"]["classes"] = sorted(c for c in _classes(args.line) if c != unknown)
+    recipe["line"]["name"] = f"{args.line}_hybrid_without_{unknown}"
+    path = tmp / f"{recipe['line']['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run_dir = run_line(path, out_root=tmp / "runs").run_dir
+    predictor = Predictor.from_bundle(run_dir / "bundle", "onnx")
+    decisions = predictor.predict_paths(fresh["paths"])
+    out: dict[str, Any] = {"line": args.line, "model": f"hybrid without {unknown}", "seed": args.seeds[0],
+                           "kinds": list(predictor.manifest.anomaly.kinds), "run_dir": str(run_dir), "per_class": {}}
+    for c in fresh["classes"]:
+        mine = [d for d, label in zip(decisions, fresh["labels"]) if label == c]
+        flagged = [d for d in mine if d.action != "accept"]
+        names: dict[str, int] = {}
+        for d in flagged:
+            names[d.label] = names.get(d.label, 0) + 1
+        out["per_class"][c] = {"n": len(mine), "not_accepted": len(flagged), "labels_of_not_accepted": names}
+    return out
+
+
 def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -280,6 +305,7 @@ def main() -> None:
     parser.add_argument("--fresh-seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--summarize", action="store_true", help="only write the RESULTS.md table from the JSONL rows")
+    parser.add_argument("--hybrid-without", default=None, help="only the hybrid check: train the namer without this class")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.line)
@@ -297,6 +323,12 @@ def main() -> None:
         paths, labels, masks = fresh_parts(args.line, tmp / "fresh", args.fresh_ok, args.fresh_per_class, args.fresh_seed)
         fresh = {"paths": paths, "labels": labels, "classes": sorted(set(labels)), "root": tmp / "fresh", "masks": masks,
                  "images": np.stack([_prepared(p, spec) for p in paths]), "spec": spec}
+        if args.hybrid_without:
+            row = hybrid_check(args, fresh, tmp, args.hybrid_without)
+            with (HERE / f"anomaly_hybrid_{args.line}.json").open("w", encoding="utf-8") as fh:
+                json.dump(row, fh, indent=1)
+            print(json.dumps(row["per_class"]), flush=True)
+            return
         classifier = classifier_latency(size, spec.channels, paths, tmp)
         for seed in args.seeds:
             for variant in args.variants:

@@ -65,7 +65,9 @@ def run_anomaly_teacher_stage(ctx: Any) -> dict[str, Any]:
         ctx.log(f"anomaly teacher: {recipe.teacher.arch} learns {len(good)} good parts against synthetic defects "
                 f"(severity {recipe.anomaly.synthetic_defects})")
         history = train_teacher(trunk, good, data.spec, ctx.pipelines, recipe.anomaly.synthetic_defects,
-                                _schedule(recipe.teacher, recipe.seed), ctx.setup.device, ctx.log)
+                                _schedule(recipe.teacher, recipe.seed), ctx.setup.device, ctx.log,
+                                photometric=photometric_only(ctx.pipelines["strong"]),
+                                invariance_weight=recipe.anomaly.teacher_invariance)
     if ctx.is_main:
         save_checkpoint(checkpoint_path(ctx.run_dir, "teacher"), trunk.cpu(), args, **ctx.checkpoint_meta, role="teacher")
         write_hist = ctx.history("teacher")

@@ -66,49 +66,74 @@ def cell_targets(masks: np.ndarray, reduction: int) -> torch.Tensor:
     return (F.avg_pool2d(m, reduction, reduction, ceil_mode=True) * 2).clamp(max=1)
 
 
+def invariance(features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
+    """How far the strong view moved the features, per channel in units of the weak view's spread (so shrinking
+    every feature to zero cannot satisfy it)."""
+    spread = features_weak.detach().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4)
+    return ((features_strong - features_weak.detach()) / spread).pow(2).mean()
+
+
+def _teacher_batch(images: np.ndarray, batch: np.ndarray, pipelines: dict[str, A.Compose], photometric: A.Compose,
+                   severity: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
+    """Per part: the weak view, with a synthetic defect half the time, and the same picture through the strong
+    view's photometric steps (the defect in both, so both views say the same)."""
+    weak, strong, masks, defective = [], [], [], []
+    for i in batch:
+        seed = int(rng.integers(0, 2**31))
+        view = _view(pipelines["weak"], images[i], seed)
+        if rng.random() < 0.5:
+            view, mask = synthesize_defect(view, rng, severity)
+            defective.append(1.0)
+        else:
+            mask = np.zeros(view.shape[:2], np.float32)
+            defective.append(0.0)
+        weak.append(view)
+        strong.append(_view(photometric, view, seed + 1))
+        masks.append(mask)
+    return weak, strong, masks, defective
+
+
 def train_teacher(trunk: FeatureTrunk, images: np.ndarray, spec: PreprocessSpec, pipelines: dict[str, A.Compose],
-                  severity: int, s: Schedule, device: torch.device, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Good parts against the same parts with synthetic defects, location by location. Returns the history."""
+                  severity: int, s: Schedule, device: torch.device, log: Callable[[str], None],
+                  photometric: A.Compose | None = None, invariance_weight: float = 1.0) -> list[dict[str, Any]]:
+    """Good parts against the same parts with synthetic defects, location by location, in both views; and the
+    strong view's features held to the weak view's (``invariance``): a teacher whose features move with the light
+    makes every student score move with it. Returns the history."""
     teacher = AnomalyTeacher(trunk).to(device).train()
+    photometric = photometric if photometric is not None else pipelines["strong"]
     steps = s.epochs * len(_batches(len(images), s.batch_size, np.random.default_rng(0)))
     opt, sched = _optimizer(teacher.parameters(), s, steps)
     history = []
     for epoch in range(s.epochs):
         rng = np.random.default_rng([s.seed, 11, epoch])
-        losses, hits, total = [], 0, 0
+        losses, hits, total, moved = [], 0, 0, []
         for batch in _batches(len(images), s.batch_size, rng):
-            views, masks, defective = [], [], []
-            for i in batch:
-                seed = int(rng.integers(0, 2**31))
-                view = _view(pipelines["weak" if rng.random() < 0.5 else "strong"], images[i], seed)
-                if rng.random() < 0.5:
-                    view, mask = synthesize_defect(view, rng, severity)
-                    defective.append(1.0)
-                else:
-                    mask = np.zeros(view.shape[:2], np.float32)
-                    defective.append(0.0)
-                views.append(view)
-                masks.append(mask)
-            x = torch.from_numpy(to_tensor(np.stack(views), spec)).to(device)
-            target = cell_targets(np.stack(masks), trunk.reduction).to(device)
-            _features, logits = teacher(x)
+            weak, strong, masks, defective = _teacher_batch(images, batch, pipelines, photometric, severity, rng)
+            x = torch.from_numpy(to_tensor(np.stack(weak + strong), spec)).to(device)
+            features, logits = teacher(x)
+            target = cell_targets(np.stack(masks + masks), trunk.reduction).to(device)
             target = target[..., :logits.shape[-2], :logits.shape[-1]]
             image_logit = logits.flatten(1).max(dim=1).values
-            label = torch.tensor(defective, device=device)
+            label = torch.tensor(defective + defective, device=device)
+            n = len(batch)
+            inv = invariance(features[n:], features[:n])
             loss = F.binary_cross_entropy_with_logits(logits, target) + \
-                F.binary_cross_entropy_with_logits(image_logit, label)
+                F.binary_cross_entropy_with_logits(image_logit, label) + invariance_weight * inv
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(teacher.parameters(), 5.0)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            moved.append(float(inv.detach()))
             hits += int(((image_logit > 0).float() == label).sum())
-            total += len(batch)
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "synthetic_accuracy": hits / max(1, total)}
+            total += 2 * n
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "synthetic_accuracy": hits / max(1, total),
+               "view_change": float(np.mean(moved))}
         history.append(row)
         log(f"anomaly teacher: epoch {epoch + 1}/{s.epochs} loss {row['loss']:.4f}, "
-            f"tells synthetic defects from good parts on {row['synthetic_accuracy']:.1%} of training views")
+            f"tells synthetic defects from good parts on {row['synthetic_accuracy']:.1%} of training views, "
+            f"strong-view feature change {row['view_change']:.3f}")
     trunk.eval()
     return history
 
