@@ -41,7 +41,7 @@ from deploy.atomic import fsync_path, write_bytes_atomic
 from deploy.decision_log import DecisionLog, DecisionRecord, log_path
 from deploy.errors import DeployError
 from deploy.filenames import name_from_json, name_to_json, readable
-from deploy.intake import IntakeError, decode_bytes
+from deploy.intake import MAX_PIXELS, IntakeError, decode_bytes
 from deploy.manifest import model_id
 from deploy.predictor import Predictor
 from deploy.preprocess import IMAGE_SUFFIXES
@@ -64,6 +64,7 @@ class WatchConfig:
     poll_ms: float = 100.0
     max_batch: int = 8
     broken_after_s: float = 10.0
+    max_pixels: int = MAX_PIXELS  # the largest image decoded (its decoded bytes at most 3 per pixel: deploy.intake)
 
 
 def _crash_point(name: str) -> None:
@@ -290,7 +291,8 @@ class Watcher:
             except OSError:
                 continue  # gone meanwhile
             try:
-                good.append((path, data, decode_bytes(data, spec.channels, source=readable(path.name)).image))
+                good.append((path, data, decode_bytes(data, spec.channels, source=readable(path.name),
+                                                      max_pixels=self.config.max_pixels).image))
             except IntakeError as exc:
                 stable_for = time.monotonic() - self._seen.get(path.name, (0, 0, time.monotonic()))[2]
                 if exc.kind in ("truncated_image", "empty_body") and stable_for < self.config.broken_after_s:

@@ -333,11 +333,12 @@ def test_a_non_utf8_file_name_is_decided_and_moved_like_any_other(bundle, tmp_pa
     assert '"part_id":"Pr\\\\xfcfteil_\\\\xe4"' in _utf8(next((done / "decisions").glob("decisions-*.jsonl")))
     errors = [json.loads(line) for line in _utf8(done / "error" / "errors.jsonl").splitlines()]
     assert [(e["src"], e["dest"], e["kind"]) for e in errors] == [("kaputt_\\xff.png", "error/kaputt_\\xff.png", "corrupt_image")]
-    assert errors[0]["reason"] == "kaputt_\\xff.png: the PNG data does not decode (corrupt or cut short)"
+    assert errors[0]["reason"] == ("kaputt_\\xff.png: the PNG header does not say the image's size (no IHDR chunk "
+                                   "where PNG puts it); refused before decoding")
     lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
     assert sorted(line["image"] for line in lines) == ["Pr\\xfcfteil_\\xe4.png", "plain.png"]
     stderr = result.stderr.decode("utf-8")  # valid UTF-8 too
-    assert "error: kaputt_\\xff.png -> error/kaputt_\\xff.png: kaputt_\\xff.png: the PNG data does not decode" in stderr
+    assert "error: kaputt_\\xff.png -> error/kaputt_\\xff.png: kaputt_\\xff.png: the PNG header does not say" in stderr
     assert "Traceback" not in stderr and (done / JOURNAL_NAME).read_bytes() == b""
 
 

@@ -16,16 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from deploy.intake import IntakeError, check_media_type, declared_size, decode_bytes, sniff_format
+from deploy.intake import MAX_PIXELS, IntakeError, check_media_type, decode_bytes, peek_header
 from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.serve.config import ServeConfig
 
 # Small images decode on the event loop (a thread hop costs more than the decode); small in bytes *and*
-# in declared pixels: a 60 KB PNG can declare 60 megapixels of zeros, half a second of decoding.
+# in declared pixels: a 60 KB PNG can declare 60 megapixels of zeros, half a second of decoding. An image
+# whose header does not say its size is never decoded inline.
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 1_000_000
 # Larger ones decode in threads, this many at a time: decoding is CPU-bound, and each decode may hold
-# an image of up to intake.MAX_PIXELS in memory.
+# up to intake.max_decoded_bytes(--max-pixels) in memory (and its 8-bit conversion).
 DECODE_SLOTS = max(2, min(8, os.cpu_count() or 1))
 MAX_PART_ID_CHARS = 200
 MULTIPART_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024}
@@ -52,18 +53,19 @@ def check_part_id(value: str | None) -> str | None:
 
 
 def decodes_inline(data: bytes) -> bool:
-    """Small enough, in bytes and in declared pixels, to decode on the event loop."""
+    """Small enough, in bytes and in the pixels its header declares, to decode on the event loop; an image
+    whose header does not say its size goes to a thread (its decode is not known to be short)."""
     if len(data) > INLINE_DECODE_BYTES:
         return False
-    fmt = sniff_format(data)
-    size = declared_size(data, fmt) if fmt else None
-    return size is None or size[0] * size[1] <= INLINE_DECODE_PIXELS
+    header = peek_header(data)
+    return header is not None and header.pixels <= INLINE_DECODE_PIXELS and \
+        header.decoded_bytes <= 3 * INLINE_DECODE_PIXELS
 
 
-def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False) -> Prepared:
+def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False, max_pixels: int = MAX_PIXELS) -> Prepared:
     """Decode (``IntakeError`` says why not) and preprocess one image's bytes, timing each step."""
     t0 = time.perf_counter()
-    image = decode_bytes(data, spec.channels, source="body").image
+    image = decode_bytes(data, spec.channels, source="body", max_pixels=max_pixels).image
     t1 = time.perf_counter()
     tensor = preprocess(image, spec)
     digest = hashlib.sha256(data).hexdigest()
