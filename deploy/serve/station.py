@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.decision_log import check_log_folder
 from deploy.errors import DeployError
 from deploy.serve.app import create_app, serve_extra_missing
 from deploy.serve.config import ServeConfig
@@ -90,6 +91,8 @@ def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         raise DeployError(f"--max-batch must be at least 1 (got {config.max_batch})")
     if config.max_wait_ms < 0:
         raise DeployError(f"--max-wait-ms must be >= 0 (got {config.max_wait_ms})")
+    if config.log_dir is not None:  # before the model loads: a station that cannot record must not start
+        check_log_folder(config.log_dir)
     model = load_model(config.bundle, config)
     sock = bind_socket(host, port)
     return Station(create_app(model, config), sock)

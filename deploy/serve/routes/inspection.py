@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deploy.decision_log import DecisionRecord
+from deploy.decision_log import DecisionLogUnavailable, DecisionRecord
 from deploy.heatmap import Heatmap
 from deploy.intake import IntakeError
 from deploy.predictor import Decision, Predictor
@@ -153,7 +153,10 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
     record = DecisionRecord.from_decision(d, part_id=part_id, image_sha256=prepared.image_sha256,
                                           model_id=model.model_id, source="serve", latency_ms=timings,
                                           decision_id=uuid.uuid4().hex)
-    station.record(record)
+    try:
+        station.record(record)
+    except DecisionLogUnavailable as exc:  # not recorded, so not given: the line retries or sets the part aside
+        return station.error_response("decision_log_unavailable", f"{exc}; retry later", 503)
     answer = {"part_id": part_id, "label": d.label, "confidence": d.confidence, "score": d.score,
               "probabilities": d.probabilities, "abstain": d.abstain, "action": d.action,
               "model_id": model.model_id, "runtime": d.runtime, "image_sha256": prepared.image_sha256,
