@@ -184,6 +184,8 @@ def tiff_tags(data: bytes) -> dict[int, tuple[int, ...]]:
         offset_code, entries_code, entry_bytes, first = "Q", "Q", 20, _unpack(order + "Q", data, 8)[0]
     else:
         raise HeaderUnreadable(f"TIFF version {version}")
+    if first == 0:  # a writer fills in the first page's offset when the page is written: not yet
+        raise HeaderCut("the TIFF's first page is not written yet (its offset is 0)")
     entries = _unpack(order + entries_code, data, first)[0]
     if not 0 < entries <= _TIFF_MAX_ENTRIES:
         raise HeaderUnreadable(f"the first TIFF page has {entries} tags")

@@ -152,6 +152,10 @@ def test_a_tiff_cut_short_is_truncated_wherever_it_is_cut():
         with pytest.raises(IntakeError) as refused:
             decode_bytes(whole[:cut], "gray")
         assert refused.value.kind == "truncated_image", cut
+    unlinked = whole[:4] + b"\0\0\0\0" + whole[8:]  # the header's page offset not filled in yet
+    with pytest.raises(IntakeError, match="first page is not written yet") as refused:
+        decode_bytes(unlinked, "gray")
+    assert refused.value.kind == "truncated_image"
     strip_past_the_end = tiff_bytes(24, 10, strip_bytes=100_000)  # its strip would end beyond the file
     with pytest.raises(IntakeError, match="the TIFF data ends early") as refused:
         decode_bytes(strip_past_the_end, "gray")
