@@ -17,6 +17,7 @@ from deploy.errors import DeployError
 from deploy.serve.app import create_app, serve_extra_missing
 from deploy.serve.config import ServeConfig
 from deploy.serve.models import load_model
+from deploy.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, station_protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -54,6 +55,9 @@ class Station:
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=10, server_header=False, date_header=False)
+        # a deadline and a bound for the headers, JSON protocol errors (deploy.serve.protocol)
+        config.http = station_protocol(self.app.state.station.config.read_timeout_s)
+        config.timeout_keep_alive, config.h11_max_incomplete_event_size = KEEP_ALIVE_S, MAX_HEADER_BYTES
         self.server = uvicorn.Server(config)
         return self.server
 
