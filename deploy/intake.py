@@ -143,7 +143,8 @@ def _jpeg_scan_cut_short(data: bytes, img: np.ndarray) -> bool:
     """A JPEG cut short with an end marker appended decodes without an error: libjpeg leaves the missing
     blocks empty, flat grey 128 to the last pixel. Only such an image is checked further: its scan data is
     given more bytes before the end marker. A complete scan ignores them (the image stays the same); a scan
-    that ran out of data decodes them into its missing blocks (the image changes)."""
+    that ran out of data decodes them into its missing blocks (the image changes). Not caught: a progressive
+    JPEG cut between two of its scans, which decodes to a complete, blurrier picture, as a low-quality one would."""
     if img.ndim < 2 or img.shape[0] < 8 or img.shape[1] < 8 or not np.all(img[-8:, -8:] == 128):
         return False
     end = len(data.rstrip(b"\x00\r\n ")) - 2
