@@ -234,6 +234,8 @@ def serve(
     reload_root: Optional[Path] = typer.Option(None, "--reload-root", help="POST /v1/reload loads bundles inside this "
                                                "folder only (default: the folder holding BUNDLE)."),
     read_timeout: float = typer.Option(10.0, "--read-timeout-s", min=0.1, help="A request body must arrive within this (else 408)."),
+    max_pixels: int = typer.Option(200_000_000, "--max-pixels", min=1, help="Largest image decoded, width x height "
+                                   "(else 413); its decoded bytes at most 3 per pixel (a 16-bit RGBA image: 3/8 of it)."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
     /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle without downtime.
@@ -247,6 +249,7 @@ def serve(
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
                          threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout)
+    config.max_pixels = max_pixels
     station = build_station(config, host, port)
     summary = station.app.state.host.current.summary()
     typer.echo(f"# deploy serve: {station.url} model {summary['model_id'][:12]} ({summary['line']}, {summary['providers']}); "
@@ -268,6 +271,8 @@ def watch(
     broken_after_s: float = typer.Option(10.0, "--broken-after-s", min=0, help="A file that still ends early after this long goes to DONE/error."),
     once: bool = typer.Option(False, "--once", help="Decide what is in the folder, then exit."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    max_pixels: int = typer.Option(200_000_000, "--max-pixels", min=1, help="Largest image decoded, width x height "
+                                   "(else DONE/error); its decoded bytes at most 3 per pixel."),
 ) -> None:
     """Watch a folder: decide every image once it is completely written (write NAME.tmp and rename,
     or write in place and let it settle), log the decision, move the file to DONE/<action>/.
@@ -285,7 +290,7 @@ def watch(
         signal.signal(sig, lambda *_: stop.set())
     config = WatchConfig(in_dir=in_dir, bundle=bundle, done_dir=done, log_dir=log_dir, runtime=runtime,
                          threads=threads or None, settle_ms=settle_ms, poll_ms=poll_ms, max_batch=max_batch,
-                         broken_after_s=broken_after_s)
+                         broken_after_s=broken_after_s, max_pixels=max_pixels)
     watcher = run_watch(config, stop, once=once, out=lambda line: typer.echo(line))
     typer.echo(f"# watch stopped: {watcher.decided} decided, {watcher.errors} to {done / 'error'}", err=True)
 

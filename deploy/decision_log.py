@@ -9,10 +9,19 @@ Crash safety: each record is one ``os.write`` of one complete line on a file ope
 ``O_APPEND`` (the kernel places it at the end, whole, even with several writers), then
 ``fsync`` when ``durable``. A crash can leave at most a partial last line; ``read_records``
 skips lines that do not parse and counts them, so a reader never fails on a log a crash cut.
+
+A full or failing disk: a write that stops short (the disk filled up mid-record) is finished if the
+disk takes the rest, else cut back at once to the last complete line (``ftruncate``), so no fragment is
+left for the next record to be glued to (that record, answered, was then skipped by every reader). A
+record that cannot be written raises ``DecisionLogUnavailable`` (``deploy serve`` answers 503 and gives no
+decision; it is not final until it is recorded), and ``available`` stays False until a write or a
+``probe`` succeeds again. The folder is checked when the log is opened (``check_log_folder``): a path
+that is a file, or a folder that cannot be written, is refused in one line before anything is decided.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -105,36 +114,142 @@ def log_path(folder: str | Path, when: datetime) -> Path:
     return Path(folder) / f"{LOG_PREFIX}{when.astimezone(timezone.utc):%Y-%m-%d}{LOG_SUFFIX}"
 
 
+class DecisionLogUnavailable(DeployError):
+    """A record could not be written (disk full, read-only, I/O error); nothing half-written is left behind."""
+
+
+PROBE_BYTES = 4096  # a probe must need a new block, as a record would on a full disk
+
+
+def _probe(folder: Path) -> None:
+    """Write, flush and remove a small file in ``folder``: ``OSError`` when the folder cannot take a record."""
+    probe = folder / f".write-probe-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if os.write(fd, b"\n" * PROBE_BYTES) != PROBE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def check_log_folder(folder: str | Path) -> Path:
+    """The decision log's folder, created if missing and proven writable; ``DeployError`` in one line when it
+    is a file or cannot be written: a station that cannot record a decision must not give one."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DeployError(f"--log-dir {folder}: is a file, not a folder; give the folder the decision log goes to "
+                          "(one decisions-YYYY-MM-DD.jsonl per UTC day)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _probe(folder)
+        today = log_path(folder, utc_now())
+        if today.exists():
+            os.close(os.open(today, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise DeployError(f"--log-dir {folder}: cannot write the decision log there ({exc.strerror or exc}); every "
+                          "decision is recorded before it is answered, so nothing starts: fix the folder's "
+                          "permissions or free space, or give another --log-dir") from None
+    return folder
+
+
 class DecisionLog:
     """Appends records to the day's file in ``folder``; thread-safe; one file descriptor per day."""
 
     def __init__(self, folder: str | Path, durable: bool = True) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = check_log_folder(folder)
         self.durable = durable
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
+        self._fragment: tuple[int, int] | None = None  # (size before a failed write, bytes it left) not yet cut back
+        self.available = True  # False from a failed write until a write or a probe succeeds
+        self.failures = 0  # records that could not be written, since start
+        self.last_error: str | None = None
 
     def append(self, record: DecisionRecord) -> Path:
+        """Write one record (``DecisionLogUnavailable`` when it cannot be, with nothing half-written left)."""
         data = record.to_line().encode("utf-8")
         when = datetime.fromisoformat(record.time)
         with self._lock:
             path = log_path(self.folder, when)
-            if path != self._path:
-                self._close()
-                self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                self._path = path
-                size = os.fstat(self._fd).st_size
-                if size and os.pread(self._fd, 1, size - 1) != b"\n":
-                    os.write(self._fd, b"\n")  # end a crash's partial line: the next record must not be glued to it
-            assert self._fd is not None
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write (disk full): never leave half a record in the middle of the log
-                raise DeployError(f"{path}: short write ({written} of {len(data)} bytes); is the disk full?")
-            if self.durable:
-                os.fsync(self._fd)
+            try:
+                fd = self._open(path)
+                self._cut_fragment(fd)
+                start = os.fstat(fd).st_size
+                self._write_whole(fd, data, start)
+                if self.durable:
+                    os.fsync(fd)
+            except OSError as exc:
+                self.failures += 1
+                self.available = False
+                self.last_error = f"{path}: {exc.strerror or exc}"
+                raise DecisionLogUnavailable(f"the decision log cannot be written ({self.last_error}); the "
+                                             "decision was not recorded") from None
+            self.available, self.last_error = True, None
         return path
+
+    def _open(self, path: Path) -> int:
+        if path != self._path or self._fd is None:
+            if self._fd is not None and self._fragment is not None:
+                try:  # the day changed after a failed write: clean the old file on the way out
+                    self._cut_fragment(self._fd)
+                except OSError:
+                    pass  # its next writer ends the partial line
+            self._fragment = None
+            self._close()
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd, self._path = fd, path
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                self._fragment = (size, 0)  # a crash's partial line: ended before the next record
+        return self._fd
+
+    def _write_whole(self, fd: int, data: bytes, start: int) -> None:
+        """All of ``data``, or nothing: a short write is continued; when the disk refuses the rest, the part
+        written is cut off again before the error is raised."""
+        written = 0
+        try:
+            while written < len(data):
+                n = os.write(fd, data[written:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+        except OSError:
+            if written:
+                self._fragment = (start, written)
+                try:
+                    self._cut_fragment(fd)
+                except OSError:
+                    pass  # cut before the next record instead
+            raise
+
+    def _cut_fragment(self, fd: int) -> None:
+        """Remove what a failed write left (truncate back to the last complete line), or, where another writer
+        appended after it or the log held a crash's partial line, end it with a newline."""
+        if self._fragment is None:
+            return
+        start, written = self._fragment
+        size = os.fstat(fd).st_size
+        if written and size == start + written:
+            os.ftruncate(fd, start)
+        elif size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
+        self._fragment = None
+
+    def probe(self) -> bool:
+        """Can the folder take a record again (space freed, remounted writable)? Sets ``available``."""
+        with self._lock:
+            try:
+                _probe(self.folder)
+                if self._fd is not None:
+                    self._cut_fragment(self._fd)
+            except OSError as exc:
+                self.available, self.last_error = False, f"{self.folder}: {exc.strerror or exc}"
+                return False
+            self.available, self.last_error = True, None
+            return True
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -143,10 +258,16 @@ class DecisionLog:
 
     def sync(self) -> None:
         """fsync what was appended: ``deploy serve`` appends with ``durable=False`` (a process crash
-        loses nothing the kernel has) and syncs once a second, so a request does not wait for the disk."""
+        loses nothing the kernel has) and syncs once a second, so a request does not wait for the disk.
+        ``DecisionLogUnavailable`` when the disk fails the flush."""
         with self._lock:
             if self._fd is not None:
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self.failures += 1
+                    self.available, self.last_error = False, f"{self._path}: fsync: {exc.strerror or exc}"
+                    raise DecisionLogUnavailable(f"the decision log cannot be flushed ({self.last_error})") from None
 
     def close(self) -> None:
         with self._lock:

@@ -17,7 +17,8 @@ every part ever queued, across runs, even after rows are removed from ``queue.cs
 ``queue.csv`` (path relative to QUEUE_DIR, sha256, part id, time, model label, confidence, reason,
 an empty ``label`` column for the reviewer, the overlay and, for an anomaly bundle, the score) keeps the
 rows of earlier runs and their filled-in labels; it and the state file are replaced atomically, after
-the images are copied.
+the images are copied. A cell a spreadsheet would run as a formula (a part id ``=HYPERLINK(...)``) is
+written with a quote in front (``deploy.spreadsheet``) and read back without it.
 
 Decisions of an anomaly bundle (no probabilities, a ``score``) are queued by the same reasons and
 order: their confidence is the share of good validation parts the score is more typical than (accepted)
@@ -43,6 +44,7 @@ from deploy.decision_log import DecisionRecord, read_records
 from deploy.errors import DeployError
 from deploy.filenames import readable
 from deploy.preprocess import IMAGE_SUFFIXES
+from deploy.spreadsheet import escape_cell, unescape_cell
 
 QUEUE_NAME, STATE_NAME, IMAGES_DIR = "queue.csv", ".queue-state.json", "images"
 STATE_FORMAT = "inspection-kit/review-queue-state"
@@ -76,7 +78,7 @@ def read_queue(out_dir: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def _read_state(out_dir: Path) -> dict[str, Any]:
@@ -295,7 +297,7 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", restval="")
     writer.writeheader()
-    writer.writerows(existing + added)
+    writer.writerows({k: escape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in existing + added)
     write_bytes_atomic(out_dir / QUEUE_NAME, buf.getvalue().encode("utf-8"))
     state["queued"] = queued
     write_bytes_atomic(out_dir / STATE_NAME, (json.dumps(state, indent=1) + "\n").encode("utf-8"))

@@ -6,12 +6,14 @@ done (a rename is atomic, so the file is whole the moment it appears), or it wri
 file counts as written once its size and modification time have not changed for ``--settle-ms``.
 Only image suffixes are taken (.png .jpg .jpeg .bmp .tif .tiff ...) directly in ``IN_DIR`` (subfolders
 are not watched); a stable file that is empty or whose bytes end early (no PNG end chunk, no JPEG end
-marker) is given ``--broken-after-s`` more before it counts as broken. Each decision goes to the decision log, and the file moves to ``DONE_DIR/<action>/``;
+marker, a TIFF whose page table or strips lie past its end) is given ``--broken-after-s`` more before it
+counts as broken. Each decision goes to the decision log, and the file moves to ``DONE_DIR/<action>/``;
 a file that cannot be decoded, or that fails in any other way before its decision is committed (the model
-raises on it, ...), moves to ``DONE_DIR/error/`` and its reason is appended to
-``DONE_DIR/error/errors.jsonl``: one file never stops the line. A file name need not be UTF-8
-(``deploy.filenames``): the file is moved under its exact name, records and messages carry a readable
-UTF-8 form of it.
+raises on it, ...), moves to ``DONE_DIR/error/`` after its reason is appended (and flushed) to
+``DONE_DIR/error/errors.jsonl``: one file never stops the line. A decision log or journal that cannot be
+written (a full disk) holds every file in ``IN_DIR`` until it can be, retried every ``LOG_RETRY_S``.
+A file name need not be UTF-8 (``deploy.filenames``): the file is moved under its exact name, records
+and messages carry a readable UTF-8 form of it.
 
 Exactly once, even under SIGKILL: per batch of files, the decisions are first committed to a small
 journal (``DONE_DIR/.deploy-watch-journal.jsonl``, one write + fsync), then appended to the decision
@@ -23,6 +25,7 @@ the file is moved. A kill before the journal commit loses only work in memory (t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -38,10 +41,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from deploy.atomic import fsync_path, write_bytes_atomic
-from deploy.decision_log import DecisionLog, DecisionRecord, log_path
+from deploy.decision_log import DecisionLog, DecisionLogUnavailable, DecisionRecord, log_path
 from deploy.errors import DeployError
 from deploy.filenames import name_from_json, name_to_json, readable
-from deploy.intake import IntakeError, decode_bytes
+from deploy.intake import MAX_PIXELS, IntakeError, decode_bytes
 from deploy.manifest import model_id
 from deploy.predictor import Predictor
 from deploy.preprocess import IMAGE_SUFFIXES
@@ -49,6 +52,7 @@ from deploy.preprocess import IMAGE_SUFFIXES
 JOURNAL_NAME = ".deploy-watch-journal.jsonl"
 ERROR_DIR = "error"
 ERRORS_NAME = "errors.jsonl"
+LOG_RETRY_S = 2.0  # how often a watcher whose log or journal cannot be written tries again
 CRASH_ENV = "DEPLOY_WATCH_CRASH_AFTER"  # tests only: journal | log | move -> SIGKILL itself at that point
 
 
@@ -64,11 +68,16 @@ class WatchConfig:
     poll_ms: float = 100.0
     max_batch: int = 8
     broken_after_s: float = 10.0
+    max_pixels: int = MAX_PIXELS  # the largest image decoded (its decoded bytes at most 3 per pixel: deploy.intake)
 
 
 def _crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class JournalUnavailable(DeployError):
+    """The journal cannot be written (disk full, read-only): nothing of that write counts as committed."""
 
 
 class Journal:
@@ -104,11 +113,21 @@ class Journal:
                        for e in entries).encode("utf-8")
 
     def _write(self, entries: list[dict[str, Any]], durable: bool) -> None:
+        """All of ``entries`` or none: what a failing disk let through is cut off again (a fragment would glue
+        the next entry to it), and ``JournalUnavailable`` says so."""
         data = self.encode(entries)
-        if os.write(self._fd, data) != len(data):
-            raise DeployError(f"{self.path}: short write; is the disk full?")
-        if durable:
-            os.fsync(self._fd)
+        start = os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if durable:
+                os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass  # ended with a newline when the journal is opened again
+            raise JournalUnavailable(f"{self.path}: cannot write the journal ({exc.strerror or exc})") from None
 
     def commit(self, entries: list[dict[str, Any]]) -> None:
         """The commit point: once this returns, the decisions are never made again."""
@@ -125,7 +144,10 @@ class Journal:
         """Start an empty journal when nothing is pending (keeps it small; atomic rename)."""
         if self.pending():
             return
-        write_bytes_atomic(self.path, b"")
+        try:
+            write_bytes_atomic(self.path, b"")
+        except OSError:
+            return  # a full or read-only disk: the journal stays as it is, and correct
         os.close(self._fd)
         self._fd = _open_append(self.path)
         self.entries.clear()
@@ -160,6 +182,20 @@ def _move(src: Path, dest: Path) -> None:
         src.unlink()
 
 
+def _ids_in(path: Path) -> set[str]:
+    """The ``id`` of every complete line of a JSON-lines file (none when it does not exist)."""
+    ids: set[str] = set()
+    if path.is_file():
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                ident = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                continue
+            if ident:
+                ids.add(ident)
+    return ids
+
+
 def _unexpected(path: Path, exc: Exception) -> tuple[str, str]:
     """(kind, reason) of a failure nobody foresaw, for errors.jsonl and stderr."""
     return "unexpected", f"{readable(path.name)}: {type(exc).__name__}: {str(exc).strip()[:300]}"
@@ -189,6 +225,7 @@ class Watcher:
         self.journal = Journal(self.done_dir / JOURNAL_NAME)
         self._seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, stable since)
         self._stuck: set[str] = set()  # committed but could not be moved: left to the restart's recovery
+        self._error_ids: set[str] | None = None  # ids in errors.jsonl, read when the first error is written
         self.decided = self.errors = 0
 
     # -- recovery -------------------------------------------------------------------------------
@@ -233,19 +270,37 @@ class Watcher:
         return found
 
     def _finish(self, e: dict[str, Any]) -> None:
+        """Move a committed file; an error's reason is written (and flushed) first, so a kill between the two
+        leaves the reason on disk and the file pending, never a file in error/ without its reason."""
         src, dest = self.in_dir / name_from_json(e, "src"), self.done_dir / name_from_json(e, "dest")
         if src.exists() and _sha256(src) == e["sha256"]:
-            _move(src, dest)
             if e["op"] == "error":
                 self._append_error(e)
+            _move(src, dest)
         elif not dest.exists():
             self.err(f"warning: {readable(str(src))} was decided ({e['id']}) but is gone and not in {readable(str(dest.parent))}")
 
     def _append_error(self, e: dict[str, Any]) -> None:
-        keys = ("time", "src", "src_bytes", "dest", "sha256", "kind", "reason")
-        line = json.dumps({k: e[k] for k in keys if k in e}, ensure_ascii=False)
-        with open(self.done_dir / ERROR_DIR / ERRORS_NAME, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        """One line of ``errors.jsonl``, once per error id (a restart that finishes the move does not repeat it):
+        one ``O_APPEND`` write of the whole line, then fsync."""
+        path = self.done_dir / ERROR_DIR / ERRORS_NAME
+        if self._error_ids is None:
+            self._error_ids = _ids_in(path)
+        if e["id"] in self._error_ids:
+            return
+        keys = ("id", "time", "src", "src_bytes", "dest", "sha256", "kind", "reason")
+        data = (json.dumps({k: e[k] for k in keys if k in e}, ensure_ascii=False) + "\n").encode("utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_append(path)
+        try:
+            start = os.fstat(fd).st_size
+            if os.write(fd, data) != len(data):
+                os.ftruncate(fd, start)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._error_ids.add(e["id"])
 
     # -- scanning -------------------------------------------------------------------------------
     def ready_files(self) -> list[Path]:
@@ -290,7 +345,8 @@ class Watcher:
             except OSError:
                 continue  # gone meanwhile
             try:
-                good.append((path, data, decode_bytes(data, spec.channels, source=readable(path.name)).image))
+                good.append((path, data, decode_bytes(data, spec.channels, source=readable(path.name),
+                                                      max_pixels=self.config.max_pixels).image))
             except IntakeError as exc:
                 stable_for = time.monotonic() - self._seen.get(path.name, (0, 0, time.monotonic()))[2]
                 if exc.kind in ("truncated_image", "empty_body") and stable_for < self.config.broken_after_s:
@@ -401,15 +457,32 @@ class Watcher:
         while not stop.is_set():
             ready = self.ready_files()
             done = 0
-            for start in range(0, len(ready), self.config.max_batch):
-                if stop.is_set():
-                    break
-                done += self.process(ready[start : start + self.config.max_batch])
+            try:
+                for start in range(0, len(ready), self.config.max_batch):
+                    if stop.is_set():
+                        break
+                    done += self.process(ready[start : start + self.config.max_batch])
+            except (DecisionLogUnavailable, JournalUnavailable) as exc:
+                self._wait_for_disk(exc, stop)
+                continue
             yield done
             if once and not ready and not self._seen:
                 return
             if not done:
                 stop.wait(poll)
+
+    def _wait_for_disk(self, exc: Exception, stop: threading.Event) -> None:
+        """The log or the journal cannot be written: no file is moved as decided until its record is written.
+        What the journal committed is finished by ``recover`` once the disk takes writes again; nothing new is
+        taken meanwhile (it would be decided a second time)."""
+        self.err(f"error: {exc}; the files stay in {readable(str(self.in_dir))} until it can be written "
+                 f"(retrying every {LOG_RETRY_S:g} s)")
+        while not stop.wait(LOG_RETRY_S):
+            try:
+                self.recover()
+                return
+            except (DecisionLogUnavailable, JournalUnavailable):
+                continue
 
     def close(self) -> None:
         self.log.close()

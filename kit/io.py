@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.atomic import write_atomic, write_json_atomic, write_text_atomic  # noqa: F401  (kit's names for them)
+from deploy.spreadsheet import escape_cell
 
 
 def read_json(path: str | Path) -> Any:
@@ -40,7 +41,9 @@ def publish_dir(staging: str | Path, final: str | Path) -> Path:
 
 
 def write_csv_atomic(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
-    """Rows of dicts -> CSV; columns default to every key in first-seen order; floats to 6 significant digits."""
+    """Rows of dicts -> CSV for people; columns default to every key in first-seen order; floats to 6 significant
+    digits; text a spreadsheet would run as a formula (a part id or file name ``=HYPERLINK(...)``) gets a quote in
+    front (``deploy.spreadsheet``)."""
     import csv
     import io
 
@@ -50,5 +53,6 @@ def write_csv_atomic(path: str | Path, rows: list[dict[str, Any]], columns: list
     writer = csv.DictWriter(buf, fieldnames=columns, restval="", extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else
+                             escape_cell(v) if isinstance(v, str) else v) for k, v in r.items()})
     return write_text_atomic(path, buf.getvalue())

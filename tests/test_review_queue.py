@@ -54,7 +54,7 @@ def station(tmp_path):
 
 
 def _rows(queue: Path) -> list[dict]:
-    with (queue / "queue.csv").open() as fh:
+    with (queue / "queue.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -171,3 +171,41 @@ def test_a_part_named_with_a_non_utf8_byte_is_logged_and_queued_with_a_readable_
     text = (tmp_path / "q" / "queue.csv").read_bytes().decode("utf-8")  # strict: valid UTF-8
     rows = list(csv.DictReader(text.splitlines()))
     assert [r["part_id"] for r in rows] == ["Pr\\xfcfteil_\\xe4", "Teil_\\xe4"]
+
+
+FORMULAS = ['=HYPERLINK("http://example.invalid/x","click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+            "\tlead-tab", "\rlead-cr", "'quoted"]
+
+
+def test_a_part_id_a_spreadsheet_would_run_is_written_as_text(tmp_path):
+    """A part id ``=HYPERLINK(...)`` landed verbatim in queue.csv: a link (or a computation) in the reviewer's
+    spreadsheet. Cells that start with = + - @ tab or CR get a quote in front (OWASP); numbers do not; a second
+    run reads its own rows back exactly and queues nothing twice."""
+    images, logs, out = tmp_path / "images", tmp_path / "logs", tmp_path / "queue"
+    images.mkdir()
+    with DecisionLog(logs, durable=False) as log:
+        for i, part_id in enumerate(FORMULAS + ["-17", "plain-part"]):
+            sha = _image(images / f"p{i}.png", i)
+            log.append(DecisionRecord(time=f"2026-12-01T08:{i:02d}:00+00:00", part_id=part_id, image_sha256=sha,
+                                      label="ok", confidence=0.5, probabilities={"ok": 0.5, "crack": 0.5}, abstain=True,
+                                      action="review", model_id="m", runtime="onnx", image=f"p{i}.png", score=-0.25))
+    first = build_review_queue([logs], images, out, ReviewPolicy(audit_rate=0.0))
+    assert len(first.added) == 9
+    raw = {row["part_id"]: row for row in _rows(out)}
+    assert set(raw) == {"'" + f for f in FORMULAS} | {"-17", "plain-part"}
+    assert {row["score"] for row in raw.values()} == {"-0.25"}  # a number stays a number
+    second = build_review_queue([logs], images, out, ReviewPolicy(audit_rate=0.0))
+    assert (len(second.added), second.already_queued) == (0, 9)
+    assert {row["part_id"] for row in _rows(out)} == set(raw)  # read back without the quote, written with it once
+
+
+def test_every_csv_the_kit_writes_for_people_escapes_formulas(tmp_path):
+    from deploy.spreadsheet import escape_cell, unescape_cell
+    from kit.io import write_csv_atomic
+
+    write_csv_atomic(tmp_path / "parts.csv", [{"part_id": f, "delta": -0.5, "n": -3} for f in FORMULAS])
+    with (tmp_path / "parts.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["part_id"] for r in rows] == ["'" + f for f in FORMULAS]
+    assert {(r["delta"], r["n"]) for r in rows} == {("-0.5", "-3")}
+    assert [unescape_cell(escape_cell(v)) for v in FORMULAS + ["-17", "x", ""]] == FORMULAS + ["-17", "x", ""]

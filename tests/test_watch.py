@@ -333,11 +333,12 @@ def test_a_non_utf8_file_name_is_decided_and_moved_like_any_other(bundle, tmp_pa
     assert '"part_id":"Pr\\\\xfcfteil_\\\\xe4"' in _utf8(next((done / "decisions").glob("decisions-*.jsonl")))
     errors = [json.loads(line) for line in _utf8(done / "error" / "errors.jsonl").splitlines()]
     assert [(e["src"], e["dest"], e["kind"]) for e in errors] == [("kaputt_\\xff.png", "error/kaputt_\\xff.png", "corrupt_image")]
-    assert errors[0]["reason"] == "kaputt_\\xff.png: the PNG data does not decode (corrupt or cut short)"
+    assert errors[0]["reason"] == ("kaputt_\\xff.png: the PNG header does not say the image's size (no IHDR chunk "
+                                   "where PNG puts it); refused before decoding")
     lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
     assert sorted(line["image"] for line in lines) == ["Pr\\xfcfteil_\\xe4.png", "plain.png"]
     stderr = result.stderr.decode("utf-8")  # valid UTF-8 too
-    assert "error: kaputt_\\xff.png -> error/kaputt_\\xff.png: kaputt_\\xff.png: the PNG data does not decode" in stderr
+    assert "error: kaputt_\\xff.png -> error/kaputt_\\xff.png: kaputt_\\xff.png: the PNG header does not say" in stderr
     assert "Traceback" not in stderr and (done / JOURNAL_NAME).read_bytes() == b""
 
 
@@ -408,3 +409,121 @@ def test_deploy_predict_prints_a_non_utf8_name_in_its_readable_form(bundle, tmp_
         rows = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines() if line.startswith("{")]
         assert [row["path"] for row in rows] == [str(folder) + "/Pr\\xfcfteil_\\xe4.png"] * 2
         assert {(row["label"], row["action"]) for row in rows} == {(want["label"], want["action"])}
+
+
+@pytest.mark.parametrize("written", ["first half", "all but the page table", "no page offset yet"])
+def test_a_tiff_written_in_place_is_waited_for_not_sent_to_error(bundle, tmp_path, written):
+    """TIFF has no end marker: a TIFF still being written went to error/ as corrupt and was never decided.
+    Its page table (written last) or its strips pointing past the end now say it is not complete yet."""
+    from deploy.watch import Watcher
+
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    source = sample_images(1, ("scratch",))[0]
+    data = cv2.imencode(".tif", cv2.imread(str(source), cv2.IMREAD_GRAYSCALE))[1].tobytes()
+    part = {"first half": data[: len(data) // 2], "all but the page table": data[: len(data) - 40],
+            "no page offset yet": data[:4] + b"\0\0\0\0" + data[8:]}[written]
+    target = in_dir / "slow.tif"
+    watcher = Watcher(WatchConfig(in_dir, bundle, done, runtime="onnx", settle_ms=0, broken_after_s=30),
+                      out=lambda line: None)
+    try:
+        target.write_bytes(part)
+        watcher.ready_files()
+        assert watcher.ready_files() == [target]
+        assert watcher.process([target]) == 0  # before: moved to error/ as corrupt_image
+        assert target.exists() and not (done / "error").exists() and watcher.errors == 0
+        target.write_bytes(data)
+        watcher.ready_files()
+        assert watcher.process(watcher.ready_files()) == 1
+    finally:
+        watcher.close()
+    assert (watcher.decided, watcher.errors) == (1, 0) and not target.exists()
+    [record] = _watch_records(done)
+    assert (record.part_id, record.label) == ("slow", _predict(bundle, [source])[source.name]["label"])
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside the process: nothing after it runs, nothing catches it."""
+
+
+@pytest.mark.parametrize("kill", ["after the move", "before the move"])
+def test_a_kill_between_moving_a_bad_file_and_writing_its_reason_loses_no_reason(bundle, tmp_path, monkeypatch, kill):
+    """The bad file was moved to error/ first and its reason written after: a kill in between left the file in
+    error/ and no reason anywhere, after any number of restarts. The reason is now written (and flushed) first,
+    once per error id: a restart finishes the move and writes no second line."""
+    import deploy.watch as watch
+
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    (in_dir / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64 + b"IEND\xaeB`\x82")
+    real_move = watch._move
+
+    def killed_move(src: Path, dest: Path) -> None:
+        if kill == "after the move":
+            real_move(src, dest)
+        raise _Killed()
+
+    monkeypatch.setattr(watch, "_move", killed_move)
+    watcher = watch.Watcher(WatchConfig(in_dir, bundle, done, runtime="onnx", settle_ms=0), out=lambda line: None)
+    watcher.ready_files()
+    with pytest.raises(_Killed):
+        watcher.process(watcher.ready_files())
+    watcher.log.close()
+    monkeypatch.setattr(watch, "_move", real_move)
+    restarted = run_watch(WatchConfig(in_dir, bundle, done, runtime="onnx", settle_ms=0, poll_ms=5), once=True,
+                          out=lambda line: None)
+    assert restarted.errors == 0  # nothing decided twice: the journal finished the first watcher's work
+    assert os.listdir(in_dir) == [] and (done / "error" / "bad.png").is_file()
+    errors = [json.loads(line) for line in (done / "error" / "errors.jsonl").read_text().splitlines()]
+    assert [(e["src"], e["kind"]) for e in errors] == [("bad.png", "corrupt_image")]
+    assert errors[0]["reason"].startswith("bad.png: the PNG header does not say the image's size")
+
+
+def test_a_decision_log_that_cannot_be_written_holds_the_files_until_it_can(bundle, tmp_path, monkeypatch):
+    """A full disk under the decision log stopped deploy watch with a traceback. Now no file is moved as
+    decided until its record is written; the watcher retries, and once the disk takes writes again every file
+    is decided once and logged once."""
+    import threading
+
+    import deploy.watch as watch
+    from deploy.decision_log import DecisionLog, DecisionLogUnavailable
+
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    sources = sample_images(2)
+    for src in sources:
+        _drop(src, in_dir)
+    real_append, full = DecisionLog.append, threading.Event()
+    full.set()
+
+    def append(self, record):
+        if full.is_set():
+            raise DecisionLogUnavailable("the decision log cannot be written (decisions-x.jsonl: No space left on device)")
+        return real_append(self, record)
+
+    monkeypatch.setattr(DecisionLog, "append", append)
+    monkeypatch.setattr(watch, "LOG_RETRY_S", 0.02)
+    messages: list[str] = []
+    watcher = watch.Watcher(WatchConfig(in_dir, bundle, done, runtime="onnx", settle_ms=0, poll_ms=5),
+                            out=lambda line: None, err=messages.append)
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [None for _ in watcher.batches(stop)])
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("No space left on device" in m for m in messages):
+            assert time.monotonic() < deadline and loop.is_alive(), messages
+            time.sleep(0.01)
+        assert sorted(p.name for p in in_dir.iterdir()) == sorted(p.name for p in sources)  # not moved as decided
+        full.clear()  # space freed
+        while any(in_dir.iterdir()):
+            assert time.monotonic() < deadline and loop.is_alive(), messages
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        loop.join(30)
+        watcher.close()
+    records = _watch_records(done)
+    assert sorted(r.part_id for r in records) == sorted(p.stem for p in sources)  # each once
+    assert not (done / "error").exists()
+    assert messages[0].startswith("error: the decision log cannot be written") and "retrying every 0.02 s" in messages[0]

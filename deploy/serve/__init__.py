@@ -23,6 +23,7 @@ The parts, each importing only downwards:
     state      what the routes share: host, decision log, metrics; answers and reloads
     routes/    one APIRouter per concern: inspection, admin (model, reload), status, metrics
     app        create_app: the FastAPI app from the routers, its error handlers and lifespan
+    protocol   uvicorn's HTTP protocol with a header deadline and bound, and protocol errors as JSON
     station    the listening socket and the uvicorn server (build_station)
 
 FastAPI, uvicorn and prometheus-client are imported inside functions: the edge install without the

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.intake import MAX_PIXELS
+
 
 @dataclass
 class ServeConfig:
@@ -21,6 +23,8 @@ class ServeConfig:
     # POST /v1/reload only loads bundles inside this folder (default: the folder holding the first bundle), so a
     # request can never make the server read a path elsewhere on its disk.
     reload_root: Path | None = None
+    # the largest image decoded (width x height); its decoded bytes at most 3 per pixel (deploy.intake)
+    max_pixels: int = MAX_PIXELS
 
     def allowed_root(self) -> Path:
         return Path(self.reload_root or Path(self.bundle).resolve().parent).resolve()

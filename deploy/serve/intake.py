@@ -11,23 +11,29 @@ import asyncio
 import hashlib
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deploy.intake import IntakeError, check_media_type, declared_size, decode_bytes, sniff_format
+from deploy.intake import MAX_PIXELS, IntakeError, check_media_type, decode_bytes, peek_header
 from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.serve.config import ServeConfig
 
 # Small images decode on the event loop (a thread hop costs more than the decode); small in bytes *and*
-# in declared pixels: a 60 KB PNG can declare 60 megapixels of zeros, half a second of decoding.
+# in declared pixels: a 60 KB PNG can declare 60 megapixels of zeros, half a second of decoding. An image
+# whose header does not say its size is never decoded inline.
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 1_000_000
 # Larger ones decode in threads, this many at a time: decoding is CPU-bound, and each decode may hold
-# an image of up to intake.MAX_PIXELS in memory.
+# up to intake.max_decoded_bytes(--max-pixels) in memory (and its 8-bit conversion).
 DECODE_SLOTS = max(2, min(8, os.cpu_count() or 1))
 MAX_PART_ID_CHARS = 200
+# Characters a part id may not hold: controls (C0, C1 such as U+0085), formatting characters (the bidi
+# overrides U+202A-U+202E and isolates U+2066-U+2069, zero-width characters), line and paragraph separators
+# (U+2028, U+2029), lone surrogates. They forge or hide text in logs, CSV files and screens.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 MULTIPART_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024}
 
 
@@ -43,27 +49,51 @@ class Prepared:
 
 
 def check_part_id(value: str | None) -> str | None:
+    """A part id is at most ``MAX_PART_ID_CHARS`` characters of printable text; anything else is one 400."""
     if value is None or value == "":
         return None
-    if len(value) > MAX_PART_ID_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if len(value) > MAX_PART_ID_CHARS:
         raise IntakeError("bad_part_id", f"part_id must be at most {MAX_PART_ID_CHARS} printable characters "
                           f"(got {len(value)} characters)")
+    for c in value:
+        if c == "\ufffd":
+            raise IntakeError("bad_part_id", "part_id is not valid UTF-8 (it decoded to U+FFFD); percent-encode its "
+                              "UTF-8 bytes in ?part_id= or send them as they are in X-Part-Id")
+        if unicodedata.category(c) in _REFUSED_CATEGORIES:
+            name = unicodedata.name(c, "a control character")
+            raise IntakeError("bad_part_id", f"part_id holds U+{ord(c):04X} ({name}): control, line-separator and "
+                              "bidi or other formatting characters are refused; send printable text")
     return value
 
 
+def header_part_id(headers: Any) -> str | None:
+    """``X-Part-Id`` as the UTF-8 it was sent in. HTTP hands header bytes over as Latin-1 (Starlette decodes
+    them so), which turned ``Prüfteil`` into ``PrÃ¼fteil``; the bytes are read back and decoded as UTF-8, and
+    bytes that are not UTF-8 are refused rather than guessed at."""
+    value = headers.get("x-part-id")
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise IntakeError("bad_part_id", "X-Part-Id is not UTF-8; send the part id's UTF-8 bytes, or percent-encode "
+                          "them in ?part_id=") from None
+
+
 def decodes_inline(data: bytes) -> bool:
-    """Small enough, in bytes and in declared pixels, to decode on the event loop."""
+    """Small enough, in bytes and in the pixels its header declares, to decode on the event loop; an image
+    whose header does not say its size goes to a thread (its decode is not known to be short)."""
     if len(data) > INLINE_DECODE_BYTES:
         return False
-    fmt = sniff_format(data)
-    size = declared_size(data, fmt) if fmt else None
-    return size is None or size[0] * size[1] <= INLINE_DECODE_PIXELS
+    header = peek_header(data)
+    return header is not None and header.pixels <= INLINE_DECODE_PIXELS and \
+        header.decoded_bytes <= 3 * INLINE_DECODE_PIXELS
 
 
-def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False) -> Prepared:
+def prepare(data: bytes, spec: PreprocessSpec, keep_image: bool = False, max_pixels: int = MAX_PIXELS) -> Prepared:
     """Decode (``IntakeError`` says why not) and preprocess one image's bytes, timing each step."""
     t0 = time.perf_counter()
-    image = decode_bytes(data, spec.channels, source="body").image
+    image = decode_bytes(data, spec.channels, source="body", max_pixels=max_pixels).image
     t1 = time.perf_counter()
     tensor = preprocess(image, spec)
     digest = hashlib.sha256(data).hexdigest()
@@ -117,7 +147,7 @@ async def read_body(request: Any, config: ServeConfig) -> bytes:
 async def read_input(request: Any, config: ServeConfig) -> tuple[bytes, str | None]:
     """(image bytes, part id) from a raw body or a multipart form."""
     content_type = request.headers.get("content-type", "")
-    part_id = request.query_params.get("part_id") or request.headers.get("x-part-id")
+    part_id = request.query_params.get("part_id") or header_part_id(request.headers)
     multipart = content_type.lower().startswith("multipart/form-data")
     if not multipart:
         check_media_type(content_type)  # before the body is read

@@ -15,11 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.decision_log import DecisionLog, DecisionRecord
+from deploy.decision_log import DecisionLog, DecisionLogUnavailable, DecisionRecord
 from deploy.serve.config import ServeConfig
 from deploy.serve.intake import DECODE_SLOTS
 from deploy.serve.metrics import StationMetrics
 from deploy.serve.models import LoadedModel, ModelHost, ReloadError, model_changes
+
+
+# Retry-After (seconds) of a 503: an overloaded batcher drains in moments; a full or read-only disk takes a person
+RETRY_AFTER_S = {"decision_log_unavailable": 5}
 
 
 def error_body(kind: str, message: str, **extra: Any) -> bytes:
@@ -56,21 +60,39 @@ class StationState:
         model.batcher.on_batch = host.on_batch
         metrics.serving(model)
         log = DecisionLog(config.log_dir, durable=False) if config.log_dir is not None else None
+        metrics.watch(queue_depth=lambda: host.current.batcher.queued,
+                      log_available=lambda: float(log is None or log.available))
         return cls(config, host, metrics, log)
 
     # -- answers ----------------------------------------------------------------------------------
     def error_response(self, kind: str, message: str, status: int, **extra: Any):
-        """One JSON line ``{"error": KIND, "message": ...}``, counted by kind in /metrics."""
+        """One JSON line ``{"error": KIND, "message": ...}``, counted by kind in /metrics; a 503 says when to
+        try again (``Retry-After``)."""
         from starlette.responses import Response
 
         self.metrics.errors.labels(kind).inc()
-        return Response(error_body(kind, message, **extra), status_code=status, media_type="application/json")
+        headers = {"Retry-After": str(RETRY_AFTER_S.get(kind, 1))} if status == 503 else None
+        return Response(error_body(kind, message, **extra), status_code=status, media_type="application/json",
+                        headers=headers)
 
     def record(self, record: DecisionRecord) -> None:
-        """A decided part: to the decision log and the metrics."""
+        """A decided part: to the decision log, then the metrics. ``DecisionLogUnavailable`` (counted) when the
+        log cannot take it: the caller answers 503, and the decision is not given."""
         if self.log is not None:
-            self.log.append(record)
+            try:
+                self.log.append(record)
+            except DecisionLogUnavailable:
+                self.metrics.log_failures.inc()
+                raise
         self.metrics.decided(record)
+
+    def not_ready_reason(self) -> str | None:
+        """Why the station should get no parts now, None when it is ready."""
+        if not self.ready:
+            return "shutting down"
+        if self.log is not None and not self.log.available:
+            return f"decision_log_unavailable: {self.log.last_error}"
+        return None
 
     # -- reloads ----------------------------------------------------------------------------------
     def reload(self, bundle: str | None) -> tuple[LoadedModel, LoadedModel]:
@@ -97,13 +119,23 @@ class StationState:
             threading.Thread(target=self._sync_log, name="decision-log-sync", daemon=True).start()
 
     def _sync_log(self) -> None:
+        """Each second: flush the log; while it takes no records, probe whether it can again (space freed), so
+        readiness comes back without a part being refused first."""
         while not self._stop_sync.wait(self.config.fsync_interval_s):
-            self.log.sync()
+            try:
+                self.log.sync()
+            except DecisionLogUnavailable:
+                self.metrics.log_failures.inc()
+            if not self.log.available:
+                self.log.probe()
 
     def stop(self) -> None:
         self.ready = False
         self._stop_sync.set()
         self.host.close()
         if self.log is not None:
-            self.log.sync()
+            try:
+                self.log.sync()
+            except DecisionLogUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
             self.log.close()

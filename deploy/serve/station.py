@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.decision_log import check_log_folder
 from deploy.errors import DeployError
 from deploy.serve.app import create_app, serve_extra_missing
 from deploy.serve.config import ServeConfig
 from deploy.serve.models import load_model
+from deploy.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, station_protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -53,6 +55,9 @@ class Station:
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=10, server_header=False, date_header=False)
+        # a deadline and a bound for the headers, JSON protocol errors (deploy.serve.protocol)
+        config.http = station_protocol(self.app.state.station.config.read_timeout_s)
+        config.timeout_keep_alive, config.h11_max_incomplete_event_size = KEEP_ALIVE_S, MAX_HEADER_BYTES
         self.server = uvicorn.Server(config)
         return self.server
 
@@ -90,6 +95,8 @@ def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         raise DeployError(f"--max-batch must be at least 1 (got {config.max_batch})")
     if config.max_wait_ms < 0:
         raise DeployError(f"--max-wait-ms must be >= 0 (got {config.max_wait_ms})")
+    if config.log_dir is not None:  # before the model loads: a station that cannot record must not start
+        check_log_folder(config.log_dir)
     model = load_model(config.bundle, config)
     sock = bind_socket(host, port)
     return Station(create_app(model, config), sock)

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deploy.decision_log import DecisionRecord
+from deploy.decision_log import DecisionLogUnavailable, DecisionRecord
 from deploy.heatmap import Heatmap
 from deploy.intake import IntakeError
 from deploy.predictor import Decision, Predictor
@@ -70,10 +70,10 @@ async def _inspect_batched(station: StationState, request: Any, model: LoadedMod
             data, part_id = await read_input(request, station.config)
             spec = model.predictor.manifest.preprocess
             if decodes_inline(data):
-                prepared = prepare(data, spec)
+                prepared = prepare(data, spec, max_pixels=station.config.max_pixels)
             else:
                 async with station.decode_slots:
-                    prepared = await run_in_threadpool(prepare, data, spec)
+                    prepared = await run_in_threadpool(prepare, data, spec, False, station.config.max_pixels)
         except BaseException:
             model.batcher.abandon()
             raise
@@ -118,7 +118,7 @@ async def _inspect_explained(station: StationState, request: Any, model: LoadedM
         data, part_id = await read_input(request, station.config)
         async with station.decode_slots:
             prepared, decision, infer_ms = await run_in_threadpool(_decide_explained, model.predictor, data,
-                                                                   heatmap_class)
+                                                                   heatmap_class, station.config.max_pixels)
     except IntakeError as exc:
         return station.error_response(exc.kind, str(exc), exc.status)
     finally:
@@ -127,9 +127,10 @@ async def _inspect_explained(station: StationState, request: Any, model: LoadedM
     return respond(station, model, result, part_id, prepared, t0, heatmap_payload(decision.heatmap))
 
 
-def _decide_explained(predictor: Predictor, data: bytes, heatmap_class: str | None) -> tuple[Prepared, Decision, float]:
+def _decide_explained(predictor: Predictor, data: bytes, heatmap_class: str | None,
+                      max_pixels: int) -> tuple[Prepared, Decision, float]:
     """(prepared image, decision with its heatmap, inference ms): one preprocessing, one forward pass."""
-    prepared = prepare(data, predictor.manifest.preprocess, keep_image=True)
+    prepared = prepare(data, predictor.manifest.preprocess, keep_image=True, max_pixels=max_pixels)
     started = time.perf_counter()
     decision = predictor.decide_batch(prepared.tensor[None], [prepared.image], heatmap=True,
                                       heatmap_class=heatmap_class)[0]
@@ -152,7 +153,10 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
     record = DecisionRecord.from_decision(d, part_id=part_id, image_sha256=prepared.image_sha256,
                                           model_id=model.model_id, source="serve", latency_ms=timings,
                                           decision_id=uuid.uuid4().hex)
-    station.record(record)
+    try:
+        station.record(record)
+    except DecisionLogUnavailable as exc:  # not recorded, so not given: the line retries or sets the part aside
+        return station.error_response("decision_log_unavailable", f"{exc}; retry later", 503)
     answer = {"part_id": part_id, "label": d.label, "confidence": d.confidence, "score": d.score,
               "probabilities": d.probabilities, "abstain": d.abstain, "action": d.action,
               "model_id": model.model_id, "runtime": d.runtime, "image_sha256": prepared.image_sha256,

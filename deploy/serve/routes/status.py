@@ -1,4 +1,6 @@
-"""``GET /v1/health`` (the process is alive) and ``GET /v1/ready`` (a warmed-up model is serving).
+"""``GET /v1/health`` (the process is alive) and ``GET /v1/ready`` (a warmed-up model is serving and the
+decision log takes records: a station that cannot record a decision gets no parts; 503 with the reason and
+``Retry-After`` otherwise).
 
 No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime.
 """
@@ -22,8 +24,11 @@ def build_router():
     @router.api_route("/v1/ready", methods=["GET", "HEAD"])
     async def ready(request: Request) -> Response:
         station = station_of(request)
-        if not station.ready:
-            return json_response({"ready": False, "reason": "shutting down"}, 503)
+        reason = station.not_ready_reason()
+        if reason is not None:
+            response = json_response({"ready": False, "reason": reason}, 503)
+            response.headers["Retry-After"] = "5"
+            return response
         return json_response({"ready": True, "model_id": station.host.current.model_id})
 
     return router
