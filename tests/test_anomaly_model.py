@@ -38,3 +38,14 @@ def test_image_score_is_the_top_share_mean_or_the_max():
     assert image_score(cells, "max", 0.02)[0] == 4.0
     assert image_score(cells, "topk_mean", 0.02)[0] == 3.5  # 2 % of 100 cells: the top 2
     assert image_score(cells, "topk_mean", 0.02)[1] == 0.0
+
+
+def test_invariance_is_zero_for_equal_views_and_ignores_the_features_scale():
+    from kit.anomaly.train import invariance
+
+    torch.manual_seed(0)
+    weak = torch.randn(4, 8, 6, 6)
+    assert float(invariance(weak.clone(), weak)) == 0.0
+    moved = weak + 0.5 * torch.randn(4, 8, 6, 6)
+    # the same relative change on features 10x larger costs the same: shrinking features cannot satisfy it
+    assert abs(float(invariance(moved, weak)) - float(invariance(10 * moved, 10 * weak))) < 1e-5
