@@ -162,3 +162,25 @@ def test_deploy_monitor_reads_the_anomaly_bundle_profile(anomaly_run, tmp_path):
     result = CliRunner().invoke(deploy_app, ["monitor", str(run_dir / "bundle"), str(good), "--out", str(tmp_path)])
     assert result.exit_code in (0, 2), result.output  # 2: drift (good parts only differ from the held-out mix)
     assert (tmp_path / "drift.json").is_file()
+
+
+def test_the_figures_recompute_from_the_scores_file(anomaly_run):
+    import csv
+
+    from kit.anomaly.metrics import auroc
+
+    run_dir, _ = anomaly_run
+    record = json.loads((run_dir / "verify" / "anomaly.json").read_text())
+    with (run_dir / "verify" / "anomaly_scores.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    test = [r for r in rows if r["split"] == "test"]
+    good = [r for r in test if r["label"] == "ok"]
+    assert len(test) == record["test"]["n"] and len(good) == record["test"]["n_good"]
+    assert sum(r["action"] == "reject" for r in good) == record["operating_test"]["false_reject_rate"]["k"]
+    import numpy as np
+
+    scores = np.array([float(r["score"]) for r in test])
+    assert auroc(scores, np.array([r["label"] != "ok" for r in test])) == pytest.approx(record["figures"]["auroc"], abs=1e-6)
+    reject_at = record["certificate"]["reject_at"]
+    val_good = [float(r["score"]) for r in rows if r["split"] == "val" and r["label"] == "ok"]
+    assert sum(s >= reject_at for s in val_good) == record["certificate"]["false_rejects_val"]

@@ -12,7 +12,8 @@
 - **Gate.** The recipe's ``kpi:`` targets that apply to this mode; an escape target on a class with no test
   image is unmeasured, and unmeasured never passes.
 
-Writes ``verify/anomaly.json`` and the thresholds into the bundle manifest (``certified`` says whether they are).
+Writes ``verify/anomaly.json``, ``verify/anomaly_scores.csv`` (every validation and test image's score and action,
+so each figure can be recomputed) and the thresholds into the bundle manifest (``certified`` says whether they are).
 """
 
 from __future__ import annotations
@@ -261,9 +262,30 @@ def verify_anomaly_run(run_dir: str | Path, log: Callable[[str], None] = print) 
         "parity": read_json(bundle / "parity.json"),
     })
     write_anomaly_record(run_dir, record)
+    write_scores(run_dir, {"val": (val, val_scores), "test": (test, test_scores)}, line_classes, accept_below, reject_at)
     mark_report_stale(run_dir, "kit verify")
     mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if gate["passed"] else "gate-failed")
     return record
+
+
+SCORES_NAME = "anomaly_scores.csv"
+
+
+def write_scores(run_dir: Path, splits: dict[str, tuple[Any, np.ndarray]], classes: list[str], accept_below: float,
+                 reject_at: float | None) -> Path:
+    """Every validation and test image's score (exact: a rounded score can cross a threshold) and action
+    (``verify/anomaly_scores.csv``): each figure of
+    ``anomaly.json`` can be recomputed from it."""
+    from kit.io import write_csv_atomic
+
+    rows = []
+    for split, (data, scores) in splits.items():
+        act = actions(scores, accept_below, reject_at)
+        rows += [{"split": split, "path": str(p), "label": classes[int(label)], "score": repr(float(score)), "action": a}
+                 for p, label, score, a in zip(data.paths, data.labels, scores, act)]
+    path = run_dir / "verify" / SCORES_NAME
+    write_csv_atomic(path, rows)
+    return path
 
 
 def _recall_at(scores: np.ndarray, labels: np.ndarray, ok: int, rate: float) -> dict[str, Any] | None:
