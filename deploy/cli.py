@@ -326,6 +326,68 @@ def review_queue(
     typer.echo(str(result.queue_csv))
 
 
+token_app = typer.Typer(add_completion=False, no_args_is_help=True, help="API keys of deploy serve --tokens FILE.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.callback()
+def _token_root() -> None:
+    """API keys of deploy serve --tokens FILE: add (prints the key once), list, revoke.
+
+    Example: deploy token add --file /etc/line7/tokens --name cell-7 --scope inspect
+    """
+
+
+@token_app.command("add")
+@_one_line_errors
+def token_add(
+    file: Path = typer.Option(..., "--file", help="The token file (created if missing; holds salted hashes only)."),
+    name: str = typer.Option(..., "--name", help="Who uses the key (the access log and the audit record name it)."),
+    scope: List[str] = typer.Option(..., "--scope", help="metrics | inspect | admin (admin includes inspect, "
+                                    "inspect includes metrics)."),
+) -> None:
+    """Add an API key and print it once: it is stored nowhere, only its salted hash (scrypt). A running
+    station takes it within a second.
+
+    Example: deploy token add --file /etc/line7/tokens --name cell-7 --scope inspect
+    Example: curl -H "Authorization: Bearer $KEY" --data-binary @part.png http://station:8000/v1/inspect
+    """
+    from deploy.serve.auth import add_token
+
+    key = add_token(file, name, scope)
+    typer.echo(key)
+    typer.echo(f"# key {name!r} ({', '.join(scope)}) added to {file}; this is the only time it is shown", err=True)
+
+
+@token_app.command("list")
+@_one_line_errors
+def token_list(file: Path = typer.Option(..., "--file", help="The token file.")) -> None:
+    """The keys of a token file: name, scopes, key id, when added (never a key).
+
+    Example: deploy token list --file /etc/line7/tokens
+    """
+    from deploy.serve.auth import read_token_file
+
+    for key in read_token_file(file).values():
+        typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.key_id}\t{key.created_at}")
+
+
+@token_app.command("revoke")
+@_one_line_errors
+def token_revoke(
+    file: Path = typer.Option(..., "--file", help="The token file."),
+    name: str = typer.Option(..., "--name", help="The key to remove."),
+) -> None:
+    """Remove a key; a running station refuses it within a second.
+
+    Example: deploy token revoke --file /etc/line7/tokens --name cell-7
+    """
+    from deploy.serve.auth import revoke_token
+
+    revoke_token(file, name)
+    typer.echo(f"# key {name!r} revoked in {file}", err=True)
+
+
 def main() -> None:
     app()
 
