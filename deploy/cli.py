@@ -234,23 +234,38 @@ def serve(
     reload_root: Optional[Path] = typer.Option(None, "--reload-root", help="POST /v1/reload loads bundles inside this "
                                                "folder only (default: the folder holding BUNDLE)."),
     read_timeout: float = typer.Option(10.0, "--read-timeout-s", min=0.1, help="A request body must arrive within this (else 408)."),
+    # -- access (AccessConfig) --
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="File of hashed API keys (deploy token add): every "
+                                          "route but health and ready then needs 'Authorization: Bearer KEY'."),
+    no_reload: bool = typer.Option(False, "--no-reload", help="POST /v1/reload answers 403 (SIGHUP still reloads)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="The certificate's unencrypted PEM key."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
-    /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle without downtime.
-    Every decision goes to the decision log. Needs the serve extra (FastAPI, uvicorn, prometheus-client).
+    /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle
+    without downtime. Every decision goes to the decision log, every request to the access log, every model change
+    to the audit record (all in --log-dir). Needs the serve extra (FastAPI, uvicorn, prometheus-client).
 
     Example: deploy serve runs/sample_line/RUN/bundle --port 8000 --log-dir /var/log/line7
     Example: curl --data-binary @part_0001.png -H "Content-Type: image/png" "http://127.0.0.1:8000/v1/inspect?part_id=0001"
+    Example: deploy serve BUNDLE --host 0.0.0.0 --tokens /etc/line7/tokens --tls-cert cert.pem --tls-key key.pem
     """
     from deploy.serve import ServeConfig, build_station
+    from deploy.serve.config import AccessConfig
 
+    access = AccessConfig(tokens_file=tokens, allow_reload=not no_reload, tls_cert=tls_cert, tls_key=tls_key)
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
-                         threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout)
+                         threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout,
+                         access=access)
     station = build_station(config, host, port)
     summary = station.app.state.host.current.summary()
     typer.echo(f"# deploy serve: {station.url} model {summary['model_id'][:12]} ({summary['line']}, {summary['providers']}); "
                f"decision log: {log_dir if not no_log else 'off'}", err=True)
+    from deploy.serve.auth import access_warnings
+
+    for warning in access_warnings(host, access):
+        typer.echo(f"# warning: {warning}", err=True)
     station.run()
 
 

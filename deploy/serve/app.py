@@ -43,20 +43,33 @@ def create_app(model: LoadedModel, config: ServeConfig):
     _add_error_handlers(app, station)
     for router in routers:
         app.include_router(router)
+    _add_access(app, station)
     return app
+
+
+def _add_access(app: Any, station: StationState) -> None:
+    """API keys, request ids, access log, audit record (``deploy.serve.access``)."""
+    from deploy.serve.access import AccessMiddleware, StationAccess
+
+    app.state.access = StationAccess(station)
+    app.add_middleware(AccessMiddleware, access=app.state.access)
 
 
 @asynccontextmanager
 async def _lifespan(app: Any):
+    from deploy.serve.reloads import reload_on_signal
+
     station: StationState = app.state.station
     station.start()
-    if threading.current_thread() is threading.main_thread():  # SIGHUP: reload the bundle folder
+    if threading.current_thread() is threading.main_thread():  # SIGHUP: reload the bundle folder (audited)
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, station.reload_quietly))
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: loop.run_in_executor(None, reload_on_signal, station, app.state.access.audit))
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     yield
+    app.state.access.stop()
     station.stop()
 
 

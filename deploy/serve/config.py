@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class AccessConfig:
+    """Who may use the station: API keys, TLS, the reload switch (``deploy.serve.access``). The defaults are today's
+    open station on 127.0.0.1."""
+
+    tokens_file: Path | None = None  # hashed API keys (deploy token add); None: no authentication
+    allow_reload: bool = True  # False (--no-reload): POST /v1/reload answers 403; SIGHUP still reloads
+    tls_cert: Path | None = None  # PEM certificate (chain) and its key: uvicorn serves HTTPS
+    tls_key: Path | None = None
 
 
 @dataclass
@@ -21,6 +32,7 @@ class ServeConfig:
     # POST /v1/reload only loads bundles inside this folder (default: the folder holding the first bundle), so a
     # request can never make the server read a path elsewhere on its disk.
     reload_root: Path | None = None
+    access: AccessConfig = field(default_factory=AccessConfig)  # keys, TLS, reload switch
 
     def allowed_root(self) -> Path:
         return Path(self.reload_root or Path(self.bundle).resolve().parent).resolve()

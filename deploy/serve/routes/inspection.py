@@ -159,4 +159,6 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
               "decision_id": record.decision_id, "batch_size": result.batch_size, "timings_ms": timings}
     if explained is not None:
         answer["heatmap"] = explained
-    return json_response(answer)
+    response = json_response(answer)
+    response.headers["X-Decision-Id"] = record.decision_id  # the access log links request id and decision by it
+    return response
