@@ -234,15 +234,22 @@ def serve(
     reload_root: Optional[Path] = typer.Option(None, "--reload-root", help="POST /v1/reload loads bundles inside this "
                                                "folder only (default: the folder holding BUNDLE)."),
     read_timeout: float = typer.Option(10.0, "--read-timeout-s", min=0.1, help="A request body must arrive within this (else 408)."),
-    # -- access (AccessConfig) --
+    # -- access and what integrators expect on day one (AccessConfig) --
     tokens: Optional[Path] = typer.Option(None, "--tokens", help="File of hashed API keys (deploy token add): every "
-                                          "route but health and ready then needs 'Authorization: Bearer KEY'."),
+                                          "route but health, ready and openapi.json then needs 'Authorization: Bearer KEY'."),
     no_reload: bool = typer.Option(False, "--no-reload", help="POST /v1/reload answers 403 (SIGHUP still reloads)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="The certificate's unencrypted PEM key."),
+    keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep every decided image here by sha256 "
+                                               "(for review-queue and monitor); the log names the file."),
+    keep_images_max_count: int = typer.Option(100_000, "--keep-images-max-count", min=0, help="Oldest kept images go "
+                                              "beyond this many (0: no limit)."),
+    keep_images_max_gb: float = typer.Option(0.0, "--keep-images-max-gb", min=0, help="... or beyond this many GB (0: no limit)."),
+    idempotency_ttl: float = typer.Option(86400.0, "--idempotency-ttl-s", min=1, help="How long an Idempotency-Key "
+                                          "is remembered."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
-    /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle
+    /v1/ready, /v1/model, /v1/decisions, /metrics, /openapi.json; POST /v1/reload (or SIGHUP) swaps in a bundle
     without downtime. Every decision goes to the decision log, every request to the access log, every model change
     to the audit record (all in --log-dir). Needs the serve extra (FastAPI, uvicorn, prometheus-client).
 
@@ -253,7 +260,9 @@ def serve(
     from deploy.serve import ServeConfig, build_station
     from deploy.serve.config import AccessConfig
 
-    access = AccessConfig(tokens_file=tokens, allow_reload=not no_reload, tls_cert=tls_cert, tls_key=tls_key)
+    access = AccessConfig(tokens_file=tokens, allow_reload=not no_reload, tls_cert=tls_cert, tls_key=tls_key,
+                          keep_images=keep_images, keep_images_max_count=keep_images_max_count,
+                          keep_images_max_bytes=int(keep_images_max_gb * 1e9), idempotency_ttl_s=idempotency_ttl)
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
                          threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout,

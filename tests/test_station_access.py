@@ -1,20 +1,27 @@
-"""``deploy serve`` on a plant network (issue 27, finding 7): API keys and scopes, the reload's media type and
-line/class guard, TLS, the access log and the audit record, request ids.
+"""``deploy serve`` on a plant network (issue 27, finding 7 and "what integrators expect on day one"): API keys and
+scopes, the reload's media type and line/class guard, TLS, the access log and the audit record, request ids,
+idempotency keys, decisions read back, kept images, systemd notifications, the OpenAPI description, and the attack
+suite whose rows are the table in docs/station.md.
 
 Real servers on 127.0.0.1 (a thread, or a torch-blocked subprocess), real HTTP(S), the real decision log; every
 wait is bounded (``LIVENESS_S``) and only a hang reaches it."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import ssl
 import stat
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +37,10 @@ from deploy.serve import ServeConfig, build_station  # noqa: E402
 from deploy.serve.audit import read_audit  # noqa: E402
 from deploy.serve.auth import SCOPES, TokenStore, access_warnings, add_token, read_token_file  # noqa: E402
 from deploy.serve.config import AccessConfig  # noqa: E402
-from tests.edge_bundle import make_bundle, sample_images  # noqa: E402
+from deploy.serve.idempotency import IdempotencyStore  # noqa: E402
+from deploy.serve.openapi import ERRORS, build_openapi  # noqa: E402
+from deploy.serve.systemd import notify, watchdog_interval_s  # noqa: E402
+from tests.edge_bundle import BLOCK_HEAVY, make_bundle, sample_images  # noqa: E402
 
 pytestmark = pytest.mark.edge
 
@@ -198,7 +208,7 @@ def test_a_station_with_keys_refuses_the_unauthenticated_and_the_non_admin(guard
     assert guarded.request("GET", "/metrics", key=keys["scraper"])[0] == 200
     assert guarded.request("GET", "/metrics")[0] == 401
     assert guarded.inspect(_png(), key=keys["scraper"])[2]["error"] == "insufficient_scope"
-    for open_route in ("/v1/health", "/v1/ready"):
+    for open_route in ("/v1/health", "/v1/ready", "/openapi.json"):
         assert guarded.request("GET", open_route)[0] == 200, open_route
     status, _, got = guarded.reload(None, key=keys["mes-admin"])
     assert status == 200 and got["changes"] == {}
@@ -389,3 +399,287 @@ def test_request_ids_are_echoed_and_the_access_log_names_the_key_never_the_key(g
 def _access_lines(folder: Path) -> list[dict]:
     return [json.loads(line) for p in sorted(folder.glob("access-*.jsonl")) for line in p.read_text().splitlines()
             if line.endswith("}")]
+
+
+# -- idempotency keys ---------------------------------------------------------------------------------------------
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_decision_and_one_log_line(bundles, tmp_path):
+    s = Station(bundles["a"], tmp_path / "log")
+    try:
+        first = s.inspect(_png(0), part_id="P-1", **{"Idempotency-Key": "k-1"})
+        again = s.inspect(_png(0), part_id="P-1", **{"Idempotency-Key": "k-1"})
+        assert first[0] == again[0] == 200 and again[2] == first[2]  # the same answer: same decision id
+        assert again[1]["idempotent-replayed"] == "true" and "idempotent-replayed" not in first[1]
+        status, _, reused = s.inspect(_png(1), part_id="P-1", **{"Idempotency-Key": "k-1"})
+        assert (status, reused["error"]) == (422, "idempotency_key_reused")
+        assert s.inspect(_png(0), part_id="P-2", **{"Idempotency-Key": "k-1"})[0] == 422  # another part id
+        assert s.inspect(_png(0), **{"Idempotency-Key": "bad key"})[2]["error"] == "bad_idempotency_key"
+        assert s.inspect(b"", **{"Idempotency-Key": "k-empty"})[0] == 400  # a 4xx is not remembered:
+        assert s.inspect(_png(2), **{"Idempotency-Key": "k-empty"})[0] == 200  # the retry is decided afresh
+        answers = []
+
+        def retry() -> None:
+            answers.append(s.inspect(_png(1), part_id="P-3", **{"Idempotency-Key": "k-concurrent"}))
+
+        threads = [threading.Thread(target=retry) for _ in range(6)]  # retries racing the first request
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(LIVENESS_S)
+        assert [a[0] for a in answers] == [200] * 6 and len({a[2]["decision_id"] for a in answers}) == 1
+    finally:
+        s.stop()
+    records = read_records([tmp_path / "log"]).records
+    assert sorted(r.part_id or "" for r in records) == ["", "P-1", "P-3"]
+    # a restart on the same log folder still knows the keys (the idempotency journal, read back at start)
+    s = Station(bundles["a"], tmp_path / "log")
+    try:
+        replay = s.inspect(_png(0), part_id="P-1", **{"Idempotency-Key": "k-1"})
+        assert replay[0] == 200 and replay[2] == first[2] and replay[1]["idempotent-replayed"] == "true"
+    finally:
+        s.stop()
+    assert len(read_records([tmp_path / "log"]).records) == 3
+
+
+def test_idempotency_keys_are_bounded_in_number_and_time():
+    store = IdempotencyStore(ttl_s=3600, max_keys=3)
+    answer = json.dumps({"decision_id": "d", "image_sha256": "s", "part_id": None}).encode()
+    for k in range(5):
+        entry, new = store.begin("", f"k{k}")
+        assert new
+        store.finish("", f"k{k}", entry, answer)
+    assert len(store) == 3 and store.begin("", "k4")[1] is False and store.begin("", "k0")[1] is True
+    old = IdempotencyStore(ttl_s=3600, max_keys=10)
+    entry, _ = old.begin("", "stale")
+    old.finish("", "stale", entry, answer)
+    entry.created -= 3601
+    assert old.begin("", "stale")[1] is True  # expired: a new request with that key is decided afresh
+    assert old.begin("cell-7", "k")[1] is True and old.begin("cell-8", "k")[1] is True  # keys are per API key
+
+
+# -- decisions read back ------------------------------------------------------------------------------------------
+
+def test_decisions_read_back_by_id_and_by_part(bundles, tmp_path):
+    s = Station(bundles["a"], tmp_path / "log")
+    try:
+        ids = [s.inspect(_png(i % 3), part_id="P-9")[2]["decision_id"] for i in range(3)]
+        other = s.inspect(_png(0), part_id="P-10")[2]
+        status, _, got = s.request("GET", f"/v1/decisions/{other['decision_id']}")
+        assert status == 200 and (got["decision_id"], got["part_id"], got["label"]) == \
+            (other["decision_id"], "P-10", other["label"])
+        status, _, got = s.request("GET", "/v1/decisions?part_id=P-9")
+        assert status == 200 and [d["decision_id"] for d in got["decisions"]] == ids[::-1] and not got["truncated"]
+        status, _, got = s.request("GET", "/v1/decisions?part_id=P-9&limit=2")
+        assert [d["decision_id"] for d in got["decisions"]] == ids[:0:-1] and got["truncated"]
+        assert s.request("GET", "/v1/decisions/" + "0" * 32)[2]["error"] == "not_found"
+        assert s.request("GET", "/v1/decisions?part_id=nobody")[0] == 404
+        assert s.request("GET", "/v1/decisions/a;b")[2]["error"] == "bad_request"
+        assert s.request("GET", "/v1/decisions?part_id=P-9&limit=0")[0] == 400
+    finally:
+        s.stop()
+    quiet = Station(bundles["a"], None)
+    try:
+        status, _, got = quiet.request("GET", "/v1/decisions/" + ids[0])
+        assert (status, got["error"]) == (404, "decision_log_off")
+    finally:
+        quiet.stop()
+
+
+# -- kept images --------------------------------------------------------------------------------------------------
+
+def test_kept_images_feed_review_queue_and_monitor_and_are_bounded(bundles, tmp_path):
+    from deploy.monitor import monitor_log
+
+    kept = tmp_path / "kept"
+    s = Station(bundles["a"], tmp_path / "log", keep_images=kept, keep_images_max_count=4)
+    paths = sample_images(2)
+    try:
+        for i, p in enumerate(paths):
+            assert s.inspect(p.read_bytes(), part_id=f"K-{i}")[0] == 200
+        assert s.inspect(paths[0].read_bytes(), part_id="K-again")[0] == 200  # the same image again: one file
+        store = s.station.app.state.access.images
+        store.flush()
+    finally:
+        s.stop()
+    files = sorted(kept.glob("??/*.png"))
+    assert len(files) == 4 and all(hashlib.sha256(f.read_bytes()).hexdigest() == f.stem for f in files)
+    records = read_records([tmp_path / "log"]).records
+    newest = [r for r in records if r.image and Path(r.image).is_file()]
+    assert {Path(r.image) for r in newest} == set(files)  # the oldest went beyond --keep-images-max-count
+    assert all(Path(r.image).stem == r.image_sha256 for r in records)
+    queue = CliRunner().invoke(deploy_app, ["review-queue", "--log", str(tmp_path / "log"), "--images", str(kept),
+                                            "--out", str(tmp_path / "queue"), "--audit-rate", "1"])
+    assert queue.exit_code == 0, queue.output
+    assert "image not found 2" in queue.output  # the 2 evicted ones (K-1, K-2); the others are queued
+    report = monitor_log(bundles["a"], [tmp_path / "log"])
+    assert report["kept_images"] == len(newest) == 5  # K-0 and K-again share one kept file
+
+
+# -- systemd ------------------------------------------------------------------------------------------------------
+
+def _datagram_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(LIVENESS_S)
+    return sock
+
+
+def test_sd_notify_speaks_systemds_datagram_protocol(tmp_path):
+    with _datagram_socket(tmp_path / "notify") as sock:
+        assert notify("READY=1\nSTATUS=serving", {"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
+    abstract = f"\0inspection-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(abstract)
+        sock.settimeout(LIVENESS_S)
+        assert notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + abstract[1:]})
+        assert sock.recv(4096) == b"WATCHDOG=1"
+    assert notify("READY=1", {}) is False
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000"}) == 2.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}) is None  # another process's
+    assert watchdog_interval_s({}) is None
+
+
+def test_deploy_serve_tells_systemd_ready_watchdog_and_stopping(bundles, tmp_path):
+    """The CLI as systemd starts it (Type=notify, WatchdogSec): READY=1 once it serves, WATCHDOG=1 from the event
+    loop, STOPPING=1 on SIGTERM; torch and the training side blocked, as on an edge box."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_HEAVY)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "NOTIFY_SOCKET": str(tmp_path / "notify"),
+           "WATCHDOG_USEC": "200000"}
+    with _datagram_socket(tmp_path / "notify") as sock:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy", "serve", str(bundles["a"]), "--port", "0",
+                                 "--runtime", "onnx", "--log-dir", str(tmp_path / "log")], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            ready = sock.recv(4096).decode()
+            assert ready.startswith("READY=1\nSTATUS=serving " + model_id(bundles["a"])[:12])
+            line = proc.stderr.readline()
+            port = int(line.split("http://127.0.0.1:")[1].split()[0])
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("GET", "/v1/ready")
+            assert conn.getresponse().status == 200
+            assert [sock.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3  # every 0.1 s
+            proc.send_signal(signal.SIGTERM)
+            while (message := sock.recv(4096)) == b"WATCHDOG=1":
+                pass
+            assert message == b"STOPPING=1"
+            assert proc.wait(LIVENESS_S) in (0, -signal.SIGTERM)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_systemd_unit_is_type_notify_with_a_watchdog():
+    unit = (REPO / "deploy" / "systemd" / "inspection-station.service").read_text()
+    for setting in ("Type=notify", "WatchdogSec=", "NotifyAccess=main", "Restart=on-failure",
+                    "ExecStart=/opt/inspection/venv/bin/deploy serve", "--tokens", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert setting in unit, setting
+
+
+# -- the OpenAPI description --------------------------------------------------------------------------------------
+
+def test_the_openapi_description_is_served_shipped_and_the_same(guarded):
+    served = guarded.request("GET", "/openapi.json")[2]
+    shipped = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
+    assert served == shipped == build_openapi(), "regenerate it: python -m deploy.serve.openapi docs/openapi.json"
+    from deploy.serve.routes import build_routers  # what create_app includes
+
+    routes = {(r.path, m.lower()) for router in build_routers() for r in router.routes for m in r.methods}
+    documented = {(p, m) for p, ops in shipped["paths"].items() for m in ops}
+    assert routes == documented
+
+
+def _kinds_in_code() -> set[str]:
+    """Every error kind the station's code can answer, read with ``ast``: the first argument of ``IntakeError(...)``,
+    ``error_response(...)`` and the station's other error helpers, a ``("kind", status)`` pair and a
+    ``{status: "kind"}`` entry (statuses 400 to 599)."""
+    kinds = set()
+    helpers = ("IntakeError", "error_response", "refused", "_deny", "error")
+    for path in [*(REPO / "deploy" / "serve").rglob("*.py"), REPO / "deploy" / "intake.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in helpers and isinstance(node.args[0].value, str):
+                    kinds.add(node.args[0].value)
+            pairs = []
+            if isinstance(node, ast.Tuple) and len(node.elts) == 2:
+                pairs.append((node.elts[1], node.elts[0]))
+            if isinstance(node, ast.Dict):
+                pairs += [(k, v) for k, v in zip(node.keys, node.values) if k is not None]
+            for status, kind in pairs:
+                if isinstance(status, ast.Constant) and isinstance(kind, ast.Constant) and \
+                        isinstance(status.value, int) and 400 <= status.value < 600 and isinstance(kind.value, str):
+                    kinds.add(kind.value)
+    return kinds
+
+
+def test_every_error_kind_the_station_answers_is_in_the_openapi_description():
+    in_code = _kinds_in_code()
+    assert in_code - set(ERRORS) == set(), "add these kinds to deploy/serve/openapi.py ERRORS (and regenerate " \
+        "docs/openapi.json)"
+    assert set(ERRORS) - in_code == set(), "ERRORS documents kinds the station no longer answers"
+    assert len(in_code) >= 28
+
+
+# -- the attack suite (docs/station.md, "What the station refuses, and how") ------------------------------------
+
+def _attacks(bundles, keys) -> list[tuple[str, str, str, bytes, dict, str | None, int, str]]:
+    """(row of the docs table, method, path, body, headers, key name, status, kind)."""
+    png, root = _png(), str(bundles["a"].parent)
+    return [
+        ("an inspection without an API key", "POST", "/v1/inspect", png, PNG, None, 401, "unauthenticated"),
+        ("an inspection with a revoked or mistyped key", "POST", "/v1/inspect", png, PNG, "wrong", 401, "invalid_key"),
+        ("an inspection with a password instead of a key", "POST", "/v1/inspect", png, {**PNG, "Authorization": "Basic dTpw"},
+         None, 401, "unauthenticated"),
+        ("an inspection with the scraper's metrics key", "POST", "/v1/inspect", png, PNG, "scraper", 403, "insufficient_scope"),
+        ("reading decisions without a key", "GET", "/v1/decisions?part_id=P", b"", {}, None, 401, "unauthenticated"),
+        ("metrics without a key", "GET", "/metrics", b"", {}, None, 401, "unauthenticated"),
+        ("a reload without a key", "POST", "/v1/reload", b"", JSON, None, 401, "unauthenticated"),
+        ("a reload with an inspect key", "POST", "/v1/reload", b"", JSON, "cell-7", 403, "insufficient_scope"),
+        ("a reload sent as text/plain (a web page's cross-origin form or fetch)", "POST", "/v1/reload",
+         json.dumps({"bundle": str(bundles["b"])}).encode(), {"Content-Type": "text/plain"}, "mes-admin", 415,
+         "unsupported_media_type"),
+        ("a reload with no body and no media type", "POST", "/v1/reload", b"", {}, "mes-admin", 415, "unsupported_media_type"),
+        ("a reload of a path outside --reload-root", "POST", "/v1/reload", json.dumps({"bundle": "/etc"}).encode(), JSON,
+         "mes-admin", 403, "reload_forbidden"),
+        ("a reload of another line's bundle", "POST", "/v1/reload",
+         json.dumps({"bundle": str(bundles["other_line"])}).encode(), JSON, "mes-admin", 409, "line_or_classes_differ"),
+        ("a reload of a bundle with another class set", "POST", "/v1/reload",
+         json.dumps({"bundle": str(bundles["other_classes"])}).encode(), JSON, "mes-admin", 409, "line_or_classes_differ"),
+        ("a reload whose force is not a boolean", "POST", "/v1/reload",
+         json.dumps({"bundle": root, "force": "yes"}).encode(), JSON, "mes-admin", 400, "bad_request"),
+        ("an Idempotency-Key with spaces or over 255 characters", "POST", "/v1/inspect", png,
+         {**PNG, "Idempotency-Key": "k" * 256}, "cell-7", 400, "bad_idempotency_key"),
+        ("a decision id that is not an id", "GET", "/v1/decisions/x;rm", b"", {}, "cell-7", 400, "bad_request"),
+        ("a decision id that does not exist", "GET", "/v1/decisions/" + "f" * 32, b"", {}, "cell-7", 404, "not_found"),
+    ]
+
+
+def test_the_attack_suite(guarded, bundles, keys):
+    """Each row: the answer's status and kind, documented for its operation in the OpenAPI description; the model
+    never changed and the station keeps serving."""
+    openapi = build_openapi()
+    for name, method, path, body, headers, key, status, kind in _attacks(bundles, keys):
+        token = keys.get(key, "isk_0123456789ab.wrong") if key else None
+        got_status, answer_headers, got = guarded.request(method, path, body or None, headers, token)
+        assert (got_status, got.get("error")) == (status, kind), (name, got)
+        assert "\n" not in got["message"] and "Traceback" not in got["message"]
+        operation = openapi["paths"][re.sub(r"^/v1/decisions/.*", "/v1/decisions/{decision_id}",
+                                            path.split("?")[0])][method.lower()]
+        assert kind in operation["responses"][str(status)]["content"]["application/json"]["schema"]["allOf"][1][
+            "properties"]["error"]["enum"], (name, "not documented")
+        assert answer_headers["x-request-id"]
+    assert guarded.request("GET", "/v1/model", key=keys["cell-7"])[2]["model_id"] == model_id(bundles["a"])
+    assert guarded.inspect(_png(), key=keys["cell-7"])[0] == 200
+
+
+def test_the_attack_suite_is_the_table_in_the_docs(bundles, keys):
+    rows = {}
+    for line in (REPO / "docs" / "station.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3:
+            rows[cells[0]] = cells[2]
+    for name, *_, status, kind in _attacks(bundles, keys):
+        assert name in rows, f"docs/station.md: no row {name!r}"
+        assert rows[name].startswith(f"{status} `{kind}`"), (name, rows[name])

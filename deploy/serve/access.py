@@ -1,5 +1,5 @@
 """Who may use the station, and the record of who did: ``StationAccess`` (what the access features of one station
-share: API keys, access log, audit record) and
+share: API keys, access log, audit record, idempotency keys, kept images, systemd notifications) and
 ``AccessMiddleware``, the one ASGI layer every request passes through.
 
 The middleware, per request: take ``X-Request-Id`` (or make one) and echo it on the answer; check the API key
@@ -11,19 +11,23 @@ Which routes need which scope, with ``--tokens`` (without, every route is open, 
 
     open      GET /v1/health, GET /v1/ready (liveness and readiness probes), GET /openapi.json
     metrics   GET /metrics (a Prometheus scraper's key: ``authorization: {credentials_file: ...}`` in its job)
-    inspect   POST /v1/inspect, GET /v1/model, and any other path
+    inspect   POST /v1/inspect, GET /v1/decisions..., GET /v1/model, and any other path
     admin     POST /v1/reload
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
 
 from deploy.serve.audit import AccessLog, AuditLog
 from deploy.serve.auth import ApiKey, TokenStore
+from deploy.serve.idempotency import IdempotencyStore
+from deploy.serve.images import ImageStore
 from deploy.serve.state import StationState
+from deploy.serve.systemd import Notifier
 
 OPEN_ROUTES = frozenset({"/v1/health", "/v1/ready", "/openapi.json"})
 ROUTE_SCOPES = {"/metrics": "metrics", "/v1/reload": "admin"}  # every other route: inspect
@@ -45,9 +49,21 @@ class StationAccess:
         self.tokens = TokenStore(settings.tokens_file) if settings.tokens_file is not None else None
         self.access_log = AccessLog(config.log_dir)
         self.audit = AuditLog(config.log_dir)
+        self.idempotency = IdempotencyStore(settings.idempotency_ttl_s, settings.idempotency_max_keys, config.log_dir)
+        self.images = (ImageStore(settings.keep_images, settings.keep_images_max_count, settings.keep_images_max_bytes)
+                       if settings.keep_images is not None else None)
+        self.notifier = Notifier(healthy=lambda: station.ready)
+        self.search_slots = asyncio.Semaphore(2)  # GET /v1/decisions reads the log from disk: two at a time
+
+    def start(self) -> None:
+        """On the event loop, once the model is warm and the socket listens: tell systemd (Type=notify)."""
+        self.notifier.start(status=f"serving {self.station.host.current.model_id[:12]}")
 
     def stop(self) -> None:
-        for part in (self.access_log, self.audit):
+        self.notifier.stop()
+        if self.images is not None:
+            self.images.close()
+        for part in (self.access_log, self.audit, self.idempotency):
             part.close()
 
     async def authorize(self, scope: dict[str, Any]) -> tuple[ApiKey | None, Any]:

@@ -37,7 +37,8 @@ def create_app(model: LoadedModel, config: ServeConfig):
         raise serve_extra_missing(exc) from None
 
     station = StationState.serving(model, config)
-    app = FastAPI(title="inspection-kit station", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="inspection-kit station", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.station = station
     app.state.host, app.state.log, app.state.metrics = station.host, station.log, station.metrics
     _add_error_handlers(app, station)
@@ -48,11 +49,14 @@ def create_app(model: LoadedModel, config: ServeConfig):
 
 
 def _add_access(app: Any, station: StationState) -> None:
-    """API keys, request ids, access log, audit record (``deploy.serve.access``)."""
+    """API keys, request ids, access log, audit, idempotency, kept images, systemd (``deploy.serve.access``), and
+    the OpenAPI description that docs/openapi.json is a copy of (``deploy.serve.openapi``)."""
     from deploy.serve.access import AccessMiddleware, StationAccess
+    from deploy.serve.openapi import install_openapi
 
     app.state.access = StationAccess(station)
     app.add_middleware(AccessMiddleware, access=app.state.access)
+    install_openapi(app)
 
 
 @asynccontextmanager
@@ -68,6 +72,7 @@ async def _lifespan(app: Any):
                                     lambda: loop.run_in_executor(None, reload_on_signal, station, app.state.access.audit))
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+    app.state.access.start()  # systemd: READY=1, then the watchdog
     yield
     app.state.access.stop()
     station.stop()
