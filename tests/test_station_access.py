@@ -637,6 +637,8 @@ def _attacks(bundles, keys) -> list[tuple[str, str, str, bytes, dict, str | None
         ("metrics without a key", "GET", "/metrics", b"", {}, None, 401, "unauthenticated"),
         ("a reload without a key", "POST", "/v1/reload", b"", JSON, None, 401, "unauthenticated"),
         ("a reload with an inspect key", "POST", "/v1/reload", b"", JSON, "cell-7", 403, "insufficient_scope"),
+        ("a reload at /v1/reload/ (a trailing slash) with an inspect key", "POST", "/v1/reload/", b"", JSON, "cell-7",
+         403, "insufficient_scope"),
         ("a reload sent as text/plain (a web page's cross-origin form or fetch)", "POST", "/v1/reload",
          json.dumps({"bundle": str(bundles["b"])}).encode(), {"Content-Type": "text/plain"}, "mes-admin", 415,
          "unsupported_media_type"),
@@ -665,8 +667,8 @@ def test_the_attack_suite(guarded, bundles, keys):
         got_status, answer_headers, got = guarded.request(method, path, body or None, headers, token)
         assert (got_status, got.get("error")) == (status, kind), (name, got)
         assert "\n" not in got["message"] and "Traceback" not in got["message"]
-        operation = openapi["paths"][re.sub(r"^/v1/decisions/.*", "/v1/decisions/{decision_id}",
-                                            path.split("?")[0])][method.lower()]
+        route = re.sub(r"^/v1/decisions/.+", "/v1/decisions/{decision_id}", path.split("?")[0].rstrip("/"))
+        operation = openapi["paths"][route][method.lower()]
         assert kind in operation["responses"][str(status)]["content"]["application/json"]["schema"]["allOf"][1][
             "properties"]["error"]["enum"], (name, "not documented")
         assert answer_headers["x-request-id"]

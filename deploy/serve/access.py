@@ -36,7 +36,9 @@ REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
 def required_scope(path: str) -> str | None:
-    """The scope a route needs (None: open to all, keys or not)."""
+    """The scope a route needs (None: open to all, keys or not). A trailing slash changes nothing (the router would
+    redirect ``/v1/reload/`` to ``/v1/reload``): the check never depends on how a path is spelt."""
+    path = path.rstrip("/") or "/"
     return None if path in OPEN_ROUTES else ROUTE_SCOPES.get(path, "inspect")
 
 
@@ -161,7 +163,7 @@ class AccessMiddleware:
             if denial is None:
                 await self.app(scope, receive, send_with_request_id)
                 return
-            if scope["path"] == "/v1/reload":  # a refused attempt at a model change is audited too
+            if required_scope(scope["path"]) == "admin":  # a refused attempt at a model change is audited too
                 self.access.audit.append(refused_reload_record(scope, request_id, key, denial.status_code))
             await denial(scope, receive, send_with_request_id)
         finally:
