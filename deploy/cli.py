@@ -236,24 +236,48 @@ def serve(
     read_timeout: float = typer.Option(10.0, "--read-timeout-s", min=0.1, help="A request body must arrive within this (else 408)."),
     max_pixels: int = typer.Option(200_000_000, "--max-pixels", min=1, help="Largest image decoded, width x height "
                                    "(else 413); its decoded bytes at most 3 per pixel (a 16-bit RGBA image: 3/8 of it)."),
+    # -- access and what integrators expect on day one (AccessConfig) --
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="File of hashed API keys (deploy token add): every "
+                                          "route but health, ready and openapi.json then needs 'Authorization: Bearer KEY'."),
+    no_reload: bool = typer.Option(False, "--no-reload", help="POST /v1/reload answers 403 (SIGHUP still reloads)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="The certificate's unencrypted PEM key."),
+    keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep every decided image here by sha256 "
+                                               "(for review-queue and monitor); the log names the file."),
+    keep_images_max_count: int = typer.Option(100_000, "--keep-images-max-count", min=0, help="Oldest kept images go "
+                                              "beyond this many (0: no limit)."),
+    keep_images_max_gb: float = typer.Option(0.0, "--keep-images-max-gb", min=0, help="... or beyond this many GB (0: no limit)."),
+    idempotency_ttl: float = typer.Option(86400.0, "--idempotency-ttl-s", min=1, help="How long an Idempotency-Key "
+                                          "is remembered."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
-    /v1/ready, /v1/model, /metrics; POST /v1/reload (or SIGHUP) swaps in a bundle without downtime.
-    Every decision goes to the decision log. Needs the serve extra (FastAPI, uvicorn, prometheus-client).
+    /v1/ready, /v1/model, /v1/decisions, /metrics, /openapi.json; POST /v1/reload (or SIGHUP) swaps in a bundle
+    without downtime. Every decision goes to the decision log, every request to the access log, every model change
+    to the audit record (all in --log-dir). Needs the serve extra (FastAPI, uvicorn, prometheus-client).
 
     Example: deploy serve runs/sample_line/RUN/bundle --port 8000 --log-dir /var/log/line7
     Example: curl --data-binary @part_0001.png -H "Content-Type: image/png" "http://127.0.0.1:8000/v1/inspect?part_id=0001"
+    Example: deploy serve BUNDLE --host 0.0.0.0 --tokens /etc/line7/tokens --tls-cert cert.pem --tls-key key.pem
     """
     from deploy.serve import ServeConfig, build_station
+    from deploy.serve.config import AccessConfig
 
+    access = AccessConfig(tokens_file=tokens, allow_reload=not no_reload, tls_cert=tls_cert, tls_key=tls_key,
+                          keep_images=keep_images, keep_images_max_count=keep_images_max_count,
+                          keep_images_max_bytes=int(keep_images_max_gb * 1e9), idempotency_ttl_s=idempotency_ttl)
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
-                         threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout)
+                         threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout,
+                         access=access)
     config.max_pixels = max_pixels
     station = build_station(config, host, port)
     summary = station.app.state.host.current.summary()
     typer.echo(f"# deploy serve: {station.url} model {summary['model_id'][:12]} ({summary['line']}, {summary['providers']}); "
                f"decision log: {log_dir if not no_log else 'off'}", err=True)
+    from deploy.serve.auth import access_warnings
+
+    for warning in access_warnings(host, access):
+        typer.echo(f"# warning: {warning}", err=True)
     station.run()
 
 
@@ -329,6 +353,68 @@ def review_queue(
     if result.skipped_log_lines:
         typer.echo(f"note: {result.skipped_log_lines} unreadable log line(s) skipped", err=True)
     typer.echo(str(result.queue_csv))
+
+
+token_app = typer.Typer(add_completion=False, no_args_is_help=True, help="API keys of deploy serve --tokens FILE.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.callback()
+def _token_root() -> None:
+    """API keys of deploy serve --tokens FILE: add (prints the key once), list, revoke.
+
+    Example: deploy token add --file /etc/line7/tokens --name cell-7 --scope inspect
+    """
+
+
+@token_app.command("add")
+@_one_line_errors
+def token_add(
+    file: Path = typer.Option(..., "--file", help="The token file (created if missing; holds salted hashes only)."),
+    name: str = typer.Option(..., "--name", help="Who uses the key (the access log and the audit record name it)."),
+    scope: List[str] = typer.Option(..., "--scope", help="metrics | inspect | admin (admin includes inspect, "
+                                    "inspect includes metrics)."),
+) -> None:
+    """Add an API key and print it once: it is stored nowhere, only its salted hash (scrypt). A running
+    station takes it within a second.
+
+    Example: deploy token add --file /etc/line7/tokens --name cell-7 --scope inspect
+    Example: curl -H "Authorization: Bearer $KEY" --data-binary @part.png http://station:8000/v1/inspect
+    """
+    from deploy.serve.auth import add_token
+
+    key = add_token(file, name, scope)
+    typer.echo(key)
+    typer.echo(f"# key {name!r} ({', '.join(scope)}) added to {file}; this is the only time it is shown", err=True)
+
+
+@token_app.command("list")
+@_one_line_errors
+def token_list(file: Path = typer.Option(..., "--file", help="The token file.")) -> None:
+    """The keys of a token file: name, scopes, key id, when added (never a key).
+
+    Example: deploy token list --file /etc/line7/tokens
+    """
+    from deploy.serve.auth import read_token_file
+
+    for key in read_token_file(file).values():
+        typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.key_id}\t{key.created_at}")
+
+
+@token_app.command("revoke")
+@_one_line_errors
+def token_revoke(
+    file: Path = typer.Option(..., "--file", help="The token file."),
+    name: str = typer.Option(..., "--name", help="The key to remove."),
+) -> None:
+    """Remove a key; a running station refuses it within a second.
+
+    Example: deploy token revoke --file /etc/line7/tokens --name cell-7
+    """
+    from deploy.serve.auth import revoke_token
+
+    revoke_token(file, name)
+    typer.echo(f"# key {name!r} revoked in {file}", err=True)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6  # same decode, preprocessing and runtime; only batch arithmetic may differ
 LIVENESS_S = 60  # how long a test waits for something that must happen; only a hang takes this long
 MAX_BYTES = 300_000
+JSON = {"Content-Type": "application/json"}  # a reload is JSON (415 otherwise: a web page could send text/plain)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ class Station:
         return self._local.conn
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        reused = getattr(self._local, "conn", None) is not None
         conn = self.connection()
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -80,6 +82,8 @@ class Station:
             raw = response.read()
         except (ConnectionError, http.client.HTTPException):
             self._local.conn = None  # the server closed the connection after an error: open a new one
+            if reused:  # an idle keep-alive connection the station closed (its idle timeout): retry once, as clients do
+                return self.request(method, path, body, headers)
             raise
         if response.getheader("connection", "").lower() == "close":
             conn.close()
@@ -262,7 +266,7 @@ def test_head_on_the_status_routes_and_a_bounded_reload_body(station, bundles):
         assert (path, response.status, response.read()) == (path, 200, b"")  # was 405
         conn.close()
     huge = json.dumps({"bundle": "x" * 100_000}).encode()
-    status, got = station.request("POST", "/v1/reload", huge)
+    status, got = station.request("POST", "/v1/reload", huge, JSON)
     assert (status, got["error"]) == (413, "too_large")
     assert station.request("GET", "/v1/ready")[1]["model_id"] == model_id(bundles[0])
 
@@ -329,18 +333,18 @@ def test_reload_swaps_the_model_under_load_without_a_failed_request(bundles, tmp
         for t in threads:
             t.start()
         _wait_until(lambda: len(results) >= 10, "10 requests before the swap")  # counts, not sleeps: a busy
-        status, swapped = s.request("POST", "/v1/reload", json.dumps({"bundle": str(b)}).encode())  # machine is slow
+        status, swapped = s.request("POST", "/v1/reload", json.dumps({"bundle": str(b)}).encode(), JSON)  # machine is slow
         swapped_at = time.perf_counter()
         assert status == 200 and swapped["model_id"] == model_id(b) and swapped["previous_model_id"] == model_id(a)
         _wait_until(lambda: sum(r[0] > swapped_at for r in results) >= 10, "10 requests after the swap")
-        status, failed = s.request("POST", "/v1/reload", json.dumps({"bundle": str(broken)}).encode())
+        status, failed = s.request("POST", "/v1/reload", json.dumps({"bundle": str(broken)}).encode(), JSON)
         assert status == 409 and failed["error"] == "reload_failed"
         assert "sha256" in failed["message"] and "still serving" in failed["message"]
         assert failed["model_id"] == model_id(b)
-        status, _ = s.request("POST", "/v1/reload", b"not json")
+        status, _ = s.request("POST", "/v1/reload", b"not json", JSON)
         assert status == 400
         for outside in (str(tmp_path), "/etc", "/etc/passwd", str(a.parent / ".." / "elsewhere")):
-            status, refused = s.request("POST", "/v1/reload", json.dumps({"bundle": outside}).encode())
+            status, refused = s.request("POST", "/v1/reload", json.dumps({"bundle": outside}).encode(), JSON)
             assert status == 403 and refused["error"] == "reload_forbidden" and refused["model_id"] == model_id(b)
         answered = len(results)
         _wait_until(lambda: len(results) >= answered + 5, "5 requests after the refused reloads")
@@ -380,17 +384,17 @@ def test_a_reload_refuses_a_bundle_that_would_decide_wrongly_and_says_what_chang
         for bundle, reason in ((no_ok, f"{no_ok / 'model.json'}: decision.ok_class: missing"),
                                (narrow, f"{narrow / 'model.onnx'}: the model gives 3 scores per image, model.json "
                                         "names 2 classes (dent, ok)")):
-            status, refused = s.request("POST", "/v1/reload", json.dumps({"bundle": str(bundle)}).encode())
+            status, refused = s.request("POST", "/v1/reload", json.dumps({"bundle": str(bundle)}).encode(), JSON)
             assert (status, refused["error"], refused["model_id"]) == (409, "reload_failed", model_id(a))
             assert refused["message"].startswith(f"reload of {bundle} failed, still serving {model_id(a)[:12]}: {reason}")
             assert s.inspect(scratch)[1]["action"] == before["action"]  # still the old model, deciding as before
-        status, swapped = s.request("POST", "/v1/reload", json.dumps({"bundle": str(strict)}).encode())
+        status, swapped = s.request("POST", "/v1/reload", json.dumps({"bundle": str(strict)}).encode(), JSON)
         assert status == 200 and swapped["model_id"] == model_id(strict) and swapped["previous_model_id"] == model_id(a)
         assert swapped["changes"] == {"model_id": {"old": model_id(a), "new": model_id(strict)},
                                       "threshold": {"old": 0.55, "new": 0.7}}
-        status, again = s.request("POST", "/v1/reload", b"")  # the same folder again: nothing changed
+        status, again = s.request("POST", "/v1/reload", b"", JSON)  # the same folder again: nothing changed
         assert status == 200 and again["changes"] == {}
-        status, back = s.request("POST", "/v1/reload", json.dumps({"bundle": str(a)}).encode())
+        status, back = s.request("POST", "/v1/reload", json.dumps({"bundle": str(a)}).encode(), JSON)
         assert status == 200 and back["changes"]["threshold"] == {"old": 0.7, "new": 0.55}
     finally:
         s.stop()

@@ -37,26 +37,44 @@ def create_app(model: LoadedModel, config: ServeConfig):
         raise serve_extra_missing(exc) from None
 
     station = StationState.serving(model, config)
-    app = FastAPI(title="inspection-kit station", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="inspection-kit station", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.station = station
     app.state.host, app.state.log, app.state.metrics = station.host, station.log, station.metrics
     _add_error_handlers(app, station)
     for router in routers:
         app.include_router(router)
+    _add_access(app, station)
     return app
+
+
+def _add_access(app: Any, station: StationState) -> None:
+    """API keys, request ids, access log, audit, idempotency, kept images, systemd (``deploy.serve.access``), and
+    the OpenAPI description that docs/openapi.json is a copy of (``deploy.serve.openapi``)."""
+    from deploy.serve.access import AccessMiddleware, StationAccess
+    from deploy.serve.openapi import install_openapi
+
+    app.state.access = StationAccess(station)
+    app.add_middleware(AccessMiddleware, access=app.state.access)
+    install_openapi(app)
 
 
 @asynccontextmanager
 async def _lifespan(app: Any):
+    from deploy.serve.reloads import reload_on_signal
+
     station: StationState = app.state.station
     station.start()
-    if threading.current_thread() is threading.main_thread():  # SIGHUP: reload the bundle folder
+    if threading.current_thread() is threading.main_thread():  # SIGHUP: reload the bundle folder (audited)
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, station.reload_quietly))
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: loop.run_in_executor(None, reload_on_signal, station, app.state.access.audit))
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+    app.state.access.start()  # systemd: READY=1, then the watchdog
     yield
+    app.state.access.stop()
     station.stop()
 
 

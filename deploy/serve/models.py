@@ -62,6 +62,22 @@ def model_changes(old: LoadedModel, new: LoadedModel) -> dict[str, dict[str, Any
     return {k: {"old": before[k], "new": after[k]} for k in before if before[k] != after[k]}
 
 
+def line_and_class_changes(old: LoadedModel, new: LoadedModel) -> dict[str, dict[str, Any]]:
+    """What the reload guard looks at: the line a bundle was made for and its set of classes (order aside).
+    A bundle of another line, or one that adds or drops a class, is refused unless the reload says ``force``."""
+    def facts(model: LoadedModel) -> dict[str, Any]:
+        m = model.predictor.manifest
+        return {"line": m.extra.get("line"), "classes": list(m.classes)}
+
+    before, after = facts(old), facts(new)
+    differs = {}
+    if before["line"] != after["line"]:
+        differs["line"] = {"old": before["line"], "new": after["line"]}
+    if set(before["classes"]) != set(after["classes"]):
+        differs["classes"] = {"old": before["classes"], "new": after["classes"]}
+    return differs
+
+
 def load_model(bundle_dir: str | Path, config: ServeConfig, on_batch: Callable[[int, float], None] | None = None) -> LoadedModel:
     """Load (every artefact's sha256 checked by ``Predictor.from_bundle``), warm up at batch 1 and
     ``max_batch`` (the first runs allocate memory and pick kernels), then start its batcher."""
@@ -86,6 +102,23 @@ class ReloadError(DeployError):
 
 class ReloadForbidden(ReloadError):
     """The requested bundle is outside the folder reloads may read from."""
+
+
+class ReloadRefused(ReloadError):
+    """The bundle loads, but is of another line or class set, and the reload did not say ``force``."""
+
+    def __init__(self, message: str, differs: dict[str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.differs = differs
+
+
+def refusal_message(target: Path, serving: LoadedModel, differs: dict[str, dict[str, Any]]) -> str:
+    def shown(value: Any) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    what = " and ".join(f"the {k} ({shown(v['old'])} -> {shown(v['new'])})" for k, v in differs.items())
+    return (f"reload of {target} refused: it changes {what}; still serving {serving.model_id[:12]}. To switch anyway, "
+            'send {"bundle": ..., "force": true}')
 
 
 class ModelHost:
@@ -115,8 +148,9 @@ class ModelHost:
         if last:
             model.batcher.close()
 
-    def reload(self, bundle: str | Path | None = None) -> tuple[LoadedModel, LoadedModel]:
-        """(new, old). Raises ``ReloadError`` with the reason; the old model then keeps serving."""
+    def reload(self, bundle: str | Path | None = None, force: bool = False) -> tuple[LoadedModel, LoadedModel]:
+        """(new, old). Raises ``ReloadError`` with the reason; the old model then keeps serving. A bundle of another
+        line or class set is ``ReloadRefused`` unless ``force``."""
         target = Path(bundle) if bundle is not None else self._model.bundle_dir
         root = self.config.allowed_root()
         if bundle is not None and not Path(os.path.realpath(target)).is_relative_to(root):
@@ -130,6 +164,10 @@ class ModelHost:
             except Exception as exc:  # a damaged model file can fail inside the runtime
                 raise ReloadError(f"reload of {target} failed, still serving {self._model.model_id[:12]}: "
                                   f"{type(exc).__name__}: {str(exc)[:300]}") from None
+            differs = line_and_class_changes(self._model, new)
+            if differs and not force:
+                new.batcher.close()
+                raise ReloadRefused(refusal_message(target, self._model, differs), differs)
             with self._lock:
                 old, self._model = self._model, new
                 old.retired = True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from deploy.decision_log import DecisionLog, DecisionLogUnavailable, DecisionRec
 from deploy.serve.config import ServeConfig
 from deploy.serve.intake import DECODE_SLOTS
 from deploy.serve.metrics import StationMetrics
-from deploy.serve.models import LoadedModel, ModelHost, ReloadError, model_changes
+from deploy.serve.models import LoadedModel, ModelHost
 
 
 # Retry-After (seconds) of a 503: an overloaded batcher drains in moments; a full or read-only disk takes a person
@@ -95,22 +94,12 @@ class StationState:
         return None
 
     # -- reloads ----------------------------------------------------------------------------------
-    def reload(self, bundle: str | None) -> tuple[LoadedModel, LoadedModel]:
+    def reload(self, bundle: str | None, force: bool = False) -> tuple[LoadedModel, LoadedModel]:
         """(new, old); ``ReloadError`` (the old model keeps serving) is counted by the caller."""
-        new, old = self.host.reload(bundle)
+        new, old = self.host.reload(bundle, force)
         self.metrics.serving(new, old)
         self.metrics.reloads.labels("ok").inc()
         return new, old
-
-    def reload_quietly(self) -> None:  # SIGHUP: nobody to answer, so say it on stderr
-        try:
-            new, old = self.reload(None)
-            changed = "; ".join(f"{k} {v['old']} -> {v['new']}" for k, v in model_changes(old, new).items() if k != "model_id")
-            print(f"# reload: {old.model_id[:12]} -> {new.model_id[:12]} ({new.bundle_dir}){'; ' + changed if changed else ''}",
-                  file=sys.stderr, flush=True)
-        except ReloadError as exc:
-            self.metrics.reloads.labels("failed").inc()
-            print(f"error: {exc}", file=sys.stderr, flush=True)
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -48,13 +48,14 @@ class Station:
     @property
     def url(self) -> str:
         host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.app.state.station.config.access.tls_cert else 'http'}://{host}:{port}"
 
     def _server(self):
         import uvicorn
 
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=10, server_header=False, date_header=False)
+                                timeout_graceful_shutdown=10, server_header=False, date_header=False,
+                                **tls_options(self.app.state.station.config))
         # a deadline and a bound for the headers, JSON protocol errors (deploy.serve.protocol)
         config.http = station_protocol(self.app.state.station.config.read_timeout_s)
         config.timeout_keep_alive, config.h11_max_incomplete_event_size = KEEP_ALIVE_S, MAX_HEADER_BYTES
@@ -83,6 +84,30 @@ class Station:
         self.sock.close()
 
 
+def tls_options(config: ServeConfig) -> dict[str, str]:
+    """uvicorn's own TLS (``--tls-cert``, ``--tls-key``); nothing without them."""
+    access = config.access
+    if access.tls_cert is None:
+        return {}
+    return {"ssl_certfile": str(access.tls_cert), "ssl_keyfile": str(access.tls_key)}
+
+
+def check_tls(config: ServeConfig) -> None:
+    """Both files or neither, and a certificate and key that load together, checked before the model loads."""
+    import ssl
+
+    cert, key = config.access.tls_cert, config.access.tls_key
+    if (cert is None) != (key is None):
+        raise DeployError("TLS needs both --tls-cert CERT.pem and --tls-key KEY.pem")
+    if cert is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise DeployError(f"--tls-cert {cert} / --tls-key {key}: cannot load them ({exc}); give a PEM certificate "
+                          "(chain) and its unencrypted PEM key") from None
+
+
 def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> Station:
     """Load and warm the model (errors are ``DeployError``: one line in the CLI), bind, build the app."""
     try:
@@ -97,6 +122,7 @@ def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         raise DeployError(f"--max-wait-ms must be >= 0 (got {config.max_wait_ms})")
     if config.log_dir is not None:  # before the model loads: a station that cannot record must not start
         check_log_folder(config.log_dir)
+    check_tls(config)
     model = load_model(config.bundle, config)
     sock = bind_socket(host, port)
     return Station(create_app(model, config), sock)

@@ -8,7 +8,8 @@
 The request path, written once: read (``intake.read_input``) -> decode and preprocess
 (``intake.prepare``, once per request) -> decide (``Predictor.decide_batch``: through the
 micro-batcher, or directly with the heatmap from the same forward pass) -> record and answer
-(``respond``). Bad input gets a 4xx; an overloaded batcher a 503.
+(``respond``). Bad input gets a 4xx; an overloaded batcher a 503. With ``Idempotency-Key``, a retry gets the first
+answer (``deploy.serve.idempotency``); with ``--keep-images`` the image is kept by sha256 and the log names it.
 
 No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime.
 """
@@ -26,7 +27,9 @@ from deploy.decision_log import DecisionLogUnavailable, DecisionRecord
 from deploy.heatmap import Heatmap
 from deploy.intake import IntakeError
 from deploy.predictor import Decision, Predictor
+from deploy.serve.access import access_of
 from deploy.serve.batching import BatchResult, MicroBatcher, QueueFull
+from deploy.serve.idempotency import inspect_once
 from deploy.serve.intake import Prepared, decodes_inline, heatmap_request, prepare, read_input
 from deploy.serve.models import LoadedModel
 from deploy.serve.state import StationState, json_response, station_of
@@ -40,7 +43,9 @@ def build_router():
 
     @router.post("/v1/inspect")
     async def inspect(request: Request) -> Response:
-        return await inspect_part(station_of(request), request)
+        station, access = station_of(request), access_of(request)
+        return await inspect_once(request, access.idempotency, request.state.key_name or "",  # Idempotency-Key
+                                  lambda: inspect_part(station, request), station.error_response, station.config)
 
     return router
 
@@ -84,7 +89,7 @@ async def _inspect_batched(station: StationState, request: Any, model: LoadedMod
         return station.error_response("overloaded", f"{exc}; retry shortly", 503)
     finally:
         station.host.release(model)
-    return respond(station, model, result, part_id, prepared, t0)
+    return respond(station, model, result, part_id, prepared, t0, image=keep_image(request, data, prepared))
 
 
 async def _decide_in_batch(batcher: MicroBatcher, tensor: np.ndarray) -> BatchResult:
@@ -124,7 +129,15 @@ async def _inspect_explained(station: StationState, request: Any, model: LoadedM
     finally:
         station.host.release(model)
     result = BatchResult(decision, infer_ms, 0.0, 1)
-    return respond(station, model, result, part_id, prepared, t0, heatmap_payload(decision.heatmap))
+    return respond(station, model, result, part_id, prepared, t0, heatmap_payload(decision.heatmap),
+                   image=keep_image(request, data, prepared))
+
+
+def keep_image(request: Any, data: bytes, prepared: Prepared) -> str | None:
+    """``--keep-images``: the decided image's bytes under its sha256 (written in the background); the path the
+    decision log names, so that review-queue and monitor find served parts."""
+    images = access_of(request).images
+    return images.keep(data, prepared.image_sha256) if images is not None else None
 
 
 def _decide_explained(predictor: Predictor, data: bytes, heatmap_class: str | None,
@@ -144,7 +157,7 @@ def heatmap_payload(heatmap: Heatmap) -> dict[str, Any]:
 
 
 def respond(station: StationState, model: LoadedModel, result: BatchResult, part_id: str | None, prepared: Prepared,
-            t0: float, explained: dict[str, Any] | None = None):
+            t0: float, explained: dict[str, Any] | None = None, image: str | None = None):
     """Record the decision and answer it (one record, one line, whichever path decided it)."""
     d = result.decision
     total_ms = (time.perf_counter() - t0) * 1000.0
@@ -152,7 +165,7 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
                "queue": round(result.queue_ms, 3), "infer": round(result.infer_ms, 3), "total": round(total_ms, 3)}
     record = DecisionRecord.from_decision(d, part_id=part_id, image_sha256=prepared.image_sha256,
                                           model_id=model.model_id, source="serve", latency_ms=timings,
-                                          decision_id=uuid.uuid4().hex)
+                                          decision_id=uuid.uuid4().hex, image=image)
     try:
         station.record(record)
     except DecisionLogUnavailable as exc:  # not recorded, so not given: the line retries or sets the part aside
@@ -163,4 +176,6 @@ def respond(station: StationState, model: LoadedModel, result: BatchResult, part
               "decision_id": record.decision_id, "batch_size": result.batch_size, "timings_ms": timings}
     if explained is not None:
         answer["heatmap"] = explained
-    return json_response(answer)
+    response = json_response(answer)
+    response.headers["X-Decision-Id"] = record.decision_id  # the access log links request id and decision by it
+    return response
