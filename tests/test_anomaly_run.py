@@ -121,6 +121,8 @@ def test_a_folder_of_good_parts_alone_runs_end_to_end_and_says_what_it_needs(goo
     verdict = recommend(record)
     assert verdict.verdict != GO
     assert any("unmeasured" in reason for reason in verdict.reasons), verdict.reasons
+    # the escape limit is 1.0 in this recipe: zero_failure_sample_size(1.0) is 1 defective part; the sentence says it
+    assert any("the shadow period must bring at least" in reason for reason in verdict.reasons), verdict.reasons
     assert "unmeasured" in (run_dir / "report" / "report.html").read_text()
 
 

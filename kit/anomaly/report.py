@@ -17,6 +17,8 @@ from typing import Any, Callable
 import jinja2
 
 from kit.anomaly.record import AnomalyRecord, read_anomaly_record
+from kit.anomaly.verify import DEFAULT_ESCAPE_LIMIT
+from kit.verify.stats import zero_failure_sample_size
 from kit.io import publish_dir, staging_dir, write_text_atomic
 from kit.rundir import HTML_NAME, REPORT_DIR, mark_stage, require_stages
 
@@ -33,6 +35,12 @@ def _pct(rate: dict[str, Any] | None) -> str:
     if rate is None or rate.get("rate") is None:
         return "unmeasured (n = 0)"
     return f"{rate['rate']:.1%} ({rate['k']} of {rate['n']}; 95 % interval {rate['low']:.1%} - {rate['high']:.1%})"
+
+
+def _escape_limit(record: AnomalyRecord) -> float:
+    """The gated escape limit (the strictest, when per class), else the default an unmeasured class is sized for."""
+    limits = [c.limit for c in record.gate.checks if c.target == "kpi.max_class_escape_rate" and c.limit is not None]
+    return min(limits) if limits else DEFAULT_ESCAPE_LIMIT
 
 
 def recommend(record: AnomalyRecord) -> Recommendation:
@@ -53,6 +61,11 @@ def recommend(record: AnomalyRecord) -> Recommendation:
             have = f"{row.get('k', 0)} escapes of {row.get('n', 0)}" if row["status"] != "unmeasured" else "no validation image"
             waiting.append(f"{name}: escapes <= {row['limit']:.0%} not yet certified ({have}); "
                            f"{row['needed_defective_parts']} defective parts of it with none accepted would certify it")
+    if not record.escapes:  # a line of good parts alone: no defect class to measure escapes on
+        limit = _escape_limit(record)
+        needed = zero_failure_sample_size(limit)
+        waiting.append(f"no defective part in this line's data: escapes are unmeasured; the shadow period must bring at "
+                       f"least {needed} defective parts, none accepted, to show escapes <= {limit:.0%} at 95 % confidence")
     if reasons:
         return Recommendation(NO_GO, reasons + waiting)
     if waiting:
