@@ -63,7 +63,7 @@ def recommend(record: AnomalyRecord) -> Recommendation:
                            f"{row['needed_defective_parts']} defective parts of it with none accepted would certify it")
     if not record.escapes:  # a line of good parts alone: no defect class to measure escapes on
         limit = _escape_limit(record)
-        needed = zero_failure_sample_size(limit)
+        needed = max(1, zero_failure_sample_size(limit) or 1)
         waiting.append(f"no defective part in this line's data: escapes are unmeasured; the shadow period must bring at "
                        f"least {needed} defective parts, none accepted, to show escapes <= {limit:.0%} at 95 % confidence")
     if reasons:
