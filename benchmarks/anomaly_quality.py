@@ -53,7 +53,7 @@ LIGHTING, BLUR = ("darker", "brighter", "uneven_illumination"), ("defocus", "mot
 BANK_CELLS = 30_000
 
 
-def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path) -> Path:
+def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path, teacher: str = "local_cnn_m") -> Path:
     """The line's committed recipe in anomaly mode, as ``kit init-line`` scaffolds it for a line of few defects."""
     recipe = yaml.safe_load(RECIPES[line].read_text())
     recipe["data"]["root"] = str((RECIPES[line].parent / recipe["data"]["root"]).resolve())
@@ -61,11 +61,11 @@ def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path) -> Path:
     recipe["data"]["masks"] = str(masks.resolve())
     recipe["task"] = "anomaly"
     recipe["line"]["ok_class"] = "ok"
-    recipe["line"]["name"] = f"{line}_anomaly_{'cross' if cross_view else 'plain'}_s{seed}"
+    recipe["line"]["name"] = f"{line}_anomaly_{'cross' if cross_view else 'plain'}_{teacher}_s{seed}"
     for key in ("distill", "compare", "previous"):
         recipe.pop(key, None)
     recipe.setdefault("verify", {}).pop("threshold", None)
-    recipe["teacher"] = {"arch": "local_cnn_m", "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
+    recipe["teacher"] = {"arch": teacher, "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
                          "weight_decay": 0.0005}
     recipe["student"] = {"arch": "local_cnn_s", "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.003,
                          "weight_decay": 0.00001}
@@ -177,7 +177,7 @@ def classifier_latency(spec_size: int, channels: str, paths: list[Path], tmp: Pa
 
 
 def one_run(args: argparse.Namespace, seed: int, cross_view: bool, fresh: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    recipe = anomaly_recipe(args.line, seed, cross_view, tmp)
+    recipe = anomaly_recipe(args.line, seed, cross_view, tmp, args.teacher)
     started = time.perf_counter()
     result = run_line(recipe, out_root=tmp / "runs")
     minutes = (time.perf_counter() - started) / 60
@@ -187,7 +187,9 @@ def one_run(args: argparse.Namespace, seed: int, cross_view: bool, fresh: dict[s
     scores, _ = bundle_scores(bundle, fresh["images"])
     fig = figures(scores, fresh["labels"], fresh["classes"])
     good = fresh["images"][np.asarray(fresh["labels"]) == "ok"]
-    row = {"line": args.line, "seed": seed, "model": "student, cross-view" if cross_view else "student, no cross-view",
+    name = "student, cross-view" if cross_view else "student, no cross-view"
+    name += "" if args.teacher == "local_cnn_m" else f" (teacher {args.teacher})"
+    row = {"line": args.line, "seed": seed, "model": name,
            "run_minutes": round(minutes, 1), "test_auroc": record["figures"]["auroc"], "fresh": fig,
            "fresh_corrupted_false_reject_at_1pct": corrupted_false_rejects(bundle, good, fig["threshold_at_0.01"], seed),
            "fresh_peak_within_3px": peak_within(bundle, fresh["paths"], fresh["labels"], fresh["root"], fresh["masks"]),
@@ -220,7 +222,7 @@ def _prepared(path: Path, spec) -> np.ndarray:
 def hybrid_check(args: argparse.Namespace, fresh: dict[str, Any], tmp: Path, unknown: str) -> dict[str, Any]:
     """The hybrid trained without one defect class (``unknown``): on fresh parts, how the rejected ones are named
     (a known kind by its name, the left-out kind as ``unknown defect``)."""
-    recipe_path = anomaly_recipe(args.line, args.seeds[0], True, tmp)
+    recipe_path = anomaly_recipe(args.line, args.seeds[0], True, tmp, args.teacher)
     recipe = yaml.safe_load(recipe_path.read_text())
     recipe["anomaly"]["name_defects"] = True
     recipe["data"]["classes"] = sorted(c for c in _classes(args.line) if c != unknown)
@@ -300,6 +302,7 @@ def main() -> None:
     parser.add_argument("--line", default="sparse", choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["cross", "plain"], choices=["cross", "plain"])
+    parser.add_argument("--teacher", default="local_cnn_m", help="the teacher's architecture (it runs on the edge too)")
     parser.add_argument("--fresh-ok", type=int, default=500)
     parser.add_argument("--fresh-per-class", type=int, default=100)
     parser.add_argument("--fresh-seed", type=int, default=7)
