@@ -186,3 +186,18 @@ def test_the_figures_recompute_from_the_scores_file(anomaly_run):
     reject_at = record["certificate"]["reject_at"]
     val_good = [float(r["score"]) for r in rows if r["split"] == "val" and r["label"] == "ok"]
     assert sum(s >= reject_at for s in val_good) == record["certificate"]["false_rejects_val"]
+
+
+def test_the_report_names_the_mildest_line_change_that_breaks_good_parts(anomaly_run):
+    from kit.anomaly.record import read_anomaly_record
+    from kit.anomaly.report import breaking_points
+
+    run_dir, _ = anomaly_run
+    record = read_anomaly_record(run_dir)
+    points = breaking_points(record, 0.5)
+    assert {p["family"] for p in points} == {"darker", "defocus"}
+    for p in points:
+        rows = [r for r in record.robustness["rows"] if r["family"] == p["family"]]
+        over = [r["severity"] for r in rows if r["false_reject"]["rate"] > 0.5]
+        assert p["severity"] == (min(over) if over else None)
+    assert "Line conditions that make good parts look defective" in (run_dir / "report" / "report.html").read_text()

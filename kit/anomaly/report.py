@@ -37,6 +37,30 @@ def _pct(rate: dict[str, Any] | None) -> str:
     return f"{rate['rate']:.1%} ({rate['k']} of {rate['n']}; 95 % interval {rate['low']:.1%} - {rate['high']:.1%})"
 
 
+def breaking_points(record: AnomalyRecord, limit: float) -> list[dict[str, Any]]:
+    """Per corruption family, the mildest severity at which good parts are rejected above ``limit`` (the false-reject
+    target), with the value in the family's own unit; families that never cross it are listed as holding."""
+    from kit.views.corruptions import get_corruption
+
+    out = []
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for row in record.robustness.get("rows", []):
+        by_family.setdefault(row["family"], []).append(row)
+    for family, rows in by_family.items():
+        crossed = next((r for r in sorted(rows, key=lambda r: r["severity"])
+                        if r["false_reject"]["rate"] is not None and r["false_reject"]["rate"] > limit), None)
+        unit = get_corruption(family).unit
+        out.append({"family": family, "unit": unit, "severity": None if crossed is None else crossed["severity"],
+                    "value": None if crossed is None else crossed["value"],
+                    "false_reject": None if crossed is None else crossed["false_reject"]})
+    return sorted(out, key=lambda b: (b["severity"] is None, b["severity"] or 0, b["family"]))
+
+
+def _false_reject_limit(record: AnomalyRecord) -> float:
+    limits = [c.limit for c in record.gate.checks if c.target == "kpi.max_false_reject_rate" and c.limit is not None]
+    return min(limits) if limits else float(record.certificate["target"])
+
+
 def _escape_limit(record: AnomalyRecord) -> float:
     """The gated escape limit (the strictest, when per class), else the default an unmeasured class is sized for."""
     limits = [c.limit for c in record.gate.checks if c.target == "kpi.max_class_escape_rate" and c.limit is not None]
@@ -81,6 +105,12 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .5em;tex
 <h1>{{ r.line }}: anomaly model (learnt from good parts alone)</h1>
 <p class="v {{ css }}">{{ rec.verdict }}</p>
 {% if rec.reasons %}<ul>{% for x in rec.reasons %}<li>{{ x }}</li>{% endfor %}</ul>{% endif %}
+<h2>Line conditions that make good parts look defective</h2>
+<p>The mildest level of each change at which more than {{ '%.0f %%' % (100 * fr_limit) }} of good test parts are rejected
+({{ r.robustness.n_good }} good parts per cell):</p>
+<table><tr><th>change</th><th>from</th><th>good parts rejected there</th></tr>
+{% for b in breaks %}<tr><td>{{ b.family }}</td><td>{% if b.severity is none %}holds up to the harshest level tested{% else %}severity {{ b.severity }}: {{ b.unit }} {{ b.value }}{% endif %}</td>
+<td>{{ '-' if b.false_reject is none else pct(b.false_reject) }}</td></tr>{% endfor %}</table>
 <h2>Operating point</h2>
 <p>{{ r.certificate.message }}. Reject at score {{ reject }}, review from {{ '%.4g' % r.certificate.accept_below }}
 (score 1.0 = the 99th percentile of good validation parts). Validation: {{ r.val.n_good }} good of {{ r.val.n }} images.</p>
@@ -120,7 +150,9 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .5em;tex
 def render_anomaly_html(record: AnomalyRecord) -> str:
     rec = recommend(record)
     reject = record.certificate["reject_at"]
-    return _PAGE.render(r=record, rec=rec, op=record.operating_test, pct=_pct,
+    fr_limit = _false_reject_limit(record)
+    return _PAGE.render(r=record, rec=rec, op=record.operating_test, pct=_pct, fr_limit=fr_limit,
+                        breaks=breaking_points(record, fr_limit),
                         css={GO: "GO", SHADOW: "SHADOW", NO_GO: "NO-GO"}[rec.verdict],
                         reject="none (not certified: every part reviewed)" if reject is None else f"{reject:.4g}",
                         fmt=lambda v: "unmeasured" if v is None else f"{v:.4f}")
