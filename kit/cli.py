@@ -330,6 +330,10 @@ def report(
         from kit.anomaly.report import build_anomaly_report
         from kit.rundir import report_html_path
 
+        if pdf or (lang not in (None, "en")) or shadow is not None:
+            console.print("note: an anomaly run's report is written in English, as HTML, without the shadow section "
+                          "(--lang, --pdf and --shadow are for classifier runs; `kit shadow` writes its own page)",
+                          highlight=False, markup=False)
         build_anomaly_report(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
         typer.echo(str(report_html_path(run_dir)))
         return
