@@ -264,7 +264,8 @@ def test_metrics_show_memory_queue_depth_and_keep_only_two_models_labels(bundles
         served = []
         for bundle in (a, b, c):
             if bundle != a:
-                assert s.request("POST", "/v1/reload", json.dumps({"bundle": str(bundle)}).encode())[0] == 200
+                assert s.request("POST", "/v1/reload", json.dumps({"bundle": str(bundle)}).encode(),
+                                 {"Content-Type": "application/json"})[0] == 200
             assert s.inspect(part)[0] == 200
             served.append(model_id(bundle))
         families = _metrics(s)
