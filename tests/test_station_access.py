@@ -189,6 +189,68 @@ def test_the_scopes_are_a_ladder_and_a_known_key_is_checked_once_with_scrypt(tmp
     assert store.quick("isk_000000000000.whatever") == (None, True)  # unknown key id: no hashing at all
     assert store.quick("hunter2") == (None, True)
     assert calls == [key, wrong]
+    monkeypatch.setattr(auth, "SLOW_CHECK_INTERVAL_S", 3600.0)  # no refill during this test
+    fresh = [key[:-4] + tail for tail in ("BBBB", "CCCC", "DDDD")]
+    threads = []
+    monkeypatch.setattr(auth, "verify_key", lambda k, h: threads.append(threading.current_thread().name) or real(k, h))
+    for secret in fresh[:2]:  # the burst: 3 slow checks for this key id, `wrong` was the first
+        assert store.quick(secret) == (None, False) and store.check(secret).result(timeout=LIVENESS_S) is None
+    assert threads == ["key-check_0"] * 2  # the store's own thread, never the pool that decodes images
+    assert store.quick(fresh[2]) == (None, True) and len(threads) == 2  # spent: refused unhashed
+    monkeypatch.setattr(auth, "SLOW_CHECK_INTERVAL_S", 1e-9)  # time has passed
+    assert store.quick(fresh[2]) == (None, False)
+    store.close()
+
+
+def test_a_flood_of_wrong_secrets_for_a_real_key_id_neither_starves_inspections_nor_runs_scrypt_each_time(
+        bundles, keys, tmp_path, monkeypatch):
+    """60 threads of ``isk_<real id>.<random secret>`` slowed every inspection from 3 ms to 600 ms: each fresh secret
+    ran scrypt, one at a time, in the thread pool that decodes images. Now scrypt runs on its own thread, at most
+    once a second per key id; the rest are refused unhashed (401 invalid_key)."""
+    import deploy.serve.auth as auth
+
+    real, calls = auth.verify_key, []
+    monkeypatch.setattr(auth, "verify_key", lambda k, h: calls.append(k) or real(k, h))
+    s = Station(bundles["a"], tmp_path / "log", tokens_file=keys["file"])
+    valid, key_id = keys["cell-7"], keys["cell-7"][4:16]
+
+    def timed_inspect() -> float:
+        t = time.perf_counter()
+        assert s.inspect(_png(), key=valid)[0] == 200
+        return time.perf_counter() - t
+
+    try:
+        timed_inspect()  # the valid key's one scrypt
+        unloaded = sorted(timed_inspect() for _ in range(20))
+        answers, todo, lock = [], list(range(100)), threading.Lock()
+
+        def flood() -> None:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    todo.pop()
+                status, _, got = s.inspect(_png(), key=f"isk_{key_id}.{os.urandom(24).hex()}")
+                answers.append((status, got.get("error")))
+
+        flooders = [threading.Thread(target=flood) for _ in range(8)]
+        started = time.monotonic()
+        for t in flooders:
+            t.start()
+        loaded = []
+        while any(t.is_alive() for t in flooders) and len(loaded) < 200:
+            loaded.append(timed_inspect())
+        for t in flooders:
+            t.join(LIVENESS_S)
+        flood_s = time.monotonic() - started
+    finally:
+        s.stop()
+    assert answers == [(401, "invalid_key")] * 100
+    wrong = [k for k in calls if k != valid]
+    bound = auth.SLOW_CHECK_BURST + flood_s / auth.SLOW_CHECK_INTERVAL_S + 1
+    assert len(wrong) <= bound, (len(wrong), flood_s)  # was one per request: 100
+    p95 = sorted(loaded)[int(0.95 * (len(loaded) - 1))]
+    assert loaded and p95 < max(10 * unloaded[len(unloaded) // 2], 0.2), (p95, unloaded[len(unloaded) // 2])
 
 
 def test_a_station_with_keys_refuses_the_unauthenticated_and_the_non_admin(guarded, keys, bundles):

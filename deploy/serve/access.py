@@ -63,6 +63,8 @@ class StationAccess:
 
     def stop(self) -> None:
         self.notifier.stop()
+        if self.tokens is not None:
+            self.tokens.close()
         if self.images is not None:
             self.images.close()
         for part in (self.access_log, self.audit, self.idempotency):
@@ -78,10 +80,8 @@ class StationAccess:
             return None, self._deny("unauthenticated", "this station needs an API key: send the header "
                                     "'Authorization: Bearer KEY' (keys: deploy token add)", 401, REALM)
         key, decided = self.tokens.quick(token)
-        if not decided:
-            from starlette.concurrency import run_in_threadpool
-
-            key = await run_in_threadpool(self.tokens.verify, token)
+        if not decided:  # scrypt on the key store's own thread, at most once a second per key id (deploy.serve.auth)
+            key = await asyncio.wrap_future(self.tokens.check(token))
         if key is None:
             return None, self._deny("invalid_key", "the API key is not one of this station's (revoked, mistyped or "
                                     "from another station)", 401, f'{REALM}, error="invalid_token"')

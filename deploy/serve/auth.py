@@ -8,10 +8,18 @@ JSON line per key, never the key itself::
 
 The hash is salted scrypt (``hashlib.scrypt``, RFC 7914), compared with ``hmac.compare_digest``. Keys carry 256 random
 bits, so the slow hash is a second line of defence for a copied token file, not the first; a request must not pay
-50 ms for it every time. The first request with a key runs scrypt (in a thread, one at a time), and the station
-then remembers the key's sha256 for its key id: later requests cost one sha256 and one constant-time compare. A key
-id not in the file is refused without any hashing, and a wrong secret that was already tried is refused from a
-small memory of recent failures, so a client hammering bad keys burns one core at most.
+50 ms for it every time. The first request with a key runs scrypt, and the station then remembers the key's sha256
+for its key id: later requests cost one sha256 and one constant-time compare. A key id not in the file is refused
+without any hashing, and a wrong secret that was already tried is refused from a memory of recent failures (by
+sha256, ``REMEMBERED_FAILURES``).
+
+A flood of fresh wrong secrets for a real key id must not starve inspections (60 threads of them slowed every
+inspection from 3 ms to 600 ms: scrypt ran one at a time in the thread pool that decodes images). So scrypt runs on
+its own thread (``TokenStore.check``, never the decode pool), and at most once per ``SLOW_CHECK_INTERVAL_S`` per
+key id after a burst of ``SLOW_CHECK_BURST`` (a token bucket, so a mistyped key and then the right one both get
+checked): another unverified secret for that id is refused at once, as ``invalid_key``. A check that passes refills
+the bucket. The cost: a key's very first request, during a flood aimed at its key id, may be refused and must be
+retried; a key already verified is never affected.
 
 Scopes form a ladder, each including those below it: ``metrics`` (GET /metrics: a Prometheus scraper's key),
 ``inspect`` (inspect parts, read decisions and the model summary), ``admin`` (also reload the model).
@@ -32,6 +40,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +58,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # 16 MB and about 50 ms per check on
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 REFRESH_S = 1.0  # the token file is looked at (stat) at most this often
 REMEMBERED_FAILURES = 1024
+SLOW_CHECK_INTERVAL_S = 1.0  # one scrypt per key id per this many seconds, after a burst of SLOW_CHECK_BURST
+SLOW_CHECK_BURST = 3
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,7 @@ def token_file_warnings(path: str | Path) -> list[str]:
 
 class TokenStore:
     """The keys of a running station, re-read when the file changes. ``quick`` answers from memory;
-    ``verify`` (scrypt) runs where ``quick`` could not decide, in a thread, one at a time."""
+    ``verify`` (scrypt) runs where ``quick`` could not decide, on the store's own thread (``check``)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -188,8 +199,10 @@ class TokenStore:
         self._checked = time.monotonic()
         self._verified: dict[str, bytes] = {}  # key id -> sha256 of the key that passed scrypt
         self._failed: OrderedDict[bytes, None] = OrderedDict()  # sha256 of keys that failed it, most recent last
+        self._slow_budget: dict[str, tuple[float, float]] = {}  # key id -> (slow checks left, when counted)
         self._lock = threading.Lock()  # guards the caches and the keys
         self._slow = threading.Lock()  # one scrypt at a time
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="key-check")  # never the pool that decodes images
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -212,8 +225,9 @@ class TokenStore:
         except DeployError as exc:  # keep serving with the keys read before, and say why
             print(f"error: {exc}; keeping the {len(self._keys)} keys read before", file=sys.stderr, flush=True)
             return
-        with self._lock:
-            self._keys, self._verified, self._failed = keys, {}, OrderedDict()
+        with self._lock:  # a key whose line did not change stays verified: a flood cannot lock it out after an edit
+            kept = {i: d for i, d in self._verified.items() if i in keys and self._keys.get(i) == keys[i]}
+            self._keys, self._verified, self._failed = keys, kept, OrderedDict()
 
     def quick(self, token: str) -> tuple[ApiKey | None, bool]:
         """(key or None, decided). Undecided: a well-formed key of a known id not seen before; call ``verify``."""
@@ -229,7 +243,28 @@ class TokenStore:
                 return key, True
             if digest in self._failed:
                 return None, True
+            if not self._take_slow_check(key.key_id):
+                return None, True  # this key id's slow checks are spent for now: refused, unhashed
         return None, False
+
+    def _take_slow_check(self, key_id: str) -> bool:
+        """A token bucket per key id (called with the lock held): ``SLOW_CHECK_BURST`` at most, one more each
+        ``SLOW_CHECK_INTERVAL_S``."""
+        now = time.monotonic()
+        left, at = self._slow_budget.get(key_id, (float(SLOW_CHECK_BURST), now))
+        left = min(float(SLOW_CHECK_BURST), left + (now - at) / SLOW_CHECK_INTERVAL_S)
+        if left < 1.0:
+            self._slow_budget[key_id] = (left, now)
+            return False
+        self._slow_budget[key_id] = (left - 1.0, now)
+        return True
+
+    def check(self, token: str) -> "Future[ApiKey | None]":
+        """``verify`` on the store's own thread: a flood of bad keys waits there, never in the decode pool."""
+        return self._checker.submit(self.verify, token)
+
+    def close(self) -> None:
+        self._checker.shutdown(wait=False, cancel_futures=True)
 
     def verify(self, token: str) -> ApiKey | None:
         """The slow check (scrypt); remembers the answer for ``quick``."""
@@ -242,6 +277,7 @@ class TokenStore:
             with self._lock:
                 if ok:
                     self._verified[key.key_id] = digest
+                    self._slow_budget.pop(key.key_id, None)  # the owner's check passed: the bucket is full again
                 else:
                     self._failed[digest] = None
                     while len(self._failed) > REMEMBERED_FAILURES:
