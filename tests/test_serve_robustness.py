@@ -154,6 +154,27 @@ def test_a_read_only_log_folder_is_refused_before_the_model_loads(bundles, tmp_p
         folder.chmod(0o755)
 
 
+def test_a_read_only_keep_images_folder_is_one_line_before_the_model_loads(bundles, tmp_path, monkeypatch):
+    """``--keep-images`` on a read-only folder gave a traceback at start; now one line, like ``--log-dir``."""
+    import deploy.serve.station as runner
+
+    def loaded(*args, **kwargs):
+        raise RuntimeError("the model loaded before --keep-images was checked")
+
+    monkeypatch.setattr(runner, "load_model", loaded)
+    folder, a_file = read_only(tmp_path / "kept", monkeypatch), tmp_path / "a-file"
+    a_file.write_text("x")
+    try:
+        for given, why in ((folder, "cannot write kept images there (Permission denied); fix the folder's "
+                                    "permissions, or give another --keep-images"),
+                           (a_file, "is a file, not a folder; give the folder kept images go to")):
+            result = CliRunner().invoke(deploy_app, ["serve", str(bundles[0]), "--port", "0", "--log-dir",
+                                                     str(tmp_path / "log"), "--keep-images", str(given)])
+            assert (result.exit_code, result.output.strip()) == (1, f"error: --keep-images {given}: {why}")
+    finally:
+        folder.chmod(0o755)
+
+
 # -- findings 5 and 6: what one request may cost -----------------------------------------------------------------
 def test_max_pixels_bounds_the_decoded_bytes_of_a_request(bundles, tmp_path):
     """A 194 KB 16-bit RGBA PNG (25 MP) took 955 MB: the cap counted pixels, not bytes. --max-pixels N allows at
@@ -206,6 +227,17 @@ def test_protocol_errors_are_one_json_line(station):
     status, headers, body = _json_answer(_raw(station, huge)[0])
     assert headers["content-type"] == "application/json"
     assert (status, body["error"]) in ((431, "headers_too_large"), (400, "bad_request"))  # httptools, h11
+
+
+def test_headers_over_64_kb_in_one_write_are_431(station):
+    """The connection bounds headers that arrive in pieces; 70 KB sent in one write arrived whole and got 200."""
+    request = (b"GET /v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Request-Id: big-1\r\nX-Pad: "
+               + b"x" * 70_000 + b"\r\n\r\n")
+    status, headers, body = _json_answer(_raw(station, request)[0])
+    assert (status, body["error"], headers["x-request-id"]) == (431, "headers_too_large", "big-1")
+    assert body["message"] == "the request line and headers are over 65536 bytes"
+    small = b"GET /v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: " + b"x" * 60_000 + b"\r\n\r\n"
+    assert _json_answer(_raw(station, small)[0])[0] == 200
 
 
 def test_every_503_says_when_to_retry(station):

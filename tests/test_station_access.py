@@ -458,6 +458,53 @@ def test_request_ids_are_echoed_and_the_access_log_names_the_key_never_the_key(g
     assert not any(keys[n] in text for n in ("scraper", "cell-7", "mes-admin"))
 
 
+def test_a_500_carries_the_request_id_the_access_log_has(guarded, keys, monkeypatch):
+    """An answer from the server's last-resort handler left the middleware out: no X-Request-Id on a 500."""
+    def broken() -> dict:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(guarded.station.app.state.host.current, "summary", broken)
+    status, headers, got = guarded.request("GET", "/v1/model", headers={"X-Request-Id": "cam7-boom"}, key=keys["cell-7"])
+    assert (status, got["error"], headers["x-request-id"]) == (500, "internal", "cam7-boom")
+    assert got["message"] == "RuntimeError: the server failed; see its log"
+    _wait_until(lambda: any(r["request_id"] == "cam7-boom" for r in _access_lines(guarded.log_dir)), "the access line")
+    line = next(r for r in _access_lines(guarded.log_dir) if r["request_id"] == "cam7-boom")
+    assert (line["status"], line["key"], line["route"]) == (500, "cell-7", "/v1/model")
+
+
+def test_a_refused_reload_body_and_a_path_the_os_refuses_are_400_and_audited_with_the_bundle_sent(guarded, keys,
+                                                                                                    bundles):
+    """``{"bundle": "/path/b\\u0000x"}`` was a 500 with a traceback and no audit record (realpath: embedded null
+    byte); a body refused for another reason was audited with ``bundle: null``."""
+    root = str(bundles["a"].parent)
+    sent = {"nul": root + "/b\u0000x", "long": root + "/" + "a" * 300, "force": root + "/b"}
+    bodies = {"nul": {"bundle": sent["nul"]}, "long": {"bundle": sent["long"]}, "force": {"bundle": sent["force"],
+                                                                                           "force": "yes"}}
+    for name, body in bodies.items():
+        status, _, got = guarded.reload(body, keys["mes-admin"], headers={**JSON, "X-Request-Id": f"nul-{name}"})
+        assert (status, got["error"]) == (400, "bad_request"), (name, got)
+        assert "Traceback" not in got["message"] and got["model_id"] == model_id(bundles["a"])
+    assert got["message"].startswith('send JSON {"bundle": "/path/to/bundle"}')
+    records = {r["request_id"]: r for r in read_audit(guarded.log_dir)}
+    for name in bodies:
+        record = records[f"nul-{name}"]
+        assert (record["result"], record["status"], record["bundle"], record["who"]) == \
+            ("bad_request", 400, sent[name], "mes-admin"), name
+    assert records["nul-nul"]["reason"] == '"bundle" holds a NUL byte (U+0000), which no path can hold: send the ' \
+        "bundle folder's path"
+    assert records["nul-long"]["reason"].startswith('reload: "bundle" is not a path this system takes (File name too '
+                                                    "long for a path of ")
+
+
+def test_numbers_are_ascii_digits_only():
+    """``?limit=%C2%B2`` (superscript two) was a 500: ``str.isdigit`` takes it, ``int`` does not."""
+    from deploy.serve.routes.decisions import is_ascii_number
+
+    assert [is_ascii_number(t) for t in ("100", "1", "\u00b2", "\u0661\u0662", "+5", " 5", "", "1" * 10)] == \
+        [True, True, False, False, False, False, False, False]
+    assert watchdog_interval_s({"WATCHDOG_USEC": "\u00b2"}) is None
+
+
 def _access_lines(folder: Path) -> list[dict]:
     return [json.loads(line) for p in sorted(folder.glob("access-*.jsonl")) for line in p.read_text().splitlines()
             if line.endswith("}")]
@@ -716,6 +763,14 @@ def _attacks(bundles, keys) -> list[tuple[str, str, str, bytes, dict, str | None
         ("an Idempotency-Key with spaces or over 255 characters", "POST", "/v1/inspect", png,
          {**PNG, "Idempotency-Key": "k" * 256}, "cell-7", 400, "bad_idempotency_key"),
         ("a decision id that is not an id", "GET", "/v1/decisions/x;rm", b"", {}, "cell-7", 400, "bad_request"),
+        ("a decisions search whose limit is not ASCII digits (`?limit=%C2%B2`, a superscript two)", "GET",
+         "/v1/decisions?part_id=x&limit=%C2%B2", b"", {}, "cell-7", 400, "bad_request"),
+        ("a reload of a path holding a NUL byte", "POST", "/v1/reload", json.dumps({"bundle": root + "/b\u0000x"}).encode(),
+         JSON, "mes-admin", 400, "bad_request"),
+        ("a reload of a path the system refuses (a name over 255 bytes)", "POST", "/v1/reload",
+         json.dumps({"bundle": root + "/" + "a" * 300}).encode(), JSON, "mes-admin", 400, "bad_request"),
+        ("request headers over 64 KB sent in one write", "GET", "/v1/health", b"", {"X-Pad": "x" * 70_000}, None, 431,
+         "headers_too_large"),
         ("a decision id that does not exist", "GET", "/v1/decisions/" + "f" * 32, b"", {}, "cell-7", 404, "not_found"),
     ]
 

@@ -26,6 +26,7 @@ from deploy.serve.audit import AccessLog, AuditLog
 from deploy.serve.auth import ApiKey, TokenStore
 from deploy.serve.idempotency import IdempotencyStore
 from deploy.serve.images import ImageStore
+from deploy.serve.protocol import MAX_HEADER_BYTES
 from deploy.serve.state import StationState
 from deploy.serve.systemd import Notifier
 
@@ -96,12 +97,12 @@ class StationAccess:
         response.headers["WWW-Authenticate"] = challenge
         return response
 
-    def log_request(self, scope: dict[str, Any], answer: dict[str, Any], key: ApiKey | None, started: float) -> None:
+    def log_request(self, scope: dict[str, Any], answer: dict[str, Any], key_name: str | None, started: float) -> None:
         client = scope.get("client")
         self.access_log.append({
             "client": client[0] if client else None, "method": scope["method"], "route": scope["path"][:200],
             "status": answer["status"], "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
-            "request_id": scope["state"]["request_id"], "key": key.name if key else None,
+            "request_id": scope["state"]["request_id"], "key": key_name,
             "decision_id": answer.get("decision_id")})
 
 
@@ -120,6 +121,14 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def header_bytes(scope: dict[str, Any]) -> int:
+    """The request line and headers as sent, near enough: method, target, each ``name: value`` and its CRLF. The
+    connection (``deploy.serve.protocol``) bounds headers that arrive in pieces; one write of 70 KB arrived whole and
+    passed, so the complete request is measured here too."""
+    target = len(scope.get("raw_path") or scope["path"].encode("utf-8")) + len(scope.get("query_string") or b"")
+    return len(scope["method"]) + target + 12 + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
 
 
 def _bearer(scope: dict[str, Any]) -> str | None:
@@ -150,24 +159,34 @@ class AccessMiddleware:
 
         async def send_with_request_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
+                answer["status"], answer["started"] = message["status"], True
                 headers = list(message.get("headers", []))
                 answer["decision_id"] = next((v.decode("latin-1") for k, v in headers if k == b"x-decision-id"), None)
                 message = {**message, "headers": headers + [(b"x-request-id", request_id.encode("ascii"))]}
             await send(message)
 
-        key = None
         try:
-            key, denial = await self.access.authorize(scope)
-            state["key_name"] = key.name if key else None
-            if denial is None:
-                await self.app(scope, receive, send_with_request_id)
-                return
-            if required_scope(scope["path"]) == "admin":  # a refused attempt at a model change is audited too
-                self.access.audit.append(refused_reload_record(scope, request_id, key, denial.status_code))
-            await denial(scope, receive, send_with_request_id)
+            await self._answer(scope, receive, send_with_request_id, request_id)
+        except Exception as exc:  # a bug: answered here, so the 500 carries the request id too
+            if answer.get("started"):
+                raise
+            await self.access.station.internal_error(exc)(scope, receive, send_with_request_id)
         finally:
-            self.access.log_request(scope, answer, key, started)
+            self.access.log_request(scope, answer, state["key_name"], started)
+
+    async def _answer(self, scope: dict[str, Any], receive: Any, send: Any, request_id: str) -> None:
+        """Headers over the bound (431), then the key (401 / 403, a refused reload audited), then the app."""
+        if header_bytes(scope) > MAX_HEADER_BYTES:
+            too_large = self.access.station.error_response(
+                "headers_too_large", f"the request line and headers are over {MAX_HEADER_BYTES} bytes", 431)
+            return await too_large(scope, receive, send)
+        key, denial = await self.access.authorize(scope)
+        scope["state"]["key_name"] = key.name if key else None
+        if denial is None:
+            return await self.app(scope, receive, send)
+        if required_scope(scope["path"]) == "admin":  # a refused attempt at a model change is audited too
+            self.access.audit.append(refused_reload_record(scope, request_id, key, denial.status_code))
+        await denial(scope, receive, send)
 
 
 def refused_reload_record(scope: dict[str, Any], request_id: str, key: ApiKey | None, status: int) -> dict[str, Any]:

@@ -20,10 +20,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deploy.atomic import write_bytes_atomic
+from deploy.errors import DeployError
 from deploy.intake import sniff_format
 
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}
 MAX_PENDING = 256
+
+
+def check_image_folder(folder: str | Path) -> Path:
+    """``--keep-images DIR`` created if missing and proven writable (a file made and removed there), before the model
+    loads; ``DeployError`` in one line otherwise. A read-only folder gave a traceback at start."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DeployError(f"--keep-images {folder}: is a file, not a folder; give the folder kept images go to")
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise DeployError(f"--keep-images {folder}: cannot write kept images there ({exc.strerror or exc}); fix the "
+                          "folder's permissions, or give another --keep-images") from None
+    return folder
 
 
 class ImageStore:

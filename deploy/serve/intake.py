@@ -121,7 +121,7 @@ async def read_body(request: Any, config: ServeConfig) -> bytes:
     """The whole body of a starlette ``Request``, at most ``--max-bytes``, within ``--read-timeout-s``."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # isdigit alone takes U+00B2, which int() refuses
             raise IntakeError("bad_request", f"Content-Length {length[:40]!r} is not a number")
         if int(length) > config.max_bytes:
             raise IntakeError("too_large", f"the body has {int(length)} bytes, more than --max-bytes "

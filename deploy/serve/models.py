@@ -7,6 +7,7 @@ model under a request; the old model's batcher stops when the last request that 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -104,6 +105,30 @@ class ReloadForbidden(ReloadError):
     """The requested bundle is outside the folder reloads may read from."""
 
 
+class ReloadBadPath(ReloadError):
+    """The requested bundle is a path the OS refuses: a NUL byte, a name or path over the system's limits."""
+
+
+def bundle_path_in(bundle: str, root: Path) -> Path:
+    """``bundle`` as a real path inside ``root``; ``ReloadBadPath`` for a path the OS refuses (a NUL byte made
+    ``realpath`` raise, a 500), ``ReloadForbidden`` for one outside ``root``. The OS is asked about the path only
+    once it is known to lie inside ``root``."""
+    try:
+        real = Path(os.path.realpath(bundle))
+    except (ValueError, OSError) as exc:
+        raise ReloadBadPath(f'reload: "bundle" is not a path this system takes ({exc}): send the bundle folder\'s '
+                            "path") from None
+    if not real.is_relative_to(root):
+        raise ReloadForbidden(f"reload: the bundle must be a folder inside {root} (deploy serve --reload-root)")
+    try:
+        os.stat(real)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, ValueError) or exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise ReloadBadPath(f'reload: "bundle" is not a path this system takes ({exc.strerror or exc} for a path '
+                                f"of {len(bundle)} characters): send the bundle folder's path") from None
+    return real
+
+
 class ReloadRefused(ReloadError):
     """The bundle loads, but is of another line or class set, and the reload did not say ``force``."""
 
@@ -152,10 +177,11 @@ class ModelHost:
         """(new, old). Raises ``ReloadError`` with the reason; the old model then keeps serving. A bundle of another
         line or class set is ``ReloadRefused`` unless ``force``."""
         target = Path(bundle) if bundle is not None else self._model.bundle_dir
-        root = self.config.allowed_root()
-        if bundle is not None and not Path(os.path.realpath(target)).is_relative_to(root):
-            raise ReloadForbidden(f"reload: the bundle must be a folder inside {root} (deploy serve --reload-root); "
-                                  f"still serving {self._model.model_id[:12]}")
+        if bundle is not None:
+            try:
+                bundle_path_in(str(bundle), self.config.allowed_root())
+            except ReloadError as exc:
+                raise type(exc)(f"{exc}; still serving {self._model.model_id[:12]}") from None
         with self._reload_lock:
             try:
                 new = load_model(target, self.config, self.on_batch)

@@ -51,6 +51,7 @@ ERRORS: dict[str, tuple[tuple[int, ...], str]] = {
     "too_large": ((413,), "a body over --max-bytes, an image over --max-pixels (or its decoded bytes over 3 per "
                           "pixel of it), or a reload body over 64 KB"),
     "unsupported_media_type": ((415,), "a media type the route does not take (a reload must be application/json)"),
+    "headers_too_large": ((431,), "the request line and headers are over 64 KB"),
     "idempotency_key_reused": ((422,), "the Idempotency-Key was used for another image or part id"),
     "internal": ((500,), "a bug in the station, never the input; see its log"),
     "overloaded": ((503,), "more requests queued than --max-queue; retry shortly"),
@@ -146,7 +147,7 @@ def _error_answers(kinds: tuple[str, ...]) -> dict[str, Any]:
 
 def _operation(op: Operation) -> dict[str, Any]:
     scope = required_scope(op.path)
-    kinds = op.errors + (AUTH_KINDS if scope is not None else ()) + ("internal",)
+    kinds = op.errors + (AUTH_KINDS if scope is not None else ()) + ("headers_too_large", "internal")
     ok: dict[str, Any] = {"description": "OK", "headers": {"X-Request-Id": {"schema": {"type": "string"}}}}
     if op.answer is not None:
         ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.answer}"}}}

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.serve.audit import AuditLog
-from deploy.serve.models import LoadedModel, ReloadError, ReloadForbidden, ReloadRefused, model_changes
+from deploy.serve.models import (LoadedModel, ReloadBadPath, ReloadError, ReloadForbidden, ReloadRefused,
+                                 model_changes)
 from deploy.serve.state import StationState
 
 
@@ -64,6 +65,7 @@ def reload_and_audit(station: StationState, audit: AuditLog, actor: Actor, bundl
     except ReloadError as exc:
         station.metrics.reloads.labels("failed").inc()
         kind, status = (("reload_forbidden", 403) if isinstance(exc, ReloadForbidden) else
+                        ("bad_request", 400) if isinstance(exc, ReloadBadPath) else
                         ("line_or_classes_differ", 409) if isinstance(exc, ReloadRefused) else ("reload_failed", 409))
         extra = {"model_id": serving.model_id, **({"differs": exc.differs} if isinstance(exc, ReloadRefused) else {})}
         outcome = ReloadOutcome(status, kind, str(exc), extra=extra)

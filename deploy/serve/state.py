@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,14 @@ class StationState:
         headers = {"Retry-After": str(RETRY_AFTER_S.get(kind, 1))} if status == 503 else None
         return Response(error_body(kind, message, **extra), status_code=status, media_type="application/json",
                         headers=headers)
+
+    def internal_error(self, exc: BaseException):
+        """The 500 of a bug, never of the user's input: the traceback to stderr (the service's journal), one JSON
+        line to the client."""
+        import traceback
+
+        traceback.print_exception(exc)
+        return self.error_response("internal", f"{type(exc).__name__}: the server failed; see its log", 500)
 
     def record(self, record: DecisionRecord) -> None:
         """A decided part: to the decision log, then the metrics. ``DecisionLogUnavailable`` (counted) when the

@@ -16,6 +16,7 @@ from deploy.decision_log import check_log_folder
 from deploy.errors import DeployError
 from deploy.serve.app import create_app, serve_extra_missing
 from deploy.serve.config import ServeConfig
+from deploy.serve.images import check_image_folder
 from deploy.serve.models import load_model
 from deploy.serve.protocol import KEEP_ALIVE_S, MAX_HEADER_BYTES, station_protocol
 
@@ -122,6 +123,8 @@ def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         raise DeployError(f"--max-wait-ms must be >= 0 (got {config.max_wait_ms})")
     if config.log_dir is not None:  # before the model loads: a station that cannot record must not start
         check_log_folder(config.log_dir)
+    if config.access.keep_images is not None:
+        check_image_folder(config.access.keep_images)
     check_tls(config)
     model = load_model(config.bundle, config)
     sock = bind_socket(host, port)

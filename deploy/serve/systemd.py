@@ -36,7 +36,7 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
     """Half of systemd's ``WatchdogSec`` (its advice), or None when no watchdog is asked for this process."""
     env = env if env is not None else os.environ
     usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-    if not usec or not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    if not usec or not (usec.isascii() and usec.isdigit()) or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 1e6 / 2
 

@@ -47,8 +47,8 @@ async def reload_bundle(station: StationState, request: Any):
     who, address = actor_of(request)
     actor = Actor(who, address, request.state.request_id)
 
-    def refused(kind: str, message: str, status: int):
-        return _answer(station, refuse(access.audit, station, actor, kind, message, status))
+    def refused(kind: str, message: str, status: int, bundle: str | None = None):
+        return _answer(station, refuse(access.audit, station, actor, kind, message, status, bundle))
 
     if not station.config.access.allow_reload:
         return refused("reload_disabled", "this station was started with --no-reload: restart it on the new bundle "
@@ -65,7 +65,7 @@ async def reload_bundle(station: StationState, request: Any):
     try:
         bundle, force = parse_reload_body(body)
     except ValueError as exc:
-        return refused("bad_request", str(exc), 400)
+        return refused("bad_request", str(exc), 400, bundle_sent(body))
     outcome = await run_in_threadpool(reload_and_audit, station, access.audit, actor, bundle, force)
     return _answer(station, outcome)
 
@@ -85,7 +85,19 @@ def parse_reload_body(body: bytes) -> tuple[str | None, bool]:
     bundle, force = payload.get("bundle"), payload.get("force", False)
     if (bundle is not None and (not isinstance(bundle, str) or not bundle)) or not isinstance(force, bool):
         raise ValueError(usage)
+    if bundle is not None and "\x00" in bundle:
+        raise ValueError('"bundle" holds a NUL byte (U+0000), which no path can hold: send the bundle folder\'s path')
     return bundle, force
+
+
+def bundle_sent(body: bytes) -> str | None:
+    """The ``bundle`` a refused body named, when it is a string, for the audit record (which said null)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    bundle = payload.get("bundle") if isinstance(payload, dict) else None
+    return bundle if isinstance(bundle, str) else None
 
 
 def _answer(station: StationState, outcome: ReloadOutcome):

@@ -61,7 +61,7 @@ async def find_part(request: Any):
     part_id, limit = query.get("part_id"), query.get("limit", str(DEFAULT_LIMIT))
     if not part_id:
         return station.error_response("bad_request", "give ?part_id=P (or GET /v1/decisions/DECISION_ID)", 400)
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+    if not is_ascii_number(limit) or not 1 <= int(limit) <= MAX_LIMIT:
         return station.error_response("bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT} (got "
                                       f"{limit[:20]!r})", 400)
     folder = _log_folder(station)
@@ -73,6 +73,12 @@ async def find_part(request: Any):
         return station.error_response("not_found", f"no decision for part {part_id[:80]!r} in the decision log", 404)
     return json_response({"part_id": part_id, "decisions": [_shown(r) for r in found[: int(limit)]],
                           "truncated": len(found) > int(limit)})
+
+
+def is_ascii_number(text: str) -> bool:
+    """ASCII digits only, at most 9 of them. ``str.isdigit`` also takes U+00B2 (superscript two) and other digits that
+    ``int`` refuses, which made ``?limit=%C2%B2`` a 500."""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
 
 
 def _log_folder(station: StationState) -> Path | None:
