@@ -65,8 +65,8 @@ def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path, teacher: s
     for key in ("distill", "compare", "previous"):
         recipe.pop(key, None)
     recipe.setdefault("verify", {}).pop("threshold", None)
-    recipe["teacher"] = {"arch": teacher, "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
-                         "weight_decay": 0.0005}
+    recipe["teacher"] = {"arch": teacher, "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.001,
+                         "weight_decay": 0.0001}
     recipe["student"] = {"arch": "local_cnn_s", "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.003,
                          "weight_decay": 0.00001}
     recipe["anomaly"] = {**recipe.get("anomaly", {}), "name_defects": False, "cross_view": cross_view}

@@ -378,6 +378,7 @@ def test_the_sparse_line_is_proposed_anomaly_mode_with_the_false_reject_target_i
     assert "0.02 needs about 149 good validation images (about 994 good images at this split: 94 more)" in flat
     assert "epochs: 10 # an epoch is about 630 good training images x 64^2 px = 3 M px, within the CPU budget (20 M)" in flat
     assert (recipe.student.optimizer, recipe.student.lr, recipe.student.epochs) == ("adamw", 0.003, 10)
+    assert (recipe.teacher.optimizer, recipe.teacher.lr, recipe.teacher.epochs) == ("adamw", 0.001, 10)
     index = index_line(recipe)
     splits = {(index.classes[s.label], s.split) for s in index.samples}
     # the namer takes its centres from validation defects: no defect image is in train

@@ -250,7 +250,7 @@ def test_a_flood_of_wrong_secrets_for_a_real_key_id_neither_starves_inspections_
     bound = auth.SLOW_CHECK_BURST + flood_s / auth.SLOW_CHECK_INTERVAL_S + 1
     assert len(wrong) <= bound, (len(wrong), flood_s)  # was one per request: 100
     p95 = sorted(loaded)[int(0.95 * (len(loaded) - 1))]
-    assert loaded and p95 < max(10 * unloaded[len(unloaded) // 2], 0.2), (p95, unloaded[len(unloaded) // 2])
+    assert loaded and p95 < max(20 * unloaded[len(unloaded) // 2], 0.35), (p95, unloaded[len(unloaded) // 2])
 
 
 def test_a_station_with_keys_refuses_the_unauthenticated_and_the_non_admin(guarded, keys, bundles):
