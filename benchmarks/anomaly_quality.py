@@ -53,7 +53,8 @@ LIGHTING, BLUR = ("darker", "brighter", "uneven_illumination"), ("defocus", "mot
 BANK_CELLS = 30_000
 
 
-def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path, teacher: str = "local_cnn_m") -> Path:
+def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path, teacher: str = "local_cnn_m",
+                   student: str = "local_cnn_s", contrast_norm: bool = True) -> Path:
     """The line's committed recipe in anomaly mode, as ``kit init-line`` scaffolds it for a line of few defects."""
     recipe = yaml.safe_load(RECIPES[line].read_text())
     recipe["data"]["root"] = str((RECIPES[line].parent / recipe["data"]["root"]).resolve())
@@ -61,15 +62,16 @@ def anomaly_recipe(line: str, seed: int, cross_view: bool, out: Path, teacher: s
     recipe["data"]["masks"] = str(masks.resolve())
     recipe["task"] = "anomaly"
     recipe["line"]["ok_class"] = "ok"
-    recipe["line"]["name"] = f"{line}_anomaly_{'cross' if cross_view else 'plain'}_{teacher}_s{seed}"
+    recipe["line"]["name"] = f"{line}_anomaly_{'cross' if cross_view else 'plain'}_{teacher}_{student}_s{seed}"
     for key in ("distill", "compare", "previous"):
         recipe.pop(key, None)
     recipe.setdefault("verify", {}).pop("threshold", None)
     recipe["teacher"] = {"arch": teacher, "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.001,
                          "weight_decay": 0.0001}
-    recipe["student"] = {"arch": "local_cnn_s", "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.003,
+    recipe["student"] = {"arch": student, "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 0.003,
                          "weight_decay": 0.00001}
-    recipe["anomaly"] = {**recipe.get("anomaly", {}), "name_defects": False, "cross_view": cross_view}
+    recipe["anomaly"] = {**recipe.get("anomaly", {}), "name_defects": False, "cross_view": cross_view,
+                         "contrast_norm": contrast_norm}
     recipe["kpi"] = {"min_image_auroc": 0.95, "max_class_escape_rate": 0.05, "max_false_reject_rate": 0.05}
     recipe["export"] = {"formats": ["onnx"]}  # the CPU deploys ONNX FP32; INT8 fidelity is the parity ladder's
     recipe["seed"] = seed
@@ -177,7 +179,7 @@ def classifier_latency(spec_size: int, channels: str, paths: list[Path], tmp: Pa
 
 
 def one_run(args: argparse.Namespace, seed: int, cross_view: bool, fresh: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    recipe = anomaly_recipe(args.line, seed, cross_view, tmp, args.teacher)
+    recipe = anomaly_recipe(args.line, seed, cross_view, tmp, args.teacher, args.student, not args.no_contrast_norm)
     started = time.perf_counter()
     result = run_line(recipe, out_root=tmp / "runs")
     minutes = (time.perf_counter() - started) / 60
@@ -188,7 +190,8 @@ def one_run(args: argparse.Namespace, seed: int, cross_view: bool, fresh: dict[s
     fig = figures(scores, fresh["labels"], fresh["classes"])
     good = fresh["images"][np.asarray(fresh["labels"]) == "ok"]
     name = "student, cross-view" if cross_view else "student, no cross-view"
-    name += "" if args.teacher == "local_cnn_m" else f" (teacher {args.teacher})"
+    name += "" if (args.teacher, args.student) == ("local_cnn_m", "local_cnn_s") else f" ({args.teacher} -> {args.student})"
+    name += " without contrast normalisation" if args.no_contrast_norm else ""
     row = {"line": args.line, "seed": seed, "model": name,
            "run_minutes": round(minutes, 1), "test_auroc": record["figures"]["auroc"], "fresh": fig,
            "fresh_corrupted_false_reject_at_1pct": corrupted_false_rejects(bundle, good, fig["threshold_at_0.01"], seed),
@@ -303,6 +306,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["cross", "plain"], choices=["cross", "plain"])
     parser.add_argument("--teacher", default="local_cnn_m", help="the teacher's architecture (it runs on the edge too)")
+    parser.add_argument("--student", default="local_cnn_s")
+    parser.add_argument("--no-contrast-norm", action="store_true", help="anomaly.contrast_norm: false")
     parser.add_argument("--fresh-ok", type=int, default=500)
     parser.add_argument("--fresh-per-class", type=int, default=100)
     parser.add_argument("--fresh-seed", type=int, default=7)
