@@ -25,7 +25,8 @@ from deploy.preprocess import load_and_preprocess, to_tensor
 from deploy.profile import PROFILE_NAME, build_anomaly_profile, statistics_table
 from kit.anomaly.model import AnomalyModel, load_anomaly_model
 from kit.data import preprocess_spec
-from kit.export.bundle import CALIBRATION_CACHE, FILES, ParityGateError, _versions
+from kit.errors import ArgumentError
+from kit.export.bundle import CALIBRATION_CACHE, FILES, ParityGateError, _versions, chosen_formats
 from kit.export.onnx_fp32 import embed_manifest, export_onnx
 from kit.export.onnx_int8 import export_onnx_int8
 from kit.export.tensorrt_engine import EngineSkipped, build_engine
@@ -88,7 +89,9 @@ def export_anomaly_bundle(run_dir: str | Path, formats: list[str] | None = None,
     started = time.perf_counter()
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     cfg = recipe.export
-    formats = list(formats or cfg.formats)
+    formats = chosen_formats(formats, cfg.formats)
+    if "triton" in formats:
+        raise ArgumentError("formats", "triton serves classifiers' logits; an anomaly bundle is served by `deploy serve`")
     spec = preprocess_spec(recipe)
     model, body = load_anomaly_model(checkpoint_path(run_dir, "student"))
     args, names = body["model_args"], output_names(model)

@@ -82,6 +82,18 @@ def _calibration_set(run_dir: Path, spec, count: int, seed: int) -> np.ndarray:
     return np.stack([load_and_preprocess(paths[i], spec) for i in sorted(order)])
 
 
+def chosen_formats(formats: list[str] | None, recipe_formats: list[str]) -> list[str]:
+    """The formats to build (the command's, else the recipe's), checked; ONNX FP32 first, every other is built from it."""
+    formats = list(formats or recipe_formats)
+    valid = get_args(ExportFormat)
+    for fmt in formats:
+        if fmt not in valid:
+            raise ArgumentError("formats", f"unknown format {fmt!r}; choose from {', '.join(valid)}")
+    if "onnx" not in formats:
+        formats.insert(0, "onnx")
+    return formats
+
+
 def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None,
                   log: Callable[[str], None] = print) -> ExportResult:
     run_dir = Path(run_dir)
@@ -89,13 +101,7 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
     started = time.perf_counter()
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
     cfg = recipe.export
-    formats = list(formats or cfg.formats)
-    valid = get_args(ExportFormat)
-    for fmt in formats:
-        if fmt not in valid:
-            raise ArgumentError("formats", f"unknown format {fmt!r}; choose from {', '.join(valid)}")
-    if "onnx" not in formats:
-        formats.insert(0, "onnx")
+    formats = chosen_formats(formats, cfg.formats)
     spec = preprocess_spec(recipe)
     student, student_ckpt = load_model(checkpoint_path(run_dir, "student"))
     teacher, teacher_ckpt = load_model(checkpoint_path(run_dir, "teacher"))
