@@ -60,6 +60,7 @@ def test_escape_certificates_say_unmeasured_and_the_parts_needed():
                               limits={"scratch": 0.05, "pit": 0.05}, confidence=0.95)
     assert out["pit"] == {"status": "unmeasured", "limit": 0.05, "needed_defective_parts": 59}
     assert out["scratch"]["k"] == 1 and out["scratch"]["n"] == 2 and out["scratch"]["status"] == "not certified"
+    assert out["scratch"]["needed_defective_parts"] == 93  # one escape seen: 93 parts bound it at 5 % (not 59)
 
 
 def test_operating_figures_count_each_action():

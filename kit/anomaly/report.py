@@ -84,7 +84,8 @@ def recommend(record: AnomalyRecord) -> Recommendation:
         if row["status"] != "certified":
             have = f"{row.get('k', 0)} escapes of {row.get('n', 0)}" if row["status"] != "unmeasured" else "no validation image"
             waiting.append(f"{name}: escapes <= {row['limit']:.0%} not yet certified ({have}); "
-                           f"{row['needed_defective_parts']} defective parts of it with none accepted would certify it")
+                           f"{row['needed_defective_parts']} defective parts of it with at most {row.get('k', 0)} "
+                           "accepted would certify it")
     if not record.escapes:  # a line of good parts alone: no defect class to measure escapes on
         limit = _escape_limit(record)
         needed = max(1, zero_failure_sample_size(limit) or 1)

@@ -117,7 +117,7 @@ def escape_certificates(scores: np.ndarray, labels: np.ndarray, classes: list[st
         upper = stats.clopper_pearson_upper(k, len(own), confidence)
         out[name] = {"status": "certified" if upper <= limit else "not certified", "k": k, "n": int(len(own)),
                      "upper": upper, "limit": limit,
-                     "needed_defective_parts": stats.zero_failure_sample_size(limit, confidence)}
+                     "needed_defective_parts": stats.sample_size_with_failures(k, limit, confidence)}
     return out
 
 

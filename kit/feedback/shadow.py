@@ -311,19 +311,7 @@ def _per_class(parts: list[dict[str, Any]], classes: list[str], ok: str, confide
 
 def defective_parts_needed(escapes: int, limit: float, confidence: float) -> int | None:
     """The fewest defective parts whose ``escapes`` give a one-sided upper bound at or below ``limit``."""
-    if limit <= 0:
-        return None
-    n = max(escapes + 1, stats.zero_failure_sample_size(limit, confidence) or 1)
-    while stats.clopper_pearson_upper(escapes, n, confidence) > limit:
-        n = math.ceil(n * 1.25)
-    low, high = max(escapes + 1, n // 2), n
-    while low < high:  # the bound falls as n grows: bisect to the first n that meets the limit
-        mid = (low + high) // 2
-        if stats.clopper_pearson_upper(escapes, mid, confidence) <= limit:
-            high = mid
-        else:
-            low = mid + 1
-    return high
+    return stats.sample_size_with_failures(escapes, limit, confidence)
 
 
 def recommend(pairs: list[tuple[InspectorRow, DecisionRecord]], classes: list[str], ok: str, target: ThresholdTarget,

@@ -92,6 +92,23 @@ def zero_failure_sample_size(limit: float, confidence: float = 0.95) -> int | No
     return n if float(_beta_upper(0, n, alpha)) <= limit else n + 1
 
 
+def sample_size_with_failures(failures: int, limit: float, confidence: float = 0.95) -> int | None:
+    """The fewest trials whose ``failures`` give a one-sided upper bound at or below ``limit`` (None: limit <= 0)."""
+    if limit <= 0:
+        return None
+    n = max(failures + 1, zero_failure_sample_size(limit, confidence) or 1)
+    while clopper_pearson_upper(failures, n, confidence) > limit:
+        n = math.ceil(n * 1.25)
+    low, high = max(failures + 1, n // 2), n
+    while low < high:  # the bound falls as n grows: bisect to the first n that meets the limit
+        mid = (low + high) // 2
+        if clopper_pearson_upper(failures, mid, confidence) <= limit:
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Two-sided Wilson score interval (Wilson 1927, JASA 22:209).
 
