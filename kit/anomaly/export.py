@@ -76,7 +76,11 @@ def torch_outputs(model: AnomalyModel, inputs: np.ndarray, batch: int = 64) -> l
 
 def bundle_outputs(bundle: Path, fmt: str, inputs: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     """The artefact's outputs in the graph's order, through the edge runtime itself."""
-    predictor = Predictor.from_bundle(bundle, fmt)
+    return predictor_outputs(Predictor.from_bundle(bundle, fmt), inputs, batch)
+
+
+def predictor_outputs(predictor: Predictor, inputs: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+    """``bundle_outputs`` with a loaded Predictor: callers that score many sets load (and hash-check) it once."""
     parts = [predictor.runtime.run_named(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
     names = list(parts[0])
     return [np.concatenate([p[n] for p in parts]) for n in names]

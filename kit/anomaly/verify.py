@@ -27,7 +27,7 @@ import numpy as np
 
 from deploy.manifest import MANIFEST_NAME, read_manifest
 from deploy.predictor import Predictor, auto_runtime
-from kit.anomaly.export import anomaly_rule, bundle_outputs
+from kit.anomaly.export import anomaly_rule, predictor_outputs
 from kit.anomaly.metrics import aupr, auroc, pro_auc, threshold_at_false_reject
 from kit.anomaly.record import AnomalyRecord, write_anomaly_record
 from kit.io import read_json, write_json_atomic
@@ -121,17 +121,18 @@ def escape_certificates(scores: np.ndarray, labels: np.ndarray, classes: list[st
     return out
 
 
-def robustness(bundle: Path, fmt: str, images: np.ndarray, spec, accept_below: float, reject_at: float | None,
-               families: list[str], overrides: dict[str, list[float]], seed: int,
+def robustness(predictor: Predictor, images: np.ndarray, clean: np.ndarray, accept_below: float,
+               reject_at: float | None, families: list[str], overrides: dict[str, list[float]], seed: int,
                log: Callable[[str], None]) -> dict[str, Any]:
-    """Good test parts under every corruption family x severity: false rejects and score shift against clean."""
+    """Good test parts (``clean``: their scores as they are) under every corruption family x severity: false
+    rejects and score shift against clean."""
     from deploy.preprocess import to_tensor
 
-    clean = bundle_outputs(bundle, fmt, to_tensor(images, spec))[0]
+    spec = predictor.manifest.preprocess
     rows = []
     for family in families:
         for severity, value in enumerate(severity_table(family, overrides), start=1):
-            scores = bundle_outputs(bundle, fmt, to_tensor(corrupt_images(images, family, value, seed), spec))[0]
+            scores = predictor_outputs(predictor, to_tensor(corrupt_images(images, family, value, seed), spec))[0]
             act = actions(scores, accept_below, reject_at)
             rows.append({"family": family, "severity": severity, "value": value,
                          "false_reject": stats.rate(int((act == "reject").sum()), len(act)),
@@ -143,14 +144,12 @@ def robustness(bundle: Path, fmt: str, images: np.ndarray, spec, accept_below: f
             "clean_median_score": float(np.median(clean)) if len(clean) else None, "rows": rows}
 
 
-def localisation(run_dir: Path, recipe: Any, bundle: Path, fmt: str, test, classes: list[str], ok: int,
-                 good_maps: np.ndarray) -> dict[str, Any]:
+def localisation(recipe: Any, predictor: Predictor, test, ok: int, good_maps: np.ndarray) -> dict[str, Any]:
     """Peak of the anomaly map within ``TOLERANCE_PX`` (at the model's input) of the defect mask, and AUPRO at the
     model's input, on defective test images with a mask."""
     if recipe.data.masks is None:
         return {"status": "skipped", "reason": "data.masks is not set in the recipe"}
     masks_root, data_root = recipe.resolve_path(recipe.data.masks), recipe.resolve_path(recipe.data.root)
-    predictor = Predictor.from_bundle(bundle, fmt)
     spec = predictor.manifest.preprocess
     picked = [(p, m) for p, label in zip(test.paths, test.labels) if label != ok
               for m in [mask_for(p, data_root, masks_root)] if m is not None]
@@ -173,9 +172,9 @@ def localisation(run_dir: Path, recipe: Any, bundle: Path, fmt: str, test, class
             "aupro_0.3": pro_auc(np.stack(at_input), masks_at_input, good_maps[:, 0])}
 
 
-def latency(bundle: Path, fmt: str, paths: list[Path], iters: int, warmup: int) -> dict[str, Any]:
+def latency(predictor: Predictor, paths: list[Path], iters: int, warmup: int) -> dict[str, Any]:
     """End to end per part, batch 1: read, preprocess, run, decide (``Predictor.predict_paths``)."""
-    predictor = Predictor.from_bundle(bundle, fmt)
+    fmt = predictor.runtime.name
     chosen = [paths[i % len(paths)] for i in range(warmup + iters)]
     times = []
     for i, path in enumerate(chosen):
@@ -222,8 +221,9 @@ def verify_anomaly_run(run_dir: str | Path, log: Callable[[str], None] = print) 
     ok = line_classes.index(recipe.line.ok_class)
     val, test = (load_split(run_dir, s, spec, line_classes) for s in ("val", "test"))
     deployed = auto_runtime(manifest.artefacts)
-    val_scores = bundle_outputs(bundle, deployed, val.inputs(spec))[0]
-    test_out = bundle_outputs(bundle, deployed, test.inputs(spec))
+    predictor = Predictor.from_bundle(bundle, deployed)  # loaded and hash-checked once for every figure below
+    val_scores = predictor_outputs(predictor, val.inputs(spec))[0]
+    test_out = predictor_outputs(predictor, test.inputs(spec))
     test_scores = test_out[0]
     confidence = recipe.verify.threshold.confidence if recipe.verify.threshold is not None else 0.95
     cert = certify(val_scores[val.labels == ok], recipe.anomaly.max_false_reject_rate, recipe.anomaly.review_fraction,
@@ -245,10 +245,10 @@ def verify_anomaly_run(run_dir: str | Path, log: Callable[[str], None] = print) 
         f"{test_op['false_reject_rate']['n']}, escapes {test_op['escape_rate']['k']}/{test_op['escape_rate']['n']}")
     cfg = recipe.verify
     families = cfg.corruptions.families or list_corruptions()
-    robust = robustness(bundle, deployed, test.images[~defective], spec, accept_below, reject_at, families,
+    robust = robustness(predictor, test.images[~defective], test_scores[~defective], accept_below, reject_at, families,
                         cfg.corruptions.severities, recipe.seed, log)
-    loc = localisation(run_dir, recipe, bundle, deployed, test, line_classes, ok, test_out[1][~defective])
-    lat = latency(bundle, deployed, list(test.paths), cfg.latency.iters, cfg.latency.warmup)
+    loc = localisation(recipe, predictor, test, ok, test_out[1][~defective])
+    lat = latency(predictor, list(test.paths), cfg.latency.iters, cfg.latency.warmup)
     gate = _gate(recipe, test_op, figures, lat)
     _write_thresholds(bundle, recipe, manifest, cert, val_scores[val.labels == ok])
     record = AnomalyRecord.model_validate({
