@@ -56,12 +56,15 @@ MODULE_TO_DISTRIBUTION = {
     "starlette": "fastapi",  # FastAPI's own foundation, installed with it
     "uvicorn": "uvicorn",
     "prometheus_client": "prometheus-client",
+    "paho": "paho-mqtt",  # deploy's line interfaces (the line extra)
+    "asyncua": "asyncua",
+    "pymodbus": "pymodbus",
 }
 
 # Per package: the dependency lists that must provide its module-level imports, and the extras
 # that may provide imports made inside a function (an optional backend, used only when installed).
 PACKAGES = {
-    "deploy": {"required": ("base",), "optional": ("gpu", "plot", "serve")},
+    "deploy": {"required": ("base",), "optional": ("gpu", "plot", "serve", "line")},
     "kit": {"required": ("base", "train"), "optional": ("gpu", "report")},
 }
 
