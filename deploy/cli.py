@@ -379,6 +379,53 @@ def _watch_publisher(config: Any, publish: str | None, credentials: Path | None,
                                lambda: StationStatus(True, identity))
 
 
+@app.command("line-test")
+@_one_line_errors
+def line_test(
+    station: str = typer.Argument(..., help="The station's PLC interface: opc.tcp://HOST:4840 or modbus://HOST:502."),
+    images: Path = typer.Option(..., "--images", help="A folder of part images, played in turn."),
+    n: int = typer.Option(200, "-n", "--count", min=1, help="How many handshakes."),
+    drop_into: Optional[Path] = typer.Option(None, "--drop-into", help="The station's --handshake-images folder: each "
+                                             "part's image is dropped there as PART_ID.png after the trigger."),
+    http: Optional[str] = typer.Option(None, "--http", help="Or send each image over HTTP: the station's URL "
+                                       "(POST /v1/inspect?part_id=PART_ID after the trigger)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Check every result against this bundle's decision "
+                                          "on the same image here (a result that differs counts as mismatched)."),
+    user: Optional[str] = typer.Option(None, "--user", help="OPC UA user name (with --password-file)."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File holding the OPC UA password."),
+    first_part: int = typer.Option(1, "--first-part", min=1, help="The first part number (then +1 each)."),
+    timeout: float = typer.Option(10.0, "--timeout-s", min=0.1, help="Longest wait for TriggerReady or ResultReady."),
+) -> None:
+    """Play a PLC against a running station on commissioning day: N handshakes (trigger, image, result,
+    acknowledge), then one JSON line: handshakes, lost, mismatched, p50/p95/max handshake ms. Exit 1 when a
+    result was lost or mismatched.
+
+    Example: deploy line-test opc.tcp://127.0.0.1:4840 --images parts/ -n 200 --drop-into /data/line7/triggered
+    Example: deploy line-test modbus://10.0.0.5:502 --images parts/ --http http://10.0.0.5:8000 --bundle BUNDLE
+    """
+    from deploy.line.line_test import bundle_expectation, connect_plc, drop_image, post_image, run_line_test
+
+    if (drop_into is None) == (http is None):
+        raise DeployError("give one of --drop-into FOLDER (the station's --handshake-images) or --http URL")
+    password = password_file.read_text(encoding="utf-8").strip() if password_file else None
+    paths = _expand([images]) if images.is_dir() else []
+    if not paths:
+        raise DeployError(f"--images {images}: no image files there")
+    deliver = (lambda src, part: drop_image(src, drop_into, part)) if drop_into else \
+        (lambda src, part: post_image(http, src, part))
+    expected = bundle_expectation(bundle) if bundle else None
+    plc = connect_plc(station, user, password)
+    try:
+        report = run_line_test(plc, paths, n, deliver, expected, first_part, timeout)
+    finally:
+        plc.close()
+    for cycle in report.lost + report.mismatched:
+        typer.echo(f"# part {cycle.part_id} ({cycle.image}): {cycle.problem}", err=True)
+    typer.echo(_json_line(report.summary()))
+    if report.lost or report.mismatched:
+        raise typer.Exit(1)
+
+
 @app.command("review-queue")
 @_one_line_errors
 def review_queue(

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +50,42 @@ def find_image(folder: Path, part_id: str) -> Path | None:
     return None
 
 
+RECENT_MAX = 1024  # HTTP decisions remembered for a trigger that the station notices after the image came
+
+
 class StationDecider:
     """``decide(part_id, deadline)`` for the handshake: the first of a file in the images folder or an HTTP decision
-    recorded for that part id after the trigger; ``HandshakeError`` when neither comes by ``deadline``."""
+    recorded for that part id (after the trigger, or up to ``early_s`` before the station noticed it: the camera
+    may be quicker than the PLC's write); ``HandshakeError`` when neither comes by ``deadline``. An HTTP decision
+    answers one trigger only."""
 
-    def __init__(self, station: StationState, images: Path | None) -> None:
-        self.station, self.images = station, images
+    def __init__(self, station: StationState, images: Path | None, early_s: float = 5.0) -> None:
+        self.station, self.images, self.early_s = station, images, early_s
         self._lock = threading.Lock()
         self._waiting: dict[str, list] = {}  # part id -> [event, record]
+        self._recent: OrderedDict[str, tuple[float, DecisionRecord]] = OrderedDict()
 
     def on_record(self, record: DecisionRecord) -> None:
+        if record.source == "handshake" or not record.part_id:
+            return
         with self._lock:
-            slot = self._waiting.get(record.part_id or "")
-        if slot is not None and record.source != "handshake":
-            slot[1] = record
-            slot[0].set()
+            slot = self._waiting.get(record.part_id)
+            if slot is None:
+                self._recent[record.part_id] = (time.monotonic(), record)
+                self._recent.move_to_end(record.part_id)
+                while len(self._recent) > RECENT_MAX:
+                    self._recent.popitem(last=False)
+                return
+        slot[1] = record
+        slot[0].set()
 
     def decide(self, part_id: str, deadline: float) -> PartResult:
         slot = [threading.Event(), None]
         with self._lock:
             self._waiting[part_id] = slot
+            at, early = self._recent.pop(part_id, (0.0, None))
+            if early is not None and time.monotonic() - at <= self.early_s:
+                slot[1] = early
         try:
             while True:
                 if slot[1] is not None:
@@ -133,7 +150,7 @@ class StationLine:
 
     def __init__(self, station: StationState, config: LineConfig) -> None:
         self.station, self.config = station, config
-        self.decider = StationDecider(station, config.handshake_images)
+        self.decider = StationDecider(station, config.handshake_images, config.timeouts.image_s)
         self.view = StationView(station_id=config.station_id, line=self._line, model_id=self._model_id,
                                 ready=lambda: station.not_ready_reason() is None, decide=self.decider.decide,
                                 config=config)
