@@ -168,6 +168,11 @@ def monitor(
     out: Path = typer.Option(Path("monitor"), "--out", help="Folder for drift.json and drift.png."),
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt ..."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="Also publish the verdict as a drift event to MQTT: "
+                                          "mqtt://HOST:1883/TOPIC/PREFIX (the line extra; docs/line.md)."),
+    publish_credentials: Optional[Path] = typer.Option(None, "--publish-credentials", help="File: MQTT user name "
+                                                       "(line 1) and password (line 2)."),
+    station_id: Optional[str] = typer.Option(None, "--station-id", help="This station's name in events (default: the host name)."),
 ) -> None:
     """Compare recent line images with the bundle's reference profile: imaging statistics
     (brightness, contrast, illumination, sharpness, noise, orientation), model confidence,
@@ -193,8 +198,28 @@ def monitor(
     files = write_monitor_report(report, out)
     for line in _monitor_lines(report, files):
         typer.echo(line)
+    if publish:
+        _publish_drift(bundle, report, publish, publish_credentials, station_id)
     if report["status"] == "drift":
         raise typer.Exit(2)
+
+
+def _publish_drift(bundle: Path, report: dict[str, Any], publish: str, credentials: Path | None,
+                   station_id: str | None) -> None:
+    """``deploy monitor --publish``: the verdict as one drift event; a broker that does not take it is one warning
+    line (the report is written either way)."""
+    from deploy.line.config import build_line_config
+    from deploy.line.events import Source, drift_event
+    from deploy.line.mqtt import MqttSink, publish_once
+    from deploy.manifest import read_manifest
+
+    line = build_line_config(publish, credentials, station_id=station_id)
+    source = Source(line.station_id, read_manifest(bundle).extra.get("line"))
+    sink = MqttSink(line.publish, client_id=f"inspection-kit-monitor-{line.station_id}"[:64], credentials=credentials)
+    if publish_once(sink, drift_event(report, source)):
+        typer.echo(f"# drift verdict published to {publish}/drift", err=True)
+    else:
+        typer.echo(f"# warning: the broker at {publish} did not acknowledge the drift verdict", err=True)
 
 
 def _monitor_lines(report: dict[str, Any], files: MonitorFiles) -> list[str]:
@@ -369,14 +394,14 @@ def _watch_publisher(config: Any, publish: str | None, credentials: Path | None,
     from deploy.line.config import build_line_config
     from deploy.line.events import Source
     from deploy.line.follower import StationStatus
-    from deploy.line.mqtt import start_mqtt_follower
+    from deploy.line.publisher import PublisherProcess
     from deploy.manifest import model_id, read_manifest
 
     line = build_line_config(publish, credentials, ca, station_id)
     log_dir = check_log_folder(config.log_dir or config.done_dir / "decisions")
     identity, line_name = model_id(config.bundle), read_manifest(config.bundle).extra.get("line")
-    return start_mqtt_follower(log_dir, line, Source(line.station_id, line_name),
-                               lambda: StationStatus(True, identity))
+    return PublisherProcess(log_dir, line, Source(line.station_id, line_name),
+                            lambda: StationStatus(True, identity)).start()
 
 
 @app.command("line-test")

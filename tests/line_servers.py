@@ -4,6 +4,8 @@ config file on a free port, and an MQTT subscriber that collects what arrives.""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -49,7 +51,8 @@ class Mosquitto:
         # persistence: a subscriber's session and its queued QoS 1 messages survive the broker's restart (saved on
         # SIGTERM), as on a plant's broker
         lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {folder}/",
-                 "log_type error"]
+                 "log_type error", f"user {pwd.getpwuid(os.getuid()).pw_name}"]  # as root it would become 'mosquitto'
+                                                                                  # and lose the test's private folder
         lines += [f"password_file {password_file}", "allow_anonymous false"] if password_file else ["allow_anonymous true"]
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen | None = None

@@ -205,3 +205,71 @@ def test_publish_options_fail_in_one_line(bundle, tmp_path):
         result = runner.invoke(deploy_app, ["serve", str(bundle), "--port", "0", "--log-dir", str(tmp_path / "l"), *args])
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_watch_and_monitor_publish_decisions_and_the_drift_verdict(bundle, broker, tmp_path):
+    """``deploy watch --publish`` (every decision of the folder, delivered before ``--once`` exits) and ``deploy
+    monitor --publish`` (the verdict as a drift event)."""
+    sub = Subscriber(broker.port, "watch/line", client_id="sub-watch")
+    in_dir, done = tmp_path / "in", tmp_path / "done"
+    in_dir.mkdir()
+    for image in sample_images(2):
+        (in_dir / image.name).write_bytes(image.read_bytes())
+    url = f"mqtt://127.0.0.1:{broker.port}/watch/line"
+    try:
+        result = CliRunner().invoke(deploy_app, ["watch", str(in_dir), "--bundle", str(bundle), "--done", str(done),
+                                                 "--once", "--settle-ms", "0", "--publish", url, "--station-id", "w1"])
+        assert result.exit_code == 0, result.output
+        logged = [r.decision_id for r in read_records([done / "decisions"]).records]
+        assert len(logged) == 6
+        assert set(logged) <= set(sub.decision_ids())  # already delivered when --once returned
+        assert all(e["station"] == "w1" and e["decision"]["source"] == "watch" for e in sub.of("decision"))
+        result = CliRunner().invoke(deploy_app, ["monitor", str(bundle), str(done / "decisions"), "--out",
+                                                 str(tmp_path / "monitor"), "--publish", url])
+        assert result.exit_code in (0, 2), result.output
+        drift = wait_until(lambda: sub.of("drift"), "the drift verdict")[-1]
+        written = json.loads((tmp_path / "monitor" / "drift.json").read_text())
+        assert drift["verdict"] == written["status"] and drift["line"] == "station_line"
+    finally:
+        sub.close()
+
+
+def test_a_killed_publisher_leaves_its_last_will_and_is_started_again(bundle, image, broker, tmp_path):
+    sub = Subscriber(broker.port, "will/line", client_id="sub-will")
+    station = _station(bundle, tmp_path / "log", broker.port, prefix="will/line")
+    try:
+        wait_until(lambda: sub.of("status") and sub.of("status")[-1]["state"] == "online", "online")
+        publisher = station.app.state.line.follower
+        publisher.proc.send_signal(signal.SIGKILL)  # the sink's process dies without a goodbye
+        wait_until(lambda: sub.of("status")[-1]["state"] == "offline", "the last will", 10)
+        answered = [_inspect(station, image, f"w{i}")["decision_id"] for i in range(5)]  # the station keeps deciding
+        wait_until(lambda: sub.of("status")[-1]["state"] == "online", "online again after the restart", 20)
+        wait_until(lambda: set(answered) <= set(sub.decision_ids()), "the decisions made meanwhile")
+        assert publisher.restarts == 1
+    finally:
+        station.stop()
+        sub.close()
+
+
+def test_credentials_come_from_a_file(bundle, image, tmp_path):
+    import shutil
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed (it comes with mosquitto)")
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "station", "pa55-word"], check=True)
+    passwords.chmod(0o600)
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker", password_file=passwords).start()
+    credentials = tmp_path / "mqtt-credentials"
+    credentials.write_text("station\npa55-word\n")
+    sub = Subscriber(broker.port, "auth/line", credentials=("station", "pa55-word"))
+    line = build_line_config(f"mqtt://127.0.0.1:{broker.port}/auth/line", publish_credentials=credentials)
+    station = build_station(ServeConfig(bundle=bundle, log_dir=tmp_path / "log", line=line), port=0).start()
+    try:
+        ident = _inspect(station, image, "auth1")["decision_id"]
+        wait_until(lambda: ident in sub.decision_ids(), "the decision through an authenticated session")
+    finally:
+        station.stop()
+        sub.close()
+        broker.stop()

@@ -15,7 +15,9 @@ just before midnight can land in the old day's file a moment after the new one b
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +48,28 @@ class Batch:
 
 
 class LogCursor:
-    def __init__(self, log_dir: str | Path, sink: str) -> None:
+    """``exclusive``: hold the cursor's lock (``.line-cursor-<sink>.lock``, ``flock``) while this object lives, waiting
+    for it if another publisher has it: two publishers on one cursor would each resend the other's batches. The
+    kernel releases the lock when its process dies, even by SIGKILL."""
+
+    def __init__(self, log_dir: str | Path, sink: str, exclusive: bool = False) -> None:
         self.log_dir = Path(log_dir)
         self.path = self.log_dir / f".line-cursor-{sink}.json"
+        self._lock_fd: int | None = None
+        if exclusive:
+            self._lock_fd = os.open(self.log_dir / f".line-cursor-{sink}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.position = self._load()
+
+    @classmethod
+    def existing(cls, log_dir: str | Path, sink: str) -> "LogCursor | None":
+        """The sink's cursor if it has one (never creating it: for a reader that only asks how far it is)."""
+        return cls(log_dir, sink) if (Path(log_dir) / f".line-cursor-{sink}.json").is_file() else None
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _load(self) -> Position:
         if not self.path.is_file():

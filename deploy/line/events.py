@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,10 +67,21 @@ def status_event(source: Source, state: str, ready: bool, model_id: str | None, 
 
 def drift_event(report: dict[str, Any], source: Source) -> dict[str, Any]:
     """A ``deploy monitor`` report as an event: its verdict, each check's, and the window it looked at."""
-    verdict = report.get("verdict") or report.get("status")
-    body = json.dumps(report, sort_keys=True, default=str)
+    verdict = report.get("status")
+    body = json.dumps(_finite(report), sort_keys=True, default=str)
     ident = hashlib.sha256(f"drift:{body}".encode()).hexdigest()[:32]
-    return _event("drift", ident, source, verdict=verdict, report=report)
+    return _event("drift", ident, source, verdict=verdict, report=_finite(report))
+
+
+def _finite(value: Any) -> Any:
+    """JSON without NaN or infinity (a check with too few samples can hold one): null instead."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def encode(event: dict[str, Any]) -> bytes:

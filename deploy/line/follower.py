@@ -12,6 +12,7 @@ one line on stderr (at most one every ``ERROR_EVERY_S``), never an exception any
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,8 @@ from deploy.line.cursor import Batch, LogCursor
 from deploy.line.events import Source, decision_event, model_event, status_event
 
 BACKOFF_S = (0.5, 30.0)
+NICE = 10
+POLL_S = 0.2  # how often the log is looked at when nothing is behind the cursor: batches, not a wake-up per part
 ERROR_EVERY_S = 30.0
 STATUS_EVERY_S = 1.0
 
@@ -55,9 +58,17 @@ def events_of(batch: Batch, previous_model_id: str | None, source: Source) -> li
     return events
 
 
+def lower_priority() -> None:
+    """Nice this thread (Linux: a thread's nice value is its own, inherited by the threads it starts), best effort."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except (AttributeError, OSError):
+        pass
+
+
 class Follower:
     def __init__(self, cursor: LogCursor, sink: Sink, source: Source, status: Callable[[], StationStatus],
-                 poll_s: float = 0.05, batch_size: int = 100, err: Callable[[str], None] | None = None) -> None:
+                 poll_s: float = POLL_S, batch_size: int = 100, err: Callable[[str], None] | None = None) -> None:
         self.cursor, self.sink, self.source, self.status = cursor, sink, source, status
         self.poll_s, self.batch_size = poll_s, batch_size
         self.err = err or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -92,6 +103,7 @@ class Follower:
         return status_event(self.source, state, status.ready and state == "online", status.model_id)
 
     def _run(self) -> None:
+        lower_priority()  # this thread and the client threads it starts (paho's loop) yield the CPU to inspections
         status = self._safe_status()
         try:
             self.sink.start(self._status_event(status), self._status_event(status, "offline"))
@@ -122,6 +134,7 @@ class Follower:
             self.sink.stop(self._status_event(self._safe_status(), "offline"))
         except Exception as exc:
             self._report(exc)
+        self.cursor.close()
 
     def _safe_status(self) -> StationStatus:
         try:

@@ -101,6 +101,7 @@ class OpcUaPlc:
         try:
             self.client.connect()
         except Exception as exc:
+            self._stop_loop()  # asyncua's client thread is not a daemon: left running, it keeps the process alive
             raise DeployError(f"{url}: cannot connect to the station's OPC UA server ({type(exc).__name__}: {exc})") from None
         ns = self.client.get_namespace_index(NAMESPACE)
 
@@ -123,8 +124,17 @@ class OpcUaPlc:
     def set(self, trigger: bool, acknowledge: bool) -> None:
         self.client.write_values([self.trigger, self.ack], [trigger, acknowledge])
 
+    def _stop_loop(self) -> None:
+        try:
+            self.client.tloop.stop()
+        except Exception:
+            pass
+
     def close(self) -> None:
-        self.client.disconnect()
+        try:
+            self.client.disconnect()
+        except Exception:
+            self._stop_loop()
 
 
 class ModbusPlc:

@@ -96,11 +96,13 @@ class MqttSink:
                 return False
             infos.append(info)
         deadline = time.monotonic() + timeout_s
-        for info in infos:
-            while not info.is_published():
-                if time.monotonic() > deadline or not self.connected:
-                    return False
-                time.sleep(0.002)
+        for info in infos:  # waits on paho's condition, no polling
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # the connection went: not sent
+                return False
+            if not info.is_published():
+                return False
         return True
 
     def stop(self, offline: dict[str, Any]) -> None:
@@ -126,8 +128,9 @@ def publish_once(sink: MqttSink, event: dict[str, Any], timeout_s: float = 10.0)
         sink.client.loop_stop()
 
 
-def start_mqtt_follower(log_dir: Any, config: Any, source: Any, status: Any, err: Any = None):
+def start_mqtt_follower(log_dir: Any, config: Any, source: Any, status: Any, err: Any = None,
+                        exclusive: bool = False):
     """The MQTT sink following ``log_dir`` through its cursor (``LogCursor(log_dir, "mqtt")``), started."""
     sink = MqttSink(config.publish, client_id=f"inspection-kit-{config.station_id}"[:64],
                     credentials=config.publish_credentials, ca_file=config.publish_ca)
-    return Follower(LogCursor(log_dir, "mqtt"), sink, source, status, err=err).start()
+    return Follower(LogCursor(log_dir, "mqtt", exclusive), sink, source, status, err=err).start()

@@ -29,7 +29,7 @@ from deploy.line.config import LineConfig
 from deploy.line.events import Source
 from deploy.line.follower import StationStatus
 from deploy.line.handshake import HandshakeError, PartResult
-from deploy.line.mqtt import start_mqtt_follower
+from deploy.line.publisher import PublisherProcess
 from deploy.line.tally import StationView, part_result
 from deploy.preprocess import IMAGE_SUFFIXES
 from deploy.serve.intake import prepare
@@ -173,9 +173,9 @@ class StationLine:
             if self.config.publish is not None:
                 if self.station.config.log_dir is None:
                     raise DeployError("--publish follows the decision log: it cannot run with --no-log")
-                self.follower = start_mqtt_follower(
+                self.follower = PublisherProcess(
                     self.station.config.log_dir, self.config, Source(self.config.station_id, self._line()),
-                    lambda: StationStatus(self.station.not_ready_reason() is None, self._model_id()))
+                    lambda: StationStatus(self.station.not_ready_reason() is None, self._model_id())).start()
             if self.config.opcua is not None:
                 from deploy.line.opcua import OpcUaServer
 
