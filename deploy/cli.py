@@ -418,6 +418,8 @@ def line_test(
                                           "on the same image here (a result that differs counts as mismatched)."),
     user: Optional[str] = typer.Option(None, "--user", help="OPC UA user name (with --password-file)."),
     password_file: Optional[Path] = typer.Option(None, "--password-file", help="File holding the OPC UA password."),
+    opcua_security: Optional[str] = typer.Option(None, "--opcua-security", help="For a station with --opcua-cert: "
+                                                 "Basic256Sha256,SignAndEncrypt,CLIENT_CERT,CLIENT_KEY."),
     first_part: int = typer.Option(1, "--first-part", min=1, help="The first part number (then +1 each)."),
     timeout: float = typer.Option(10.0, "--timeout-s", min=0.1, help="Longest wait for TriggerReady or ResultReady."),
 ) -> None:
@@ -439,7 +441,7 @@ def line_test(
     deliver = (lambda src, part: drop_image(src, drop_into, part)) if drop_into else \
         (lambda src, part: post_image(http, src, part))
     expected = bundle_expectation(bundle) if bundle else None
-    plc = connect_plc(station, user, password)
+    plc = connect_plc(station, user, password, opcua_security)
     try:
         report = run_line_test(plc, paths, n, deliver, expected, first_part, timeout)
     finally:

@@ -221,3 +221,33 @@ def test_serve_with_publish_and_opcua_publishes_every_handshake_decision(bundle,
         s.station.stop()
         sub.close()
         broker.stop()
+
+
+def _certificate(folder: Path, name: str, uri: str) -> tuple[Path, Path]:
+    import asyncio
+
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.der"
+    asyncio.run(setup_self_signed_certificate(key, cert, uri, "localhost",
+                                              [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+                                              {"commonName": name}))
+    return cert, key
+
+
+def test_opcua_with_a_certificate_offers_only_sign_and_encrypt(bundle, images, tmp_path):
+    cert, key = _certificate(tmp_path, "station", "urn:freeopcua:python:server")
+    client_cert, client_key = _certificate(tmp_path, "plc", "urn:freeopcua:client")
+    s = PlcStation(bundle, tmp_path, opcua_cert=cert, opcua_key=key)
+    try:
+        with pytest.raises(Exception):
+            OpcUaPlc(s.opcua_url)  # no security: no such endpoint
+        plc = OpcUaPlc(s.opcua_url, security=f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+        try:
+            report = run_line_test(plc, images[:2], 2, lambda src, part: drop_image(src, s.images, part))
+            assert report.summary()["lost"] == 0 and report.summary()["mismatched"] == 0
+        finally:
+            plc.close()
+    finally:
+        s.station.stop()

@@ -5,6 +5,8 @@
     cursor      a durable cursor over the decision log (what a sink has delivered, atomically on disk)
     follower    the sink thread: cursor -> events -> sink, acknowledged before the cursor moves, back-off
     mqtt        the MQTT sink (QoS 1, a retained status with a last will, TLS, credentials from a file)
+    publisher   the MQTT sink as a niced child process of the station (no interpreter lock shared with inspections)
+    tally       counters per action and the last result for the PLC servers; StationView
     handshake   the PLC handshake state machine shared by OPC UA and Modbus (trigger, busy, result, acknowledge)
     opcua       the station as an OPC UA server (asyncua): status, counters, last result, the handshake
     modbus      the same on Modbus TCP coils and registers (pymodbus)

@@ -5,7 +5,7 @@
     -> commit the cursor (atomic) -> next batch
 
 A batch that is not acknowledged (broker down, slow, refusing) is read again from the cursor and sent again after
-a back-off (0.5 s doubling to 30 s): at least once, never lost, repeats dropped by ``event_id``. The thread only
+a back-off (0.5 s doubling to 5 s): at least once, never lost, repeats dropped by ``event_id``. The thread only
 reads files the station already wrote, so nothing a sink does can slow or stop an inspection; a sink's error is
 one line on stderr (at most one every ``ERROR_EVERY_S``), never an exception anywhere else.
 """
@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 from deploy.line.cursor import Batch, LogCursor
 from deploy.line.events import Source, decision_event, model_event, status_event
 
-BACKOFF_S = (0.5, 30.0)
+BACKOFF_S = (0.5, 5.0)  # a broker back after an outage gets the backlog within seconds
 NICE = 10
 POLL_S = 0.2  # how often the log is looked at when nothing is behind the cursor: batches, not a wake-up per part
 ERROR_EVERY_S = 30.0

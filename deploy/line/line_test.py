@@ -89,12 +89,20 @@ def _round(value: float | None) -> float | None:
 class OpcUaPlc:
     """The PLC's side over OPC UA (asyncua's synchronous client)."""
 
-    def __init__(self, url: str, user: str | None = None, password: str | None = None) -> None:
+    def __init__(self, url: str, user: str | None = None, password: str | None = None,
+                 security: str | None = None) -> None:
         try:
             from asyncua.sync import Client
         except ImportError as exc:
             raise line_extra_missing(exc) from None
         self.client = Client(url, timeout=10)
+        if security:  # asyncua's own string: "Basic256Sha256,SignAndEncrypt,CLIENT_CERT,CLIENT_KEY"
+            try:
+                self.client.set_security_string(security)
+            except Exception as exc:
+                self._stop_loop()
+                raise DeployError(f"--opcua-security: {type(exc).__name__}: {exc}; give "
+                                  "Basic256Sha256,SignAndEncrypt,CLIENT_CERT.der,CLIENT_KEY.pem") from None
         if user:
             self.client.set_user(user)
             self.client.set_password(password or "")
@@ -168,12 +176,12 @@ class ModbusPlc:
         self.client.close()
 
 
-def connect_plc(url: str, user: str | None = None, password: str | None = None):
+def connect_plc(url: str, user: str | None = None, password: str | None = None, security: str | None = None):
     from deploy.line.config import parse_modbus_url, parse_opcua_url
 
     if url.startswith("opc.tcp://"):
         parse_opcua_url(url)
-        return OpcUaPlc(url, user, password)
+        return OpcUaPlc(url, user, password, security)
     if url.startswith("modbus://"):
         endpoint = parse_modbus_url(url)
         return ModbusPlc(endpoint.host, endpoint.port)

@@ -10,7 +10,7 @@ Topics under the URL's prefix (``--publish mqtt://host:1883/plant/line7``):
                       goes without saying goodbye (and by the station itself when it stops)
 
 A batch counts as delivered only when the broker acknowledged (PUBACK) every message of it; the connection is
-kept by paho's own loop thread, which reconnects with back-off (1 s doubling to 30 s). TLS with ``mqtts://``
+kept by paho's own loop thread, which reconnects with back-off (1 s doubling to 8 s). TLS with ``mqtts://``
 (the system's CAs, or ``--publish-ca``); user and password from ``--publish-credentials FILE``.
 """
 
@@ -27,7 +27,7 @@ from deploy.line.events import encode
 from deploy.line.follower import Follower
 
 ACK_TIMEOUT_S = 10.0
-RECONNECT_S = (1, 30)
+RECONNECT_S = (1, 8)
 KEEPALIVE_S = 15
 
 

@@ -97,7 +97,7 @@ class StationDecider:
                     where = f"{self.images}/{part_id}.png or " if self.images is not None else ""
                     raise HandshakeError("no_image", f"no image for part {part_id} ({where}POST /v1/inspect?part_id=) "
                                          "within the time-out")
-                slot[0].wait(0.005)
+                slot[0].wait(0.002)
         finally:
             with self._lock:
                 if self._waiting.get(part_id) is slot:
