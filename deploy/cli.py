@@ -332,6 +332,11 @@ def serve(
     for what, value in (("publishing to", publish), ("OPC UA at", opcua), ("Modbus TCP at", modbus)):
         if value:
             typer.echo(f"# line: {what} {value}", err=True)
+    if opcua:
+        from deploy.line.opcua import opcua_warnings
+
+        for warning in opcua_warnings(line):
+            typer.echo(f"# warning: {warning}", err=True)
     station.run()
 
 

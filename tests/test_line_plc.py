@@ -251,3 +251,28 @@ def test_opcua_with_a_certificate_offers_only_sign_and_encrypt(bundle, images, t
             plc.close()
     finally:
         s.station.stop()
+
+
+def test_plc_options_fail_in_one_line(bundle, tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    runner = CliRunner()
+    cases = [(["--opcua", f"opc.tcp://127.0.0.1:{port}"], "the OPC UA server did not start"),
+             (["--modbus", f"modbus://127.0.0.1:{port}"], "the Modbus server did not start"),
+             (["--opcua", "http://127.0.0.1:4840"], "give opc.tcp://HOST:4840"),
+             (["--modbus", "modbus://127.0.0.1:99999"], "the port must be a number from 1 to 65535"),
+             (["--opcua-users", str(tmp_path)], "cannot read it"),
+             (["--handshake-images", str(tmp_path)], "goes with --opcua or --modbus"),
+             (["--modbus", "modbus://127.0.0.1:1", "--handshake-images", str(tmp_path / "no")], "no such folder")]
+    try:
+        for args, message in cases:
+            result = runner.invoke(deploy_app, ["serve", str(bundle), "--port", "0", "--log-dir", str(tmp_path / "l"),
+                                                *args])
+            assert result.exit_code == 1, (args, result.output)
+            assert message in result.output and "Traceback" not in result.output, result.output
+    finally:
+        taken.close()

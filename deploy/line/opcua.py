@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 from typing import Any
 
@@ -75,6 +76,14 @@ def _user_manager(users: dict[str, str]):
     return FileUsers()
 
 
+def opcua_warnings(config) -> list[str]:
+    """What an operator should hear at start: passwords without encryption."""
+    if config.opcua is not None and config.opcua_users is not None and config.opcua_cert is None:
+        return ["--opcua-users without --opcua-cert: OPC UA passwords travel in plain text; add --opcua-cert and "
+                "--opcua-key (Basic256Sha256 sign & encrypt)"]
+    return []
+
+
 class OpcUaServer:
     def __init__(self, view: StationView) -> None:
         try:
@@ -87,6 +96,9 @@ class OpcUaServer:
         if (self.config.opcua_cert is None) != (self.config.opcua_key is None):
             raise DeployError("OPC UA security needs both --opcua-cert and --opcua-key")
         self.handshake = Handshake(view.decide, view.ready, self.config.timeouts)
+        library_log = logging.getLogger("asyncua")
+        if library_log.level == logging.NOTSET:  # its start-up warnings are about security: said once, below, if due
+            library_log.setLevel(logging.ERROR)
         self._stop = threading.Event()
         self._started = threading.Event()
         self._error: BaseException | None = None

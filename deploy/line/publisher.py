@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -164,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-ca", type=Path)
     args = parser.parse_args(argv)
     lower_priority()
+    # Ctrl-C reaches the whole process group: the station stops, and the end of stdin stops this process in
+    # order; SIGTERM (systemd stops the whole unit) says offline and leaves the same way
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     holder: list[Any] = [StationStatus(False, None)]
     first, ended = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: ended.set())
     threading.Thread(target=_read_status, args=(holder, first, ended), daemon=True).start()
     first.wait(10)
     try:
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    ended.wait()
+    while not ended.wait(1.0):  # a timed wait, so SIGTERM's handler runs promptly
+        pass
     follower.stop()
     return 0
 
