@@ -85,15 +85,6 @@ class Follower:
         self._thread.start()
         return self
 
-    def drain(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything in the log has been delivered (a command that exits: ``deploy watch --once``)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.cursor.read(1).records:
-                return True
-            time.sleep(0.05)
-        return False
-
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
