@@ -168,6 +168,11 @@ def monitor(
     out: Path = typer.Option(Path("monitor"), "--out", help="Folder for drift.json and drift.png."),
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | tensorrt ..."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="Also publish the verdict as a drift event to MQTT: "
+                                          "mqtt://HOST:1883/TOPIC/PREFIX (the line extra; docs/line.md)."),
+    publish_credentials: Optional[Path] = typer.Option(None, "--publish-credentials", help="File: MQTT user name "
+                                                       "(line 1) and password (line 2)."),
+    station_id: Optional[str] = typer.Option(None, "--station-id", help="This station's name in events (default: the host name)."),
 ) -> None:
     """Compare recent line images with the bundle's reference profile: imaging statistics
     (brightness, contrast, illumination, sharpness, noise, orientation), model confidence,
@@ -193,8 +198,28 @@ def monitor(
     files = write_monitor_report(report, out)
     for line in _monitor_lines(report, files):
         typer.echo(line)
+    if publish:
+        _publish_drift(bundle, report, publish, publish_credentials, station_id)
     if report["status"] == "drift":
         raise typer.Exit(2)
+
+
+def _publish_drift(bundle: Path, report: dict[str, Any], publish: str, credentials: Path | None,
+                   station_id: str | None) -> None:
+    """``deploy monitor --publish``: the verdict as one drift event; a broker that does not take it is one warning
+    line (the report is written either way)."""
+    from deploy.line.config import build_line_config
+    from deploy.line.events import Source, drift_event
+    from deploy.line.mqtt import MqttSink, publish_once
+    from deploy.manifest import read_manifest
+
+    line = build_line_config(publish, credentials, station_id=station_id)
+    source = Source(line.station_id, read_manifest(bundle).extra.get("line"))
+    sink = MqttSink(line.publish, client_id=f"inspection-kit-monitor-{line.station_id}"[:64], credentials=credentials)
+    if publish_once(sink, drift_event(report, source)):
+        typer.echo(f"# drift verdict published to {publish}/drift", err=True)
+    else:
+        typer.echo(f"# warning: the broker at {publish} did not acknowledge the drift verdict", err=True)
 
 
 def _monitor_lines(report: dict[str, Any], files: MonitorFiles) -> list[str]:
@@ -249,6 +274,27 @@ def serve(
     keep_images_max_gb: float = typer.Option(0.0, "--keep-images-max-gb", min=0, help="... or beyond this many GB (0: no limit)."),
     idempotency_ttl: float = typer.Option(86400.0, "--idempotency-ttl-s", min=1, help="How long an Idempotency-Key "
                                           "is remembered."),
+    # -- the line interfaces (the line extra; docs/line.md) --
+    publish: Optional[str] = typer.Option(None, "--publish", help="Publish every decision, model change and the "
+                                          "station's status to MQTT: mqtt://HOST:1883/TOPIC/PREFIX (mqtts:// for TLS)."),
+    publish_credentials: Optional[Path] = typer.Option(None, "--publish-credentials", help="File: MQTT user name "
+                                                       "(line 1) and password (line 2)."),
+    publish_ca: Optional[Path] = typer.Option(None, "--publish-ca", help="CA certificate (PEM) of an mqtts:// broker."),
+    station_id: Optional[str] = typer.Option(None, "--station-id", help="This station's name in events (default: the host name)."),
+    opcua: Optional[str] = typer.Option(None, "--opcua", help="Serve OPC UA (status, counters, last result, the PLC "
+                                        "handshake) at opc.tcp://HOST:4840."),
+    opcua_users: Optional[Path] = typer.Option(None, "--opcua-users", help="File of NAME:PASSWORD lines: OPC UA "
+                                               "sessions then need one of them."),
+    opcua_cert: Optional[Path] = typer.Option(None, "--opcua-cert", help="OPC UA server certificate: Basic256Sha256 "
+                                              "sign & encrypt only (with --opcua-key)."),
+    opcua_key: Optional[Path] = typer.Option(None, "--opcua-key", help="The OPC UA certificate's private key."),
+    modbus: Optional[str] = typer.Option(None, "--modbus", help="Serve the PLC handshake on Modbus TCP at modbus://HOST:502."),
+    handshake_images: Optional[Path] = typer.Option(None, "--handshake-images", help="Folder a triggered part's image "
+                                                    "is dropped into as PART_ID.png (or sent over HTTP with its part_id)."),
+    image_timeout: float = typer.Option(5.0, "--image-timeout-s", min=0.01, help="Handshake: a triggered part's "
+                                        "image must arrive within this."),
+    ack_timeout: float = typer.Option(10.0, "--ack-timeout-s", min=0.01, help="Handshake: the PLC must acknowledge "
+                                      "a result within this."),
 ) -> None:
     """Serve a bundle over HTTP: POST /v1/inspect (image as the body or multipart), GET /v1/health,
     /v1/ready, /v1/model, /v1/decisions, /metrics, /openapi.json; POST /v1/reload (or SIGHUP) swaps in a bundle
@@ -258,9 +304,14 @@ def serve(
     Example: deploy serve runs/sample_line/RUN/bundle --port 8000 --log-dir /var/log/line7
     Example: curl --data-binary @part_0001.png -H "Content-Type: image/png" "http://127.0.0.1:8000/v1/inspect?part_id=0001"
     Example: deploy serve BUNDLE --host 0.0.0.0 --tokens /etc/line7/tokens --tls-cert cert.pem --tls-key key.pem
+    Example: deploy serve BUNDLE --publish mqtt://127.0.0.1:1883/plant/line7 --opcua opc.tcp://0.0.0.0:4840
     """
+    from deploy.line.config import build_line_config
     from deploy.serve import ServeConfig, build_station
     from deploy.serve.config import AccessConfig
+
+    line = build_line_config(publish, publish_credentials, publish_ca, station_id, opcua, opcua_users, opcua_cert,
+                             opcua_key, modbus, handshake_images, image_timeout, ack_timeout)
 
     access = AccessConfig(tokens_file=tokens, allow_reload=not no_reload, tls_cert=tls_cert, tls_key=tls_key,
                           keep_images=keep_images, keep_images_max_count=keep_images_max_count,
@@ -268,7 +319,7 @@ def serve(
     config = ServeConfig(bundle=bundle, runtime=runtime, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, max_queue=max_queue, log_dir=None if no_log else log_dir,
                          threads=threads or None, reload_root=reload_root, read_timeout_s=read_timeout,
-                         access=access)
+                         access=access, line=line)
     config.max_pixels = max_pixels
     station = build_station(config, host, port)
     summary = station.app.state.host.current.summary()
@@ -278,6 +329,14 @@ def serve(
 
     for warning in access_warnings(host, access):
         typer.echo(f"# warning: {warning}", err=True)
+    for what, value in (("publishing to", publish), ("OPC UA at", opcua), ("Modbus TCP at", modbus)):
+        if value:
+            typer.echo(f"# line: {what} {value}", err=True)
+    if opcua:
+        from deploy.line.opcua import opcua_warnings
+
+        for warning in opcua_warnings(line):
+            typer.echo(f"# warning: {warning}", err=True)
     station.run()
 
 
@@ -297,6 +356,12 @@ def watch(
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for ONNX Runtime (0: its default)."),
     max_pixels: int = typer.Option(200_000_000, "--max-pixels", min=1, help="Largest image decoded, width x height "
                                    "(else DONE/error); its decoded bytes at most 3 per pixel."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="Publish every decision and the watcher's status "
+                                          "to MQTT: mqtt://HOST:1883/TOPIC/PREFIX (the line extra; docs/line.md)."),
+    publish_credentials: Optional[Path] = typer.Option(None, "--publish-credentials", help="File: MQTT user name "
+                                                       "(line 1) and password (line 2)."),
+    publish_ca: Optional[Path] = typer.Option(None, "--publish-ca", help="CA certificate (PEM) of an mqtts:// broker."),
+    station_id: Optional[str] = typer.Option(None, "--station-id", help="This station's name in events (default: the host name)."),
 ) -> None:
     """Watch a folder: decide every image once it is completely written (write NAME.tmp and rename,
     or write in place and let it settle), log the decision, move the file to DONE/<action>/.
@@ -315,8 +380,82 @@ def watch(
     config = WatchConfig(in_dir=in_dir, bundle=bundle, done_dir=done, log_dir=log_dir, runtime=runtime,
                          threads=threads or None, settle_ms=settle_ms, poll_ms=poll_ms, max_batch=max_batch,
                          broken_after_s=broken_after_s, max_pixels=max_pixels)
-    watcher = run_watch(config, stop, once=once, out=lambda line: typer.echo(line))
+    follower = _watch_publisher(config, publish, publish_credentials, publish_ca, station_id)
+    try:
+        watcher = run_watch(config, stop, once=once, out=lambda line: typer.echo(line))
+    finally:
+        if follower is not None:
+            follower.drain(10.0 if once else 2.0)
+            follower.stop()
     typer.echo(f"# watch stopped: {watcher.decided} decided, {watcher.errors} to {done / 'error'}", err=True)
+
+
+def _watch_publisher(config: Any, publish: str | None, credentials: Path | None, ca: Path | None,
+                     station_id: str | None):
+    """``deploy watch --publish``: the MQTT sink following the watcher's decision log (None without --publish)."""
+    if not publish:
+        return None
+    from deploy.decision_log import check_log_folder
+    from deploy.line.config import build_line_config
+    from deploy.line.events import Source
+    from deploy.line.follower import StationStatus
+    from deploy.line.publisher import PublisherProcess
+    from deploy.manifest import model_id, read_manifest
+
+    line = build_line_config(publish, credentials, ca, station_id)
+    log_dir = check_log_folder(config.log_dir or config.done_dir / "decisions")
+    identity, line_name = model_id(config.bundle), read_manifest(config.bundle).extra.get("line")
+    return PublisherProcess(log_dir, line, Source(line.station_id, line_name),
+                            lambda: StationStatus(True, identity)).start()
+
+
+@app.command("line-test")
+@_one_line_errors
+def line_test(
+    station: str = typer.Argument(..., help="The station's PLC interface: opc.tcp://HOST:4840 or modbus://HOST:502."),
+    images: Path = typer.Option(..., "--images", help="A folder of part images, played in turn."),
+    n: int = typer.Option(200, "-n", "--count", min=1, help="How many handshakes."),
+    drop_into: Optional[Path] = typer.Option(None, "--drop-into", help="The station's --handshake-images folder: each "
+                                             "part's image is dropped there as PART_ID.png after the trigger."),
+    http: Optional[str] = typer.Option(None, "--http", help="Or send each image over HTTP: the station's URL "
+                                       "(POST /v1/inspect?part_id=PART_ID after the trigger)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Check every result against this bundle's decision "
+                                          "on the same image here (a result that differs counts as mismatched)."),
+    user: Optional[str] = typer.Option(None, "--user", help="OPC UA user name (with --password-file)."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File holding the OPC UA password."),
+    opcua_security: Optional[str] = typer.Option(None, "--opcua-security", help="For a station with --opcua-cert: "
+                                                 "Basic256Sha256,SignAndEncrypt,CLIENT_CERT,CLIENT_KEY."),
+    first_part: int = typer.Option(1, "--first-part", min=1, help="The first part number (then +1 each)."),
+    timeout: float = typer.Option(10.0, "--timeout-s", min=0.1, help="Longest wait for TriggerReady or ResultReady."),
+) -> None:
+    """Play a PLC against a running station on commissioning day: N handshakes (trigger, image, result,
+    acknowledge), then one JSON line: handshakes, lost, mismatched, p50/p95/max handshake ms. Exit 1 when a
+    result was lost or mismatched.
+
+    Example: deploy line-test opc.tcp://127.0.0.1:4840 --images parts/ -n 200 --drop-into /data/line7/triggered
+    Example: deploy line-test modbus://10.0.0.5:502 --images parts/ --http http://10.0.0.5:8000 --bundle BUNDLE
+    """
+    from deploy.line.line_test import bundle_expectation, connect_plc, drop_image, post_image, run_line_test
+
+    if (drop_into is None) == (http is None):
+        raise DeployError("give one of --drop-into FOLDER (the station's --handshake-images) or --http URL")
+    password = password_file.read_text(encoding="utf-8").strip() if password_file else None
+    paths = _expand([images]) if images.is_dir() else []
+    if not paths:
+        raise DeployError(f"--images {images}: no image files there")
+    deliver = (lambda src, part: drop_image(src, drop_into, part)) if drop_into else \
+        (lambda src, part: post_image(http, src, part))
+    expected = bundle_expectation(bundle) if bundle else None
+    plc = connect_plc(station, user, password, opcua_security)
+    try:
+        report = run_line_test(plc, paths, n, deliver, expected, first_part, timeout)
+    finally:
+        plc.close()
+    for cycle in report.lost + report.mismatched:
+        typer.echo(f"# part {cycle.part_id} ({cycle.image}): {cycle.problem}", err=True)
+    typer.echo(_json_line(report.summary()))
+    if report.lost or report.mismatched:
+        raise typer.Exit(1)
 
 
 @app.command("review-queue")

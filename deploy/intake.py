@@ -14,6 +14,7 @@ predict`` gives the same file.
 from __future__ import annotations
 
 import struct
+import unicodedata
 from typing import NamedTuple
 
 import cv2
@@ -33,6 +34,13 @@ MAX_PIXELS = 200_000_000  # deploy serve / watch --max-pixels; OpenCV's own cap 
 _OTHER_IMAGES = {b"GIF87a": "gif", b"GIF89a": "gif", b"\x00\x00\x01\x00": "ico", b"8BPS": "psd"}
 
 
+MAX_PART_ID_CHARS = 200
+# Characters a part id may not hold: controls (C0, C1 such as U+0085), formatting characters (the bidi
+# overrides U+202A-U+202E and isolates U+2066-U+2069, zero-width characters), line and paragraph separators
+# (U+2028, U+2029), lone surrogates. They forge or hide text in logs, CSV files and screens.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
 class IntakeError(ImageReadError):
     """Bytes the station cannot decide on; ``kind`` names the case (metrics, logs), ``status`` the
     HTTP answer ``deploy serve`` gives."""
@@ -40,6 +48,24 @@ class IntakeError(ImageReadError):
     def __init__(self, kind: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.kind, self.status = kind, status
+
+
+def check_part_id(value: str | None) -> str | None:
+    """A part id is at most ``MAX_PART_ID_CHARS`` characters of printable text; anything else is one 400."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_PART_ID_CHARS:
+        raise IntakeError("bad_part_id", f"part_id must be at most {MAX_PART_ID_CHARS} printable characters "
+                          f"(got {len(value)} characters)")
+    for c in value:
+        if c == "\ufffd":
+            raise IntakeError("bad_part_id", "part_id is not valid UTF-8 (it decoded to U+FFFD); percent-encode its "
+                              "UTF-8 bytes in ?part_id= or send them as they are in X-Part-Id")
+        if unicodedata.category(c) in _REFUSED_CATEGORIES:
+            name = unicodedata.name(c, "a control character")
+            raise IntakeError("bad_part_id", f"part_id holds U+{ord(c):04X} ({name}): control, line-separator and "
+                              "bidi or other formatting characters are refused; send printable text")
+    return value
 
 
 class Intake(NamedTuple):

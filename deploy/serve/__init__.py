@@ -30,6 +30,7 @@ The parts, each importing only downwards:
     idempotency, images, systemd   Idempotency-Key, --keep-images, sd_notify
     access     StationAccess (the above, per station) and the middleware: request id, key, access line
     reloads    a model change (HTTP or SIGHUP), its line/class guard answer and audit record
+    line       the line interfaces of a station (--publish, --opcua, --modbus; deploy.line) and the handshake's decider
     routes/    one APIRouter per concern: inspection, admin (model, reload), status, metrics, decisions
     openapi    the OpenAPI description (GET /openapi.json, docs/openapi.json)
     protocol   uvicorn's HTTP protocol with a header deadline and bound, and protocol errors as JSON

@@ -76,6 +76,9 @@ async def _lifespan(app: Any):
     yield
     app.state.access.stop()
     station.stop()
+    line = getattr(app.state, "line", None)
+    if line is not None:  # after the log's last sync: the MQTT sink says offline, the PLC servers close
+        line.stop()
 
 
 def _add_error_handlers(app: Any, station: StationState) -> None:

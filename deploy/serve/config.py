@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.intake import MAX_PIXELS
+from deploy.line.config import LineConfig
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ServeConfig:
     # the largest image decoded (width x height); its decoded bytes at most 3 per pixel (deploy.intake)
     max_pixels: int = MAX_PIXELS
     access: AccessConfig = field(default_factory=AccessConfig)  # keys, TLS, reload switch, kept images, idempotency
+    line: LineConfig = field(default_factory=LineConfig)  # --publish (MQTT), --opcua, --modbus (deploy.line)
 
     def allowed_root(self) -> Path:
         return Path(self.reload_root or Path(self.bundle).resolve().parent).resolve()

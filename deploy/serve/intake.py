@@ -11,13 +11,13 @@ import asyncio
 import hashlib
 import os
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deploy.intake import MAX_PIXELS, IntakeError, check_media_type, decode_bytes, peek_header
+from deploy.intake import (MAX_PART_ID_CHARS, MAX_PIXELS, IntakeError, check_media_type, check_part_id,  # noqa: F401 (re-exported)
+                           decode_bytes, peek_header)
 from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.serve.config import ServeConfig
 
@@ -29,11 +29,6 @@ INLINE_DECODE_PIXELS = 1_000_000
 # Larger ones decode in threads, this many at a time: decoding is CPU-bound, and each decode may hold
 # up to intake.max_decoded_bytes(--max-pixels) in memory (and its 8-bit conversion).
 DECODE_SLOTS = max(2, min(8, os.cpu_count() or 1))
-MAX_PART_ID_CHARS = 200
-# Characters a part id may not hold: controls (C0, C1 such as U+0085), formatting characters (the bidi
-# overrides U+202A-U+202E and isolates U+2066-U+2069, zero-width characters), line and paragraph separators
-# (U+2028, U+2029), lone surrogates. They forge or hide text in logs, CSV files and screens.
-_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 MULTIPART_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024}
 
 
@@ -46,24 +41,6 @@ class Prepared:
     decode_ms: float
     preprocess_ms: float
     image: np.ndarray | None = None  # the decoded image, kept only where a heatmap needs its pixels
-
-
-def check_part_id(value: str | None) -> str | None:
-    """A part id is at most ``MAX_PART_ID_CHARS`` characters of printable text; anything else is one 400."""
-    if value is None or value == "":
-        return None
-    if len(value) > MAX_PART_ID_CHARS:
-        raise IntakeError("bad_part_id", f"part_id must be at most {MAX_PART_ID_CHARS} printable characters "
-                          f"(got {len(value)} characters)")
-    for c in value:
-        if c == "\ufffd":
-            raise IntakeError("bad_part_id", "part_id is not valid UTF-8 (it decoded to U+FFFD); percent-encode its "
-                              "UTF-8 bytes in ?part_id= or send them as they are in X-Part-Id")
-        if unicodedata.category(c) in _REFUSED_CATEGORIES:
-            name = unicodedata.name(c, "a control character")
-            raise IntakeError("bad_part_id", f"part_id holds U+{ord(c):04X} ({name}): control, line-separator and "
-                              "bidi or other formatting characters are refused; send printable text")
-    return value
 
 
 def header_part_id(headers: Any) -> str | None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from deploy.decision_log import DecisionLog, DecisionLogUnavailable, DecisionRecord
 from deploy.serve.config import ServeConfig
@@ -50,6 +50,9 @@ class StationState:
     started_at: float = field(default_factory=time.time)
     ready: bool = True
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DECODE_SLOTS))
+    # called with every recorded decision, on the recording thread (the line interfaces' counters and handshake);
+    # each must return at once and never raise
+    listeners: list[Callable[[DecisionRecord], None]] = field(default_factory=list)
     _stop_sync: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @classmethod
@@ -93,6 +96,11 @@ class StationState:
                 self.metrics.log_failures.inc()
                 raise
         self.metrics.decided(record)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:  # a line interface's trouble never reaches the part's answer
+                pass
 
     def not_ready_reason(self) -> str | None:
         """Why the station should get no parts now, None when it is ready."""

@@ -128,4 +128,13 @@ def build_station(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
     check_tls(config)
     model = load_model(config.bundle, config)
     sock = bind_socket(host, port)
-    return Station(create_app(model, config), sock)
+    app = create_app(model, config)
+    if config.line.any:  # MQTT, OPC UA, Modbus: started before the first part, stopped with the app (lifespan)
+        from deploy.serve.line import start_line
+
+        try:
+            app.state.line = start_line(app.state.station, config.line)
+        except BaseException:
+            sock.close()
+            raise
+    return Station(app, sock)
