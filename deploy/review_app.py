@@ -196,6 +196,13 @@ def create_review_app(queue: ReviewQueue, access: ReviewAccess | None = None):
     async def validation_error(request: Any, exc: RequestValidationError):
         return _error("bad_request", "; ".join(str(e.get("msg")) for e in exc.errors())[:500], 422)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Any, exc: Exception):  # a bug, never the client's input: traceback to stderr
+        import traceback
+
+        traceback.print_exception(exc)
+        return _error("internal", "the review server failed on this request; its log has the details", 500)
+
     return app
 
 

@@ -636,7 +636,7 @@ def _print_study(study: dict) -> None:
     def kappa(k: Optional[dict]) -> str:
         if not k or k.get("kappa") is None:
             return "-"
-        return f"{k['kappa']:.2f}" + (f" ({k['low']:.2f} to {k['high']:.2f})" if k.get("low") is not None else "")
+        return f"{k['kappa']:.2f}" + (f" [{k['low']:.2f}, {k['high']:.2f}]" if k.get("low") is not None else "")
 
     table = Table(title="Attribute agreement study (AIAG MSA; 95 % Clopper-Pearson intervals)", title_justify="left")
     for column in ("appraiser", "decisions", "within appraiser", "effectiveness", "miss rate (escapes)",

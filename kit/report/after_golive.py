@@ -82,7 +82,7 @@ def shadow_section(result: dict[str, Any], t: Callable[..., str]) -> dict[str, A
 def _kappa(k: dict[str, Any] | None) -> str:
     if not k or k.get("kappa") is None:
         return "–"
-    return f"{k['kappa']:.2f}" + (f" ({k['low']:.2f} to {k['high']:.2f})" if k.get("low") is not None else "")
+    return f"{k['kappa']:.2f}" + (f" [{k['low']:.2f}, {k['high']:.2f}]" if k.get("low") is not None else "")
 
 
 def study_section(study: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:
@@ -95,7 +95,8 @@ def study_section(study: dict[str, Any], t: Callable[..., str]) -> dict[str, Any
         return t("st_model") if a == "model" else a
 
     def figure(r: dict[str, Any] | None, with_level: bool = False) -> dict[str, Any] | None:
-        cell = _rate_cell(r, t) if r is not None and r["n"] else None
+        cell = ({"kn": f"{r['k']} / {r['n']}", "rate": _pct(r["rate"]), "ci": f"{_pct(r['low'])[:-2]}–{_pct(r['high'])}"}
+                if r is not None and r["n"] else None)  # the level and n are in the intro: a compact cell
         if cell is not None:
             measured = with_level and r.get("aiag")
             cell["aiag"], cell["level"] = (t("st_aiag_" + r["aiag"]), r["aiag"]) if measured else (None, None)
