@@ -225,3 +225,20 @@ def test_cli_words_mistakes_in_one_line_and_runs_without_torch(tmp_path):
             "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'kit')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_page_and_the_label_audit_show_images_through_one_thumbnail(server):
+    """Item 4 of issue 30: one thumbnail path (deploy.overlay.thumbnail_png) for the review page and kit audit."""
+    from deploy.overlay import thumbnail_png
+    from deploy.review_app import IMAGE_PX
+    from kit.report.images import data_uri, thumbnail
+
+    url, keys, queue_dir = server
+    row = _rows(queue_dir)[0]
+    request = urllib.request.Request(url + "/api/image?kind=image&part=" + urllib.parse.quote(f"part:{row['part_id']}"),
+                                     headers={"Authorization": f"Bearer {keys['inspect']}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        served = answer.read()
+    assert served == thumbnail_png(queue_dir / row["path"], IMAGE_PX)
+    assert thumbnail(str(queue_dir / row["path"]), "rgb", IMAGE_PX) == data_uri(served)
+    assert thumbnail(str(queue_dir / "gone.png"), "gray") is None
