@@ -494,6 +494,43 @@ def review_queue(
     typer.echo(str(result.queue_csv))
 
 
+@app.command("review")
+@_one_line_errors
+def review(
+    queue_dir: Path = typer.Argument(..., help="A QUEUE_DIR made by deploy review-queue (queue.csv and images/)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free port, printed at start)."),
+    classes: List[str] = typer.Option([], "--classes", help="The classes to label with, in key order 1-9 (repeat the "
+                                      "option; default: the classes deploy review-queue saw in the decision log)."),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="The station's file of API keys (deploy token add): "
+                                          "the page then asks for a key of scope inspect."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS (with --tls-key)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="The certificate's unencrypted PEM key."),
+) -> None:
+    """Label a review queue in the browser: each part with its image and heatmap, the model's label and
+    confidence and why it was queued; keys 1-9 for classes, a to agree with the model, u to undo, s to skip.
+    Labels go to QUEUE_DIR/labels.jsonl (with the inspector and the time) and QUEUE_DIR/queue.csv, what
+    kit ingest reads; two inspectors can label at once.
+
+    Example: deploy review review/ --port 8080, then open http://127.0.0.1:8080/
+    Example: deploy review review/ --host 0.0.0.0 --tokens /etc/line7/tokens --tls-cert cert.pem --tls-key key.pem
+    """
+    from deploy.review import ReviewQueue
+    from deploy.review_app import ReviewAccess, ReviewServer, create_review_app, review_warnings
+    from deploy.serve.station import check_tls_files
+
+    queue = ReviewQueue.open(queue_dir, list(classes))
+    check_tls_files(tls_cert, tls_key)
+    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
+    server = ReviewServer(create_review_app(queue, ReviewAccess(tokens)), host, port, tls=tls)
+    summary = queue.summary()
+    typer.echo(f"# deploy review: {server.url}/ queue {queue_dir} ({summary['parts']} parts, {summary['labelled']} "
+               f"labelled; classes {', '.join(queue.classes)})", err=True)
+    for warning in review_warnings(host, tokens, tls_cert):
+        typer.echo(f"# warning: {warning}", err=True)
+    server.run()
+
+
 token_app = typer.Typer(add_completion=False, no_args_is_help=True, help="API keys of deploy serve --tokens FILE.")
 app.add_typer(token_app, name="token")
 

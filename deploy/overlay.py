@@ -4,6 +4,9 @@ One writer for ``deploy predict --heatmaps``, the report's examples and the revi
 operator, a reviewer and a manager see the same picture for the same decision. Small camera
 images are enlarged (nearest neighbour: the pixels stay the pixels the model saw) to at least
 ``MIN_SIDE_PX`` so the marker and the text stay readable.
+
+``thumbnail_png`` is the one picture of a line image without its map: the review page (``deploy review``)
+and the label audit's page (``kit audit``) both show images through it, scaled the same way.
 """
 
 from __future__ import annotations
@@ -75,6 +78,23 @@ def write_overlay(path: str | Path, image: np.ndarray, heatmap: Heatmap, caption
                   channels: str = "gray") -> Path:
     """Render and write one overlay PNG (the folder is created); returns the path."""
     return write_bytes_atomic(path, encode_overlay(render_overlay(image, heatmap, caption, mask, channels)))
+
+
+def thumbnail_png(path: str | Path, size_px: int = 96, channels: str = "rgb") -> bytes | None:
+    """A PNG of an image file whose longer side is ``size_px``: shrunk by area averaging, enlarged by nearest
+    neighbour (as ``render_overlay`` enlarges: a 32 px part shows its pixels, not a blur). None when the file is
+    gone or cannot be decoded (the page shows the part without its picture)."""
+    from deploy.preprocess import read_image
+
+    try:
+        img = read_image(path, channels)  # type: ignore[arg-type]
+    except (DeployError, OSError):
+        return None
+    scale = size_px / max(img.shape[:2])
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    ok, png = cv2.imencode(".png", _to_bgr(img, channels))
+    return png.tobytes() if ok else None
 
 
 def _to_bgr(image: np.ndarray, channels: str) -> np.ndarray:

@@ -44,12 +44,13 @@ from deploy.decision_log import DecisionRecord, read_records
 from deploy.errors import DeployError
 from deploy.filenames import readable
 from deploy.preprocess import IMAGE_SUFFIXES
+from deploy.review_journal import apply_journal, queue_lock, row_key
 from deploy.spreadsheet import escape_cell, unescape_cell
 
 QUEUE_NAME, STATE_NAME, IMAGES_DIR = "queue.csv", ".queue-state.json", "images"
 STATE_FORMAT = "inspection-kit/review-queue-state"
 COLUMNS = ["path", "sha256", "part_id", "time", "model_label", "confidence", "action", "reason", "label", "queued_at",
-           "overlay", "score"]
+           "overlay", "score", "labelled_by", "labelled_at"]  # the last two: who gave the label and when (deploy review)
 REASONS = ("abstained", "audit", "drift", "low_confidence")
 AUDIT_SHARE_OF_CAP = 0.1
 
@@ -79,6 +80,15 @@ def read_queue(out_dir: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="", encoding="utf-8") as fh:
         return [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_queue_csv(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """queue.csv, atomically, every cell a spreadsheet would run written as text (``deploy.spreadsheet``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", restval="")
+    writer.writeheader()
+    writer.writerows({k: escape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
+    return write_bytes_atomic(out_dir / QUEUE_NAME, buf.getvalue().encode("utf-8"))
 
 
 def _read_state(out_dir: Path) -> dict[str, Any]:
@@ -294,12 +304,12 @@ def build_review_queue(log_paths: Iterable[str | Path], images: str | Path | Non
         added.append({k: readable(v) for k, v in row.items()})  # a part id from a non-UTF-8 file name: \xNN
         queued[part_key(record)] = {"day": _day(record), "reason": reason, "queued_at": now}
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", restval="")
-    writer.writeheader()
-    writer.writerows({k: escape_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in existing + added)
-    write_bytes_atomic(out_dir / QUEUE_NAME, buf.getvalue().encode("utf-8"))
+    with queue_lock(out_dir):  # `deploy review` may be labelling this queue: its labels since we read it stay
+        rows = {row_key(r): r for r in read_queue(out_dir)}
+        merged = [rows.get(row_key(r), r) for r in existing] + added
+        write_queue_csv(out_dir, apply_journal(merged, out_dir))
     state["queued"] = queued
+    state["classes"] = sorted(set(state.get("classes", [])) | set(known))  # what deploy review offers as labels
     write_bytes_atomic(out_dir / STATE_NAME, (json.dumps(state, indent=1) + "\n").encode("utf-8"))
     by_reason = {reason: sum(1 for a in added if a["reason"] == reason) for reason in REASONS}
     return QueueResult(out_dir / QUEUE_NAME, added, by_reason, already, over_cap, missing, log.skipped_lines)

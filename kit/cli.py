@@ -579,7 +579,9 @@ def sample_data(
 @_user_errors
 def shadow(
     log: List[Path] = typer.Option(..., "--log", help="Decision log files or folders (repeat the option)."),
-    inspector: Path = typer.Option(..., "--inspector", help="Inspectors' CSV: part_id or image_sha256, label (a class, or ok/ng), time."),
+    inspector: Optional[Path] = typer.Option(None, "--inspector", help="Inspectors' CSV: part_id or image_sha256, label (a class, or ok/ng), time."),
+    study: Optional[Path] = typer.Option(None, "--study", help="Attribute agreement study CSV: part, appraiser, trial, call, "
+                                         "reference (where known); the model joins as one more appraiser."),
     out: Path = typer.Option(Path("shadow"), "--out", help="Folder for shadow.json, shadow.html and shadow_parts.csv."),
     target: str = typer.Option("max_escape_rate=0.01", "--target", help="What automation must guarantee: max_escape_rate=E or accepted_accuracy=A."),
     ok_class: Optional[str] = typer.Option(None, "--ok-class", help="The good-part class (default: `ok`, or the class the logs accept)."),
@@ -589,12 +591,18 @@ def shadow(
     agreement, parts the model would have automated, its escapes and false rejects per class with
     intervals, unmatched parts, and a recommendation: keep shadowing, or automate at threshold t.
 
+    With --study, also an attribute agreement study (AIAG MSA): within and between appraisers, each
+    appraiser against the reference (effectiveness, miss and false-alarm rates with 95 % intervals, AIAG
+    verdict), Cohen's and Fleiss' kappa, and the parts a claim needs; without --inspector the study's
+    reference calls are the inspectors' decisions.
+
     Example: kit shadow --log /var/log/line7 --inspector inspectors.csv --out shadow/ --target max_escape_rate=0.005
+    Example: kit shadow --log /var/log/line7 --study msa.csv --out shadow/
     """
     from kit.feedback.shadow import shadow_period, write_shadow
     from kit.verify.threshold import parse_target
 
-    result = shadow_period(log, inspector, parse_target(target, ok_class), ok_class=ok_class)
+    result = shadow_period(log, inspector, parse_target(target, ok_class), ok_class=ok_class, study_csv=study)
     files = write_shadow(result, out, lang)
     c, s = result["counts"], result["summary"]
     console.print(f"{c['matched']} parts joined of {c['inspector_rows']} inspector rows and {c['decisions']} decisions; "
@@ -607,7 +615,49 @@ def shadow(
         console.print(f"  {name}: {r['k']} / {r['n']} ({_pct(r['rate'])} %, 95 % CI {_pct(r['low'])}-{_pct(r['high'])} %)",
                       highlight=False, markup=False)
     console.print(result["recommendation"]["message"], highlight=False, markup=False)
+    if result.get("study"):
+        _print_study(result["study"])
     typer.echo(str(files.html))
+
+
+def _print_study(study: dict) -> None:
+    """The attribute agreement study as an MSA tool prints it: one row per appraiser, then between appraisers."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from kit.feedback.attribute_study import sample_size_sentences
+
+    def cell(r: Optional[dict], level: bool = False) -> str:
+        if r is None or not r["n"]:
+            return "-"
+        text = f"{r['k']}/{r['n']} {_pct(r['rate'])} % ({_pct(r['low'])}-{_pct(r['high'])})"
+        return text + (f" {r['aiag']}" if level and r.get("aiag") else "")
+
+    def kappa(k: Optional[dict]) -> str:
+        if not k or k.get("kappa") is None:
+            return "-"
+        return f"{k['kappa']:.2f}" + (f" [{k['low']:.2f}, {k['high']:.2f}]" if k.get("low") is not None else "")
+
+    table = Table(title="Attribute agreement study (AIAG MSA; 95 % Clopper-Pearson intervals)", title_justify="left")
+    for column in ("appraiser", "decisions", "within appraiser", "effectiveness", "miss rate (escapes)",
+                   "false alarms (false rejects)", "kappa vs reference", "AIAG verdict"):
+        table.add_column(column, overflow="fold")
+    for a in study["appraisers"]:
+        v = a["versus_reference"]
+        table.add_row(*map(Text, (a["appraiser"], str(a["decisions"]), cell(a["within"]), cell(v["effectiveness"], True),
+                                  cell(v["miss_rate"], True), cell(v["false_alarm_rate"], True),
+                                  kappa(a["kappa_reference"]), a["aiag"] or "-")))  # Text: a name is never markup
+    console.print(table)
+    b = study["between"]
+    console.print(f"between the inspectors (all trials): all agree on {cell(b['agreement'])}, Fleiss' kappa "
+                  f"{kappa(b['fleiss'])}; all equal the reference on {cell(b['all_match_reference'])}",
+                  highlight=False, markup=False)
+    if study.get("between_with_model"):
+        m = study["between_with_model"]
+        console.print(f"with the model (first trials): all agree on {cell(m['agreement'])}, Fleiss' kappa "
+                      f"{kappa(m['fleiss'])}", highlight=False, markup=False)
+    for sentence in sample_size_sentences(study):
+        console.print(f"sample size: {sentence}", highlight=False, markup=False)
 
 
 @app.command()

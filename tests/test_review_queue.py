@@ -73,7 +73,7 @@ def test_reasons_audit_sample_and_copies(station, tmp_path):
     assert [r["part_id"] for r in low] and all(float(r["confidence"]) <= 0.53 for r in low)
     assert all(r["label"] == "" for r in rows) and list(rows[0]) == ["path", "sha256", "part_id", "time", "model_label",
                                                                       "confidence", "action", "reason", "label", "queued_at",
-                                                                      "overlay", "score"]
+                                                                      "overlay", "score", "labelled_by", "labelled_at"]
     assert all(r["score"] == "" for r in rows)  # a classifier's decisions carry no anomaly score
     assert all(r["overlay"] == "" for r in rows)  # no bundle given: no heatmap overlays
     for r in rows:  # the copies are the logged images

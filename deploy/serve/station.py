@@ -95,9 +95,13 @@ def tls_options(config: ServeConfig) -> dict[str, str]:
 
 def check_tls(config: ServeConfig) -> None:
     """Both files or neither, and a certificate and key that load together, checked before the model loads."""
+    check_tls_files(config.access.tls_cert, config.access.tls_key)
+
+
+def check_tls_files(cert: Any, key: Any) -> None:
+    """``check_tls`` for a certificate and key given as paths (``deploy review`` too)."""
     import ssl
 
-    cert, key = config.access.tls_cert, config.access.tls_key
     if (cert is None) != (key is None):
         raise DeployError("TLS needs both --tls-cert CERT.pem and --tls-key KEY.pem")
     if cert is None:

@@ -29,13 +29,14 @@ import numpy as np
 
 from deploy.decision_log import DecisionRecord, read_records
 from kit.errors import ShadowError
+from kit.feedback.attribute_study import attribute_study, read_study, study_rows
 from kit.io import publish_dir, staging_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 from kit.recipe.schema import ThresholdTarget
 from kit.report.after_golive import SHADOW_FORMAT, SHADOW_NAME, read_shadow, render_shadow_page
 from kit.verify import stats
 from kit.verify.threshold import certify_threshold
 
-SHADOW_HTML, SHADOW_PARTS = "shadow.html", "shadow_parts.csv"  # next to SHADOW_NAME (the record the report reads)
+SHADOW_HTML, SHADOW_PARTS, STUDY_CSV = "shadow.html", "shadow_parts.csv", "attribute_study.csv"  # next to SHADOW_NAME (the record the report reads)
 OK_WORDS = {"ok", "good", "pass", "accept", "accepted", "g"}
 NG_WORDS = {"ng", "nok", "nog", "bad", "defect", "defective", "fail", "reject", "rejected"}
 PART_COLUMNS, SHA_COLUMNS = ("part_id", "part"), ("image_sha256", "sha256")
@@ -145,13 +146,24 @@ def _ok_class(ok_class: str | None, classes: list[str], records: list[DecisionRe
     raise ShadowError(f"cannot tell the good-part class from the logs; pass it (one of {', '.join(classes)})")
 
 
-def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, target: ThresholdTarget | None = None,
-                  ok_class: str | None = None, confidence: float = 0.95) -> dict[str, Any]:
+def reference_rows(study_csv: str | Path) -> list[InspectorRow]:
+    """An attribute study's reference calls as inspectors' decisions: the shadow period's truth when no
+    inspectors' CSV is given (``kit shadow --study`` alone)."""
+    study = read_study(study_csv)
+    return [InspectorRow(line, part, None, ref, None) for line, (part, ref) in enumerate(sorted(study["reference"].items()), 2)]
+
+
+def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path | None, target: ThresholdTarget | None = None,
+                  ok_class: str | None = None, confidence: float = 0.95, study_csv: str | Path | None = None) -> dict[str, Any]:
     """Join the decision logs with the inspectors' decisions; counts, intervals, per class, recommendation.
 
     ``target``: what automation must guarantee (default ``max_escape_rate=0.01``); with
-    ``accepted_accuracy`` every inspector row must name a class.
+    ``accepted_accuracy`` every inspector row must name a class. ``study_csv``: an attribute agreement study
+    (``kit.feedback.attribute_study``, the model as one more appraiser) under ``study``; without
+    ``inspector_csv`` its reference calls are the inspectors' decisions.
     """
+    if inspector_csv is None and study_csv is None:
+        raise ShadowError("give the inspectors' decisions (--inspector CSV), an attribute study (--study CSV), or both")
     target = target or ThresholdTarget(max_escape_rate=0.01)
     log = read_records(log_paths)
     if not log.records:
@@ -163,7 +175,7 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
     by_sha = {rec.image_sha256: rec for rec in sorted(log.records, key=lambda r: r.time)}
     repeated_model = len(log.records) - len(by_key)
 
-    rows = read_inspector_csv(inspector_csv)
+    rows = read_inspector_csv(inspector_csv) if inspector_csv is not None else reference_rows(study_csv)
     problems: dict[str, list[str]] = {"inspector_without_decision": [], "decision_without_inspector": [],
                                       "repeated_inspector_rows": [], "unknown_labels": [], "rows_without_id": [],
                                       "sha256_differs": []}
@@ -201,7 +213,8 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
     parts = [_part(row, rec, ok) for row, rec in pairs]
     out = {
         "format": SHADOW_FORMAT, "version": 1,
-        "logs": [str(p) for p in log.files], "inspector_csv": str(inspector_csv), "skipped_log_lines": log.skipped_lines,
+        "logs": [str(p) for p in log.files], "skipped_log_lines": log.skipped_lines,
+        "inspector_csv": str(inspector_csv) if inspector_csv is not None else f"{study_csv} (reference calls)",
         "repeated_model_records": repeated_model, "classes": classes, "ok_class": ok,
         "period": {"first": min((r.time for _, r in pairs), default=None), "last": max((r.time for _, r in pairs), default=None)},
         "model_ids": sorted({r.model_id for _, r in pairs}),
@@ -214,6 +227,8 @@ def shadow_period(log_paths: Iterable[str | Path], inspector_csv: str | Path, ta
         recommend(pairs, classes, ok, target, confidence),
         "parts": parts,
     }
+    if study_csv is not None:
+        out["study"] = attribute_study(study_csv, log.files, ok_class=ok, classes=classes, confidence=confidence)
     return out
 
 
@@ -383,6 +398,8 @@ def write_shadow(result: dict[str, Any], out_dir: str | Path, lang: str = "en") 
     staging = staging_dir(out_dir)
     write_json_atomic(staging / SHADOW_NAME, result)
     write_csv_atomic(staging / SHADOW_PARTS, result["parts"])
+    if result.get("study"):
+        write_csv_atomic(staging / STUDY_CSV, study_rows(result["study"]))
     write_text_atomic(staging / SHADOW_HTML, render_shadow_page(result, lang))
     folder = publish_dir(staging, out_dir)
     return ShadowFiles(folder, folder / SHADOW_NAME, folder / SHADOW_HTML, folder / SHADOW_PARTS)

@@ -75,6 +75,62 @@ def shadow_section(result: dict[str, Any], t: Callable[..., str]) -> dict[str, A
         "mismatches": [{"name": t("sh_m_" + k), "count": counts.get(k, 0), "examples": result["mismatches"].get(k, [])[:5]}
                        for k in MISMATCH_KEYS],
         "mismatch_total": sum(counts.get(k, 0) for k in MISMATCH_KEYS),
+        "study": study_section(result["study"], t) if result.get("study") else None,
+    }
+
+
+def _kappa(k: dict[str, Any] | None) -> str:
+    if not k or k.get("kappa") is None:
+        return "–"
+    return f"{k['kappa']:.2f}" + (f" [{k['low']:.2f}, {k['high']:.2f}]" if k.get("low") is not None else "")
+
+
+def study_section(study: dict[str, Any], t: Callable[..., str]) -> dict[str, Any]:
+    """The attribute agreement study (``kit.feedback.attribute_study``) in the report's language: one row per
+    appraiser with the MSA figures next to the kit's own words, between appraisers, pairs, levels, sample size."""
+    counts, need, levels = study["counts"], study["parts_needed"], study["aiag_levels"]
+    level = f"{study['confidence']:.0%}"
+
+    def name(a: str) -> str:
+        return t("st_model") if a == "model" else a
+
+    def figure(r: dict[str, Any] | None, with_level: bool = False) -> dict[str, Any] | None:
+        cell = ({"kn": f"{r['k']} / {r['n']}", "rate": _pct(r["rate"]), "ci": f"{_pct(r['low'])[:-2]}–{_pct(r['high'])}"}
+                if r is not None and r["n"] else None)  # the level and n are in the intro: a compact cell
+        if cell is not None:
+            measured = with_level and r.get("aiag")
+            cell["aiag"], cell["level"] = (t("st_aiag_" + r["aiag"]), r["aiag"]) if measured else (None, None)
+        return cell
+
+    rows = [{"appraiser": name(a["appraiser"]), "is_model": a["is_model"], "decisions": a["decisions"],
+             "within": figure(a["within"]), "within_kappa": _kappa(a["within_kappa"]),
+             **{m: figure(a["versus_reference"][m], True) for m in ("effectiveness", "miss_rate", "false_alarm_rate")},
+             "kappa": _kappa(a["kappa_reference"]), "verdict": t("st_aiag_" + a["aiag"]) if a["aiag"] else "–",
+             "level": a["aiag"]} for a in study["appraisers"]]
+    between = [{"group": t("st_between_inspectors"), "agreement": figure(study["between"]["agreement"]),
+                "fleiss": _kappa(study["between"]["fleiss"]), "all_ref": figure(study["between"]["all_match_reference"])}]
+    if study.get("between_with_model"):
+        b = study["between_with_model"]
+        between.append({"group": t("st_between_model"), "agreement": figure(b["agreement"]), "fleiss": _kappa(b["fleiss"]),
+                        "all_ref": figure(b["all_match_reference"])})
+    pct = lambda v: f"{100 * v:g} %"  # noqa: E731
+    model = next((a for a in study["appraisers"] if a["is_model"]), None)
+    return {
+        "intro": t("st_intro", parts=counts["parts"], defective=counts["defective"], good=counts["good"],
+                   appraisers=sum(not a["is_model"] for a in study["appraisers"]),
+                   trials=max(a["trials"] for a in study["appraisers"]), level=level, reference=study["reference_text"]),
+        "rows": rows, "between": between,
+        "pairs": [{"a": name(p["a"]), "b": name(p["b"]), "parts": p["parts"], "kappa": _kappa(p)} for p in study["pairs"]],
+        "levels": t("st_levels", eff_ok=pct(levels["effectiveness"][0]), eff_m=pct(levels["effectiveness"][1]),
+                    miss_ok=pct(levels["miss_rate"][0]), miss_m=pct(levels["miss_rate"][1]),
+                    fa_ok=pct(levels["false_alarm_rate"][0]), fa_m=pct(levels["false_alarm_rate"][1])),
+        "sample": t("st_sample", miss=pct(levels["miss_rate"][0]), level=level, miss_n=need["miss_rate"]["acceptable"],
+                    miss_m=pct(levels["miss_rate"][1]), miss_mn=need["miss_rate"]["marginal"],
+                    defective=counts["defective"], fa=pct(levels["false_alarm_rate"][0]),
+                    fa_n=need["false_alarm_rate"]["acceptable"], fa_m=pct(levels["false_alarm_rate"][1]),
+                    fa_mn=need["false_alarm_rate"]["marginal"], good=counts["good"]),
+        "model_note": t("st_model_note", abstained=counts.get("model_abstained", 0), parts=model["parts"],
+                        absent=counts.get("model_without_decision", 0)) if model else None,
     }
 
 
