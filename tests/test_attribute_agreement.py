@@ -57,3 +57,9 @@ def test_levels_verdicts_repeatability_and_the_parts_a_limit_needs():
     assert aiag_verdict(["acceptable", None, "unacceptable", "marginal"]) == "unacceptable"
     assert within_appraiser({"a": ["good", "good"], "b": ["good", "bad"], "c": ["bad"]})["k"] == 1
     assert parts_needed()["miss_rate"]["acceptable"] == 149
+
+
+def test_a_kappa_interval_never_passes_one():
+    calls = ["good"] * 58 + ["bad"] * 2
+    result = cohens_kappa(calls, calls[:-1] + ["good"])
+    assert result["high"] == 1.0 and result["low"] < result["kappa"] < 1.0

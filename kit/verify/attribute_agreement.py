@@ -100,7 +100,7 @@ def cohens_kappa(a: Sequence[str], b: Sequence[str], confidence: float = 0.95) -
     """Cohen's kappa of two aligned call sequences, its standard error and a normal interval.
 
     ``kappa = (p_o - p_e) / (1 - p_e)``; the variance is Fleiss, Cohen & Everitt's (1969) under
-    the alternative. None for kappa when the calls use one category only (p_e = 1: undefined).
+    the alternative; the interval is cut to [-1, 1]. None for kappa when the calls use one category only (p_e = 1: undefined).
     """
     if len(a) != len(b):
         raise ValueError(f"{len(a)} calls against {len(b)}")
@@ -122,7 +122,8 @@ def cohens_kappa(a: Sequence[str], b: Sequence[str], confidence: float = 0.95) -
     variance = max(0.0, (term_a + term_b - term_c) / (1.0 - expected) ** 2 / n)
     se = math.sqrt(variance)
     z = float(norm.ppf(0.5 + confidence / 2))
-    return {"kappa": kappa, "se": se, "low": kappa - z * se, "high": kappa + z * se, "n": n,
+    # the normal interval can pass kappa's range (0.96 +- 0.05); a kappa above 1 does not exist, so it is cut there
+    return {"kappa": kappa, "se": se, "low": max(-1.0, kappa - z * se), "high": min(1.0, kappa + z * se), "n": n,
             "confidence": confidence, "method": "Fleiss-Cohen-Everitt 1969 standard error"}
 
 
