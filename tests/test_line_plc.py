@@ -276,3 +276,26 @@ def test_plc_options_fail_in_one_line(bundle, tmp_path):
             assert message in result.output and "Traceback" not in result.output, result.output
     finally:
         taken.close()
+
+
+# -- a misbehaving PLC or client (review of the line interfaces) ------------------------------------------------------
+
+
+def test_an_opcua_session_named_admin_cannot_write_what_the_station_shows(station):
+    """asyncua's default user manager makes a session with the user name "admin" (any password) an administrator,
+    who could raise ResultReady or change the counters behind the station's back; every session is a PLC here."""
+    from asyncua import ua
+
+    for user in (None, "admin"):
+        plc = OpcUaPlc(station.opcua_url, user, "anything" if user else None)
+        try:
+            ns = plc.client.get_namespace_index("urn:inspection-kit:station")
+            for name, value, vtype in (("Handshake.ResultReady", True, "Boolean"), ("Handshake.ActionCode", 1, "Int16"),
+                                       ("Counters.Accepted", 999, "UInt32")):
+                node = plc.client.get_node(f"ns={ns};s=Station.{name}")
+                with pytest.raises(ua.UaStatusCodeError):
+                    node.write_value(ua.DataValue(ua.Variant(value, getattr(ua.VariantType, vtype))))
+            seen = plc.read()
+            assert seen.result_ready == (seen.state == RESULT_READY)  # still what the station shows
+        finally:
+            plc.close()

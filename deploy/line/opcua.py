@@ -128,6 +128,10 @@ class OpcUaServer:
 
         server = Server(user_manager=_user_manager(self.users) if self.users else None)
         await server.init()
+        # asyncua's default user manager makes any session that names the user "admin" (whatever its password) an
+        # administrator, who may write the station's outputs (ResultReady, ActionCode, counters) and delete nodes:
+        # no client is ever more than a PLC here
+        server.allow_remote_admin(False)
         server.set_endpoint(self.url)
         server.set_server_name("inspection-kit station")
         if self.config.opcua_cert is not None:
