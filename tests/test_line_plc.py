@@ -299,3 +299,28 @@ def test_an_opcua_session_named_admin_cannot_write_what_the_station_shows(statio
             assert seen.result_ready == (seen.state == RESULT_READY)  # still what the station shows
         finally:
             plc.close()
+
+
+def test_an_acknowledge_held_from_before_the_result_acknowledges_nothing(station, images):
+    """A PLC that raises Acknowledge before (or with) Trigger has read no result: only a rising edge of Acknowledge
+    after ResultReady releases it, so ResultReady stays up for the PLC to see."""
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.set(False, True)
+        plc.trigger_part("8000")
+        drop_image(images[0], station.images, "8000")
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        assert seen.part_id == "8000" and seen.error_code == 0
+        import time
+        time.sleep(0.1)  # 20 polls of the station with Acknowledge high all along
+        assert plc.read().state == RESULT_READY
+        plc.set(True, False)
+        time.sleep(0.05)  # a PLC holds a signal for a scan or more: the station polls every 5 ms
+        plc.set(True, True)
+        after = wait_until(lambda: (s := plc.read()).state == RELEASE and s, "the release")
+        assert after.error_code == 0 and after.decision_id == seen.decision_id
+        plc.set(False, False)
+        wait_until(lambda: plc.read().ready, "TriggerReady again")
+    finally:
+        plc.close()
