@@ -324,3 +324,19 @@ def test_an_acknowledge_held_from_before_the_result_acknowledges_nothing(station
         wait_until(lambda: plc.read().ready, "TriggerReady again")
     finally:
         plc.close()
+
+
+def test_a_modbus_request_for_another_unit_id_logs_no_traceback(station, caplog):
+    """A PLC polling unit id 0 (common on Modbus TCP) gets an exception response; pymodbus would log a traceback and
+    a hex dump for every such request into the station's log."""
+    from pymodbus.client import ModbusTcpClient
+
+    client = ModbusTcpClient("127.0.0.1", port=station.modbus_port, timeout=5)
+    assert client.connect()
+    try:
+        for unit in (0, 7):
+            assert client.read_input_registers(0, count=2, device_id=unit).isError()
+        assert not client.read_input_registers(0, count=2, device_id=1).isError()
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.name.startswith("pymodbus")], caplog.text
