@@ -280,7 +280,6 @@ def test_plc_options_fail_in_one_line(bundle, tmp_path):
 
 # -- a misbehaving PLC or client (review of the line interfaces) ------------------------------------------------------
 
-
 def test_an_opcua_session_named_admin_cannot_write_what_the_station_shows(station):
     """asyncua's default user manager makes a session with the user name "admin" (any password) an administrator,
     who could raise ResultReady or change the counters behind the station's back; every session is a PLC here."""
@@ -340,3 +339,35 @@ def test_a_modbus_request_for_another_unit_id_logs_no_traceback(station, caplog)
     finally:
         client.close()
     assert not [r for r in caplog.records if r.name.startswith("pymodbus")], caplog.text
+
+
+def test_taken_ports_and_a_missing_password_file_fail_in_one_line(bundle, tmp_path, caplog):
+    """The station's or line-test's own error line and nothing else: no library traceback or second line (asyncua
+    and pymodbus log a taken port or a refused connection themselves, on the operator's terminal)."""
+    import socket
+
+    from deploy.errors import DeployError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "1.png").write_bytes(sample_images(1)[0].read_bytes())
+    try:
+        for option, url, message in (("opcua", f"opc.tcp://127.0.0.1:{port}", "the OPC UA server did not start"),
+                                     ("modbus", f"modbus://127.0.0.1:{port}", "the Modbus server did not start")):
+            with pytest.raises(DeployError, match=message):
+                build_station(ServeConfig(bundle=bundle, log_dir=tmp_path / "l",
+                                          line=build_line_config(**{option: url})), port=0).start()
+        runner = CliRunner()
+        missing = runner.invoke(deploy_app, ["line-test", f"modbus://127.0.0.1:{port}", "--images", str(parts),
+                                             "--drop-into", str(tmp_path), "--password-file", str(tmp_path / "none")])
+        assert missing.exit_code == 1 and "error: --password-file" in missing.output, missing.output
+        refused = runner.invoke(deploy_app, ["line-test", "modbus://127.0.0.1:1", "--images", str(parts),
+                                             "--drop-into", str(tmp_path)])
+        assert refused.exit_code == 1 and "cannot connect" in refused.output
+    finally:
+        taken.close()
+    assert not [r for r in caplog.records if r.name.startswith(("asyncua", "pymodbus"))], caplog.text

@@ -167,7 +167,13 @@ class OpcUaServer:
     async def _main(self) -> None:
         try:
             server, nodes = await self._build()
-            await server.start()
+            starting = logging.getLogger("asyncua.server.server")
+            level = starting.level
+            starting.setLevel(logging.CRITICAL)  # its traceback of a taken port: start() says it in one line
+            try:
+                await server.start()
+            finally:
+                starting.setLevel(level)
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._started.set()
