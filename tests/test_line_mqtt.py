@@ -86,6 +86,19 @@ def test_the_cursor_skips_a_line_that_does_not_parse_and_moves_to_the_next_day(t
     assert batch.end.file == "decisions-2026-12-06.jsonl"
 
 
+def test_a_day_file_shorter_than_the_cursor_is_read_again_from_its_start(tmp_path):
+    """A log file cut or replaced under the cursor (copytruncate, a restore, a cursor edited by hand): the records
+    it holds now were never published; reading past its end found nothing, for the rest of that day."""
+    log = DecisionLog(tmp_path)
+    log.append(_record(0))
+    cursor = LogCursor(tmp_path, "mqtt")
+    day = next(tmp_path.glob("decisions-*.jsonl"))
+    cursor.commit(cursor_module.Position(day.name, day.stat().st_size + 1000))
+    log.append(_record(1))
+    batch = LogCursor(tmp_path, "mqtt").read()
+    assert [r.part_id for r, _ in batch.records] == ["p0", "p1"] and batch.end.offset == day.stat().st_size
+
+
 def test_events_carry_the_schema_and_a_model_change_in_order(tmp_path):
     records = [(_record(1, "m1"), "f:0"), (_record(2, "m2"), "f:10"), (_record(3, "m2", decision_id=None), "f:20")]
     batch = cursor_module.Batch(records, cursor_module.Position("f", 30))

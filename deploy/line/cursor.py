@@ -8,7 +8,8 @@ resends at most the last unacknowledged batch (at least once; consumers drop rep
 
 A new cursor starts at the log's end at that moment (the sink publishes what is decided from then on, not the
 station's history). Reading takes whole lines only: a line without its newline (a record being written, or the
-cut last line of a crash) is left for the next read; a complete line that does not parse is skipped. The cursor
+cut last line of a crash) is left for the next read; a complete line that does not parse is skipped; a day file
+shorter than the cursor's offset (cut or replaced under it) is read again from its start. The cursor
 moves on to the next day's file only once the current one has not changed for ``SETTLE_S`` (a record stamped
 just before midnight can land in the old day's file a moment after the new one began).
 """
@@ -136,6 +137,8 @@ def _read_lines(path: Path, offset: int, limit: int) -> tuple[list[tuple[Decisio
     except FileNotFoundError:
         return records, offset, 0
     with fh:
+        if offset > os.fstat(fh.fileno()).st_size:  # the file was cut or replaced (or the cursor edited): what it
+            offset = 0  # holds now was never read; from its start again (at least once, repeats dropped by event_id)
         fh.seek(offset)
         while len(records) < limit:
             raw = fh.readline()
