@@ -371,3 +371,28 @@ def test_taken_ports_and_a_missing_password_file_fail_in_one_line(bundle, tmp_pa
     finally:
         taken.close()
     assert not [r for r in caplog.records if r.name.startswith(("asyncua", "pymodbus"))], caplog.text
+
+
+def test_an_image_left_from_an_earlier_part_with_the_same_id_is_not_decided_for_the_next(station, images):
+    """The image of a part whose handshake gave up (no_image) arrives late and stays in the folder; the next part
+    with that id (a part counter that restarts, a retest) must get its own image decided, not that one."""
+    import hashlib
+    import time
+
+    stale, fresh = images[0], next(i for i in images if i.read_bytes() != images[0].read_bytes())
+    drop_image(stale, station.images, "9000")
+    time.sleep(1.1)  # the station's --image-timeout-s (1 s): older than the window a camera may be early by
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.trigger_part("9000")
+        wait_until(lambda: (station.images / "decided" / "stale" / "9000.png").is_file(), "the stale image set aside")
+        drop_image(fresh, station.images, "9000")
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        plc.set(True, True)
+        wait_until(lambda: plc.read().state == RELEASE, "the release")
+        plc.set(False, False)
+    finally:
+        plc.close()
+    record = next(r for r in station.handshake_records() if r.decision_id == seen.decision_id)
+    assert record.part_id == "9000" and record.image_sha256 == hashlib.sha256(fresh.read_bytes()).hexdigest()
