@@ -19,7 +19,7 @@ pytest.importorskip("paho.mqtt")
 from typer.testing import CliRunner  # noqa: E402
 
 from deploy.cli import app as deploy_app  # noqa: E402
-from deploy.decision_log import DecisionLog, DecisionRecord, read_records  # noqa: E402
+from deploy.decision_log import DecisionLog, DecisionRecord, read_records, utc_now  # noqa: E402
 from deploy.line import cursor as cursor_module  # noqa: E402
 from deploy.line.config import build_line_config  # noqa: E402
 from deploy.line.cursor import LogCursor  # noqa: E402
@@ -286,3 +286,38 @@ def test_credentials_come_from_a_file(bundle, image, tmp_path):
         station.stop()
         sub.close()
         broker.stop()
+
+
+def test_two_publishers_of_one_station_do_not_take_each_others_session(broker, tmp_path):
+    """``deploy serve`` and ``deploy watch`` on one host both publish as the host's name by default: with one MQTT
+    client id they took the broker's session from each other at every reconnect, and each takeover published the
+    other's last will: the station's retained status flapped to offline while both were running."""
+    import dataclasses
+
+    from deploy.line.follower import StationStatus
+    from deploy.line.mqtt import start_mqtt_follower
+
+    sub = Subscriber(broker.port, "two", client_id="sub-two")
+    followers, logs = [], []
+    try:
+        for name in ("serve", "watch"):
+            folder = tmp_path / name
+            folder.mkdir()
+            config = build_line_config(f"mqtt://127.0.0.1:{broker.port}/two/{name}", station_id="host1")
+            followers.append(start_mqtt_follower(folder, config, Source("host1", None),
+                                                 lambda: StationStatus(True, "m1")))
+            logs.append(DecisionLog(folder, durable=False))
+        wait_until(lambda: len(sub.of("status")) >= 2, "both online")
+        ids = []
+        for i in range(30):  # the two reconnect with back-off from 1 s: 3 s is room for several takeovers
+            for k, log in enumerate(logs):
+                record = _record(i, decision_id=f"{k}-{i}")
+                log.append(dataclasses.replace(record, time=utc_now().isoformat()))
+                ids.append(record.decision_id)
+            time.sleep(0.1)
+        wait_until(lambda: set(ids) <= set(sub.decision_ids()), "every decision of both")
+        assert [m["state"] for m in sub.of("status")].count("offline") == 0, sub.of("status")
+    finally:
+        for follower in followers:
+            follower.stop()
+        sub.close()

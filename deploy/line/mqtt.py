@@ -16,8 +16,10 @@ kept by paho's own loop thread, which reconnects with back-off (1 s doubling to 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
@@ -128,9 +130,18 @@ def publish_once(sink: MqttSink, event: dict[str, Any], timeout_s: float = 10.0)
         sink.client.loop_stop()
 
 
+def follower_client_id(station_id: str, log_dir: Any) -> str:
+    """One MQTT client id per decision log followed: two publishers of one station (``deploy serve`` and ``deploy
+    watch`` on one host, both named after the host by default) with the same id would take the broker's session
+    from each other at every reconnect, and each takeover publishes the other's last will (status offline). The
+    same log folder keeps its id across restarts."""
+    folder = hashlib.sha256(str(Path(log_dir).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"inspection-kit-{station_id[:40]}-{folder}"
+
+
 def start_mqtt_follower(log_dir: Any, config: Any, source: Any, status: Any, err: Any = None,
                         exclusive: bool = False):
     """The MQTT sink following ``log_dir`` through its cursor (``LogCursor(log_dir, "mqtt")``), started."""
-    sink = MqttSink(config.publish, client_id=f"inspection-kit-{config.station_id}"[:64],
+    sink = MqttSink(config.publish, client_id=follower_client_id(config.station_id, log_dir),
                     credentials=config.publish_credentials, ca_file=config.publish_ca)
     return Follower(LogCursor(log_dir, "mqtt", exclusive), sink, source, status, err=err).start()
