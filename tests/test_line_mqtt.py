@@ -220,6 +220,21 @@ def test_publish_options_fail_in_one_line(bundle, tmp_path):
         assert message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_an_unreadable_publish_ca_fails_at_start_in_one_line(bundle, tmp_path):
+    """A missing or garbled --publish-ca let the station start; its publisher process then died on it with a
+    traceback at every restart (1 s doubling to 30 s, for ever) and nothing was published."""
+    from deploy.errors import DeployError
+
+    garbled = tmp_path / "ca.pem"
+    garbled.write_text("not a certificate\n")
+    for ca in (tmp_path / "missing.pem", garbled):
+        with pytest.raises(DeployError, match="--publish-ca"):
+            build_line_config("mqtts://127.0.0.1:8883/line", publish_ca=ca)
+        result = CliRunner().invoke(deploy_app, ["serve", str(bundle), "--port", "0", "--log-dir", str(tmp_path / "l"),
+                                                 "--publish", "mqtts://127.0.0.1:8883/line", "--publish-ca", str(ca)])
+        assert result.exit_code == 1 and "error: --publish-ca" in result.output, result.output
+
+
 def test_watch_and_monitor_publish_decisions_and_the_drift_verdict(bundle, broker, tmp_path):
     """``deploy watch --publish`` (every decision of the folder, delivered before ``--once`` exits) and ``deploy
     monitor --publish`` (the verdict as a drift event)."""

@@ -55,7 +55,10 @@ class MqttSink:
             user, password = read_mqtt_credentials(credentials)
             self.client.username_pw_set(user, password)
         if endpoint.tls:
-            self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+            try:
+                self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise DeployError(f"--publish-ca {ca_file}: TLS cannot load it ({exc})") from None
         self.client.reconnect_delay_set(*RECONNECT_S)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()
