@@ -99,6 +99,21 @@ def test_a_day_file_shorter_than_the_cursor_is_read_again_from_its_start(tmp_pat
     assert [r.part_id for r, _ in batch.records] == ["p0", "p1"] and batch.end.offset == day.stat().st_size
 
 
+def test_a_cursor_edited_to_no_place_in_the_log_is_refused_not_followed(tmp_path):
+    """A cursor whose file is not a day file of the log (or a negative offset) held the follower there for ever:
+    no file after it ever came, and nothing was published again, without a word."""
+    from deploy.errors import DeployError
+
+    DecisionLog(tmp_path).append(_record(0))
+    (tmp_path / "decisions-archive.jsonl").write_text("")  # not a day file: a new cursor never starts there
+    cursor = LogCursor(tmp_path, "mqtt")
+    assert cursor.position.file == "decisions-2026-12-06.jsonl"
+    for file, offset in (("x.jsonl", 0), ("decisions-2026-12-06.jsonl.bak", 0), ("decisions-2026-12-06.jsonl", -5)):
+        cursor.commit(cursor_module.Position(file, offset))
+        with pytest.raises(DeployError, match="not a line cursor"):
+            LogCursor(tmp_path, "mqtt")
+
+
 def test_events_carry_the_schema_and_a_model_change_in_order(tmp_path):
     records = [(_record(1, "m1"), "f:0"), (_record(2, "m2"), "f:10"), (_record(3, "m2", decision_id=None), "f:20")]
     batch = cursor_module.Batch(records, cursor_module.Position("f", 30))

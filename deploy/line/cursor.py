@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from deploy.decision_log import LOG_PREFIX, LOG_SUFFIX, DecisionRecord, log_path
 from deploy.errors import DeployError
 
 SETTLE_S = 5.0
+DAY_FILE = re.compile(re.escape(LOG_PREFIX) + r"\d{4}-\d{2}-\d{2}" + re.escape(LOG_SUFFIX))
 CURSOR_FORMAT = "inspection-kit/line-cursor"
 
 
@@ -79,7 +81,12 @@ class LogCursor:
             return position
         try:
             d = json.loads(self.path.read_text(encoding="utf-8"))
-            return Position(str(d["file"]), int(d["offset"]), d.get("model_id"))
+            position = Position(str(d["file"]), int(d["offset"]), d.get("model_id"))
+            if not DAY_FILE.fullmatch(position.file) or position.offset < 0:
+                # a name no log file has (or sorts after every day to come) would hold the cursor there for ever:
+                # nothing published again, silently
+                raise ValueError(f"file {position.file!r}, offset {position.offset}: not a place in the decision log")
+            return position
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DeployError(f"{self.path}: not a line cursor ({exc}); remove it to start from the log's end "
                               "(what was decided meanwhile is then not published)") from None
@@ -92,7 +99,7 @@ class LogCursor:
         return Position(last.name, last.stat().st_size)
 
     def _files(self) -> list[Path]:
-        return sorted(self.log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}"))
+        return sorted(p for p in self.log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}") if DAY_FILE.fullmatch(p.name))
 
     def commit(self, position: Position) -> None:
         """Atomically: the cursor file is the old position or this one, whatever happens."""
