@@ -114,6 +114,26 @@ def test_a_cursor_edited_to_no_place_in_the_log_is_refused_not_followed(tmp_path
             LogCursor(tmp_path, "mqtt")
 
 
+def test_an_absent_broker_is_said_on_stderr_not_kept_quiet(tmp_path):
+    """A broker that is not there (a wrong port in --publish) kept every batch unacknowledged without a word: the
+    operator learnt nothing while the backlog grew. One line (at most one every 30 s) says so."""
+    from deploy.line.follower import StationStatus
+    from deploy.line.mqtt import start_mqtt_follower
+    from tests.line_servers import free_port
+
+    lines: list[str] = []
+    url = f"mqtt://127.0.0.1:{free_port()}/absent"
+    follower = start_mqtt_follower(tmp_path, build_line_config(url, station_id="st"), Source("st", None),
+                                   lambda: StationStatus(True, "m1"), err=lines.append)
+    try:
+        DecisionLog(tmp_path).append(_record(1))
+        line = wait_until(lambda: lines and lines[0], "an error line", 10)
+        assert line.startswith("# line mqtt:") and "not connected to the broker at mqtt://127.0.0.1:" in line, line
+        assert follower.delivered == 0 and follower.failures >= 1
+    finally:
+        follower.stop()
+
+
 def test_events_carry_the_schema_and_a_model_change_in_order(tmp_path):
     records = [(_record(1, "m1"), "f:0"), (_record(2, "m2"), "f:10"), (_record(3, "m2", decision_id=None), "f:20")]
     batch = cursor_module.Batch(records, cursor_module.Position("f", 30))

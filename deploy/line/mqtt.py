@@ -63,6 +63,7 @@ class MqttSink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self._status: bytes | None = None
+        self.problem: str | None = None  # why the last batch was not delivered, for the follower's error line
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/{kind}"
@@ -73,8 +74,10 @@ class MqttSink:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
+            self.problem = f"the broker at {self._address()} refused the connection: {reason}"
             return
         self._connected.set()
+        self.problem = None
         if self._status is not None:  # every (re)connect says online again: the will may have said offline
             client.publish(self.topic("status"), self._status, qos=1, retain=True)
 
@@ -93,11 +96,14 @@ class MqttSink:
         """Publish every event (QoS 1); True once the broker acknowledged them all, False when it is not connected
         or has not acknowledged within ``timeout_s`` (the follower sends the batch again later)."""
         if not self._connected.wait(min(timeout_s, 1.0)):
+            if not (self.problem or "").startswith("the broker at"):  # keep a refusal's reason
+                self.problem = f"not connected to the broker at {self._address()} (is it running, is the address right?)"
             return False
         infos = []
         for event in events:
             info = self.client.publish(self.topic(event["event"]), encode(event), qos=1)
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                self.problem = f"publishing to the broker at {self._address()} failed ({self._mqtt.error_string(info.rc)})"
                 return False
             infos.append(info)
         deadline = time.monotonic() + timeout_s
@@ -107,8 +113,13 @@ class MqttSink:
             except (RuntimeError, ValueError):  # the connection went: not sent
                 return False
             if not info.is_published():
+                self.problem = f"the broker at {self._address()} did not acknowledge within {timeout_s:g} s"
                 return False
+        self.problem = None
         return True
+
+    def _address(self) -> str:
+        return f"{self.endpoint.scheme}://{self.endpoint.host}:{self.endpoint.port}"
 
     def stop(self, offline: dict[str, Any]) -> None:
         """Say offline (retained) before leaving; the broker keeps it for every later subscriber."""
