@@ -356,11 +356,24 @@ def test_taken_ports_and_a_missing_password_file_fail_in_one_line(bundle, tmp_pa
     parts.mkdir()
     (parts / "1.png").write_bytes(sample_images(1)[0].read_bytes())
     try:
+        def server(**line):  # the station's servers as it starts them, without loading a bundle
+            from deploy.line.modbus import ModbusServer
+            from deploy.line.opcua import OpcUaServer
+            from deploy.line.tally import StationView
+
+            config = build_line_config(**line)
+            view = StationView("st", lambda: None, lambda: None, lambda: True, lambda p, d: None, config)
+            return (OpcUaServer if config.opcua else ModbusServer)(view).start()
+
         for option, url, message in (("opcua", f"opc.tcp://127.0.0.1:{port}", "the OPC UA server did not start"),
                                      ("modbus", f"modbus://127.0.0.1:{port}", "the Modbus server did not start")):
             with pytest.raises(DeployError, match=message):
-                build_station(ServeConfig(bundle=bundle, log_dir=tmp_path / "l",
-                                          line=build_line_config(**{option: url})), port=0).start()
+                server(**{option: url})
+        garbled = tmp_path / "garbled.der"
+        garbled.write_text("not a certificate")
+        with pytest.raises(DeployError, match="check --opcua-cert and --opcua-key") as refused_cert:
+            server(opcua=f"opc.tcp://127.0.0.1:{free_port()}", opcua_cert=garbled, opcua_key=garbled)
+        assert "port" not in str(refused_cert.value)
         runner = CliRunner()
         missing = runner.invoke(deploy_app, ["line-test", f"modbus://127.0.0.1:{port}", "--images", str(parts),
                                              "--drop-into", str(tmp_path), "--password-file", str(tmp_path / "none")])

@@ -17,6 +17,7 @@ with its own event loop; it polls the PLC's three inputs every ``POLL_S`` straig
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import threading
@@ -113,8 +114,12 @@ class OpcUaServer:
         self._thread.start()
         if not self._started.wait(timeout_s) or self._error is not None:
             self.stop()
-            raise DeployError(f"--opcua {self.url}: the OPC UA server did not start ({self._error or 'time-out'}); "
-                              "is the port taken? pick another")
+            error = self._error
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE or error is None:
+                hint = "is the port taken? pick another"
+            else:  # a certificate or key that does not load: the port has nothing to do with it
+                hint = "check --opcua-cert and --opcua-key" if self.config.opcua_cert else "see the cause above"
+            raise DeployError(f"--opcua {self.url}: the OPC UA server did not start ({error or 'time-out'}); {hint}")
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
