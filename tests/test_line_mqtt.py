@@ -359,7 +359,7 @@ def test_two_publishers_of_one_station_do_not_take_each_others_session(broker, t
             logs.append(DecisionLog(folder, durable=False))
         wait_until(lambda: len(sub.of("status")) >= 2, "both online")
         ids = []
-        for i in range(30):  # the two reconnect with back-off from 1 s: 3 s is room for several takeovers
+        for i in range(20):  # the two reconnect with back-off from 1 s: 2 s is room for takeovers
             for k, log in enumerate(logs):
                 record = _record(i, decision_id=f"{k}-{i}")
                 log.append(dataclasses.replace(record, time=utc_now().isoformat()))
