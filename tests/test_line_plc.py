@@ -409,3 +409,29 @@ def test_an_image_left_from_an_earlier_part_with_the_same_id_is_not_decided_for_
         plc.close()
     record = next(r for r in station.handshake_records() if r.decision_id == seen.decision_id)
     assert record.part_id == "9000" and record.image_sha256 == hashlib.sha256(fresh.read_bytes()).hexdigest()
+
+
+def test_a_part_id_too_long_for_a_file_name_still_takes_its_image_over_http(station, images):
+    """A part id of at most 200 characters is valid (as over HTTP), but 130 accented letters are 260 bytes: no file
+    can have that name, and looking for PART_ID.png raised ENAMETOOLONG on every poll, so the handshake failed
+    with an internal error instead of taking the part's image over HTTP."""
+    import urllib.parse
+    import urllib.request
+
+    part = "\u00e9" * 130
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.trigger_part(part)
+        request = urllib.request.Request(f"{station.http_url}/v1/inspect?part_id={urllib.parse.quote(part)}",
+                                         data=images[0].read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answered = json.loads(response.read())
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        assert seen.error_code == 0 and seen.part_id == part and seen.decision_id == answered["decision_id"]
+        plc.set(True, True)
+        wait_until(lambda: plc.read().state == RELEASE, "the release")
+        plc.set(False, False)
+    finally:
+        plc.close()

@@ -41,13 +41,16 @@ STALE_DIR = "stale"  # under DECIDED_DIR: an image of an earlier part with the s
 
 def find_image(folder: Path, part_id: str) -> Path | None:
     """``folder/PART_ID.<image suffix>``; never a path outside ``folder`` (a part id holding a separator or
-    starting with a dot names no file)."""
+    starting with a dot, or too long for a file name, names no file)."""
     if not part_id or part_id.startswith(".") or "/" in part_id or "\\" in part_id or "\0" in part_id:
         return None
     for suffix in IMAGE_SUFFIXES:
         path = folder / f"{part_id}{suffix}"
-        if path.is_file():
-            return path
+        try:
+            if path.is_file():
+                return path
+        except OSError:  # ENAMETOOLONG: a valid part id of more than 255 bytes names no file (its image comes over HTTP)
+            return None
     return None
 
 
