@@ -114,6 +114,24 @@ def test_a_cursor_edited_to_no_place_in_the_log_is_refused_not_followed(tmp_path
             LogCursor(tmp_path, "mqtt")
 
 
+def test_a_spoilt_cursor_does_not_keep_the_station_from_starting(bundle, image, tmp_path, capsys):
+    """A cursor emptied by hand made deploy serve --publish refuse to start: a sink's trouble stopped the line. The
+    station now starts and decides; publishing waits (said on stderr) until the cursor is mended."""
+    from tests.line_servers import free_port
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    (log_dir / ".line-cursor-mqtt.json").write_text("")
+    station = _station(bundle, log_dir, free_port())
+    try:
+        answered = _inspect(station, image, "spoilt-1")
+    finally:
+        station.stop()
+    assert [r.decision_id for r in read_records([log_dir]).records] == [answered["decision_id"]]
+    assert "not a line cursor" in capsys.readouterr().err
+    assert (log_dir / ".line-cursor-mqtt.json").read_text() == ""  # left for the operator to mend, not replaced
+
+
 def test_an_absent_broker_is_said_on_stderr_not_kept_quiet(tmp_path):
     """A broker that is not there (a wrong port in --publish) kept every batch unacknowledged without a word: the
     operator learnt nothing while the backlog grew. One line (at most one every 30 s) says so."""

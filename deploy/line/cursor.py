@@ -88,7 +88,9 @@ class LogCursor:
                 raise ValueError(f"file {position.file!r}, offset {position.offset}: not a place in the decision log")
             return position
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DeployError(f"{self.path}: not a line cursor ({exc}); remove it to start from the log's end "
+            raise DeployError(f"{self.path}: not a line cursor ({exc}); write "
+                              '{"file": "decisions-YYYY-MM-DD.jsonl", "offset": 0} into it to publish again from that '
+                              "day's start (repeats are dropped by event_id), or remove it to start from the log's end "
                               "(what was decided meanwhile is then not published)") from None
 
     def _log_end(self) -> Position:
