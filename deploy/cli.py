@@ -439,7 +439,10 @@ def line_test(
 
     if (drop_into is None) == (http is None):
         raise DeployError("give one of --drop-into FOLDER (the station's --handshake-images) or --http URL")
-    password = password_file.read_text(encoding="utf-8").strip() if password_file else None
+    try:
+        password = password_file.read_text(encoding="utf-8").strip() if password_file else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployError(f"--password-file {password_file}: cannot read it ({exc})") from None
     paths = _expand([images]) if images.is_dir() else []
     if not paths:
         raise DeployError(f"--images {images}: no image files there")

@@ -19,7 +19,7 @@ pytest.importorskip("paho.mqtt")
 from typer.testing import CliRunner  # noqa: E402
 
 from deploy.cli import app as deploy_app  # noqa: E402
-from deploy.decision_log import DecisionLog, DecisionRecord, read_records  # noqa: E402
+from deploy.decision_log import DecisionLog, DecisionRecord, read_records, utc_now  # noqa: E402
 from deploy.line import cursor as cursor_module  # noqa: E402
 from deploy.line.config import build_line_config  # noqa: E402
 from deploy.line.cursor import LogCursor  # noqa: E402
@@ -84,6 +84,72 @@ def test_the_cursor_skips_a_line_that_does_not_parse_and_moves_to_the_next_day(t
     batch = cursor.read()
     assert [r.part_id for r, _ in batch.records] == ["p1", "p2"] and batch.skipped_lines == 1
     assert batch.end.file == "decisions-2026-12-06.jsonl"
+
+
+def test_a_day_file_shorter_than_the_cursor_is_read_again_from_its_start(tmp_path):
+    """A log file cut or replaced under the cursor (copytruncate, a restore, a cursor edited by hand): the records
+    it holds now were never published; reading past its end found nothing, for the rest of that day."""
+    log = DecisionLog(tmp_path)
+    log.append(_record(0))
+    cursor = LogCursor(tmp_path, "mqtt")
+    day = next(tmp_path.glob("decisions-*.jsonl"))
+    cursor.commit(cursor_module.Position(day.name, day.stat().st_size + 1000))
+    log.append(_record(1))
+    batch = LogCursor(tmp_path, "mqtt").read()
+    assert [r.part_id for r, _ in batch.records] == ["p0", "p1"] and batch.end.offset == day.stat().st_size
+
+
+def test_a_cursor_edited_to_no_place_in_the_log_is_refused_not_followed(tmp_path):
+    """A cursor whose file is not a day file of the log (or a negative offset) held the follower there for ever:
+    no file after it ever came, and nothing was published again, without a word."""
+    from deploy.errors import DeployError
+
+    DecisionLog(tmp_path).append(_record(0))
+    (tmp_path / "decisions-archive.jsonl").write_text("")  # not a day file: a new cursor never starts there
+    cursor = LogCursor(tmp_path, "mqtt")
+    assert cursor.position.file == "decisions-2026-12-06.jsonl"
+    for file, offset in (("x.jsonl", 0), ("decisions-2026-12-06.jsonl.bak", 0), ("decisions-2026-12-06.jsonl", -5)):
+        cursor.commit(cursor_module.Position(file, offset))
+        with pytest.raises(DeployError, match="not a line cursor"):
+            LogCursor(tmp_path, "mqtt")
+
+
+def test_a_spoilt_cursor_does_not_keep_the_station_from_starting(bundle, image, tmp_path, capsys):
+    """A cursor emptied by hand made deploy serve --publish refuse to start: a sink's trouble stopped the line. The
+    station now starts and decides; publishing waits (said on stderr) until the cursor is mended."""
+    from tests.line_servers import free_port
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    (log_dir / ".line-cursor-mqtt.json").write_text("")
+    station = _station(bundle, log_dir, free_port())
+    try:
+        answered = _inspect(station, image, "spoilt-1")
+    finally:
+        station.stop()
+    assert [r.decision_id for r in read_records([log_dir]).records] == [answered["decision_id"]]
+    assert "not a line cursor" in capsys.readouterr().err
+    assert (log_dir / ".line-cursor-mqtt.json").read_text() == ""  # left for the operator to mend, not replaced
+
+
+def test_an_absent_broker_is_said_on_stderr_not_kept_quiet(tmp_path):
+    """A broker that is not there (a wrong port in --publish) kept every batch unacknowledged without a word: the
+    operator learnt nothing while the backlog grew. One line (at most one every 30 s) says so."""
+    from deploy.line.follower import StationStatus
+    from deploy.line.mqtt import start_mqtt_follower
+    from tests.line_servers import free_port
+
+    lines: list[str] = []
+    url = f"mqtt://127.0.0.1:{free_port()}/absent"
+    follower = start_mqtt_follower(tmp_path, build_line_config(url, station_id="st"), Source("st", None),
+                                   lambda: StationStatus(True, "m1"), err=lines.append)
+    try:
+        DecisionLog(tmp_path).append(_record(1))
+        line = wait_until(lambda: lines and lines[0], "an error line", 10)
+        assert line.startswith("# line mqtt:") and "not connected to the broker at mqtt://127.0.0.1:" in line, line
+        assert follower.delivered == 0 and follower.failures >= 1
+    finally:
+        follower.stop()
 
 
 def test_events_carry_the_schema_and_a_model_change_in_order(tmp_path):
@@ -207,6 +273,21 @@ def test_publish_options_fail_in_one_line(bundle, tmp_path):
         assert message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_an_unreadable_publish_ca_fails_at_start_in_one_line(bundle, tmp_path):
+    """A missing or garbled --publish-ca let the station start; its publisher process then died on it with a
+    traceback at every restart (1 s doubling to 30 s, for ever) and nothing was published."""
+    from deploy.errors import DeployError
+
+    garbled = tmp_path / "ca.pem"
+    garbled.write_text("not a certificate\n")
+    for ca in (tmp_path / "missing.pem", garbled):
+        with pytest.raises(DeployError, match="--publish-ca"):
+            build_line_config("mqtts://127.0.0.1:8883/line", publish_ca=ca)
+        result = CliRunner().invoke(deploy_app, ["serve", str(bundle), "--port", "0", "--log-dir", str(tmp_path / "l"),
+                                                 "--publish", "mqtts://127.0.0.1:8883/line", "--publish-ca", str(ca)])
+        assert result.exit_code == 1 and "error: --publish-ca" in result.output, result.output
+
+
 def test_watch_and_monitor_publish_decisions_and_the_drift_verdict(bundle, broker, tmp_path):
     """``deploy watch --publish`` (every decision of the folder, delivered before ``--once`` exits) and ``deploy
     monitor --publish`` (the verdict as a drift event)."""
@@ -273,3 +354,38 @@ def test_credentials_come_from_a_file(bundle, image, tmp_path):
         station.stop()
         sub.close()
         broker.stop()
+
+
+def test_two_publishers_of_one_station_do_not_take_each_others_session(broker, tmp_path):
+    """``deploy serve`` and ``deploy watch`` on one host both publish as the host's name by default: with one MQTT
+    client id they took the broker's session from each other at every reconnect, and each takeover published the
+    other's last will: the station's retained status flapped to offline while both were running."""
+    import dataclasses
+
+    from deploy.line.follower import StationStatus
+    from deploy.line.mqtt import start_mqtt_follower
+
+    sub = Subscriber(broker.port, "two", client_id="sub-two")
+    followers, logs = [], []
+    try:
+        for name in ("serve", "watch"):
+            folder = tmp_path / name
+            folder.mkdir()
+            config = build_line_config(f"mqtt://127.0.0.1:{broker.port}/two/{name}", station_id="host1")
+            followers.append(start_mqtt_follower(folder, config, Source("host1", None),
+                                                 lambda: StationStatus(True, "m1")))
+            logs.append(DecisionLog(folder, durable=False))
+        wait_until(lambda: len(sub.of("status")) >= 2, "both online")
+        ids = []
+        for i in range(20):  # the two reconnect with back-off from 1 s: 2 s is room for takeovers
+            for k, log in enumerate(logs):
+                record = _record(i, decision_id=f"{k}-{i}")
+                log.append(dataclasses.replace(record, time=utc_now().isoformat()))
+                ids.append(record.decision_id)
+            time.sleep(0.1)
+        wait_until(lambda: set(ids) <= set(sub.decision_ids()), "every decision of both")
+        assert [m["state"] for m in sub.of("status")].count("offline") == 0, sub.of("status")
+    finally:
+        for follower in followers:
+            follower.stop()
+        sub.close()

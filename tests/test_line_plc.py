@@ -276,3 +276,162 @@ def test_plc_options_fail_in_one_line(bundle, tmp_path):
             assert message in result.output and "Traceback" not in result.output, result.output
     finally:
         taken.close()
+
+
+# -- a misbehaving PLC or client (review of the line interfaces) ------------------------------------------------------
+
+def test_an_opcua_session_named_admin_cannot_write_what_the_station_shows(station):
+    """asyncua's default user manager makes a session with the user name "admin" (any password) an administrator,
+    who could raise ResultReady or change the counters behind the station's back; every session is a PLC here."""
+    from asyncua import ua
+
+    for user in (None, "admin"):
+        plc = OpcUaPlc(station.opcua_url, user, "anything" if user else None)
+        try:
+            ns = plc.client.get_namespace_index("urn:inspection-kit:station")
+            for name, value, vtype in (("Handshake.ResultReady", True, "Boolean"), ("Handshake.ActionCode", 1, "Int16"),
+                                       ("Counters.Accepted", 999, "UInt32")):
+                node = plc.client.get_node(f"ns={ns};s=Station.{name}")
+                with pytest.raises(ua.UaStatusCodeError):
+                    node.write_value(ua.DataValue(ua.Variant(value, getattr(ua.VariantType, vtype))))
+            seen = plc.read()
+            assert seen.result_ready == (seen.state == RESULT_READY)  # still what the station shows
+        finally:
+            plc.close()
+
+
+def test_an_acknowledge_held_from_before_the_result_acknowledges_nothing(station, images):
+    """A PLC that raises Acknowledge before (or with) Trigger has read no result: only a rising edge of Acknowledge
+    after ResultReady releases it, so ResultReady stays up for the PLC to see."""
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.set(False, True)
+        plc.trigger_part("8000")
+        drop_image(images[0], station.images, "8000")
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        assert seen.part_id == "8000" and seen.error_code == 0
+        import time
+        time.sleep(0.1)  # 20 polls of the station with Acknowledge high all along
+        assert plc.read().state == RESULT_READY
+        plc.set(True, False)
+        time.sleep(0.05)  # a PLC holds a signal for a scan or more: the station polls every 5 ms
+        plc.set(True, True)
+        after = wait_until(lambda: (s := plc.read()).state == RELEASE and s, "the release")
+        assert after.error_code == 0 and after.decision_id == seen.decision_id
+        plc.set(False, False)
+        wait_until(lambda: plc.read().ready, "TriggerReady again")
+    finally:
+        plc.close()
+
+
+def test_a_modbus_request_for_another_unit_id_logs_no_traceback(station, caplog):
+    """A PLC polling unit id 0 (common on Modbus TCP) gets an exception response; pymodbus would log a traceback and
+    a hex dump for every such request into the station's log."""
+    from pymodbus.client import ModbusTcpClient
+
+    client = ModbusTcpClient("127.0.0.1", port=station.modbus_port, timeout=5)
+    assert client.connect()
+    try:
+        for unit in (0, 7):
+            assert client.read_input_registers(0, count=2, device_id=unit).isError()
+        assert not client.read_input_registers(0, count=2, device_id=1).isError()
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.name.startswith("pymodbus")], caplog.text
+
+
+def test_taken_ports_and_a_missing_password_file_fail_in_one_line(bundle, tmp_path, caplog):
+    """The station's or line-test's own error line and nothing else: no library traceback or second line (asyncua
+    and pymodbus log a taken port or a refused connection themselves, on the operator's terminal)."""
+    import socket
+
+    from deploy.errors import DeployError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "1.png").write_bytes(sample_images(1)[0].read_bytes())
+    try:
+        def server(**line):  # the station's servers as it starts them, without loading a bundle
+            from deploy.line.modbus import ModbusServer
+            from deploy.line.opcua import OpcUaServer
+            from deploy.line.tally import StationView
+
+            config = build_line_config(**line)
+            view = StationView("st", lambda: None, lambda: None, lambda: True, lambda p, d: None, config)
+            return (OpcUaServer if config.opcua else ModbusServer)(view).start()
+
+        for option, url, message in (("opcua", f"opc.tcp://127.0.0.1:{port}", "the OPC UA server did not start"),
+                                     ("modbus", f"modbus://127.0.0.1:{port}", "the Modbus server did not start")):
+            with pytest.raises(DeployError, match=message):
+                server(**{option: url})
+        garbled = tmp_path / "garbled.der"
+        garbled.write_text("not a certificate")
+        with pytest.raises(DeployError, match="check --opcua-cert and --opcua-key") as refused_cert:
+            server(opcua=f"opc.tcp://127.0.0.1:{free_port()}", opcua_cert=garbled, opcua_key=garbled)
+        assert "port" not in str(refused_cert.value)
+        runner = CliRunner()
+        missing = runner.invoke(deploy_app, ["line-test", f"modbus://127.0.0.1:{port}", "--images", str(parts),
+                                             "--drop-into", str(tmp_path), "--password-file", str(tmp_path / "none")])
+        assert missing.exit_code == 1 and "error: --password-file" in missing.output, missing.output
+        refused = runner.invoke(deploy_app, ["line-test", "modbus://127.0.0.1:1", "--images", str(parts),
+                                             "--drop-into", str(tmp_path)])
+        assert refused.exit_code == 1 and "cannot connect" in refused.output
+    finally:
+        taken.close()
+    assert not [r for r in caplog.records if r.name.startswith(("asyncua", "pymodbus"))], caplog.text
+
+
+def test_an_image_left_from_an_earlier_part_with_the_same_id_is_not_decided_for_the_next(station, images):
+    """The image of a part whose handshake gave up (no_image) arrives late and stays in the folder; the next part
+    with that id (a part counter that restarts, a retest) must get its own image decided, not that one."""
+    import hashlib
+    import time
+
+    stale, fresh = images[0], next(i for i in images if i.read_bytes() != images[0].read_bytes())
+    drop_image(stale, station.images, "9000")
+    time.sleep(1.1)  # the station's --image-timeout-s (1 s): older than the window a camera may be early by
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.trigger_part("9000")
+        wait_until(lambda: (station.images / "decided" / "stale" / "9000.png").is_file(), "the stale image set aside")
+        drop_image(fresh, station.images, "9000")
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        plc.set(True, True)
+        wait_until(lambda: plc.read().state == RELEASE, "the release")
+        plc.set(False, False)
+    finally:
+        plc.close()
+    record = next(r for r in station.handshake_records() if r.decision_id == seen.decision_id)
+    assert record.part_id == "9000" and record.image_sha256 == hashlib.sha256(fresh.read_bytes()).hexdigest()
+
+
+def test_a_part_id_too_long_for_a_file_name_still_takes_its_image_over_http(station, images):
+    """A part id of at most 200 characters is valid (as over HTTP), but 130 accented letters are 260 bytes: no file
+    can have that name, and looking for PART_ID.png raised ENAMETOOLONG on every poll, so the handshake failed
+    with an internal error instead of taking the part's image over HTTP."""
+    import urllib.parse
+    import urllib.request
+
+    part = "\u00e9" * 130
+    plc = OpcUaPlc(station.opcua_url)
+    try:
+        wait_until(lambda: plc.read().ready, "TriggerReady")
+        plc.trigger_part(part)
+        request = urllib.request.Request(f"{station.http_url}/v1/inspect?part_id={urllib.parse.quote(part)}",
+                                         data=images[0].read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answered = json.loads(response.read())
+        seen = wait_until(lambda: (s := plc.read()).result_ready and s, "ResultReady", 10)
+        assert seen.error_code == 0 and seen.part_id == part and seen.decision_id == answered["decision_id"]
+        plc.set(True, True)
+        wait_until(lambda: plc.read().state == RELEASE, "the release")
+        plc.set(False, False)
+    finally:
+        plc.close()

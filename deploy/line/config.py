@@ -109,6 +109,18 @@ def read_mqtt_credentials(path: Path) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
+def check_ca_file(path: Path) -> None:
+    """``--publish-ca``: PEM certificates TLS can load; ``DeployError`` naming the file otherwise (checked before the
+    station starts: the publisher process would fail on it at every restart)."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise DeployError(f"--publish-ca {path}: not a CA certificate file TLS can load ({exc}); give the broker's "
+                          "CA certificate in PEM") from None
+
+
 def read_opcua_users(path: Path) -> dict[str, str]:
     """``name:password`` per line (``#`` comments); ``DeployError`` naming the file and line otherwise."""
     try:
@@ -143,6 +155,8 @@ def build_line_config(publish: str | None = None, publish_credentials: Path | No
         config.station_id = station_id
     if publish_credentials is not None:
         read_mqtt_credentials(publish_credentials)
+    if publish_ca is not None:
+        check_ca_file(publish_ca)
     if opcua_users is not None:
         read_opcua_users(opcua_users)
     if (publish_credentials or publish_ca) and config.publish is None:

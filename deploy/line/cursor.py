@@ -8,7 +8,8 @@ resends at most the last unacknowledged batch (at least once; consumers drop rep
 
 A new cursor starts at the log's end at that moment (the sink publishes what is decided from then on, not the
 station's history). Reading takes whole lines only: a line without its newline (a record being written, or the
-cut last line of a crash) is left for the next read; a complete line that does not parse is skipped. The cursor
+cut last line of a crash) is left for the next read; a complete line that does not parse is skipped; a day file
+shorter than the cursor's offset (cut or replaced under it) is read again from its start. The cursor
 moves on to the next day's file only once the current one has not changed for ``SETTLE_S`` (a record stamped
 just before midnight can land in the old day's file a moment after the new one began).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from deploy.decision_log import LOG_PREFIX, LOG_SUFFIX, DecisionRecord, log_path
 from deploy.errors import DeployError
 
 SETTLE_S = 5.0
+DAY_FILE = re.compile(re.escape(LOG_PREFIX) + r"\d{4}-\d{2}-\d{2}" + re.escape(LOG_SUFFIX))
 CURSOR_FORMAT = "inspection-kit/line-cursor"
 
 
@@ -78,9 +81,16 @@ class LogCursor:
             return position
         try:
             d = json.loads(self.path.read_text(encoding="utf-8"))
-            return Position(str(d["file"]), int(d["offset"]), d.get("model_id"))
+            position = Position(str(d["file"]), int(d["offset"]), d.get("model_id"))
+            if not DAY_FILE.fullmatch(position.file) or position.offset < 0:
+                # a name no log file has (or sorts after every day to come) would hold the cursor there for ever:
+                # nothing published again, silently
+                raise ValueError(f"file {position.file!r}, offset {position.offset}: not a place in the decision log")
+            return position
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DeployError(f"{self.path}: not a line cursor ({exc}); remove it to start from the log's end "
+            raise DeployError(f"{self.path}: not a line cursor ({exc}); write "
+                              '{"file": "decisions-YYYY-MM-DD.jsonl", "offset": 0} into it to publish again from that '
+                              "day's start (repeats are dropped by event_id), or remove it to start from the log's end "
                               "(what was decided meanwhile is then not published)") from None
 
     def _log_end(self) -> Position:
@@ -91,7 +101,7 @@ class LogCursor:
         return Position(last.name, last.stat().st_size)
 
     def _files(self) -> list[Path]:
-        return sorted(self.log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}"))
+        return sorted(p for p in self.log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}") if DAY_FILE.fullmatch(p.name))
 
     def commit(self, position: Position) -> None:
         """Atomically: the cursor file is the old position or this one, whatever happens."""
@@ -136,6 +146,8 @@ def _read_lines(path: Path, offset: int, limit: int) -> tuple[list[tuple[Decisio
     except FileNotFoundError:
         return records, offset, 0
     with fh:
+        if offset > os.fstat(fh.fileno()).st_size:  # the file was cut or replaced (or the cursor edited): what it
+            offset = 0  # holds now was never read; from its start again (at least once, repeats dropped by event_id)
         fh.seek(offset)
         while len(records) < limit:
             raw = fh.readline()

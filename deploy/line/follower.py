@@ -29,6 +29,10 @@ ERROR_EVERY_S = 30.0
 STATUS_EVERY_S = 1.0
 
 
+class NotDelivered(Exception):
+    """A batch the sink did not get acknowledged (sent again after a back-off)."""
+
+
 class Sink(Protocol):
     name: str
 
@@ -116,6 +120,9 @@ class Follower:
                     backoff = BACKOFF_S[0]
                     continue
                 self.failures += 1
+                # said like an error (at most one line every ERROR_EVERY_S): a broker that is absent, refuses or
+                # never acknowledges must not go unnoticed while the backlog grows
+                self._report(NotDelivered(getattr(self.sink, "problem", None) or "the batch was not acknowledged"))
             except Exception as exc:
                 self.failures += 1
                 self._report(exc)

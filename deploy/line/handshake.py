@@ -6,7 +6,8 @@
     1 BUSY          0     1        0        the decision is made (the part's image came as a file or over HTTP)
                                             or failed (Error, ErrorCode) -> RESULT_READY; no image within
                                             ``image_s``: ErrorCode 2 -> RESULT_READY
-    2 RESULT_READY  0     0        1        the PLC has read the result and raises Acknowledge -> RELEASE;
+    2 RESULT_READY  0     0        1        the PLC has read the result and raises Acknowledge (a rising edge:
+                                            one held high from before the result acknowledges nothing) -> RELEASE;
                                             no Acknowledge within ``acknowledge_s``: ErrorCode 5 -> RELEASE
     3 RELEASE       0     0        0        the PLC drops Trigger and Acknowledge -> IDLE
 
@@ -89,6 +90,7 @@ class Handshake:
     out: Outputs = field(default_factory=Outputs)
     _job: Future | None = None
     _since: float = 0.0
+    _acknowledge_was: bool = False  # Acknowledge at the last poll: only its rising edge acknowledges a result
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="handshake"))
 
     def step(self, trigger: bool, acknowledge: bool, part_id: str, now: float | None = None) -> Outputs:
@@ -100,13 +102,14 @@ class Handshake:
         elif state == BUSY:
             self._collect(now)
         elif state == RESULT_READY:
-            if acknowledge:
+            if acknowledge and not self._acknowledge_was:  # raised after the result, not held from before it
                 self.out = replace(self.out, state=RELEASE, result_ready=False)
             elif now - self._since > self.timeouts.acknowledge_s:
                 self.out = replace(self.out, state=RELEASE, result_ready=False, error_code=ERROR_CODES["ack_timeout"],
                                    error_text=f"no Acknowledge within {self.timeouts.acknowledge_s:g} s")
         elif state == RELEASE and not trigger and not acknowledge:
             self.out = replace(self.out, state=IDLE)
+        self._acknowledge_was = acknowledge
         ready = self.out.state == IDLE and self._station_ready()
         if ready != self.out.ready:
             self.out = replace(self.out, ready=ready)

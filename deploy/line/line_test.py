@@ -25,7 +25,7 @@ import numpy as np
 from deploy.errors import DeployError
 from deploy.line.handshake import ACTION_CODES, ERROR_CODES, RELEASE
 from deploy.line.modbus import (COIL_TRIGGER, CONFIDENCE_SCALE, DEVICE_ID, HR_PART_NUMBER, IR_COUNT,
-                                decode_decision_id, words)
+                                decode_decision_id, quiet_pymodbus, words)
 from deploy.line.mqtt import line_extra_missing
 from deploy.line.opcua import NAMESPACE
 
@@ -153,6 +153,7 @@ class ModbusPlc:
             from pymodbus.client import ModbusTcpClient
         except ImportError as exc:
             raise line_extra_missing(exc) from None
+        quiet_pymodbus()
         self.client = ModbusTcpClient(host, port=port, timeout=5)
         if not self.client.connect():
             raise DeployError(f"modbus://{host}:{port}: cannot connect to the station's Modbus server")

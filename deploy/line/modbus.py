@@ -16,6 +16,7 @@ in a thread with its own event loop and polls the PLC's inputs every ``POLL_S``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -31,6 +32,16 @@ COIL_TRIGGER, COIL_ACKNOWLEDGE = 0, 1
 HR_PART_NUMBER = 0
 IR_COUNT = 22
 CONFIDENCE_SCALE = 10000
+
+
+def quiet_pymodbus() -> None:
+    """pymodbus logs every refused request (a PLC polling a unit id other than 1) with a traceback and a hex dump
+    of the last frames, and a taken port or a refused connection on top of the one line the station or
+    ``deploy line-test`` says itself: a misbehaving client would flood the station's log. Its own level, if one was
+    set, is kept."""
+    library_log = logging.getLogger("pymodbus.logging")
+    if library_log.level == logging.NOTSET:
+        library_log.setLevel(logging.CRITICAL)
 
 
 def words(value: int) -> list[int]:
@@ -65,6 +76,7 @@ class ModbusServer:
             import pymodbus  # noqa: F401
         except ImportError as exc:
             raise line_extra_missing(exc) from None
+        quiet_pymodbus()
         self.view, self.endpoint = view, view.config.modbus
         self.handshake = Handshake(view.decide, view.ready, view.config.timeouts)
         self._stop = threading.Event()

@@ -16,8 +16,10 @@ kept by paho's own loop thread, which reconnects with back-off (1 s doubling to 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
@@ -53,11 +55,15 @@ class MqttSink:
             user, password = read_mqtt_credentials(credentials)
             self.client.username_pw_set(user, password)
         if endpoint.tls:
-            self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+            try:
+                self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise DeployError(f"--publish-ca {ca_file}: TLS cannot load it ({exc})") from None
         self.client.reconnect_delay_set(*RECONNECT_S)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self._status: bytes | None = None
+        self.problem: str | None = None  # why the last batch was not delivered, for the follower's error line
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/{kind}"
@@ -68,8 +74,10 @@ class MqttSink:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
+            self.problem = f"the broker at {self._address()} refused the connection: {reason}"
             return
         self._connected.set()
+        self.problem = None
         if self._status is not None:  # every (re)connect says online again: the will may have said offline
             client.publish(self.topic("status"), self._status, qos=1, retain=True)
 
@@ -88,11 +96,14 @@ class MqttSink:
         """Publish every event (QoS 1); True once the broker acknowledged them all, False when it is not connected
         or has not acknowledged within ``timeout_s`` (the follower sends the batch again later)."""
         if not self._connected.wait(min(timeout_s, 1.0)):
+            if not (self.problem or "").startswith("the broker at"):  # keep a refusal's reason
+                self.problem = f"not connected to the broker at {self._address()} (is it running, is the address right?)"
             return False
         infos = []
         for event in events:
             info = self.client.publish(self.topic(event["event"]), encode(event), qos=1)
             if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                self.problem = f"publishing to the broker at {self._address()} failed ({self._mqtt.error_string(info.rc)})"
                 return False
             infos.append(info)
         deadline = time.monotonic() + timeout_s
@@ -102,8 +113,13 @@ class MqttSink:
             except (RuntimeError, ValueError):  # the connection went: not sent
                 return False
             if not info.is_published():
+                self.problem = f"the broker at {self._address()} did not acknowledge within {timeout_s:g} s"
                 return False
+        self.problem = None
         return True
+
+    def _address(self) -> str:
+        return f"{self.endpoint.scheme}://{self.endpoint.host}:{self.endpoint.port}"
 
     def stop(self, offline: dict[str, Any]) -> None:
         """Say offline (retained) before leaving; the broker keeps it for every later subscriber."""
@@ -128,9 +144,18 @@ def publish_once(sink: MqttSink, event: dict[str, Any], timeout_s: float = 10.0)
         sink.client.loop_stop()
 
 
+def follower_client_id(station_id: str, log_dir: Any) -> str:
+    """One MQTT client id per decision log followed: two publishers of one station (``deploy serve`` and ``deploy
+    watch`` on one host, both named after the host by default) with the same id would take the broker's session
+    from each other at every reconnect, and each takeover publishes the other's last will (status offline). The
+    same log folder keeps its id across restarts."""
+    folder = hashlib.sha256(str(Path(log_dir).resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"inspection-kit-{station_id[:40]}-{folder}"
+
+
 def start_mqtt_follower(log_dir: Any, config: Any, source: Any, status: Any, err: Any = None,
                         exclusive: bool = False):
     """The MQTT sink following ``log_dir`` through its cursor (``LogCursor(log_dir, "mqtt")``), started."""
-    sink = MqttSink(config.publish, client_id=f"inspection-kit-{config.station_id}"[:64],
+    sink = MqttSink(config.publish, client_id=follower_client_id(config.station_id, log_dir),
                     credentials=config.publish_credentials, ca_file=config.publish_ca)
     return Follower(LogCursor(log_dir, "mqtt", exclusive), sink, source, status, err=err).start()

@@ -17,6 +17,7 @@ with its own event loop; it polls the PLC's three inputs every ``POLL_S`` straig
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import threading
@@ -113,8 +114,12 @@ class OpcUaServer:
         self._thread.start()
         if not self._started.wait(timeout_s) or self._error is not None:
             self.stop()
-            raise DeployError(f"--opcua {self.url}: the OPC UA server did not start ({self._error or 'time-out'}); "
-                              "is the port taken? pick another")
+            error = self._error
+            if isinstance(error, OSError) and error.errno == errno.EADDRINUSE or error is None:
+                hint = "is the port taken? pick another"
+            else:  # a certificate or key that does not load: the port has nothing to do with it
+                hint = "check --opcua-cert and --opcua-key" if self.config.opcua_cert else "see the cause above"
+            raise DeployError(f"--opcua {self.url}: the OPC UA server did not start ({error or 'time-out'}); {hint}")
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -128,6 +133,10 @@ class OpcUaServer:
 
         server = Server(user_manager=_user_manager(self.users) if self.users else None)
         await server.init()
+        # asyncua's default user manager makes any session that names the user "admin" (whatever its password) an
+        # administrator, who may write the station's outputs (ResultReady, ActionCode, counters) and delete nodes:
+        # no client is ever more than a PLC here
+        server.allow_remote_admin(False)
         server.set_endpoint(self.url)
         server.set_server_name("inspection-kit station")
         if self.config.opcua_cert is not None:
@@ -163,7 +172,13 @@ class OpcUaServer:
     async def _main(self) -> None:
         try:
             server, nodes = await self._build()
-            await server.start()
+            starting = logging.getLogger("asyncua.server.server")
+            level = starting.level
+            starting.setLevel(logging.CRITICAL)  # its traceback of a taken port: start() says it in one line
+            try:
+                await server.start()
+            finally:
+                starting.setLevel(level)
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._started.set()

@@ -70,9 +70,13 @@ class PublisherProcess:
     def start(self) -> "PublisherProcess":
         """Before the first part: a new cursor is made here, at the log's end now, so nothing the station answers
         while the child starts is skipped."""
+        from deploy.errors import DeployError
         from deploy.line.cursor import LogCursor
 
-        LogCursor(self.log_dir, "mqtt").close()
+        try:
+            LogCursor(self.log_dir, "mqtt").close()
+        except DeployError as exc:  # a cursor spoilt by hand: publishing waits for it, the station does not
+            self.err(f"# line mqtt: {exc} (the station decides and logs as always; publishing waits for the cursor)")
         self.proc = self._spawn()
         self._thread = threading.Thread(target=self._run, name="line-publisher", daemon=True)
         self._thread.start()

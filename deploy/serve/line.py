@@ -36,17 +36,21 @@ from deploy.serve.intake import prepare
 from deploy.serve.state import StationState
 
 DECIDED_DIR = "decided"
+STALE_DIR = "stale"  # under DECIDED_DIR: an image of an earlier part with the same id, never decided
 
 
 def find_image(folder: Path, part_id: str) -> Path | None:
     """``folder/PART_ID.<image suffix>``; never a path outside ``folder`` (a part id holding a separator or
-    starting with a dot names no file)."""
+    starting with a dot, or too long for a file name, names no file)."""
     if not part_id or part_id.startswith(".") or "/" in part_id or "\\" in part_id or "\0" in part_id:
         return None
     for suffix in IMAGE_SUFFIXES:
         path = folder / f"{part_id}{suffix}"
-        if path.is_file():
-            return path
+        try:
+            if path.is_file():
+                return path
+        except OSError:  # ENAMETOOLONG: a valid part id of more than 255 bytes names no file (its image comes over HTTP)
+            return None
     return None
 
 
@@ -86,6 +90,8 @@ class StationDecider:
             at, early = self._recent.pop(part_id, (0.0, None))
             if early is not None and time.monotonic() - at <= self.early_s:
                 slot[1] = early
+        if self.images is not None:
+            self._set_aside_stale(part_id)
         try:
             while True:
                 if slot[1] is not None:
@@ -102,6 +108,19 @@ class StationDecider:
             with self._lock:
                 if self._waiting.get(part_id) is slot:
                     del self._waiting[part_id]
+
+    def _set_aside_stale(self, part_id: str) -> None:
+        """An image already there for this part id that came more than ``early_s`` before the trigger belongs to
+        an earlier part with the same id (one whose image came after its handshake gave up, ``no_image``): it is
+        moved to ``DIR/decided/stale/``, never decided for this part. Its ctime is when it was written or renamed
+        into the folder (a copy that keeps the camera's mtime cannot make it look new or old)."""
+        path = find_image(self.images, part_id)
+        try:
+            stale = path is not None and path.stat().st_ctime < time.time() - self.early_s
+        except OSError:
+            return
+        if stale:
+            _move(path, self.images / DECIDED_DIR / STALE_DIR)
 
     def _classes(self) -> list[str]:
         return list(self.station.host.current.predictor.classes)
