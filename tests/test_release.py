@@ -290,13 +290,13 @@ def test_the_shadow_period_has_exit_criteria():
                                                                        "defect_rate": 0.03},
                                          "data": {"root": "."}, "economics": {"parts_per_day": 115200}}), check=False)
     text = exit_criteria(kpi, recipe, translator("en"))
-    assert text[0] == ("crack: at least 72 defective parts inspected with no escape (then the upper end of its 95 % interval "
-                       "is below 5 %); crack is 1.50 % of production, so about 4,800 parts produced, 0.7 hours at the "
-                       "line's rate")
-    assert text[2].startswith("at least 72 good parts (ok) with no false reject")
-    assert text[3].startswith("and whichever is longer: at least 1 full production day(s) (115,200 parts a day), every shift "
+    assert text[0] == ("each of crack, dent: at least 72 defective parts inspected with no escape (then the upper end of its "
+                       "95 % interval is below 5 %); at 1.50 % of production that is about 4,800 parts produced, 0.7 hours "
+                       "at the line's rate")
+    assert text[1].startswith("at least 72 good parts (ok) with no false reject")
+    assert text[2].startswith("and whichever is longer: at least 1 full production day(s) (115,200 parts a day), every shift "
                               "and every lighting state")
-    assert text[4].startswith("an escape during the shadow period (a defective part the model would have accepted as ok) "
+    assert text[3].startswith("an escape during the shadow period (a defective part the model would have accepted as ok) "
                               "stops it: the verdict is NO-GO until the model is retrained")
     assert mix_assumption(kpi, recipe, translator("en")).startswith(
         "Assumed: the recipe gives one defect rate (3.00 %) and no per-class mix, so it is split equally over the 2 defect "
@@ -312,3 +312,13 @@ def test_a_loss_at_the_pessimistic_end_is_said_next_to_the_savings():
         "EUR a month, 29× the gain at the measured rates: the savings are not shown until the shadow period bounds the "
         "escapes.")
     assert net_downside({**net, "low": {"net": 5.0}}, translator("en")) is None
+
+
+def test_the_unconfirmed_certificate_says_how_many_checked_parts_would_confirm_it():
+    from kit.report.recommendation import _confirmation_parts
+    from kit.verify.stats import clopper_pearson_upper
+
+    zero, at_rate = _confirmation_parts(0.0229, 0.05)
+    assert zero == 59 and clopper_pearson_upper(0, 59) <= 0.05 < clopper_pearson_upper(0, 58)
+    assert clopper_pearson_upper(int(np.ceil(0.0229 * at_rate)), at_rate) <= 0.05 and 150 < at_rate < 300
+    assert _confirmation_parts(0.06, 0.05) == (59, None)  # the test rate itself is past the limit: a miss, not a wait

@@ -276,7 +276,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "prev_excluded": "{n} test images the previous model was trained or validated on are left out of the comparison.",
         # -- verdict, certificate, integrity, quality box, shadow exit criteria (issue 28 A)
         "g_verify.threshold.test": "Operating target confirmed on test (one-sided 95 % upper bound)",
-        "shadow_test_confirm": "the operating target confirmed on more parts decided alone: the one-sided 95 % upper bound of its risk on test is {bound}, above the {limit} limit",
+        "shadow_test_confirm": "the operating target confirmed on parts decided alone and checked by the inspectors: at least {zero} with no error, or about {n} at the test split's error rate ({err}), bring its one-sided 95 % upper bound within {limit} (on test it is {bound})",
         "act_test_unconfirmed": "the test split contradicts the certified operating target: recertify on more validation images (verify.threshold) or improve the model",
         "cert_held_out": "The operating threshold is certified on {n} validation images held out of every choice: the checkpoint, the temperature and the teacher check used the other {chose} (split per class, seed {seed}; split.csv rows 'certify'). Its bounds are one-sided {level} upper bounds; the test figures on page one are two-sided 95 % intervals.",
         "cert_same_images": "The operating threshold is certified on the same {n} validation images that chose the checkpoint and the temperature, so the certificate is optimistic and its nominal {level} does not hold (a run made without a certification split: verify.certify_share). Its bounds are one-sided; the test figures on page one are two-sided 95 % intervals.",
@@ -302,7 +302,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "qe_col_measure": "Measure", "qe_col_acceptable": "AIAG acceptable", "qe_col_marginal": "AIAG marginal",
         "qe_col_level": "Level (value)", "qe_col_needed": "To show acceptable (one-sided 95 %)",
         "exit_title": "Exit criteria of the shadow period (all must hold before the model decides alone)",
-        "exit_class_mix": "{cls}: at least {n} defective parts inspected with no escape (then the upper end of its 95 % interval is below {limit}); {cls} is {share} of production, so about {parts} parts produced{hours}",
+        "exit_class_mix": "{cls}: at least {n} defective parts inspected with no escape (then the upper end of its 95 % interval is below {limit}); at {share} of production that is about {parts} parts produced{hours}",
         "exit_hours": ", {hours} hours at the line's rate",
         "exit_class": "{cls}: at least {n} defective parts inspected with no escape (then the upper end of its 95 % interval is below {limit})",
         "exit_good": "at least {n} good parts ({ok}) with no false reject (then the upper end of the false-reject rate's 95 % interval is below {limit})",
@@ -313,6 +313,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "mix_assumed_test": "Assumed: the recipe gives one defect rate ({rate}) and no per-class mix, so it is split over the {n} defect classes in their test proportions ({split}); the shadow period's length depends on it: give line.defect_rate per class if the line's mix differs.",
         "net_downside": "At the pessimistic end (escapes and false rejects at the upper ends of their intervals) the line loses {loss} {cur} a month{times}: the savings are not shown until the shadow period bounds the escapes.",
         "net_times": ", {x}× the gain at the measured rates",
+        "exit_each": "each of {classes}",
         # -- end of issue 28 A
     },
     "ja": {
@@ -583,7 +584,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "prev_excluded": "前モデルの学習・検証に使われたテスト画像 {n} 枚は比較から除いています。",
         # -- verdict, certificate, integrity, quality box, shadow exit criteria (issue 28 A)
         "g_verify.threshold.test": "運用目標のテストデータでの確認（片側 95 % 上限）",
-        "shadow_test_confirm": "単独判定した部品を増やして運用目標を確認すること：テストデータでのリスクの片側 95 % 上限は {bound} で、上限 {limit} を超えています",
+        "shadow_test_confirm": "単独判定し検査員が確認した部品で運用目標を確認すること：誤りなしなら {zero} 個以上、テストデータの誤り率（{err}）なら約 {n} 個で、片側 95 % 上限が {limit} 以内になります（テストデータでは {bound}）",
         "act_test_unconfirmed": "テストデータが保証済みの運用目標と矛盾しています：より多くの検証画像で再保証する（verify.threshold）か、モデルを改善してください",
         "cert_held_out": "運用しきい値は、あらゆる選択から除外した検証画像 {n} 枚で保証しています。チェックポイント、温度、教師チェックには残りの {chose} 枚を使いました（クラスごとに分割、シード {seed}、split.csv の 'certify' 行）。保証の限界は片側 {level} 上限で、1 ページ目のテストの数値は両側 95 % 信頼区間です。",
         "cert_same_images": "運用しきい値は、チェックポイントと温度を選んだのと同じ検証画像 {n} 枚で保証しているため、保証は楽観的で名目の {level} は成り立ちません（保証用の分割なしで作成された実行：verify.certify_share）。保証の限界は片側で、1 ページ目のテストの数値は両側 95 % 信頼区間です。",
@@ -609,7 +610,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "qe_col_measure": "指標", "qe_col_acceptable": "AIAG 許容", "qe_col_marginal": "AIAG 条件付き",
         "qe_col_level": "水準（値）", "qe_col_needed": "許容を示すには（片側 95 %）",
         "exit_title": "シャドー運用の終了条件（すべて満たしてからモデル単独で判定）",
-        "exit_class_mix": "{cls}：不良品を {n} 個以上検査して流出ゼロ（95 % 信頼区間の上限が {limit} 未満になります）。{cls} は生産の {share} のため、約 {parts} 個の生産に相当{hours}",
+        "exit_class_mix": "{cls}：不良品を {n} 個以上検査して流出ゼロ（95 % 信頼区間の上限が {limit} 未満になります）。生産の {share} なので約 {parts} 個の生産に相当{hours}",
         "exit_hours": "（ラインの速度で {hours} 時間）",
         "exit_class": "{cls}：不良品を {n} 個以上検査して流出ゼロ（95 % 信頼区間の上限が {limit} 未満になります）",
         "exit_good": "良品（{ok}）{n} 個以上で過検出ゼロ（過検出率の 95 % 信頼区間の上限が {limit} 未満になります）",
@@ -620,6 +621,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "mix_assumed_test": "仮定：レシピは不良率を 1 つ（{rate}）だけ示し、クラス別の構成を示していないため、{n} 個の欠陥クラスにテストデータの比率で配分しています（{split}）。シャドー運用の長さはこれに依存します。ラインの構成が異なる場合は line.defect_rate をクラス別に指定してください。",
         "net_downside": "悲観側の端（流出と過検出を信頼区間の上限で見積もった場合）では、ラインは月あたり {loss} {cur} の損失になります{times}。シャドー運用で流出を抑えたと示すまで、削減効果は示されていません。",
         "net_times": "（測定値での効果の {x} 倍）",
+        "exit_each": "{classes} のそれぞれ",
         # -- end of issue 28 A
     },
 }

@@ -97,7 +97,10 @@ def _shadow_need(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
         return t("shadow_escape" if what == "defect" else "shadow_false_reject", n=needed, cls=cls, limit=f"{100 * limit:g} %")
     bound = check.bound
     if target == "verify.threshold.test":
-        return t("shadow_test_confirm", bound=f"{100 * bound:.1f} %" if bound is not None else "?", limit=f"{100 * limit:g} %")
+        zero, at_rate = _confirmation_parts(check.point, limit)
+        return t("shadow_test_confirm", bound=f"{100 * bound:.1f} %" if bound is not None else "?", limit=f"{100 * limit:g} %",
+                 zero=f"{zero:,}" if zero else "?", n=f"{at_rate:,}" if at_rate else "?",
+                 err=f"{100 * check.point:.1f} %" if check.point is not None else "?")
     if target == "kpi.max_accuracy_gap":
         return t("shadow_gap", limit=f"{100 * limit:g}", bound=f"{100 * bound:.1f}" if bound is not None else "?")
     return t("shadow_bound", target=t("g_" + target.removeprefix("kpi.").split("[")[0].replace(" ", "_")),
@@ -154,3 +157,19 @@ def other_shadow_needs(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
 
 def _counted_per_class(target: str) -> bool:
     return target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate"
+
+
+def _confirmation_parts(error_rate: float | None, limit: float, confidence: float = 0.95) -> tuple[int | None, int | None]:
+    """Parts decided alone (and checked) that show a one-sided bound within ``limit``: with no error at all, and with
+    errors at the test split's rate (the smallest n whose ``ceil(rate x n)`` errors give a bound within the limit)."""
+    from kit.verify.stats import clopper_pearson_upper
+
+    zero = zero_failure_sample_size(limit, confidence) if limit > 0 else None
+    if zero is None or error_rate is None or error_rate >= limit:
+        return zero, None
+    n = zero
+    while clopper_pearson_upper(math.ceil(error_rate * n), n, confidence) > limit:
+        n = math.ceil(n * 1.05) + 1
+        if n > 10_000_000:
+            return zero, None
+    return zero, n

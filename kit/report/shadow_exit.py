@@ -46,12 +46,15 @@ def exit_criteria(kpi: KpiRecord, recipe: Any, t: Callable[..., str]) -> list[st
     weights = (kpi.operating.production or {}).get("weights") or {}
     per_minute = recipe.line.parts_per_minute
     out, longest = other_shadow_needs(kpi, t), 0
+    groups: dict[tuple[Any, ...], list[str]] = {}  # classes with the same limit and share read as one sentence
     for cls, limit in _class_limits(kpi).items():
+        groups.setdefault((limit, weights.get(cls)), []).append(cls)
+    for (limit, share), classes in groups.items():
         needed = zero_failure_sample_size(limit, GATE_BOUND_CONFIDENCE) if limit > 0 else None
+        cls = t("sep").join(classes) if len(classes) == 1 else t("exit_each", classes=t("sep").join(classes))
         if needed is None:
             out.append(t("shadow_zero_limit", cls=cls))
             continue
-        share = weights.get(cls)
         if share:
             parts = math.ceil(needed / share)
             longest = max(longest, parts)

@@ -95,9 +95,13 @@ def _data(ctx: RunContext) -> dict[str, Any]:
     if recipe.task == "anomaly":
         return extra
     certify = data.splits.get(CERTIFY_SPLIT, data.splits["val"])  # the images the certificate is computed on
+    held_out = CERTIFY_SPLIT in data.splits
     for problem in certifiability_problems(recipe.verify.threshold, certify.labels, data.classes,
                                            recipe.line.ok_class):
-        ctx.log(f"warning: {problem}; as it stands the run ends with every part sent to a person")
+        where = (f" (counted on the {len(certify.labels)} validation images held out of every choice to certify on, "
+                 f"verify.certify_share {recipe.verify.certify_share:g}: the validation split needs about "
+                 f"1 / {recipe.verify.certify_share:g} times the images added)") if held_out else ""
+        ctx.log(f"warning: {problem}{where}; as it stands the run ends with every part sent to a person")
     return extra
 
 
