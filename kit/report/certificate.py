@@ -3,7 +3,7 @@ says about it, and what the certification images bound about escapes and false r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from kit.report.format import format_pct, format_rate_ci
 from kit.verify.record import KpiRecord, Operating
