@@ -24,6 +24,15 @@ from kit.verify.stats import rate
 from tests.kpi_records import kpi_record
 
 
+def _can_render_pdf() -> bool:
+    try:
+        import pypdf  # noqa: F401
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
 def _text(html: str) -> str:
     return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", " ", html)))
 
@@ -244,8 +253,15 @@ def test_the_quality_box_is_on_page_two_in_html_and_pdf(run_copy, lang):
 
     kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
     box = kpi["operating"]["appraiser"]
-    html = build_report(run_copy, lang=lang, log=lambda m: None).html.read_text(encoding="utf-8")
+    result = build_report(run_copy, lang=lang, pdf=lang == "en" and _can_render_pdf(), log=lambda m: None)
+    html = result.html.read_text(encoding="utf-8")
     section = _text(html[html.index('id="quality-box"'):html.index('id="quality-box"') + 6000])
+    if result.pdf is not None:
+        import pypdf
+
+        pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in pypdf.PdfReader(str(result.pdf)).pages))
+        assert "For the quality engineer: the model as an appraiser" in pdf and "AIAG acceptable" in pdf
+        assert f"{box['miss_rate']['k']} / {box['miss_rate']['n']}" in pdf and "Cohen's kappa against the reference" in pdf
     t = translator(lang)
     for measure in ("effectiveness", "miss_rate", "false_alarm_rate"):
         r = box[measure]
