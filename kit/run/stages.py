@@ -182,7 +182,8 @@ def build_stages(recipe: Any) -> list[Stage]:
               skip_note=lambda ctx: f"export: already done ({ctx.run_dir / BUNDLE_DIR})"),
         Stage("verify", _verify, _current("verify", ("done", "gate-failed"), kpi_path), records_itself=True,
               result=("kpi", lambda ctx: read_kpi(ctx.run_dir)),
-              skip_note=lambda ctx: f"verify: already done ({kpi_path(ctx.run_dir)}); `kit verify {ctx.run_dir}` measures again"),
+              skip_note=lambda ctx: f"verify: already done ({kpi_path(ctx.run_dir)}; verdict {read_kpi(ctx.run_dir).verdict.label}); "
+                                    f"`kit verify {ctx.run_dir}` measures again"),
         Stage("report", _report, _current("report", ("done",), report_html_path), records_itself=True,
               result=("report", lambda ctx: report_html_path(ctx.run_dir)),
               skip_note=lambda ctx: f"report: already done ({report_html_path(ctx.run_dir)})"),
