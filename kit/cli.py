@@ -23,7 +23,7 @@ from kit.errors import ArgumentError, KitError
 from kit.progress import Reporter
 
 if TYPE_CHECKING:
-    from kit.verdict import Verdict
+    from kit.verdict import Release, Verdict
     from kit.verify.record import KpiRecord, Operating
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Inspection deployment kit: recipe -> robust edge model -> KPI report.")
@@ -134,7 +134,8 @@ def run(
     """Train teacher and student, export the edge bundle, verify it against the recipe's KPIs and
     write the management report (HTML, in the recipe's report.language).
 
-    Exits 1 when a parity gate or a KPI target fails. Example: kit run recipes/sample_line.yaml
+    Exits with the verdict: 0 GO, 1 NO-GO (or a failed parity gate), 3 GO AFTER A SHADOW PERIOD.
+    Example: kit run recipes/sample_line.yaml
     """
     from kit.run import Launch, run_line
 
@@ -144,18 +145,15 @@ def run(
         return
     if result.metrics.get("task") == "anomaly":
         _print_anomaly(result.kpi)
-        typer.echo(str(result.run_dir))
-        if not result.passed:
-            raise typer.Exit(1)
-        return
-    _print_metrics(result.metrics)
-    if result.parity is not None:
-        _print_parity(result.parity)
-    if result.kpi is not None:
-        _print_kpi(result.kpi)
+    else:
+        _print_metrics(result.metrics)
+        if result.parity is not None:
+            _print_parity(result.parity)
+        if result.kpi is not None:
+            _print_kpi(result.kpi)
     typer.echo(str(result.run_dir))
-    if not result.passed:
-        raise typer.Exit(1)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 def _is_anomaly_run(run_dir: Path) -> bool:
@@ -170,7 +168,7 @@ def _print_anomaly(record: Any) -> None:
     """An anomaly run's figures and its one verdict (``kit.anomaly.report.recommend``)."""
     if record is None:
         return
-    from kit.anomaly.report import recommend
+    from kit.anomaly.report import stored_recommendation
 
     op, cert, fig = record.operating_test, record.certificate, record.figures
     console.print(f"operating point: {cert['message']}", highlight=False, markup=False)
@@ -179,7 +177,7 @@ def _print_anomaly(record: Any) -> None:
                   f"{auroc}; false rejects {op['false_reject_rate']['k']}/{op['false_reject_rate']['n']}, escapes "
                   f"{op['escape_rate']['k']}/{op['escape_rate']['n']}, sent to review "
                   f"{op['n'] - op['automation_rate']['k']}/{op['n']}", highlight=False, markup=False)
-    rec = recommend(record)
+    rec = stored_recommendation(record)
     console.print(f"verdict: {rec.verdict}", highlight=False, markup=False)
     for reason in rec.reasons:
         console.print(f"  - {reason}", highlight=False, markup=False)
@@ -194,7 +192,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         worst = min(m["per_class"].items(), key=lambda kv: kv[1]["recall"])
         table.add_row(role, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{worst[1]['recall']:.3f} ({worst[0]})")
     console.print(table)
-    console.print(f"teacher-student agreement {metrics['agreement']:.3f}; accuracy gap {metrics['accuracy_gap']:+.3f}")
+    console.print(f"fidelity to the teacher (same top-1 decision) {metrics['agreement']:.3f}; accuracy gap {metrics['accuracy_gap']:+.3f}")
 
 
 @app.command()
@@ -247,7 +245,7 @@ def _print_parity(parity: dict[str, Any]) -> None:
             f"{vt['agreement']:.3f}" if vt else "",
         )
     console.print(table)
-    console.print("  vs: the rung compared with; t-agree: top-1 agreement with the teacher", highlight=False)
+    console.print("  vs: the rung compared with; t-agree: fidelity to the teacher (same top-1 decision)", highlight=False)
     for row in parity["rungs"]:
         console.print(f"  {row['rung']}: {row['runtime']}", highlight=False)
     _print_gate(parity["gate"], "parity gate")
@@ -261,7 +259,8 @@ def verify(
     """Measure the bundle against the recipe's KPI targets: accuracy, agreement, robustness,
     calibration, operating threshold, latency.
 
-    Writes RUN_DIR/verify/kpi.json and CSV tables; exits 1 when a KPI target is missed.
+    Writes RUN_DIR/verify/kpi.json and CSV tables. Exits with the verdict: 0 GO, 1 NO-GO (a target missed),
+    3 GO AFTER A SHADOW PERIOD (a target met on its value only, or not confirmed on test).
     Example: kit verify runs/sample_line/20261129-101500
     """
     from kit.rundir import kpi_path
@@ -271,17 +270,19 @@ def verify(
         from kit.anomaly.record import record_path
         from kit.anomaly.verify import verify_anomaly_run
 
+        from kit.anomaly.verdict import release_of
+
         record = verify_anomaly_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
         _print_anomaly(record)
         typer.echo(str(record_path(run_dir)))
-        if not record.gate.passed:
-            raise typer.Exit(1)
+        if release_of(record).exit_code:
+            raise typer.Exit(release_of(record).exit_code)
         return
     result = verify_run(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
     _print_kpi(result.kpi)
     typer.echo(str(kpi_path(result.verify_dir.parent)))
-    if not result.passed:
-        raise typer.Exit(1)
+    if result.verdict.exit_code:
+        raise typer.Exit(result.verdict.exit_code)
 
 
 @app.command()
@@ -321,10 +322,12 @@ def report(
     """Write the management report: go/no-go, KPI table, accuracy gap, speed against the line,
     savings, robustness, latency, operating point, parity, appendix.
 
-    Writes RUN_DIR/report/report.html (self-contained) and, with --pdf, report.pdf.
+    Writes RUN_DIR/report/report.html (self-contained) and, with --pdf, report.pdf. Exits with the verdict kit verify
+    stored: 0 GO, 1 NO-GO, 3 GO AFTER A SHADOW PERIOD; 4 when a file or figure changed after kit verify (TAMPERED).
     Example: kit report runs/sample_line/RUN --lang ja --pdf --shadow shadow/shadow.json
     """
     from kit.report import build_report
+    from kit.verdict import EXIT_CODES, RELEASE_LABELS, TAMPERED_EXIT
 
     if _is_anomaly_run(run_dir):
         from kit.anomaly.report import build_anomaly_report
@@ -334,14 +337,28 @@ def report(
             console.print("note: an anomaly run's report is written in English, as HTML, without the shadow section "
                           "(--lang, --pdf and --shadow are for classifier runs; `kit shadow` writes its own page)",
                           highlight=False, markup=False)
-        build_anomaly_report(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
+        rec = build_anomaly_report(run_dir, log=lambda m: console.print(m, highlight=False, markup=False))
+        for problem in rec.tampered:
+            console.print(f"[bold red]TAMPERED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        if not rec.tampered:
+            console.print(f"verdict: {rec.verdict}", highlight=False, markup=False)
         typer.echo(str(report_html_path(run_dir)))
+        code = TAMPERED_EXIT if rec.tampered else EXIT_CODES[next(k for k, v in RELEASE_LABELS.items() if v == rec.verdict)]
+        if code:
+            raise typer.Exit(code)
         return
     result = build_report(run_dir, lang=lang, pdf=pdf, log=lambda m: console.print(m, highlight=False, markup=False),
                           shadow=shadow)
+    if result.tampered:  # the stored verdict is not repeated: its figures are not the ones kit verify wrote
+        for problem in result.tampered:
+            console.print(f"[bold red]TAMPERED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    else:
+        _print_release(result.verdict)
     typer.echo(str(result.html))
     if result.pdf:
         typer.echo(str(result.pdf))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -469,7 +486,7 @@ def _print_kpi(kpi: KpiRecord) -> None:
     from rich import box
 
     table = Table(title=f"test split ({kpi.test_images} images); deployed runtime: {kpi.deployed_runtime}", box=box.SIMPLE_HEAD)
-    for col in ("model", "acc %", "macro-F1", "agree %", "KL", "runs on"):
+    for col in ("model", "acc %", "macro-F1", "fidelity %", "KL", "runs on"):
         table.add_column(col, no_wrap=col != "runs on")
     for name, m in kpi.models.items():
         table.add_row(name, _pct(m["accuracy"]), f"{m['macro_f1']:.3f}", _pct(m.get("agreement")),
@@ -480,7 +497,7 @@ def _print_kpi(kpi: KpiRecord) -> None:
     held = [f for f, v in rob["families"].items() if v["coverage"] == "held-out"]
     table = Table(title=f"robustness: {len(rob['families'])} corruption families x 5 severities "
                         f"(held-out: {', '.join(held) or 'none'})", box=box.SIMPLE_HEAD)
-    for col in ("model", "clean %", "corrupted %", "relative", "in-recipe %", "held-out %", "held-out rel.", "flip %", "agree %"):
+    for col in ("model", "clean %", "corrupted %", "relative", "in-recipe %", "held-out %", "held-out rel.", "flip %", "fidelity %"):
         table.add_column(col, no_wrap=True)
     for name, s in rob["summary"].items():
         rel = s["all"]["relative_robustness"]
@@ -505,7 +522,16 @@ def _print_kpi(kpi: KpiRecord) -> None:
     console.print(f"calibration: temperature {cal['temperature']:.3f}; test ECE {cal['test']['ece_before']:.3f} -> "
                   f"{cal['test']['ece_after']:.3f}", highlight=False)
     _print_operating(kpi.operating)
-    _print_gate(kpi.gate)
+    _print_gate(kpi.gate, summary=False)
+    _print_release(kpi.verdict)
+
+
+def _print_release(rel: Release) -> None:
+    """The run's one verdict (``kpi.json`` ``release``), worded as page one and the log word it."""
+    from kit.verify.release import describe_release
+
+    colour = {"go": "bold green", "shadow": "bold yellow", "no_go": "bold red", "none": "bold"}[rel.verdict]
+    console.print(f"[{colour}]verdict: {escape(describe_release(rel))}[/]", highlight=False)
 
 
 def _print_operating(op: Operating) -> None:
@@ -520,9 +546,12 @@ def _print_operating(op: Operating) -> None:
         f"accepted accuracy {_pct(t['accepted_accuracy'])} %{escape}", highlight=False)
 
 
-def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate") -> None:
-    """Any verdict of ``kit.verdict``: the parity ladder's (a dict from parity.json) and the KPI gate's print the same way."""
+def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate", summary: bool = True) -> None:
+    """Any verdict of ``kit.verdict``: the parity ladder's (a dict from parity.json) and the KPI gate's print the same way.
+    A check met on its value while the pessimistic end of its interval is past the limit reads "value only", never
+    "pass"; the KPI gate's summary is the release verdict (``_print_release``), not a line of its own."""
     from kit.verdict import Verdict
+    from kit.verify.release import point_only
 
     if isinstance(verdict, dict):
         verdict = Verdict.model_validate(verdict)
@@ -531,10 +560,13 @@ def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate") -> No
         if not c.gated:
             console.print(f"[dim]info[/] {c.description}: {value}", highlight=False)
             continue
-        mark = "[green]pass[/]" if c.passed else "[bold red]FAIL[/]"
-        console.print(f"{mark} {escape(c.target)}: {escape(c.description)} = {value} (limit {c.op} {c.limit:g})",
+        thin = point_only(c)
+        mark = "[yellow]value only[/]" if thin else "[green]pass[/]" if c.passed else "[bold red]FAIL[/]"
+        bound = f"; pessimistic end {c.bound:.4g} is past the limit" if thin else ""
+        console.print(f"{mark} {escape(c.target)}: {escape(c.description)} = {value} (limit {c.op} {c.limit:g}{bound})",
                       highlight=False)
-    console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {', '.join(verdict.failed)}")
+    if summary:
+        console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {', '.join(verdict.failed)}")
 
 
 @app.command()

@@ -31,11 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from deploy.manifest import sha256_file
 from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
 from kit.errors import RunDirError
 from kit.io import read_json, write_json_atomic, write_text_atomic
 
 LOCK_NAME, STATE_NAME, SPLIT_NAME = "recipe.lock.yaml", "state.json", "split.csv"
+# Validation images held back from every choice (checkpoint, temperature, teacher check): the operating threshold is
+# certified on them alone (``verify.certify_share``; split.csv rows of this split).
+CERTIFY_SPLIT = "certify"
 VIEWS_NAME, HISTORY_NAME, METRICS_NAME, LOG_NAME = "views.png", "history.csv", "metrics.json", "run.log"
 TEACHER_CHECK_NAME = "teacher_check.json"  # the teacher against the majority-class baseline, on validation
 CHECKPOINT_DIR = "checkpoints"  # per-epoch resume state while a training stage runs
@@ -114,6 +118,29 @@ def mark_stage(run_dir: str | Path, state: dict[str, Any], stage: str, seconds: 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
     }
     write_json_atomic(Path(run_dir) / STATE_NAME, state)
+
+
+# -- integrity: what `kit verify` measured, fingerprinted ---------------------------------------------
+
+def fingerprint_run(run_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file a report is built from: ``recipe.lock.yaml`` and everything under ``bundle/`` and
+    ``verify/`` (relative POSIX paths, sorted). ``kit verify`` records it; ``kit report`` compares."""
+    run_dir = Path(run_dir)
+    files = [run_dir / LOCK_NAME] + sorted(p for folder in (BUNDLE_DIR, VERIFY_DIR) for p in (run_dir / folder).rglob("*")
+                                           if p.is_file())
+    return {p.relative_to(run_dir).as_posix(): sha256_file(p) for p in files if p.is_file()}
+
+
+def record_hashes(run_dir: str | Path, stage: str = "verify") -> dict[str, str] | None:
+    """Record the run's fingerprint in ``state.json`` under ``stage`` (after ``kit threshold`` rewrote what ``kit verify``
+    wrote); None when the stage has not finished."""
+    state = read_state(run_dir)
+    entry = state.get("stages", {}).get(stage)
+    if entry is None:
+        return None
+    entry["hashes"] = fingerprint_run(run_dir)
+    write_json_atomic(Path(run_dir) / STATE_NAME, state)
+    return entry["hashes"]
 
 
 # -- invalidation --------------------------------------------------------------------------------
@@ -198,6 +225,11 @@ def read_split_rows(run_dir: str | Path) -> list[tuple[str, str, str]]:
         raise RunDirError(f"{run_dir}: no {SPLIT_NAME}; finish the run with `kit run {run_dir} --resume`")
     with path.open(newline="", encoding="utf-8") as fh:
         return [(r["path"], r["label"], r["split"]) for r in csv.DictReader(fh)]
+
+
+def has_split(run_dir: str | Path, split: str) -> bool:
+    """Whether ``split.csv`` holds any row of ``split`` (a run from before the certification split has none)."""
+    return any(r[2] == split for r in read_split_rows(run_dir))
 
 
 def read_split(run_dir: str | Path, split: str) -> tuple[list[Path], list[str]]:

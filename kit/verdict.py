@@ -100,3 +100,36 @@ class Verdict(Record):
     @property
     def gated(self) -> list[Check]:
         return [c for c in self.checks if c.gated]
+
+
+# -- the release verdict: one answer for a script, a log reader and a manager -----------------------------
+
+GO, SHADOW, NO_GO, NONE = "go", "shadow", "no_go", "none"
+RELEASE_LABELS = {GO: "GO", SHADOW: "GO AFTER A SHADOW PERIOD", NO_GO: "NO-GO", NONE: "NO VERDICT"}
+# The exit status of `kit run`, `kit verify` and `kit report` (docs/verify-and-report.md): 0 the model may decide alone
+# (or the recipe sets no target), 1 NO-GO (and every user error), 3 only beside the inspectors for now, 4 the run's
+# files changed after `kit verify` (the report says which). 2 is left to usage errors and `deploy monitor`'s drift.
+EXIT_CODES = {GO: 0, NONE: 0, NO_GO: 1, SHADOW: 3}
+TAMPERED_EXIT = 4
+
+
+class Release(Record):
+    """The one release verdict of a run, computed once by ``kit verify`` (``kit.verify.release`` for classifier runs,
+    ``kit.anomaly.verdict`` for anomaly runs) and stored in its record; every command, the log and page one print it.
+
+    ``reasons``: the gate targets behind a NO-GO (missed) or a shadow period (met on the value only, or not confirmed
+    on test); ``notes``: the same in words (the anomaly page prints them)."""
+
+    verdict: Literal["go", "shadow", "no_go", "none"]
+    label: str
+    reasons: list[str] = []
+    notes: list[str] = []
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def release(kind: str, reasons: list[str] | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+    """A ``Release`` as the dict a record stores."""
+    return {"verdict": kind, "label": RELEASE_LABELS[kind], "reasons": list(reasons or []), "notes": list(notes or [])}

@@ -201,3 +201,30 @@ def test_the_report_names_the_mildest_line_change_that_breaks_good_parts(anomaly
         over = [r["severity"] for r in rows if r["false_reject"]["rate"] > 0.5]
         assert p["severity"] == (min(over) if over else None)
     assert "Line conditions that make good parts look defective" in (run_dir / "report" / "report.html").read_text()
+
+
+def test_the_verdict_is_stored_printed_alike_and_an_edit_reads_tampered(anomaly_run, tmp_path):
+    """Issue 28: an anomaly run stores and prints its one verdict as a classifier run does, and `kit report` runs the
+    same integrity checks (exit 4, TAMPERED named)."""
+    import shutil
+
+    from kit.cli import app
+    from kit.verdict import EXIT_CODES, TAMPERED_EXIT
+
+    run_dir, _ = anomaly_run
+    record = json.loads((run_dir / "verify" / "anomaly.json").read_text())
+    label = record["release"]["label"]
+    assert f"verify: verdict {label}" in (run_dir / "run.log").read_text()
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    same = CliRunner().invoke(app, ["report", str(copy)])
+    assert same.exit_code == EXIT_CODES[record["release"]["verdict"]] and f"verdict: {label}" in same.output, same.output
+    record["figures"]["auroc"] = 0.999
+    record["operating_test"]["false_reject_rate"]["rate"] = 0.0
+    (copy / "verify" / "anomaly.json").write_text(json.dumps(record))
+    edited = CliRunner().invoke(app, ["report", str(copy)])
+    assert edited.exit_code == TAMPERED_EXIT, edited.output
+    assert "TAMPERED: verify/anomaly.json changed after `kit verify`" in edited.output
+    assert "operating_test.false_reject_rate: rate 0.0 is not k / n" in edited.output or \
+        record["operating_test"]["false_reject_rate"]["k"] == 0
+    assert "TAMPERED: not a release decision" in (copy / "report" / "report.html").read_text()

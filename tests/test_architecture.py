@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "kit.evaluate": 4, "kit.scorers": 4,
     "kit.train": 5, "kit.export": 5, "kit.anomaly.train": 5, "kit.anomaly.stages": 5, "kit.anomaly.export": 5,
     "kit.anomaly.record": 5,
-    "kit.verify": 6, "kit.anomaly.verify": 6,
+    "kit.verify": 6, "kit.anomaly.verify": 6, "kit.anomaly.verdict": 6,
     "kit.report": 7, "kit.anomaly.report": 7, "kit.anomaly": 7,
     "kit.feedback": 8,
     "kit.onboard": 9, "kit.sample_line": 9,

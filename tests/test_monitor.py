@@ -63,7 +63,7 @@ def test_status_needs_size_and_significance_for_drift():
 @pytest.fixture(scope="module")
 def folders(finished_run, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("monitor")
-    reference = read_split(finished_run, "val")[0] + read_split(finished_run, "test")[0]
+    reference = read_split(finished_run, "val")[0] + read_split(finished_run, "certify")[0] + read_split(finished_run, "test")[0]
     out = {name: root / name for name in ("same", "darker", "blurred")}
     for d in out.values():
         d.mkdir()
@@ -79,7 +79,7 @@ def folders(finished_run, tmp_path_factory) -> dict[str, Path]:
 def test_bundle_carries_a_reference_profile(finished_run):
     manifest = json.loads((finished_run / "bundle" / "model.json").read_text())
     profile = json.loads((finished_run / "bundle" / "profile.json").read_text())
-    n = len(read_split(finished_run, "val")[0]) + len(read_split(finished_run, "test")[0])
+    n = sum(len(read_split(finished_run, split)[0]) for split in ("val", "certify", "test"))  # every held-out image
     assert manifest["profile"]["file"] == "profile.json" and profile["images"] == n
     assert len(profile["logits"]) == n and len(profile["statistics"]["brightness"]) == n
     assert profile["thresholds"] == {"psi_watch": 0.1, "psi_drift": 0.25, "ks_alpha": 0.01, "min_images": 30}

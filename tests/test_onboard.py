@@ -325,8 +325,9 @@ def test_no_larger_teacher_when_the_student_loses_little(tmp_path):
 
 
 def test_init_line_on_1300_images_writes_a_target_the_split_can_certify(tmp_path):
-    """Issue 31: about 1,300 images give 195 validation images; 99 % (the schema's default) needs 299 with no error,
-    so the scaffold writes 98 % (certifiable with no error among 90 % of them accepted) and names 99 %'s price."""
+    """Issue 31: about 1,300 images give 195 validation images, of which about 98 certify (issue 28: the half held out
+    of every choice); 99 % (the schema's default) needs 299 with no error, 98 % 149, 97 % 99, so the scaffold writes 95 %
+    (certifiable with no error among 90 % of the 98 accepted) and names 97 %'s price in validation images."""
     from kit.onboard.init_line import certifiable_target
     from kit.sample_line import generate_sample_line
     from kit.verify.threshold import certifiability_problems
@@ -336,11 +337,12 @@ def test_init_line_on_1300_images_writes_a_target_the_split_can_certify(tmp_path
     path, survey = init_line(line, "line13", tmp_path / "line13.yaml", gpu=False)
     assert survey.total == 1300 and survey.val_images == 195
     recipe = load_recipe(path)
-    assert recipe.verify.threshold.accepted_accuracy == 0.98
+    assert recipe.verify.threshold.accepted_accuracy == 0.95
     text = " ".join(path.read_text().split())
-    assert "# 0.99 needs about 333 validation images (about 2,220 images at this split: 920 more)" in text
-    assert certifiable_target(195) == (0.98, 0.99) and certifiable_target(10) == (None, 0.8)
-    labels = np.array([0] * 105 + [1] * 45 + [2] * 45)
+    assert "certified at 95 % confidence on 98 of the 195 # validation images" in text
+    assert "# 0.97 needs about 220 validation images (about 1,467 images at this split: 167 more)" in text
+    assert certifiable_target(195) == (0.95, 0.97) and certifiable_target(10) == (None, 0.8)
+    labels = np.array([0] * 53 + [1] * 23 + [2] * 22)  # the certification share of the 195
     assert certifiability_problems(recipe.verify.threshold, labels, recipe.data.classes) == []
 
 

@@ -73,15 +73,15 @@ def test_user_strings_are_escaped(run_copy):
 
 
 def test_no_go_names_the_missed_target(run_copy):
-    kpi_path = run_copy / "verify" / "kpi.json"
-    kpi = json.loads(kpi_path.read_text())
-    for c in kpi["gate"]["checks"]:
-        if c["target"] == "kpi.min_automation_rate":
-            c.update(limit=0.99, gated=True, passed=False)
-    kpi["gate"]["passed"] = False
-    kpi_path.write_text(json.dumps(kpi))
+    """A target the lock sets and `kit threshold` re-gates (an edit of kpi.json alone reads as TAMPERED instead)."""
+    from kit.recipe.schema import ThresholdTarget
+    from kit.verify.kpi import retune_threshold
+
+    _set_recipe(run_copy, "kpi", {"max_latency_p95_ms": 1e-6})
+    retune_threshold(run_copy, ThresholdTarget(accepted_accuracy=0.3), log=lambda m: None)
     html = render_html(run_copy, "en")
-    assert 'class="verdict nogo"' in html and "Missed: Automation rate." in html
+    assert 'class="verdict nogo"' in html and "Missed: " in html and "TAMPERED" not in html
+    assert json.loads((run_copy / "verify" / "kpi.json").read_text())["release"]["label"] == "NO-GO"
 
 
 def test_economics_turn_automation_into_hours_and_money():

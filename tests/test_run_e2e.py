@@ -115,6 +115,8 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, finished_run):
     assert after["student"] == before["student"] and after["teacher"] == before["teacher"]
     assert (run_dir / "verify" / "kpi.json").read_bytes() == (finished_run / "verify" / "kpi.json").read_bytes()
     assert "export: already done" in result.output and "verify: already done" in result.output
+    label = json.loads((run_dir / "verify" / "kpi.json").read_text())["release"]["label"]
+    assert f"; verdict {label})" in result.output and f"verdict: {label}" in result.output  # resumed: the same one verdict
     plain = CliRunner().invoke(app, ["run", str(run_dir)])
     assert plain.exit_code == 1
     assert f"error: {run_dir}: is a run directory; add --resume to continue it" in plain.output

@@ -243,7 +243,7 @@ def test_verify_is_deterministic_and_gates_an_unreachable_target(run_copy, finis
     _set_lock(run_copy, "kpi", {"max_latency_p95_ms": 1e-6, "min_agreement": 0.0})
     result = CliRunner().invoke(app, ["verify", str(run_copy)])
     assert result.exit_code == 1, result.output
-    assert "KPI gate failed" in result.output and "kpi.max_latency_p95_ms" in result.output
+    assert "verdict: NO-GO (kpi.max_latency_p95_ms" in result.output  # the one verdict, not a gate line of its own
     again = json.loads((run_copy / "verify" / "kpi.json").read_text())
     first = json.loads((finished_run / "verify" / "kpi.json").read_text())
     assert again["robustness"]["rows"] == first["robustness"]["rows"]
@@ -284,7 +284,7 @@ def test_an_uncertifiable_operating_target_is_a_missed_target_on_page_one(run_co
     assert "not certifiable with" in result.output
     kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
     assert kpi["operating"]["certificate"]["message"] == (
-        f"not certifiable with {kpi['val_images']} validation images: 99 % accepted accuracy at 95 % confidence "
+        f"not certifiable with {kpi['certify_images']} validation images: 99 % accepted accuracy at 95 % confidence "
         "needs about 299 accepted validation images with no error")
     assert kpi["gate"]["failed"] == ["verify.threshold"] and kpi["operating"]["certified"] is False
     assert kpi["operating"]["threshold"] > 1.0 and kpi["operating"]["test"]["automation_rate"] == 0.0

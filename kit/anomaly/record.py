@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from kit.errors import RunDirError
 from kit.io import write_json_atomic
-from kit.verdict import Record, Verdict
+from kit.verdict import Record, Release, Verdict
 
 ANOMALY_SCHEMA_VERSION = 1
+DEFAULT_ESCAPE_LIMIT = 0.05  # the escape rate an "unmeasured" class is sized for when the recipe sets none
 RECORD_NAME = "anomaly.json"
 
 
@@ -37,6 +38,7 @@ class AnomalyRecord(Record):
     localisation: dict[str, Any]
     latency: dict[str, Any]
     gate: Verdict
+    release: Optional[Release] = None  # the one verdict (``kit.anomaly.verdict``); None: written before it existed
     parity: Optional[dict[str, Any]] = None
 
 

@@ -10,25 +10,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
 
-from kit.anomaly.record import AnomalyRecord, read_anomaly_record
-from kit.anomaly.verify import DEFAULT_ESCAPE_LIMIT
-from kit.verify.stats import zero_failure_sample_size
+from kit.anomaly.record import RECORD_NAME, AnomalyRecord, read_anomaly_record
 from kit.io import publish_dir, staging_dir, write_text_atomic
 from kit.rundir import HTML_NAME, REPORT_DIR, mark_stage, require_stages
-
-GO, SHADOW, NO_GO = "GO", "GO after a shadow period", "NO-GO"
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    verdict: str
-    reasons: list[str]
+from kit.anomaly.verdict import GO, NO_GO, SHADOW, Recommendation, anomaly_release, recommend, release_of  # noqa: F401
+from kit.verify.integrity import hash_problems, rate_problems, recorded_hashes
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
@@ -59,43 +50,6 @@ def breaking_points(record: AnomalyRecord, limit: float) -> list[dict[str, Any]]
 def _false_reject_limit(record: AnomalyRecord) -> float:
     limits = [c.limit for c in record.gate.checks if c.target == "kpi.max_false_reject_rate" and c.limit is not None]
     return min(limits) if limits else float(record.certificate["target"])
-
-
-def _escape_limit(record: AnomalyRecord) -> float:
-    """The gated escape limit (the strictest, when per class), else the default an unmeasured class is sized for."""
-    limits = [c.limit for c in record.gate.checks if c.target == "kpi.max_class_escape_rate" and c.limit is not None]
-    return min(limits) if limits else DEFAULT_ESCAPE_LIMIT
-
-
-def recommend(record: AnomalyRecord) -> Recommendation:
-    """The one verdict of this run (the CLI and the page print this)."""
-    reasons, waiting = [], []
-    cert = record.certificate
-    if not cert["certified"]:
-        reasons.append(f"the operating point is not certified: {cert['message']}")
-    for c in record.gate.gated:
-        if c.passed:
-            continue
-        if c.value is None:
-            waiting.append(f"{c.measure} is unmeasured ({c.description}): limit {c.op} {c.limit:g}")
-        else:
-            reasons.append(f"{c.target} ({c.measure}) = {c.value:.4g}, limit {c.op} {c.limit:g}")
-    for name, row in record.escapes.items():
-        if row["status"] != "certified":
-            have = f"{row.get('k', 0)} escapes of {row.get('n', 0)}" if row["status"] != "unmeasured" else "no validation image"
-            waiting.append(f"{name}: escapes <= {row['limit']:.0%} not yet certified ({have}); "
-                           f"{row['needed_defective_parts']} defective parts of it with at most {row.get('k', 0)} "
-                           "accepted would certify it")
-    if not record.escapes:  # a line of good parts alone: no defect class to measure escapes on
-        limit = _escape_limit(record)
-        needed = max(1, zero_failure_sample_size(limit) or 1)
-        waiting.append(f"no defective part in this line's data: escapes are unmeasured; the shadow period must bring at "
-                       f"least {needed} defective parts, none accepted, to show escapes <= {limit:.0%} at 95 % confidence")
-    if reasons:
-        return Recommendation(NO_GO, reasons + waiting)
-    if waiting:
-        return Recommendation(SHADOW, waiting)
-    return Recommendation(GO, [])
 
 
 _PAGE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
@@ -148,13 +102,32 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .5em;tex
 </body></html>""")
 
 
-def render_anomaly_html(record: AnomalyRecord) -> str:
-    rec = recommend(record)
+def stored_recommendation(record: AnomalyRecord) -> Recommendation:
+    """The verdict ``kit verify`` stored (``release``), with its reasons in words: what the CLI and the page print."""
+    rel = release_of(record)
+    return Recommendation(rel.label, list(rel.notes))
+
+
+def integrity_problems(run_dir: Path, record: AnomalyRecord) -> list[str]:
+    """The classifier report's integrity checks (``kit.verify.integrity``) on an anomaly run: files changed since
+    ``kit verify``, every rate against its k and n, and the stored verdict against the one its figures give."""
+    problems = hash_problems(run_dir, recorded_hashes(run_dir)) + rate_problems(record.to_dict(), f"verify/{RECORD_NAME}")
+    if record.release is not None:
+        again = anomaly_release(record)
+        if (record.release.verdict, record.release.label) != (again["verdict"], again["label"]):
+            problems.append(f"verify/{RECORD_NAME}: verdict {record.release.label}, but its figures give {again['label']}")
+    return problems
+
+
+def render_anomaly_html(record: AnomalyRecord, tampered: list[str] | None = None) -> str:
+    rec = stored_recommendation(record)
+    if tampered:
+        rec = Recommendation("TAMPERED: not a release decision", list(tampered), tuple(tampered))
     reject = record.certificate["reject_at"]
     fr_limit = _false_reject_limit(record)
     return _PAGE.render(r=record, rec=rec, op=record.operating_test, pct=_pct, fr_limit=fr_limit,
                         breaks=breaking_points(record, fr_limit),
-                        css={GO: "GO", SHADOW: "SHADOW", NO_GO: "NO-GO"}[rec.verdict],
+                        css={GO: "GO", SHADOW: "SHADOW"}.get(rec.verdict, "NO-GO"),
                         reject="none (not certified: every part reviewed)" if reject is None else f"{reject:.4g}",
                         fmt=lambda v: "unmeasured" if v is None else f"{v:.4f}")
 
@@ -164,10 +137,15 @@ def build_anomaly_report(run_dir: str | Path, log: Callable[[str], None] = print
     state = require_stages(run_dir, ["export"], "kit report")
     started = time.perf_counter()
     record = read_anomaly_record(run_dir)
+    tampered = integrity_problems(run_dir, record)
     staging = staging_dir(run_dir / REPORT_DIR)
-    write_text_atomic(staging / HTML_NAME, render_anomaly_html(record))
+    write_text_atomic(staging / HTML_NAME, render_anomaly_html(record, tampered))
     out = publish_dir(staging, run_dir / REPORT_DIR)
-    rec = recommend(record)
-    mark_stage(run_dir, state, "report", time.perf_counter() - started, verdict=rec.verdict)
-    log(f"report: {out / HTML_NAME} ({rec.verdict}{': ' + rec.reasons[0] if rec.reasons else ''})")
+    rec = stored_recommendation(record)
+    if tampered:
+        rec = Recommendation(rec.verdict, rec.reasons, tuple(tampered))
+    said = f"TAMPERED: {tampered[0]}" if tampered else rec.verdict + (f": {rec.reasons[0]}" if rec.reasons else "")
+    mark_stage(run_dir, state, "report", time.perf_counter() - started, verdict="TAMPERED" if tampered else rec.verdict,
+               tampered=tampered)
+    log(f"report: {out / HTML_NAME} ({said})")
     return rec

@@ -29,16 +29,16 @@ from deploy.manifest import MANIFEST_NAME, read_manifest
 from deploy.predictor import Predictor, auto_runtime
 from kit.anomaly.export import anomaly_rule, predictor_outputs
 from kit.anomaly.metrics import aupr, auroc, pro_auc, threshold_at_false_reject
-from kit.anomaly.record import AnomalyRecord, write_anomaly_record
+from kit.anomaly.record import DEFAULT_ESCAPE_LIMIT, AnomalyRecord, write_anomaly_record
+from kit.anomaly.verdict import anomaly_release
 from kit.io import read_json, write_json_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
-from kit.rundir import BUNDLE_DIR, LOCK_NAME, load_split, mark_report_stale, mark_stage, require_stages
-from kit.verdict import check, verdict
+from kit.rundir import BUNDLE_DIR, LOCK_NAME, fingerprint_run, load_split, mark_report_stale, mark_stage, require_stages
+from kit.verdict import Release, check, verdict
 from kit.verify import stats
 from kit.verify.localisation import mask_for, pointing_hit, tolerance_image_px
 from kit.views.corruptions import corrupt_images, list_corruptions, severity_table
 
-DEFAULT_ESCAPE_LIMIT = 0.05  # the escape rate an "unmeasured" class is sized for when the recipe sets none
 
 
 def certify(good_val: np.ndarray, target: float, review_fraction: float, confidence: float) -> dict[str, Any]:
@@ -261,10 +261,13 @@ def verify_anomaly_run(run_dir: str | Path, log: Callable[[str], None] = print) 
         "robustness": robust, "localisation": loc, "latency": lat, "gate": gate,
         "parity": read_json(bundle / "parity.json"),
     })
+    record.release = Release.model_validate(anomaly_release(record))  # the one verdict, stored once
     write_anomaly_record(run_dir, record)
+    log(f"verify: verdict {record.release.label}")
     write_scores(run_dir, {"val": (val, val_scores), "test": (test, test_scores)}, line_classes, accept_below, reject_at)
     mark_report_stale(run_dir, "kit verify")
-    mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if gate["passed"] else "gate-failed")
+    mark_stage(run_dir, state, "verify", time.perf_counter() - started, status="done" if gate["passed"] else "gate-failed",
+               verdict=record.release.label, hashes=fingerprint_run(run_dir))
     return record
 
 

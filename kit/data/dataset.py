@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from deploy.errors import ImageReadError
 from deploy.preprocess import PreprocessSpec, prepare_image, read_image, to_tensor
 from kit.data.index import LineIndex, Sample
+from kit.rundir import CERTIFY_SPLIT
 from kit.errors import DataError
 from kit.recipe.schema import Recipe
 from kit.seeds import view_seed
@@ -101,9 +102,10 @@ def decode_split(
 def decode_line(index: LineIndex, recipe: Recipe, spec: PreprocessSpec) -> tuple[dict[str, DecodedSplit], list[str]]:
     """Decode every split; skip unreadable files up to ``data.max_unreadable_fraction``."""
     unreadable: list[str] = []
+    names = ("train", "val", "test") + ((CERTIFY_SPLIT,) if index.split(CERTIFY_SPLIT) else ())
     splits = {
         name: decode_split(index.split(name), spec, on_unreadable=lambda e: unreadable.append(str(e)))
-        for name in ("train", "val", "test")
+        for name in names
     }
     total = len(index.samples)
     if unreadable and len(unreadable) / total > recipe.data.max_unreadable_fraction:

@@ -16,6 +16,7 @@ import numpy as np
 
 from deploy.preprocess import IMAGE_SUFFIXES
 from kit.errors import DataError, RecipeError
+from kit.rundir import CERTIFY_SPLIT
 from kit.recipe.schema import DataConfig, Recipe
 
 SPLITS = ("train", "val", "test")
@@ -38,9 +39,9 @@ class LineIndex:
         return [s for s in self.samples if s.split == name]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{split: {class: n}}"""
+        """{split: {class: n}} (the certification split too, when the run has one)"""
         out = {}
-        for split in SPLITS:
+        for split in SPLITS + ((CERTIFY_SPLIT,) if self.split(CERTIFY_SPLIT) else ()):
             c = Counter(self.classes[s.label] for s in self.split(split))
             out[split] = {name: c.get(name, 0) for name in self.classes}
         return out
@@ -157,6 +158,22 @@ def stratified_split(labels: list[int], cfg_train: float, cfg_val: float, seed: 
     return out
 
 
+def carve_certify(labels: list[int], splits: list[str], share: float, seed: int) -> list[str]:
+    """Per class, ``share`` of its validation images (rounded half up, leaving at least one to choose with) become
+    the certification split. The checkpoint, the temperature and the teacher check are chosen on the rest of
+    validation, so the operating threshold is certified on images that chose nothing. Deterministic for the seed."""
+    if share <= 0:
+        return list(splits)
+    rng = np.random.default_rng(seed + 2)
+    out = list(splits)
+    for label in sorted(set(labels)):
+        idx = [i for i, (lab, split) in enumerate(zip(labels, splits)) if lab == label and split == "val"]
+        rng.shuffle(idx)
+        for i in idx[:min(int(len(idx) * share + 0.5), len(idx) - 1)]:
+            out[i] = CERTIFY_SPLIT
+    return out
+
+
 def held_out_defects(labels: list[int], splits: list[str], ok_label: int, val: float, test: float, seed: int) -> list[str]:
     """Anomaly mode learns from good parts only: a defect image in train would be wasted. Each defect class is
     split between val and test instead, in the recipe's val : test proportion (a class of one image goes to test:
@@ -218,6 +235,8 @@ def index_line(recipe: Recipe) -> LineIndex:
         raise DataError(f"{data.manifest}: the split column must be filled on every row or on none")
     else:
         splits = [s for s in preset_splits if s is not None]
+    if not anomaly:  # anomaly mode certifies its false rejects on good validation parts alone (kit.anomaly.verify)
+        splits = carve_certify([it[1] for it in items3], splits, recipe.verify.certify_share, data.split.seed)
     samples = [Sample(path=it[0], label=it[1], split=sp) for it, sp in zip(items3, splits)]
     for split in SPLITS:
         if not any(s.split == split for s in samples):

@@ -37,7 +37,7 @@ from kit.models import load_model
 from kit.recipe import read_recipe_lock, recipe_hash
 from kit.recipe.schema import ExportFormat
 from kit.scorers import bundle_scorer, checkpoint_spec, model_scorer
-from kit.rundir import (BUNDLE_DIR, LOCK_NAME, PARITY_NAME, checkpoint_path, load_split, mark_report_stale, mark_stage, read_split,
+from kit.rundir import (BUNDLE_DIR, CERTIFY_SPLIT, LOCK_NAME, PARITY_NAME, checkpoint_path, has_split, load_split, mark_report_stale, mark_stage, read_split,
                         require_stages)
 
 FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
@@ -192,9 +192,10 @@ def export_bundle(run_dir: str | Path, formats: list[ExportFormat] | None = None
 
 def _reference_profile(run_dir: Path, bundle: Path, spec, recipe) -> dict[str, Any]:
     """What ``deploy monitor`` compares new images with: imaging statistics and ONNX FP32 logits on
-    the held-out (validation + test) images, the closest thing to production the run has seen."""
+    the held-out (validation, its certification share, test) images, the closest thing to production the run has seen."""
     classes = read_manifest(bundle).classes
-    images = np.concatenate([load_split(run_dir, split, spec, classes).images for split in ("val", "test")])
+    splits = ("val", CERTIFY_SPLIT, "test") if has_split(run_dir, CERTIFY_SPLIT) else ("val", "test")
+    images = np.concatenate([load_split(run_dir, split, spec, classes).images for split in splits])
     logits = bundle_scorer(bundle, "onnx").logits(to_tensor(images, spec))
     return build_profile(statistics_table(list(images)), logits, source="validation + test splits",
                          thresholds=recipe.monitor.model_dump())

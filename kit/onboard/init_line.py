@@ -30,6 +30,7 @@ from kit.onboard.anomaly_scaffold import (AnomalyProposal, anomaly_header, anoma
 from kit.onboard.roi import RoiFinder
 from kit.onboard.targets import SCAFFOLD_VAL_FRACTION, next_target_line, strictest_certifiable
 from kit.recipe import load_recipe
+from kit.recipe.schema import VerifyConfig
 from kit.sample_line import masks_dir
 from kit.verify.stats import zero_failure_sample_size
 
@@ -350,28 +351,44 @@ ACCEPTED_ACCURACY_LADDER = (0.995, 0.99, 0.98, 0.97, 0.95, 0.90, 0.80)
 CERTIFY_ACCEPT_SHARE = 0.9
 
 
+CERTIFY_SHARE = VerifyConfig().certify_share  # of validation, held out of every choice to certify on (kit verify)
+
+
+def certify_images(val_images: int) -> int:
+    """About how many of ``val_images`` certify: ``verify.certify_share`` of them (half up; per class in the run)."""
+    return int(val_images * CERTIFY_SHARE + 0.5)
+
+
 def certifiable_target(val_images: int) -> tuple[float | None, float | None]:
-    """(the strictest ladder target ``val_images`` can certify with the headroom above, the next stricter one)."""
-    return strictest_certifiable(ACCEPTED_ACCURACY_LADDER, int(val_images * CERTIFY_ACCEPT_SHARE), lambda a: 1 - a)
+    """(the strictest ladder target the certification share of ``val_images`` can certify with the headroom above,
+    the next stricter one)."""
+    trials = int(certify_images(val_images) * CERTIFY_ACCEPT_SHARE)
+    return strictest_certifiable(ACCEPTED_ACCURACY_LADDER, trials, lambda a: 1 - a)
+
+
+def _val_needed(accuracy: float) -> int:
+    """Validation images whose certification share certifies ``accuracy`` with the headroom above."""
+    return math.ceil(zero_failure_sample_size(1 - accuracy) / CERTIFY_ACCEPT_SHARE / CERTIFY_SHARE)
 
 
 def _threshold_lines(survey: LineSurvey) -> str:
     """``verify.threshold``: a target this line's validation split can certify, and what the stricter one costs."""
     n_val = survey.val_images
+    n_cert = certify_images(n_val)
     chosen, stricter = certifiable_target(n_val)
     split = "its val/ folder" if survey.split_folders else f"a {SCAFFOLD_VAL_FRACTION * 100:g} % split"
     head = (f"verify:\n  threshold:                    # the operating target: the decisions taken without a person are at\n"
-            f"                                # least this accurate, certified at 95 % confidence on {n_val} validation\n"
-            f"                                # images ({split}; kit verify)\n")
+            f"                                # least this accurate, certified at 95 % confidence on {n_cert} of the {n_val}\n"
+            f"                                # validation images ({split}; the share held out of every choice,\n"
+            f"                                # verify.certify_share; kit verify)\n")
     if chosen is None:
-        needed = zero_failure_sample_size(1 - ACCEPTED_ACCURACY_LADDER[-1])
         return (head + f"    accepted_accuracy: {ACCEPTED_ACCURACY_LADDER[-1]:g}     # {n_val} validation images certify no "
                 f"target; {ACCEPTED_ACCURACY_LADDER[-1]:.0%} needs about\n"
-                f"                                # {math.ceil(needed / CERTIFY_ACCEPT_SHARE)} (add images): until then every "
+                f"                                # {_val_needed(ACCEPTED_ACCURACY_LADDER[-1])} (add images): until then every "
                 "part goes to a person\n")
     line = f"    accepted_accuracy: {chosen:<10g}# certifiable with {n_val} validation images, with no error among the {CERTIFY_ACCEPT_SHARE * 100:g} % accepted\n"
     if stricter is not None:
-        needed = math.ceil(zero_failure_sample_size(1 - stricter) / CERTIFY_ACCEPT_SHARE)
+        needed = _val_needed(stricter)
         fraction = SCAFFOLD_VAL_FRACTION if not survey.split_folders else n_val / max(1, survey.total)
         line += next_target_line(stricter, needed, fraction, survey.total)
     return head + line

@@ -355,6 +355,10 @@ class VerifyConfig(_Strict):
     calibrate: bool = True
     # null: keep export.operating_threshold as it is.
     threshold: Optional[ThresholdTarget] = ThresholdTarget(accepted_accuracy=0.99)
+    # Share of each class's validation images held back from every choice (the checkpoint, the temperature, the teacher
+    # check) and used only to certify the operating threshold (split.csv: "certify"). 0 certifies on the images that
+    # chose, which makes the certificate optimistic (the report says so). Classifier runs only.
+    certify_share: Annotated[float, Field(ge=0, lt=1)] = 0.5
 
 
 class KpiTargets(_Strict):

@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +29,16 @@ from kit.report.format import format_ci, format_exact, format_number, format_pct
 from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
 from kit.report.i18n import LANGUAGES, STRINGS, translator
 from kit.report.heatmap_section import localisation_context
+from kit.report.certificate import certificate_message, certificate_sentences, operating_sentences  # noqa: F401
+from kit.report.quality import quality_box
+from kit.report.shadow_exit import exit_criteria, mix_assumption, net_downside
 from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
 from kit.report.recommendation import point_only, recommend
-from kit.verdict import Check
+from kit.verdict import GO, NONE, TAMPERED_EXIT, Check, Release
+from kit.verify.integrity import check_kpi_run
+from kit.verify.release import describe_release
 from kit.verify import stats
-from kit.verify.record import Intervals, KpiRecord, Operating, read_kpi
+from kit.verify.record import KpiRecord, read_kpi
 from kit.verify.machine import cpu_name
 from kit.rundir import (
     BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
@@ -54,12 +59,24 @@ class ReportError(KitError):
 class ReportResult:
     html: Path
     pdf: Path | None
-    go: bool | None  # None: the recipe sets no KPI target
+    verdict: Release  # the run's one verdict, as ``kit verify`` stored it (``kpi.json`` ``release``)
+    tampered: list[str] = field(default_factory=list)  # files or figures changed after `kit verify` (kit.verify.integrity)
+
+    @property
+    def go(self) -> bool | None:
+        """True only for GO (never for GO AFTER A SHADOW PERIOD); None: the recipe sets no KPI target."""
+        return None if self.verdict.verdict == NONE else self.verdict.verdict == GO
+
+    @property
+    def exit_code(self) -> int:
+        """``kit report``'s exit status: the verdict's, or ``TAMPERED_EXIT`` when the run changed after `kit verify`."""
+        return TAMPERED_EXIT if self.tampered else self.verdict.exit_code
 
 
 def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str, Any]:
     kpi = read_kpi(run_dir)  # an older file (no intervals, ...) is refused: run `kit verify` again
     recipe = read_recipe_lock(run_dir / LOCK_NAME)
+    integrity = check_kpi_run(run_dir, kpi, recipe)  # an edited file or figure: page one says TAMPERED, names it
     manifest = read_manifest(run_dir / BUNDLE_DIR)
     parity = read_json(parity_path(run_dir)) if parity_path(run_dir).is_file() else None
     t = translator(lang)
@@ -85,15 +102,18 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
     views_png = run_dir / VIEWS_NAME
     state = read_state(run_dir)
     machine = kpi.machine
+    net = net_context(kpi, recipe, t)
     return {
         "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": kpi.run_id or state.get("run_id") or run_dir.name,
-        "run_folder": run_dir.name, "recommendation": recommend(kpi, t),
-        "production": production_sentences(kpi, recipe, t), "net": net_context(kpi, recipe, t),
+        "run_folder": run_dir.name, "recommendation": recommend(kpi, t), "integrity": integrity,
+        "kpi_sha256": sha256_file(kpi_path(run_dir)),
+        "production": production_sentences(kpi, recipe, t), "net": net, "net_downside": net_downside(net, t),
+        "shadow_exit": exit_criteria(kpi, recipe, t), "mix_assumption": mix_assumption(kpi, recipe, t),
         "corruption_escapes": corruption_sentence(kpi, t), "differences": difference_rows(kpi, labels, t),
         "gate_on": gate.gate_on or "point", "known_keys": set(STRINGS[lang]),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "deployed": deployed, "deployed_runtime": kpi.deployed["runtime"],
-        "go": None if not gated else gate.passed, "gated": [c.to_dict() for c in gated],
+        "release": kpi.verdict, "gated": [c.to_dict() for c in gated],
         "checks": [_display(c, t, kpi) for c in gate.checks],
         "failed": [_display(c, t, kpi) for c in gated if not c.passed],
         "measured": measured, "summary": summary, "students": students, "model_labels": labels,
@@ -105,7 +125,8 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "automation_text": format_rate_ci(kpi.intervals.automation_rate, t) if basis["mix"] == "test" else
         f"{format_pct(basis['rate'])} ({format_pct(basis['low'])}–{format_pct(basis['high'])})",
         "assumptions": _assumptions(money, recipe.line.defect_rate),
-        "operating_sentences": operating_sentences(kpi, t),
+        "operating_sentences": operating_sentences(kpi, t), "certificate_sentences": certificate_sentences(kpi, t),
+        "quality": quality_box(kpi, t),
         "test_mix": _test_mix(kpi, t),
         "models_line": t("models_line", teacher=_teacher_arch(recipe), student=recipe.student.arch, method=recipe.distill.method,
                          fmt=FORMAT_NAMES.get(deployed, deployed)),
@@ -256,7 +277,8 @@ def _test_mix(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, str]:
         mix = t("test_mix", n=n, defective=n - good, good=good, ok_class=ok, defective_pct=format_pct(_share(n - good, n), 0),
                 good_pct=format_pct(_share(good, n), 0))
     by_class = t("sep").join(f"{c} {k}" for c, k in counts.items())
-    return {"mix": mix, "by_class": t("test_by_class", classes=by_class), "note": t("mix_note")}
+    note = t("mix_note_production") if automation_basis(kpi)["mix"] == "production" else t("mix_note")
+    return {"mix": mix, "by_class": t("test_by_class", classes=by_class), "note": note}
 
 
 def _share(k: int, n: int) -> float | None:
@@ -289,85 +311,6 @@ def _escapes(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any] | None:
             "level": _level(rows[0]) if rows else "95 %"}
 
 
-def operating_sentences(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
-    """What the operating threshold is worth, in two sentences: whether its target was certified on
-    validation (with the certificate), then what actually happens on the test split. Abstaining is
-    described only when the threshold sends some, but not all, parts to a person."""
-    op = kpi.operating
-    sentences = []
-    if op.certificate:
-        message = certificate_message(op, kpi.val_images, t)
-        sentences.append(t("op_certified" if op.certified else "op_not_certified", message=message))
-    elif op.threshold is not None:
-        sentences.append(t("op_no_target", thr=f"{op.threshold:.6g}"))
-    else:
-        sentences.append(t("op_no_threshold"))
-    auto, acc = kpi.intervals.automation_rate, kpi.intervals.accepted_accuracy
-    confirmation = _test_confirmation(op, kpi.intervals, t)
-    if confirmation:
-        sentences.append(confirmation)
-    if auto["n"] and auto["k"] == auto["n"]:
-        sentences.append(t("out_all", n=auto["n"], rate=format_rate_ci(auto, t)))
-    elif auto["k"] == 0:
-        sentences.append(t("out_none", n=auto["n"]))
-    else:
-        sentences.append(t("out_some", k=auto["k"], n=auto["n"], rate=format_rate_ci(auto, t), acc=format_rate_ci(acc, t),
-                           rest=auto["n"] - auto["k"], thr=f"{op.threshold:.6g}"))  # as the certificate writes it
-    return sentences
-
-
-def _test_confirmation(op: Operating, intervals: Intervals, t: Callable[..., str]) -> str | None:
-    """Whether the test split confirms a certified operating target (the certificate is a validation claim;
-    validation also chose the checkpoint and the temperature)."""
-    cert = op.certificate
-    if not cert or not op.certified:
-        return None
-    limit = cert["limit"]
-    if cert["risk"] == "accepted_error_rate":
-        acc = intervals.accepted_accuracy
-        if not acc or not acc["n"]:
-            return None
-        err, upper = 1.0 - acc["rate"], 1.0 - acc["low"]
-    else:
-        esc = intervals.escape_rate
-        if not esc or not esc["n"]:
-            return None
-        err, upper = esc["rate"], esc["high"]
-    key = "op_test_confirmed" if upper <= limit + 1e-12 else "op_test_unconfirmed"
-    return t(key, err=format_pct(err), upper=format_pct(upper), limit=_percent_4g(limit))
-
-
-def _percent_4g(x: float) -> str:
-    """A percentage the way ``kit verify`` writes it in the certificate (``kit.verify.threshold``)."""
-    return f"{x * 100:.4g} %"
-
-
-def certificate_message(op: Operating, val_images: int, t: Callable[..., str]) -> str:
-    """The certificate of ``kit verify`` in the report's language, from its fields; in English the words
-    of ``certificate["message"]`` (a test holds the two together)."""
-    cert, val = op.certificate or {}, op.val
-    blocked = [c for c, v in (cert.get("class_escapes") or {}).items() if v["blocked"]]
-    if blocked:
-        v = cert["class_escapes"][blocked[0]]
-        return t("cert_class_blocked", limit=_percent_4g(v["limit"]), cls=blocked[0], needed=v["needed"], n=v["n"])
-    accuracy = cert["risk"] == "accepted_error_rate"
-    suffix = "_acc" if accuracy else "_esc"
-    claim = _percent_4g(round(1.0 - cert["limit"], 12) if accuracy else cert["limit"])
-    level = _percent_4g(op.confidence)
-    parts = val_images if accuracy else val.get("defective_parts", 0)
-    if op.certified:
-        taken = f"{val['automation_rate']:.1%}" if accuracy else str(val["escapes"])
-        return t("cert_ok" + suffix, parts=parts, claim=claim, level=level, thr=f"{op.threshold:.6g}", taken=taken,
-                 upper=_percent_4g(val["risk_upper"]))
-    if cert["needed_images"] is None:
-        return t("cert_zero" + suffix, claim=claim)
-    stop = cert.get("stopped_at")
-    if stop is None:
-        return t("cert_needs" + suffix, parts=parts, claim=claim, level=level, needed=cert["needed_images"])
-    return t("cert_failed" + suffix, parts=parts, thr=f"{stop['threshold']:.6g}", k=stop["k"], n=stop["n"],
-             upper=_percent_4g(stop["risk_upper"]), level=level, limit=_percent_4g(cert["limit"]))
-
-
 def source_hashes(run_dir: Path) -> list[dict[str, str]]:
     """sha256 of the measurements the report is built from, so a reader can tell which ones it shows."""
     files = [kpi_path(run_dir), run_dir / BUNDLE_DIR / MANIFEST_NAME, parity_path(run_dir)]
@@ -398,7 +341,7 @@ def _training_warnings(run_dir: Path) -> list[str]:
 
 
 PERCENT_MEASURES = {"accuracy", "macro_f1", "agreement", "automation_rate", "accepted_accuracy", "accuracy_gap",
-                    "max_class_escape_rate", "operating_risk_upper", "false_reject_rate"}
+                    "max_class_escape_rate", "operating_risk_upper", "false_reject_rate", "operating_test_risk"}
 
 
 def _check_interval(check: Check, kpi: KpiRecord) -> dict[str, Any] | None:
@@ -485,13 +428,16 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow: str | Path | None = None) -> str:
-    """``shadow``: a ``kit shadow`` result (shadow.json or its folder) for the "shadow period" section."""
+def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow: str | Path | None = None,
+                with_problems: bool = False) -> Any:
+    """``shadow``: a ``kit shadow`` result (shadow.json or its folder) for the "shadow period" section. With
+    ``with_problems``: ``(html, problems)``, the integrity problems page one names (``kit.verify.integrity``)."""
     from kit.report.after_golive import after_golive_context
 
     context = build_context(run_dir, lang, font_family)
     context.update(after_golive_context(context["kpi"], shadow, context["t"]))
-    return _environment().get_template("report.html.j2").render(**context)
+    html = _environment().get_template("report.html.j2").render(**context)
+    return (html, context["integrity"]["problems"]) if with_problems else html
 
 
 def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
@@ -523,7 +469,7 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     font_family, font_file = (None, None)
     if lang == "ja":
         font_family, font_file = cjk_font()
-    html = render_html(run_dir, lang, font_family, shadow)
+    html, tampered = render_html(run_dir, lang, font_family, shadow, with_problems=True)
     if font_file is not None:  # the page carries the glyphs it uses: readable where no CJK font is installed
         html = html.replace("</head>", f'<style id="embedded-font">{embedded_font_css(font_file, html)}</style>\n</head>', 1)
     staging = staging_dir(run_dir / REPORT_DIR)
@@ -532,13 +478,14 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
         write_pdf(html, staging / PDF_NAME, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
     shutil.rmtree(run_dir / STALE_REPORT_DIR, ignore_errors=True)  # superseded by the report just written
-    gate = read_kpi(run_dir).gate
-    go = None if not gate.gated else gate.passed
+    rel = read_kpi(run_dir).verdict
+    said = f"TAMPERED: {tampered[0]}" + (f" (and {len(tampered) - 1} more)" if len(tampered) > 1 else "") if tampered \
+        else describe_release(rel)
     mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf,
+               verdict="TAMPERED" if tampered else rel.label, tampered=tampered,
                sources={s["file"]: s["sha256"] for s in source_hashes(run_dir)})
-    log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; "
-        f"{'no targets set' if go is None else 'GO' if go else 'NO-GO'})")
-    return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, go)
+    log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; {said})")
+    return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, rel, tampered)
 
 
 __all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]

@@ -1,5 +1,7 @@
 """Page one's plain recommendation: GO, GO after a shadow period, or NO-GO, with reasons and next actions.
 
+The verdict itself is ``kit verify``'s (``kpi.json`` ``release``, ``kit.verify.release``); this module words it:
+
 - NO-GO: a gated target is missed (on the value the gate used). Each missed target names its next
   action: the class to collect, the corruption family to add to the strong view, the validation
   images needed for a certificate, ...
@@ -17,11 +19,11 @@ import math
 from typing import Any, Callable
 
 from kit.report.charts import family_name
-from kit.verdict import Check
+from kit.verdict import GO, NO_GO, NONE, SHADOW, Check
+from kit.verify.release import point_only  # noqa: F401  (the report's KPI table marks the same checks)
 from kit.verify.record import KpiRecord
 from kit.verify.stats import zero_failure_sample_size
 
-GO, SHADOW, NO_GO, NONE = "go", "shadow", "no_go", "none"
 GATE_BOUND_CONFIDENCE = 0.975  # one-sided level of the upper end of a two-sided 95 % interval
 
 
@@ -45,6 +47,8 @@ def _worst_family(kpi: KpiRecord, deployed: str, held_out_only: bool) -> str | N
 
 def _action(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
     target, deployed = check.target, kpi.deployed_runtime
+    if target == "verify.threshold.test":
+        return t("act_test_unconfirmed")
     if target == "verify.threshold":
         cert = kpi.operating.certificate or {}
         needed = cert.get("needed_images")
@@ -92,6 +96,11 @@ def _shadow_need(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
             return t("shadow_escape_mix", n=needed, cls=cls, limit=f"{100 * limit:g} %", parts=f"{math.ceil(needed / share):,}")
         return t("shadow_escape" if what == "defect" else "shadow_false_reject", n=needed, cls=cls, limit=f"{100 * limit:g} %")
     bound = check.bound
+    if target == "verify.threshold.test":
+        zero, at_rate = _confirmation_parts(check.point, limit)
+        return t("shadow_test_confirm", bound=f"{100 * bound:.1f} %" if bound is not None else "?", limit=f"{100 * limit:g} %",
+                 zero=f"{zero:,}" if zero else "?", n=f"{at_rate:,}" if at_rate else "?",
+                 err=f"{100 * check.point:.1f} %" if check.point is not None else "?")
     if target == "kpi.max_accuracy_gap":
         return t("shadow_gap", limit=f"{100 * limit:g}", bound=f"{100 * bound:.1f}" if bound is not None else "?")
     return t("shadow_bound", target=t("g_" + target.removeprefix("kpi.").split("[")[0].replace(" ", "_")),
@@ -110,13 +119,6 @@ def _every_class_need(kpi: KpiRecord, needed: int, limit: float, t: Callable[...
     return t("shadow_escape_all", n=needed, classes=classes, limit=f"{100 * limit:g} %")
 
 
-def point_only(check: Check) -> bool:
-    """A gated check met on its value while the pessimistic end of its interval is past the limit."""
-    if not check.gated or not check.passed or check.bound is None or (check.gated_on or "point") != "point":
-        return False
-    return not (check.bound <= check.limit + 1e-12 if check.op == "<=" else check.bound >= check.limit - 1e-12)
-
-
 def _corruption_warning(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
     """Line conditions under which the model lets defects through beyond the escape limit (or 5 %)."""
     worst = ((kpi.robustness.get("decisions") or {}).get("worst")) or {}
@@ -129,16 +131,45 @@ def _corruption_warning(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
 
 
 def recommend(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any]:
-    checks = kpi.gate.gated
-    if not checks:
-        return {"kind": NONE, "reasons": [], "actions": [], "warnings": []}
-    warnings = _corruption_warning(kpi, t)
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        actions = list(dict.fromkeys(_action(c, kpi, t) for c in failed))
-        return {"kind": NO_GO, "reasons": [c.target for c in failed], "actions": actions, "warnings": warnings}
-    thin = [c for c in checks if point_only(c)]
-    if thin:
-        return {"kind": SHADOW, "reasons": [c.target for c in thin],
-                "actions": list(dict.fromkeys(_shadow_need(c, kpi, t) for c in thin)), "warnings": warnings}
-    return {"kind": GO, "reasons": [], "actions": [t("act_go")], "warnings": warnings}
+    """Page one's reasons and next actions for the verdict ``kit verify`` stored (``kpi.verdict``): never another."""
+    rel = kpi.verdict
+    warnings = _corruption_warning(kpi, t) if rel.verdict != NONE else []
+    by_target = {c.target: c for c in kpi.gate.gated}
+    named = [by_target[r] for r in rel.reasons if r in by_target]
+    if rel.verdict == NO_GO:
+        return {"kind": NO_GO, "reasons": list(rel.reasons), "actions": list(dict.fromkeys(_action(c, kpi, t) for c in named)),
+                "warnings": warnings}
+    if rel.verdict == SHADOW:
+        return {"kind": SHADOW, "reasons": list(rel.reasons),
+                "actions": list(dict.fromkeys(_shadow_need(c, kpi, t) for c in named)), "warnings": warnings}
+    if rel.verdict == GO:
+        return {"kind": GO, "reasons": [], "actions": [t("act_go")], "warnings": warnings}
+    return {"kind": NONE, "reasons": [], "actions": [], "warnings": []}
+
+
+def other_shadow_needs(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
+    """What the shadow period must show beyond escapes and false rejects (those are counted per class in the exit
+    criteria, ``kit.report.shadow_exit``): the test confirmation of the certificate, an accuracy gap, other bounds."""
+    by_target = {c.target: c for c in kpi.gate.gated}
+    thin = [by_target[r] for r in kpi.verdict.reasons if r in by_target]
+    return list(dict.fromkeys(_shadow_need(c, kpi, t) for c in thin if not _counted_per_class(c.target)))
+
+
+def _counted_per_class(target: str) -> bool:
+    return target.startswith("kpi.max_class_escape_rate") or target == "kpi.max_false_reject_rate"
+
+
+def _confirmation_parts(error_rate: float | None, limit: float, confidence: float = 0.95) -> tuple[int | None, int | None]:
+    """Parts decided alone (and checked) that show a one-sided bound within ``limit``: with no error at all, and with
+    errors at the test split's rate (the smallest n whose ``ceil(rate x n)`` errors give a bound within the limit)."""
+    from kit.verify.stats import clopper_pearson_upper
+
+    zero = zero_failure_sample_size(limit, confidence) if limit > 0 else None
+    if zero is None or error_rate is None or error_rate >= limit:
+        return zero, None
+    n = zero
+    while clopper_pearson_upper(math.ceil(error_rate * n), n, confidence) > limit:
+        n = math.ceil(n * 1.05) + 1
+        if n > 10_000_000:
+            return zero, None
+    return zero, n

@@ -20,10 +20,11 @@ import torch
 from kit.distill.methods import default_settings
 from kit.io import read_json
 from kit.rundir import (
-    BUNDLE_DIR, METRICS_NAME, SPLIT_NAME, comparison_role, kpi_path, parity_path, read_state, report_html_path, stage_status,
+    BUNDLE_DIR, CERTIFY_SPLIT, METRICS_NAME, SPLIT_NAME, comparison_role, kpi_path, parity_path, read_state, report_html_path, stage_status,
 )
 from kit.run.context import RunContext
 from kit.train.distributed import shutdown
+from kit.verdict import Release
 from kit.verify.record import KpiRecord, read_kpi
 
 # ``kit run --stop-after X`` -> the last stage that runs
@@ -42,6 +43,24 @@ class RunResult:
     def passed(self) -> bool:
         """Every gate that ran (parity, KPI) passed."""
         return (self.parity is None or bool(self.parity["passed"])) and (self.kpi is None or self.kpi.gate.passed)
+
+    @property
+    def verdict(self) -> Release | None:
+        """The run's one release verdict as ``kit verify`` stored it; None before verification."""
+        if self.kpi is None:
+            return None
+        if isinstance(self.kpi, KpiRecord):
+            return self.kpi.verdict
+        from kit.anomaly.verdict import release_of
+
+        return release_of(self.kpi)
+
+    @property
+    def exit_code(self) -> int:
+        """``kit run``'s exit status: 1 for a failed parity gate, else the verdict's (``kit.verdict.EXIT_CODES``)."""
+        if self.parity is not None and not self.parity["passed"]:
+            return 1
+        return 0 if self.verdict is None else self.verdict.exit_code
 
 
 @dataclass(frozen=True)
@@ -75,9 +94,14 @@ def _data(ctx: RunContext) -> dict[str, Any]:
     recipe, data = ctx.recipe, ctx.data
     if recipe.task == "anomaly":
         return extra
-    for problem in certifiability_problems(recipe.verify.threshold, data.splits["val"].labels, data.classes,
+    certify = data.splits.get(CERTIFY_SPLIT, data.splits["val"])  # the images the certificate is computed on
+    held_out = CERTIFY_SPLIT in data.splits
+    for problem in certifiability_problems(recipe.verify.threshold, certify.labels, data.classes,
                                            recipe.line.ok_class):
-        ctx.log(f"warning: {problem}; as it stands the run ends with every part sent to a person")
+        where = (f" (counted on the {len(certify.labels)} validation images held out of every choice to certify on, "
+                 f"verify.certify_share {recipe.verify.certify_share:g}: the validation split needs about "
+                 f"1 / {recipe.verify.certify_share:g} times the images added)") if held_out else ""
+        ctx.log(f"warning: {problem}{where}; as it stands the run ends with every part sent to a person")
     return extra
 
 
@@ -158,7 +182,8 @@ def build_stages(recipe: Any) -> list[Stage]:
               skip_note=lambda ctx: f"export: already done ({ctx.run_dir / BUNDLE_DIR})"),
         Stage("verify", _verify, _current("verify", ("done", "gate-failed"), kpi_path), records_itself=True,
               result=("kpi", lambda ctx: read_kpi(ctx.run_dir)),
-              skip_note=lambda ctx: f"verify: already done ({kpi_path(ctx.run_dir)}); `kit verify {ctx.run_dir}` measures again"),
+              skip_note=lambda ctx: f"verify: already done ({kpi_path(ctx.run_dir)}; verdict {read_kpi(ctx.run_dir).verdict.label}); "
+                                    f"`kit verify {ctx.run_dir}` measures again"),
         Stage("report", _report, _current("report", ("done",), report_html_path), records_itself=True,
               result=("report", lambda ctx: report_html_path(ctx.run_dir)),
               skip_note=lambda ctx: f"report: already done ({report_html_path(ctx.run_dir)})"),

@@ -17,7 +17,7 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "max_accuracy_gap": ("accuracy_gap", "<=", "teacher minus deployed student accuracy"),
     "min_accuracy": ("accuracy", ">=", "deployed student test accuracy"),
     "min_macro_f1": ("macro_f1", ">=", "deployed student test macro-F1"),
-    "min_agreement": ("agreement", ">=", "teacher-student top-1 agreement"),
+    "min_agreement": ("agreement", ">=", "fidelity to the teacher (top-1 decisions the same as the teacher's)"),
     "min_relative_robustness": ("relative_robustness", ">=", "mean corruption accuracy / clean accuracy, all families"),
     "min_heldout_relative_robustness": ("heldout_relative_robustness", ">=", "same, held-out families only"),
     "max_latency_p95_ms": ("latency_p95_ms", "<=", "end-to-end batch-1 p95 latency"),
@@ -52,6 +52,8 @@ def evaluate_gate(measured: dict[str, Any], targets: KpiTargets, takt_ms: float 
         checks.append(check("verify.threshold", "operating_risk_upper",
                             f"{measured['operating_target']}, certified on validation (upper bound)",
                             measured.get("operating_risk_upper"), measured.get("operating_risk_limit"), "<="))
+        if measured.get("operating_risk_upper") is not None:  # certified: does the test split confirm it?
+            checks.append(_test_confirmation(measured, targets.gate_on))
     if takt_ms is not None:
         checks.append(check("line takt", "latency_p95_ms", "end-to-end batch-1 p95 within the time per part",
                             measured.get("latency_p95_ms"), takt_ms, "<="))
@@ -65,4 +67,16 @@ def _check(target: str, key: str, description: str, measured: dict[str, Any], li
     bound = None if interval is None else interval["high" if op == "<=" else "low"]
     use_bound = gate_on == "bound" and bound is not None and value is not None  # an unmeasured value stays unmeasured
     return check(target, key, description, bound if use_bound else value, limit, op,
+                 point=value, bound=bound, gated_on="bound" if use_bound else "point")
+
+
+def _test_confirmation(measured: dict[str, Any], gate_on: str) -> dict[str, Any]:
+    """The certified operating target on the test split: the same risk (errors among accepted parts, or escapes), its
+    one-sided 95 % upper bound as the pessimistic end (the certificate's own kind of bound). Met on the value alone it
+    reads as a shadow period, never as GO; a test value past the limit is a miss."""
+    value, bound = measured.get("operating_test_risk"), measured.get("operating_test_risk_upper")
+    use_bound = gate_on == "bound" and bound is not None
+    return check("verify.threshold.test", "operating_test_risk",
+                 f"{measured['operating_target']}, confirmed on test (one-sided 95 % upper bound)",
+                 bound if use_bound else value, measured.get("operating_risk_limit"), "<=",
                  point=value, bound=bound, gated_on="bound" if use_bound else "point")

@@ -27,14 +27,18 @@ from kit.recipe import Recipe, read_recipe_lock, recipe_hash
 from kit.recipe.schema import ThresholdTarget
 from kit.rundir import (
     BUNDLE_DIR, GATE_CSV, KPI_NAME, LATENCY_CSV, LOCK_NAME, PER_CLASS_CSV, RELIABILITY_CSV, ROBUSTNESS_CSV, ROBUSTNESS_SUMMARY_CSV,
-    TEACHER_ONNX_NAME, VERIFY_DIR, VERIFY_METRICS_CSV, SplitData, checkpoint_path, comparison_role, kpi_path, load_split,
-    mark_report_stale, mark_stage, require_stages,
+    TEACHER_ONNX_NAME, VERIFY_DIR, VERIFY_METRICS_CSV, SplitData, checkpoint_path, comparison_role, fingerprint_run, kpi_path, load_split,
+    mark_report_stale, mark_stage, record_hashes, require_stages,
 )
 from kit.verify import calibration, gate, latency, robustness, stats, threshold
+from kit.verify.appraiser import appraiser_section
+from kit.verify.certification import certification_split, line_risk_bounds
 from kit.verify.escapes import escape_table
 from kit.verify.localisation import localisation_section
 from kit.verify.machine import measuring_machine
 from kit.verify.record import KPI_SCHEMA_VERSION, Intervals, KpiRecord, Measured, Operating, read_kpi, write_kpi
+from kit.verify.release import describe_release, release_verdict
+from kit.verdict import Release
 from kit.verify import production
 from kit.verify import regression
 from kit.views.corruptions import coverage, list_corruptions
@@ -49,6 +53,11 @@ class VerifyResult:
     @property
     def passed(self) -> bool:
         return self.kpi.gate.passed
+
+    @property
+    def verdict(self) -> Release:
+        """The run's one release verdict (``kpi.json`` ``release``)."""
+        return self.kpi.verdict
 
 
 def _kl(p_ref: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -112,13 +121,15 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
     test_logits = {name: s.logits(test_at[s.input_spec(spec)].inputs(s.input_spec(spec))) for name, s in scorers.items()}
     accuracy = accuracy_section(test_logits, test.labels, classes, scorers)
 
-    # -- calibration and operating threshold, on the deployed runtime
+    # -- calibration on the validation images that choose, the operating threshold certified on the held-out ones
     val_logits = scorers[deployed].logits(val_x)
     calib = calibration.calibration_report(val_logits, val.labels, test_logits[deployed], test.labels, fit=cfg.calibrate)
     temperature = calib["temperature"]
-    operating = operating_section(cfg.threshold, classes, val_logits, val.labels, test_logits, test.labels, temperature,
+    held_out, certified_on = certification_split(run_dir, spec, classes, val, recipe.data.split.seed, cfg.certify_share)
+    cert_logits = scorers[deployed].logits(held_out.inputs(spec)) if held_out is not val else val_logits
+    operating = operating_section(cfg.threshold, classes, cert_logits, held_out.labels, test_logits, test.labels, temperature,
                                   manifest.operating_threshold, [n for n, s in scorers.items() if s.kind == "bundle"], deployed,
-                                  recipe.line.ok_class, recipe.line.defect_rate)
+                                  recipe.line.ok_class, recipe.line.defect_rate, certified_on)
     write_manifest_calibration(bundle, temperature, operating["threshold"], calib, operating)
     log(f"verify: temperature {temperature:.3f} (test ECE {calib['test']['ece_before']:.3f} -> {calib['test']['ece_after']:.3f}); "
         f"threshold {operating['threshold']} -> automation {operating['test']['automation_rate']:.3f}")
@@ -158,20 +169,23 @@ def verify_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Verif
         "schema_version": KPI_SCHEMA_VERSION, "line": recipe.line.name, "run_dir": str(run_dir), "run_id": state.get("run_id"), "recipe_hash": recipe_hash(recipe),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": classes, "test_images": int(len(test.labels)), "val_images": int(len(val.labels)),
+        "certify_images": int(len(held_out.labels)),
         "deployed_runtime": deployed, "skipped_runtimes": skipped,
         "distill_method": recipe.distill.method, "compare": list(recipe.compare),
         "models": accuracy, "misclassified": misclassified(test, test_logits[deployed], temperature, classes),
         "calibration": calib, "operating": operating, "robustness": suite, "latency": lat,
-        "measured": measured, "intervals": intervals, "gate": verdict, "previous": previous,
+        "measured": measured, "intervals": intervals, "gate": verdict, "release": release_verdict(verdict), "previous": previous,
         "differences": differences,
         "machine": measuring_machine(device),
         "localisation": localisation_section(run_dir, recipe, test.paths, [classes[i] for i in test.labels], classes,
                                              bundle, deployed, log),
     })
     verify_dir = write_verify_dir(run_dir, kpi)
+    log(f"verify: verdict {describe_release(kpi.verdict)}")
     mark_report_stale(run_dir, "kit verify")  # a report of the previous measurements must not look current
-    mark_stage(  # drops the report: it shows the previous measurements
-        run_dir, state, "verify", time.perf_counter() - started, status="done" if kpi.gate.passed else "gate-failed")
+    mark_stage(  # drops the report: it shows the previous measurements; the hashes let `kit report` notice an edit
+        run_dir, state, "verify", time.perf_counter() - started, status="done" if kpi.gate.passed else "gate-failed",
+        verdict=kpi.verdict.label, hashes=fingerprint_run(run_dir))
     return VerifyResult(verify_dir, kpi)
 
 
@@ -215,14 +229,18 @@ def _factory(name: str, torch_files: dict[str, Path], bundle: Path, device, thre
 def operating_section(target: ThresholdTarget | None, classes: list[str], val_logits: np.ndarray, val_labels: np.ndarray,
                       test_logits: dict[str, np.ndarray], test_labels: np.ndarray, temperature: float,
                       fixed_threshold: float | None, runtimes: list[str], deployed: str,
-                      line_ok_class: str | None = None, defect_rate: Any = None) -> dict[str, Any]:
-    """Certify the threshold on val for ``target`` (None: keep ``fixed_threshold``), then measure it on
-    test with intervals: the risk the target bounds, automation, accepted accuracy, escapes. The rule is the
-    one the bundle deploys (``deploy.decision``): the threshold plus the target's per-class thresholds."""
+                      line_ok_class: str | None = None, defect_rate: Any = None,
+                      certified_on: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Certify the threshold for ``target`` (None: keep ``fixed_threshold``) on ``val_logits`` (the certification
+    images, ``certified_on`` says which), then measure it on test with intervals: the risk the target bounds,
+    automation, accepted accuracy, escapes. The rule is the one the bundle deploys (``deploy.decision``): the
+    threshold plus the target's per-class thresholds."""
     ok_index = threshold.ok_class_index(target, classes, line_ok_class)
     class_thresholds = dict(target.class_thresholds) if target is not None else {}
     floors = DecisionRule(class_thresholds=class_thresholds).class_floors(classes) if class_thresholds else None
     out: dict[str, Any] = {"runtime": deployed, "temperature": temperature, "class_thresholds": class_thresholds}
+    if certified_on is not None:
+        out["certified_on"] = certified_on
     val_p = softmax(val_logits, temperature)
     if target is not None:
         choice = threshold.certify_threshold(val_p, val_labels, target, classes, target.confidence, line_ok_class, floors)
@@ -230,6 +248,7 @@ def operating_section(target: ThresholdTarget | None, classes: list[str], val_lo
                    confidence=choice["confidence"], threshold=choice["threshold"], val=choice["val"],
                    certificate={k: choice.get(k) for k in ("risk", "limit", "tested", "stopped_at", "needed_images", "message",
                                                              "class_escapes")})
+        out["certificate"]["line_risks"] = line_risk_bounds(val_p, val_labels, classes, ok_index, target.confidence)
     else:
         out.update(target=None, reached=None, certified=None, confidence=None, threshold=fixed_threshold,
                    val=threshold.operating_point(val_p, val_labels, fixed_threshold, ok_index, floors))
@@ -241,6 +260,7 @@ def operating_section(target: ThresholdTarget | None, classes: list[str], val_lo
     out["test_mix"] = production.split_mix_figures(out["test"])
     out["production"] = production.production_figures(test_p, test_labels, classes, ok_index, out["threshold"], floors, defect_rate)
     out["curve_test"] = threshold.coverage_curve(test_p, test_labels)
+    out["appraiser"] = appraiser_section(test_p, test_labels, classes, ok_index, out["threshold"], floors)
     out["per_runtime"] = {r: threshold.operating_point(softmax(test_logits[r], temperature), test_labels, out["threshold"],
                                                        ok_index, floors)
                           for r in runtimes if r in test_logits}
@@ -331,7 +351,24 @@ def operating_measures(operating: dict[str, Any]) -> dict[str, Any]:
         "operating_risk_upper": operating["val"].get("risk_upper") if operating.get("certified") else None,
         "operating_risk_limit": (operating.get("certificate") or {}).get("limit"),
         "operating_target": operating.get("target"),
+        **test_risk(operating),
     }
+
+
+def test_risk(operating: dict[str, Any]) -> dict[str, Any]:
+    """The certified risk measured again on the test split, with its one-sided upper bound at the certificate's
+    confidence: errors among the test parts decided alone, or escapes among the defective test parts."""
+    cert, test = operating.get("certificate") or {}, operating["test"]
+    if not operating.get("certified") or not cert.get("risk"):
+        return {}
+    if cert["risk"] == "accepted_error_rate":
+        k, n = test["accepted"] - test["accepted_correct"], test["accepted"]
+    else:
+        k, n = test.get("escapes", 0), test.get("defective_parts", 0)
+    if not n:
+        return {"operating_test_risk": None, "operating_test_risk_upper": None}
+    return {"operating_test_risk": k / n,
+            "operating_test_risk_upper": stats.clopper_pearson_upper(k, n, operating.get("confidence") or 0.95)}
 
 
 def differences_section(test_logits: dict[str, np.ndarray], labels: np.ndarray, deployed: str, method: str,
@@ -415,9 +452,12 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
     deployed = auto_runtime(manifest.artefacts)
     scorer = bundle_scorer(bundle, deployed)
     val, test = load_split(run_dir, "val", spec, classes), load_split(run_dir, "test", spec, classes)
-    operating = operating_section(target, classes, scorer.logits(val.inputs(spec)), val.labels,
+    held_out, certified_on = certification_split(run_dir, spec, classes, val, recipe.data.split.seed,
+                                                 recipe.verify.certify_share)
+    operating = operating_section(target, classes, scorer.logits(held_out.inputs(spec)), held_out.labels,
                                   {deployed: scorer.logits(test.inputs(spec))}, test.labels, manifest.temperature,
-                                  manifest.operating_threshold, [deployed], deployed, recipe.line.ok_class, recipe.line.defect_rate)
+                                  manifest.operating_threshold, [deployed], deployed, recipe.line.ok_class, recipe.line.defect_rate,
+                                  certified_on)
     write_manifest_calibration(bundle, manifest.temperature, operating["threshold"], None, operating)
     if operating.get("certificate"):
         log(f"threshold: {operating['certificate']['message']}")
@@ -432,9 +472,11 @@ def retune_threshold(run_dir: str | Path, target: ThresholdTarget, log: Callable
             previous)
         record.operating, record.measured = Operating.model_validate(operating), Measured.model_validate(measured)
         record.intervals, record.gate = Intervals.model_validate(intervals), verdict
+        record.release = Release.model_validate(release_verdict(verdict))
         write_kpi(path, record)
         write_csv_atomic(path.parent / GATE_CSV, [c.to_dict() for c in record.gate.checks])
-        log(f"threshold: updated {path}")
+        log(f"threshold: updated {path}; verdict {record.verdict.label}")
     mark_report_stale(run_dir, "kit threshold")
+    record_hashes(run_dir)  # what kit verify recorded, now as kit threshold rewrote it
     return operating
 

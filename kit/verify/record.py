@@ -33,7 +33,7 @@ from typing_extensions import NotRequired, TypedDict
 from kit.errors import RunDirError
 from kit.io import write_json_atomic
 from kit.rundir import kpi_path
-from kit.verdict import Number, Record, Verdict
+from kit.verdict import Number, Record, Release, Verdict
 
 KPI_SCHEMA_VERSION = 1
 ESCAPE_RATE_KEY = "escape_rate[{}]"  # measured's per-class key (and the gate's measure name)
@@ -75,6 +75,9 @@ class Measured(Record):
     operating_risk_upper: Optional[Number] = None
     operating_risk_limit: Optional[Number] = None
     operating_target: Optional[str] = None
+    # the certified risk on the test split and its one-sided 95 % upper bound (the gate's ``verify.threshold.test``)
+    operating_test_risk: Optional[Number] = None
+    operating_test_risk_upper: Optional[Number] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -137,6 +140,10 @@ class Operating(Record):
     production: Optional[dict[str, Any]] = None
     curve_test: list[dict[str, Any]] = Field(default_factory=list)
     per_runtime: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # which images certified (``kit.verify.kpi.certification_split``); None: written before it was recorded
+    certified_on: Optional[dict[str, Any]] = None
+    # the deployed model as an appraiser against the test labels (``kit.verify.appraiser``); None: no good-part class
+    appraiser: Optional[dict[str, Any]] = None
 
 
 class ClassChange(Record):
@@ -194,7 +201,8 @@ class KpiRecord(Record):
     created_at: str
     classes: list[str]
     test_images: int
-    val_images: int
+    val_images: int  # the validation images that chose (checkpoint, temperature)
+    certify_images: Optional[int] = None  # the images the operating threshold was certified on (``operating.certified_on``)
     deployed_runtime: str
     skipped_runtimes: dict[str, str] = Field(default_factory=dict)
     distill_method: str
@@ -208,10 +216,20 @@ class KpiRecord(Record):
     measured: Measured
     intervals: Intervals
     gate: Verdict
+    release: Optional[Release] = None  # the one verdict (``kit.verify.release``); None: written before it existed
     previous: Optional[Previous] = None  # None: the recipe names no previous run
     differences: list[dict[str, Any]] = Field(default_factory=list)
     machine: Optional[dict[str, Any]] = None
     localisation: Optional[dict[str, Any]] = None
+
+    @property
+    def verdict(self) -> Release:
+        """The stored release verdict; for a file written before it was stored, the same function's answer."""
+        if self.release is not None:
+            return self.release
+        from kit.verify.release import release_verdict
+
+        return Release.model_validate(release_verdict(self.gate))
 
     @property
     def deployed(self) -> dict[str, Any]:

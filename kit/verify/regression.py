@@ -23,7 +23,7 @@ from deploy.manifest import MANIFEST_NAME
 from deploy.predictor import Predictor
 from kit.errors import RunDirError
 from kit.recipe.schema import Recipe
-from kit.rundir import BUNDLE_DIR, load_split, read_split_rows
+from kit.rundir import BUNDLE_DIR, CERTIFY_SPLIT, load_split, read_split_rows
 from kit.verdict import check, verdict
 from kit.verify import stats
 
@@ -110,7 +110,7 @@ def _trained_on(previous_run: Path) -> set[str]:
         rows = read_split_rows(previous_run)
     except RunDirError:
         return set()
-    return {_sha256(Path(p)) for p, _, split in rows if split in ("train", "val") and Path(p).is_file()}
+    return {_sha256(Path(p)) for p, _, split in rows if split in ("train", "val", CERTIFY_SPLIT) and Path(p).is_file()}
 
 
 def regression_checks(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
