@@ -534,7 +534,7 @@ def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate") -> No
         mark = "[green]pass[/]" if c.passed else "[bold red]FAIL[/]"
         console.print(f"{mark} {escape(c.target)}: {escape(c.description)} = {value} (limit {c.op} {c.limit:g})",
                       highlight=False)
-    console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {', '.join(verdict.failed)}")
+    console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {escape(', '.join(verdict.failed))}")
 
 
 @app.command()

@@ -17,27 +17,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
+from markupsafe import Markup
 
 from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from kit.errors import ArgumentError, KitError
-from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
+from kit.io import publish_dir, read_json, staging_dir, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
 import kit.report.charts as charts
 from kit.report.economics import savings
 from kit.report.images import data_uri, thumbnail
 from kit.report.format import format_ci, format_exact, format_number, format_pct, format_rate_ci, level as _level
 from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
+from kit.report.pdf import fit_to_font, write_pdf
 from kit.report.i18n import LANGUAGES, STRINGS, translator
 from kit.report.heatmap_section import localisation_context
-from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
+from kit.report.breaking import breaking_conditions
+from kit.report.label_audit import label_audit_context
+from kit.report.page_one import difference_rows, net_context, production_sentences
 from kit.report.recommendation import point_only, recommend
 from kit.verdict import Check
 from kit.verify import stats
 from kit.verify.record import Intervals, KpiRecord, Operating, read_kpi
 from kit.verify.machine import cpu_name
 from kit.rundir import (
-    BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
-    read_state, require_stages,
+    BUNDLE_DIR, LOCK_NAME, METRICS_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
+    read_state, report_names, require_stages,
 )
 
 THUMB_PX = 96
@@ -89,7 +93,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "t": t, "lang": lang, "kpi": kpi, "recipe": recipe, "run_id": kpi.run_id or state.get("run_id") or run_dir.name,
         "run_folder": run_dir.name, "recommendation": recommend(kpi, t),
         "production": production_sentences(kpi, recipe, t), "net": net_context(kpi, recipe, t),
-        "corruption_escapes": corruption_sentence(kpi, t), "differences": difference_rows(kpi, labels, t),
+        "differences": difference_rows(kpi, labels, t),
         "gate_on": gate.gate_on or "point", "known_keys": set(STRINGS[lang]),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "deployed": deployed, "deployed_runtime": kpi.deployed["runtime"],
@@ -122,6 +126,8 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "stages": state.get("stages", {}),
         "training_warnings": _training_warnings(run_dir),
         "localisation": localisation_context(run_dir, kpi, recipe, t),
+        "breaking": breaking_conditions(kpi, recipe, tuple(manifest.preprocess.image_size), t),
+        "label_audit": label_audit_context(run_dir, t),
     }
 
 
@@ -417,6 +423,8 @@ def _check_description(target: str, t: Callable[..., str]) -> str:
     name = target.removeprefix("kpi.").replace(" ", "_")
     if name.startswith("no_regression["):  # kpi.no_regression[scratch] (kit.verify.regression)
         return t("g_no_regression", cls=name[name.index("[") + 1:-1])
+    if name.startswith("min_heldout_relative_robustness["):  # one held-out family (kit.verify.gate)
+        return t("g_heldout_family", family=charts.family_name(name[name.index("[") + 1:-1], t))
     if "[" in name:  # kpi.max_class_escape_rate[scratch]
         return t("g_class_escape", cls=name[name.index("[") + 1:-1])
     return t("g_" + name)
@@ -474,6 +482,13 @@ def _ci_filter(context: Any, interval: dict[str, Any]) -> str:
     return format_ci(interval, context["t"])
 
 
+def css_string(text: Any) -> Markup:
+    """``text`` as a quoted CSS string (a page footer's ``content``): quotes, backslashes, angle brackets and line
+    breaks escaped the CSS way, so no value can close the string or the style element."""
+    escaped = "".join(f"\\{ord(c):x} " if c in '\\"<>&\n\r' else c for c in str(text))
+    return Markup(f'"{escaped}"')
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kit.report", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
@@ -482,6 +497,7 @@ def _environment() -> jinja2.Environment:
     env.filters["num"] = format_number
     env.filters["ci"] = _ci_filter
     env.filters["rate_ci"] = _rate_ci_filter
+    env.filters["css_string"] = css_string
     return env
 
 
@@ -490,23 +506,9 @@ def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow
     from kit.report.after_golive import after_golive_context
 
     context = build_context(run_dir, lang, font_family)
+    context.setdefault("kpi_sha256", sha256_file(kpi_path(run_dir)))  # every PDF page's footer names the measurements
     context.update(after_golive_context(context["kpi"], shadow, context["t"]))
     return _environment().get_template("report.html.j2").render(**context)
-
-
-def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
-    try:
-        from weasyprint import CSS, HTML
-        from weasyprint.text.fonts import FontConfiguration
-    except (ImportError, OSError) as exc:  # OSError: the pango/cairo system libraries are missing
-        raise ArgumentError("pdf", f"the PDF renderer is not available ({type(exc).__name__}: {exc}); "
-                          "pip install 'inspection-kit[report]' (weasyprint; needs the pango system library)") from None
-    fonts = FontConfiguration()
-    stylesheets = []
-    if font_file is not None:  # the CJK font travels inside the PDF, whatever the reader's machine has
-        stylesheets.append(CSS(string=f"@font-face {{ font-family: 'KitCJK'; src: url('{font_file.as_uri()}'); }}"
-                                      "body { font-family: 'KitCJK', sans-serif; }", font_config=fonts))
-    write_atomic(path, lambda tmp: HTML(string=html).write_pdf(str(tmp), stylesheets=stylesheets, font_config=fonts))
 
 
 def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False,
@@ -525,20 +527,35 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
         font_family, font_file = cjk_font()
     html = render_html(run_dir, lang, font_family, shadow)
     if font_file is not None:  # the page carries the glyphs it uses: readable where no CJK font is installed
+        html = fit_to_font(html, font_file)
         html = html.replace("</head>", f'<style id="embedded-font">{embedded_font_css(font_file, html)}</style>\n</head>', 1)
+    html_name, pdf_name = report_names(lang)
     staging = staging_dir(run_dir / REPORT_DIR)
-    write_text_atomic(staging / HTML_NAME, html)
+    _keep_other_languages(run_dir / REPORT_DIR, staging, lang)
+    write_text_atomic(staging / html_name, html)
     if pdf:
-        write_pdf(html, staging / PDF_NAME, font_file)
+        write_pdf(html, staging / pdf_name, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
     shutil.rmtree(run_dir / STALE_REPORT_DIR, ignore_errors=True)  # superseded by the report just written
     gate = read_kpi(run_dir).gate
     go = None if not gate.gated else gate.passed
     mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf,
                sources={s["file"]: s["sha256"] for s in source_hashes(run_dir)})
-    log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; "
+    log(f"report: {out / html_name}{' and ' + pdf_name if pdf else ''} ({lang}; "
         f"{'no targets set' if go is None else 'GO' if go else 'NO-GO'})")
-    return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, go)
+    return ReportResult(out / html_name, out / pdf_name if pdf else None, go)
+
+
+def _keep_other_languages(current: Path, staging: Path, lang: str) -> None:
+    """The report in the other languages stays beside the one being written: ``report/`` holds only current reports
+    (a repeated measurement moves the whole folder to ``report.stale/``), so they describe the same measurements."""
+    if not current.is_dir():
+        return
+    mine = set(report_names(lang))
+    for other in LANGUAGES:
+        for name in report_names(other):
+            if name not in mine and (current / name).is_file():
+                shutil.copy2(current / name, staging / name)
 
 
 __all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]
