@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jinja2
 from markupsafe import Markup
 
+from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from kit.errors import ArgumentError, KitError
 from kit.io import publish_dir, read_json, staging_dir, write_text_atomic
@@ -117,18 +118,35 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "lat_rows": lat_rows, "parity": parity,
         "figures": {k: data_uri(v) for k, v in figures.items()},
         "views": data_uri(views_png.read_bytes()) if views_png.is_file() else None,
-        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX)} for e in kpi.misclassified],
+        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX), "action": mistake_action(kpi, e)}
+                   for e in kpi.misclassified],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
         "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}),
         "hardware": machine or {"cpu": cpu_name(), "cores": str(os.cpu_count()), "system": f"{platform.system()} {platform.release()}"},
         "hardware_is_measuring": machine is not None,
         "sources": source_hashes(run_dir),
-        "stages": state.get("stages", {}),
+        "stages": _stages(state, datetime.now(timezone.utc)),
         "training_warnings": _training_warnings(run_dir),
         "localisation": localisation_context(run_dir, kpi, recipe, t),
         "breaking": breaking_conditions(kpi, recipe, tuple(manifest.preprocess.image_size), t),
         "label_audit": label_audit_context(run_dir, t),
     }
+
+
+def _stages(state: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The run's stages for the appendix, the report row being this report (the state still holds the previous one's)."""
+    stages = {name: s for name, s in state.get("stages", {}).items() if name != "report"}
+    stages["report"] = {"status": "current", "finished_at": now.isoformat(timespec="seconds"), "seconds": None}
+    return stages
+
+
+def mistake_action(kpi: KpiRecord, mistake: dict[str, Any]) -> str:
+    """What the deployed rule did with a misclassified test part (accept / reject alone, or review: a person saw it),
+    from its calibrated confidence, the operating threshold and the class thresholds (``deploy.decision``)."""
+    op = kpi.operating
+    rule = DecisionRule(threshold=op.threshold, ok_class=op.ok_class, class_thresholds=dict(op.class_thresholds or {}))
+    bar = max(rule.threshold or 0.0, float(rule.class_floors([mistake["predicted"]])[0]))
+    return rule.action(mistake["predicted"], abstain=mistake["confidence"] < bar)
 
 
 def model_labels(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, str]:
@@ -286,7 +304,9 @@ def _escapes(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any] | None:
         sentences.append(t("worst_escape", cls=table["worst"], k=worst["k"], n=worst["n"], rate=format_pct(worst["rate"]),
                            ppm_high=format_number(worst["ppm_high"], 0), level=_level(worst)))
     elif worst is not None:  # no escape at all: the bound the smallest defect class allows is the honest figure
-        sentences.append(t("worst_escape_zero", cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
+        sizes = {r["n"] for r in table["classes"].values() if r["kind"] == "escape"}
+        key = "worst_escape_zero_equal" if len(sizes) == 1 else "worst_escape_zero"  # "least-tested" only when n differ
+        sentences.append(t(key, cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
                            level=_level(worst)))
     total = kpi.intervals.escape_rate
     if total is not None:

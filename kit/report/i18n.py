@@ -259,6 +259,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "footer_run": "{line} · run {run} · kpi.json sha256 {sha}",
         "footer_page_before": "Page ",
         "footer_page_after": "",
+        "went_accept": "went out as good, decided alone",
+        "went_reject": "rejected alone (no person saw it)",
+        "went_review": "sent to a person",
+        "mistakes_note": "The deployed model's most confident mistakes on the test images, each with what the line would have done with it: decided alone (accepted or rejected) or sent to a person.",
+        "worst_escape_zero_equal": "No test defect was accepted as good; with {n} test parts per defect class, each class's escape rate is bounded only at {ppm_high} ppm (upper end of the {level} CI).",
+        "st_current": "this report",
         # -- end of part B's block --
         # -- heatmaps (issue 16: kit.report.heatmap_section, _localisation.html.j2)
         "loc_title": "Where the model looks: defect heatmaps",
@@ -582,6 +588,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "footer_run": "{line} ・ 実行 {run} ・ kpi.json sha256 {sha}",
         "footer_page_before": "",
         "footer_page_after": " ページ",
+        "went_accept": "良品として出荷（自動判定）",
+        "went_reject": "自動で不合格（人は見ていない）",
+        "went_review": "人の確認に回った",
+        "mistakes_note": "導入モデルがテスト画像で最も自信を持って誤ったもの。それぞれラインでどう扱われたかを示します：自動判定（合格または不合格）か、人の確認に回ったか。",
+        "worst_escape_zero_equal": "テストの不良品で良品と判定されたものはありません。ただし欠陥クラスごとのテスト部品が {n} 個のため、各クラスの流出率は {ppm_high} ppm までしか抑えられません（{level} 信頼区間の上限）。",
+        "st_current": "このレポート",
         # -- end of part B's block --
         # -- ヒートマップ（issue 16: kit.report.heatmap_section, _localisation.html.j2）
         "loc_title": "モデルが見ている場所：欠陥ヒートマップ",
