@@ -247,3 +247,19 @@ def test_page_one_says_when_the_audit_flagged_validation_or_test_labels(run_copy
         assert "kit audit flags none of the validation and test labels as likely wrong" in page
     assert "kit audit flags" in _text(_page_one(render_html(run_copy, "ja"))) or "ラベル監査" in _text(
         _page_one(render_html(run_copy, "ja")))
+
+
+@needs_pdf
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_plain_words_on_page_one_and_the_jargon_in_a_glossary(run_copy, lang):
+    t = translator(lang)
+    result = build_report(run_copy, lang=lang, pdf=True, log=lambda m: None)
+    html = result.html.read_text(encoding="utf-8")
+    page = _text(_page_one(html))
+    for jargon in ("p95, end to end, batch 1", "paired bootstrap", "held-out corruptions", "macro-F1 is"):
+        assert jargon not in page, jargon
+    glossary = _text(html[html.index('id="glossary"'):])
+    for term in ("escape", "p95", "macro_f1", "held_out", "strong_view", "interval", "paired"):
+        assert t("gl_t_" + term) in glossary and t("gl_d_" + term) in glossary, term
+    last = re.sub(r"\s+", "", "".join(_pdf_pages(result.pdf)[-2:]))  # the glossary ends the PDF; line breaks anywhere
+    assert re.sub(r"\s+", "", t("gl_title")) in last and re.sub(r"\s+", "", t("gl_t_ppm")) in last
