@@ -70,6 +70,25 @@ def _breaking_cells(kpi: dict) -> None:
     kpi["operating"]["test"]["accepted"] = max(1, kpi["operating"]["test"].get("accepted") or 0)
 
 
+@pytest.fixture(scope="module")
+def rendered(finished_run, tmp_path_factory) -> Path:
+    """One copy of the tiny run with the sample line's breaking cells, its report rendered in English then Japanese,
+    both with PDFs (the PDF tests read these files: one rendering per language for the whole module)."""
+    if _pdf_missing() is not None:
+        pytest.skip(str(_pdf_missing()))
+    run_dir = tmp_path_factory.mktemp("layout") / "run"
+    shutil.copytree(finished_run, run_dir)
+    _edit_kpi(run_dir, _breaking_cells)
+    build_report(run_dir, lang="en", pdf=True, log=lambda m: None)
+    build_report(run_dir, lang="ja", pdf=True, log=lambda m: None)
+    return run_dir
+
+
+def _files(run_dir: Path, lang: str) -> tuple[Path, Path]:
+    folder = run_dir / "report"
+    return (folder / "report.html", folder / "report.pdf") if lang == "en" else (folder / "report.ja.html", folder / "report.ja.pdf")
+
+
 def _pdf_pages(path: Path) -> list[str]:
     import pypdf
 
@@ -111,51 +130,49 @@ def test_verify_records_held_out_robustness_per_family(finished_run):
 
 @needs_pdf
 @pytest.mark.parametrize("lang", ["en", "ja"])
-def test_every_pdf_page_has_its_number_run_id_and_kpi_hash(run_copy, lang):
-    result = build_report(run_copy, lang=lang, pdf=True, log=lambda m: None)
-    sha12 = hashlib.sha256((run_copy / "verify" / "kpi.json").read_bytes()).hexdigest()[:12]
-    run_id = json.loads((run_copy / "verify" / "kpi.json").read_text())["run_id"]
-    pages = _pdf_pages(result.pdf)
+def test_every_pdf_page_has_its_number_run_id_and_kpi_hash_and_page_one_the_breaking_conditions(rendered, lang):
+    sha12 = hashlib.sha256((rendered / "verify" / "kpi.json").read_bytes()).hexdigest()[:12]
+    run_id = json.loads((rendered / "verify" / "kpi.json").read_text())["run_id"]
+    pages = _pdf_pages(_files(rendered, lang)[1])
     assert len(pages) >= 3
     for number, text in enumerate(pages, start=1):
         flat = re.sub(r"\s+", " ", text)
         assert sha12 in flat and run_id in flat, (number, flat[-200:])
         page = f"Page {number} / {len(pages)}" if lang == "en" else f"{number} / {len(pages)} ページ"
         assert page in flat, (number, flat[-200:])
+    first = re.sub(r"\s+", "", pages[0])  # the PDF's text breaks lines anywhere
+    for phrase in (["Conditions that break the model", "+76 grey levels", "25 of 32; limit 5 %"] if lang == "en" else
+                   ["モデルが破綻する条件", "+76階調", "32個中25個"]):
+        assert re.sub(r"\s+", "", phrase) in first, phrase
 
 
 @needs_pdf
-def test_rendering_japanese_keeps_the_english_report(run_copy):
-    build_report(run_copy, lang="en", pdf=True, log=lambda m: None)
-    build_report(run_copy, lang="ja", pdf=True, log=lambda m: None)
-    folder = run_copy / "report"
+def test_rendering_japanese_keeps_the_english_report(rendered):
+    folder = rendered / "report"
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.ja.html", "report.ja.pdf", "report.pdf"]
     assert '<html lang="en">' in (folder / "report.html").read_text(encoding="utf-8")
     assert '<html lang="ja">' in (folder / "report.ja.html").read_text(encoding="utf-8")
-    build_report(run_copy, lang="en", log=lambda m: None)  # and English keeps the Japanese
-    assert (folder / "report.ja.pdf").is_file() and (folder / "report.ja.html").is_file()
 
 
 @needs_pdf
-def test_the_japanese_pdf_prints_bold_and_every_glyph_it_uses(run_copy):
+def test_the_japanese_pdf_prints_bold_and_every_glyph_it_uses(rendered):
     import pypdf
     from fontTools.ttLib import TTFont
 
-    result = build_report(run_copy, lang="ja", pdf=True, log=lambda m: None)
-    html = result.html.read_text(encoding="utf-8")
+    html_file, pdf_file = _files(rendered, "ja")
+    html = html_file.read_text(encoding="utf-8")
     assert "≤" not in html and "≥" not in html and "≦" in html  # IPAexGothic has ≦ ≧, not ≤ ≥
     woff = re.search(r"url\(data:font/woff;base64,([A-Za-z0-9+/=]+)\)", html).group(1)
     cmap = TTFont(io.BytesIO(base64.b64decode(woff))).getBestCmap()
     visible = _text(html[html.index("<body"):])
     assert {c for c in visible if not c.isspace() and ord(c) not in cmap} == set()
-    first = pypdf.PdfReader(str(result.pdf)).pages[0]
+    first = pypdf.PdfReader(str(pdf_file)).pages[0]
     assert b"2 Tr" in first.get_contents().get_data()  # bold drawn filled and stroked: the face has no bold
 
 
 @needs_pdf
-def test_numbers_stay_with_their_units_in_the_pdf(run_copy):
-    result = build_report(run_copy, lang="en", pdf=True, log=lambda m: None)
-    for text in _pdf_pages(result.pdf):
+def test_numbers_stay_with_their_units_in_the_pdf(rendered):
+    for text in _pdf_pages(_files(rendered, "en")[1]):
         assert not re.search(r"\d[ \u00a0]?\n\s*(%|ms|ppm|px)(?![A-Za-z])", text), text
     assert keep_units_together('<body class="a 1 px"><p>97.7 % in 12.65 ms, n = 132</p><p>3 parts</p></body>') == (
         '<body class="a 1 px"><p>97.7\u00a0% in 12.65\u00a0ms, n\u00a0=\u00a0132</p><p>3 parts</p></body>')
@@ -163,11 +180,10 @@ def test_numbers_stay_with_their_units_in_the_pdf(run_copy):
 
 @needs_pdf
 @pytest.mark.parametrize("lang", ["en", "ja"])
-def test_no_box_runs_off_the_page(run_copy, lang):
+def test_no_box_runs_off_the_page(rendered, lang):
     import weasyprint
 
-    _edit_kpi(run_copy, _breaking_cells)
-    document = weasyprint.HTML(string=render_html(run_copy, lang)).render()
+    document = weasyprint.HTML(string=_files(rendered, lang)[0].read_text(encoding="utf-8")).render()
 
     def boxes(box):
         yield box
@@ -190,14 +206,15 @@ def test_the_yaml_appendix_is_monospace_and_the_stages_show_this_report(run_copy
     html = render_html(run_copy, "ja")
     assert '<pre class="yaml">' in html and re.search(r'pre\.yaml \{ font-family: "DejaVu Sans Mono"', html)
     stages = html[html.index(translator("ja")("dates")):html.index('<pre class="yaml">')]
-    assert "このレポート" in stages
+    row = re.search(r"<tr><td>report</td><td>([^<]*)</td><td>([^<]*)</td>", stages)
     state = json.loads((run_copy / "state.json").read_text())
-    assert state["stages"]["report"]["finished_at"] not in stages  # not the previous report's row
+    assert row and row.group(1) == "このレポート"
+    assert row.group(2) != state["stages"]["report"]["finished_at"]  # not the previous report's row
 
 
-def test_the_mistakes_are_shown_once_saying_which_went_to_a_person(run_copy):
-    html = render_html(run_copy, "en")
-    kpi = json.loads((run_copy / "verify" / "kpi.json").read_text())
+def test_the_mistakes_are_shown_once_saying_which_went_to_a_person(rendered):
+    html = _files(rendered, "en")[0].read_text(encoding="utf-8")
+    kpi = json.loads((rendered / "verify" / "kpi.json").read_text())
     heatmaps = 'id="heatmaps"' in html and "The most confident mistakes" in html
     assert ('id="errors"' in html) != heatmaps or not kpi["misclassified"]
     shown = html.count("sent to a person</strong>") + html.count("rejected alone (no person saw it)</strong>") + \
@@ -251,15 +268,15 @@ def test_page_one_says_when_the_audit_flagged_validation_or_test_labels(run_copy
 
 @needs_pdf
 @pytest.mark.parametrize("lang", ["en", "ja"])
-def test_plain_words_on_page_one_and_the_jargon_in_a_glossary(run_copy, lang):
+def test_plain_words_on_page_one_and_the_jargon_in_a_glossary(rendered, lang):
     t = translator(lang)
-    result = build_report(run_copy, lang=lang, pdf=True, log=lambda m: None)
-    html = result.html.read_text(encoding="utf-8")
+    html_file, pdf_file = _files(rendered, lang)
+    html = html_file.read_text(encoding="utf-8")
     page = _text(_page_one(html))
     for jargon in ("p95, end to end, batch 1", "paired bootstrap", "held-out corruptions", "macro-F1 is"):
         assert jargon not in page, jargon
     glossary = _text(html[html.index('id="glossary"'):])
     for term in ("escape", "p95", "macro_f1", "held_out", "strong_view", "interval", "paired"):
         assert t("gl_t_" + term) in glossary and t("gl_d_" + term) in glossary, term
-    last = re.sub(r"\s+", "", "".join(_pdf_pages(result.pdf)[-2:]))  # the glossary ends the PDF; line breaks anywhere
+    last = re.sub(r"\s+", "", "".join(_pdf_pages(pdf_file)[-2:]))  # the glossary ends the PDF; line breaks anywhere
     assert re.sub(r"\s+", "", t("gl_title")) in last and re.sub(r"\s+", "", t("gl_t_ppm")) in last
