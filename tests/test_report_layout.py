@@ -203,13 +203,15 @@ def test_no_box_runs_off_the_page(rendered, lang):
 # -- the appendix, the mistakes, the escapes sentence ----------------------------------------------------------
 
 def test_the_yaml_appendix_is_monospace_and_the_stages_show_this_report(run_copy):
+    state_file = run_copy / "state.json"
+    state = json.loads(state_file.read_text())
+    state["stages"]["report"]["finished_at"] = "2000-01-01T00:00:00+00:00"  # the previous report run
+    state_file.write_text(json.dumps(state))
     html = render_html(run_copy, "ja")
     assert '<pre class="yaml">' in html and re.search(r'pre\.yaml \{ font-family: "DejaVu Sans Mono"', html)
     stages = html[html.index(translator("ja")("dates")):html.index('<pre class="yaml">')]
     row = re.search(r"<tr><td>report</td><td>([^<]*)</td><td>([^<]*)</td>", stages)
-    state = json.loads((run_copy / "state.json").read_text())
-    assert row and row.group(1) == "このレポート"
-    assert row.group(2) != state["stages"]["report"]["finished_at"]  # not the previous report's row
+    assert row and row.group(1) == "このレポート" and row.group(2).startswith("20") and "2000-01-01" not in stages
 
 
 def test_the_mistakes_are_shown_once_saying_which_went_to_a_person(rendered):
@@ -280,3 +282,18 @@ def test_plain_words_on_page_one_and_the_jargon_in_a_glossary(rendered, lang):
         assert t("gl_t_" + term) in glossary and t("gl_d_" + term) in glossary, term
     last = re.sub(r"\s+", "", "".join(_pdf_pages(pdf_file)[-2:]))  # the glossary ends the PDF; line breaks anywhere
     assert re.sub(r"\s+", "", t("gl_title")) in last and re.sub(r"\s+", "", t("gl_t_ppm")) in last
+
+
+def test_the_training_views_print_at_their_own_size(rendered):
+    """views.png has two images per class; scaled to a page its 8 pt labels printed at 4 pt. The report draws one per
+    class, short enough (at matplotlib's 90 dpi) for the 245 mm the page gives it, so nothing is scaled down."""
+    import cv2
+    import numpy as np
+
+    html = _files(rendered, "en")[0].read_text(encoding="utf-8")
+    section = html[html.index('id="views"'):]
+    uri = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', section).group(1)
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_UNCHANGED)
+    classes = json.loads((rendered / "verify" / "kpi.json").read_text())["classes"]
+    assert image.shape[0] / 90 * 25.4 <= 245  # mm at the figure's own scale
+    assert image.shape[0] < 1.6 * 90 * (len(classes) + 1)  # one row per class (the stored grid has two)

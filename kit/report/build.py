@@ -26,7 +26,7 @@ from kit.io import publish_dir, read_json, staging_dir, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
 import kit.report.charts as charts
 from kit.report.economics import savings
-from kit.report.images import data_uri, thumbnail
+from kit.report.images import data_uri, thumbnail, views_grid_png
 from kit.report.format import format_ci, format_exact, format_number, format_pct, format_rate_ci, level as _level
 from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
 from kit.report.pdf import fit_to_font, write_pdf
@@ -117,7 +117,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "escapes": _escapes(kpi, t),
         "lat_rows": lat_rows, "parity": parity,
         "figures": {k: data_uri(v) for k, v in figures.items()},
-        "views": data_uri(views_png.read_bytes()) if views_png.is_file() else None,
+        "views": _views(run_dir, recipe, manifest, views_png),
         "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX), "action": mistake_action(kpi, e)}
                    for e in kpi.misclassified],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
@@ -131,6 +131,14 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "breaking": breaking_conditions(kpi, recipe, tuple(manifest.preprocess.image_size), t),
         "label_audit": label_audit_context(run_dir, t),
     }
+
+
+def _views(run_dir: Path, recipe: Any, manifest: Any, stored: Path) -> str | None:
+    """The training views, one image per class, readable on A4; the data stage's views.png when the images are gone."""
+    png = views_grid_png(run_dir, recipe, manifest.preprocess, manifest.classes)
+    if png is None and stored.is_file():
+        png = stored.read_bytes()
+    return data_uri(png) if png is not None else None
 
 
 def _stages(state: dict[str, Any], now: datetime) -> dict[str, Any]:
