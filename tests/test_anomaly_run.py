@@ -203,7 +203,7 @@ def test_the_report_names_the_mildest_line_change_that_breaks_good_parts(anomaly
     html = (run_dir / "report" / "report.html").read_text()
     assert "Line conditions that make good parts look defective" in html
     from deploy.manifest import read_manifest
-    from kit.views.physical import physical_level
+    from kit.physical import physical_level
 
     size = tuple(read_manifest(run_dir / "bundle").preprocess.image_size)
     for p in breaking_points(record, 0.5, size):  # in physical units, as the classifier's page one (issue 28)

@@ -13,7 +13,7 @@ from kit.verify.gate import evaluate_gate
 from kit.verify.record import Measured
 from kit.verify.stats import rate
 from kit.views.corruptions import corrupt_images, get_corruption, list_corruptions
-from kit.views.physical import TEMPLATES_EN, covering_severity, physical_families, physical_level, preset_reach
+from kit.physical import TEMPLATES_EN, covering_severity, physical_families, physical_level, preset_reach
 from tests.kpi_records import kpi_record
 
 

@@ -297,3 +297,10 @@ def test_the_training_views_print_at_their_own_size(rendered):
     classes = json.loads((rendered / "verify" / "kpi.json").read_text())["classes"]
     assert image.shape[0] / 90 * 25.4 <= 245  # mm at the figure's own scale
     assert image.shape[0] < 1.6 * 90 * (len(classes) + 1)  # one row per class (the stored grid has two)
+
+
+def test_the_footer_text_cannot_leave_its_css_string():
+    from kit.report.build import css_string
+
+    assert css_string('line"</style><script>') == '"line\\22 \\3c /style\\3e \\3c script\\3e "'
+    assert css_string("run 20261206 · kpi.json sha256 82039f9e9800") == '"run 20261206 · kpi.json sha256 82039f9e9800"'

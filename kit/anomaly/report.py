@@ -41,9 +41,9 @@ def _pct(rate: dict[str, Any] | None) -> str:
 def breaking_points(record: AnomalyRecord, limit: float, image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Per corruption family, the mildest severity at which good parts are rejected above ``limit`` (the false-reject
     target), with the value in the family's own unit and, given the model's ``image_size``, in physical units (the one
-    definition the classifier's report uses, ``kit.views.physical``); families that never cross it are listed as holding."""
+    definition the classifier's report uses, ``kit.physical``); families that never cross it are listed as holding."""
     from kit.views.corruptions import get_corruption
-    from kit.views.physical import physical_level
+    from kit.physical import physical_level
 
     out = []
     by_family: dict[str, list[dict[str, Any]]] = {}

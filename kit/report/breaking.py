@@ -1,6 +1,6 @@
 """Page one's "conditions that break the model": per corruption family, the mildest level at which the deployed
 model lets more defects through, or rejects more good parts, than the recipe's limits allow, in physical units
-(``kit.views.physical``), with what to do about it.
+(``kit.physical``), with what to do about it.
 
 The rates are the robustness suite's decision cells in ``kpi.json`` (``robustness.decisions.cells``: the deployed
 rule on every family x severity copy of the test images, escapes and false rejects with counts). The limits are the
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from kit.report.charts import family_name
 from kit.report.format import format_pct
 from kit.verify.record import KpiRecord
-from kit.views.physical import PRESET_OF, covering_severity, physical_level
+from kit.physical import PRESET_OF, covering_severity, physical_level
 
 DEFAULT_LIMIT = 0.05
 ADD_TRANSFORM = {"shadow": "RandomShadow", "perspective": "Perspective", "uneven_illumination": "lighting: {severity: 3}"}

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
-from markupsafe import Markup
 
 from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
@@ -510,11 +509,12 @@ def _ci_filter(context: Any, interval: dict[str, Any]) -> str:
     return format_ci(interval, context["t"])
 
 
-def css_string(text: Any) -> Markup:
-    """``text`` as a quoted CSS string (a page footer's ``content``): quotes, backslashes, angle brackets and line
-    breaks escaped the CSS way, so no value can close the string or the style element."""
+def css_string(text: Any) -> str:
+    """``text`` as a quoted CSS string (a page footer's ``content``): quotes, backslashes, angle brackets, ampersands
+    and line breaks escaped the CSS way, so no value can close the string or the style element (the template marks the
+    result ``safe``: HTML escaping would put ``&#34;`` into the style sheet)."""
     escaped = "".join(f"\\{ord(c):x} " if c in '\\"<>&\n\r' else c for c in str(text))
-    return Markup(f'"{escaped}"')
+    return f'"{escaped}"'
 
 
 def _environment() -> jinja2.Environment:

@@ -4,7 +4,7 @@ words live here, one key per phrase, the same keys in both languages (a test che
 from __future__ import annotations
 
 from kit.rundir import STALE_BANNER
-from kit.views.physical import TEMPLATES_EN as PHYSICAL_EN
+from kit.physical import TEMPLATES_EN as PHYSICAL_EN
 
 LANGUAGES = ("en", "ja")
 

@@ -123,7 +123,7 @@ def physical_level(family: str, value: float, image_size: tuple[int, int]) -> Ph
     try:
         level = _LEVELS[family]
     except KeyError:
-        raise KeyError(f"corruption family {family!r} has no physical reading; add one to kit.views.physical") from None
+        raise KeyError(f"corruption family {family!r} has no physical reading; add one to kit.physical") from None
     return level(family, float(value), (int(image_size[0]), int(image_size[1])))
 
 
