@@ -566,7 +566,7 @@ def _print_gate(verdict: Verdict | dict[str, Any], name: str = "KPI gate", summa
         console.print(f"{mark} {escape(c.target)}: {escape(c.description)} = {value} (limit {c.op} {c.limit:g}{bound})",
                       highlight=False)
     if summary:
-        console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {', '.join(verdict.failed)}")
+        console.print(f"[bold green]{name} passed[/]" if verdict.passed else f"[bold red]{name} failed[/]: {escape(', '.join(verdict.failed))}")
 
 
 @app.command()
@@ -731,8 +731,9 @@ def audit(
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size for --init scratch (default: the recipe's)."),
     max_distance: int = typer.Option(4, "--max-distance", min=0, max=32, help="Near-duplicates: at most this many of 64 hash bits apart."),
 ) -> None:
-    """List the training images whose label is most likely wrong (confident learning on out-of-fold
-    predictions) and near-duplicates across splits (perceptual hash) that leak train into test.
+    """List the images whose label is most likely wrong (confident learning: training images out of fold,
+    validation and test images by the fold models, which never saw them) and near-duplicates across splits
+    (perceptual hash) that leak train into test.
 
     Writes RUN_DIR/audit/ (audit.html with thumbnails, label_issues.csv, near_duplicates.csv, audit.json).
     Example: kit audit runs/sample_line/RUN
@@ -745,6 +746,9 @@ def audit(
     for r in result.issues[:min(10, max(1, result.summary["flagged"]))]:
         console.print(f"  {r['rank']:>3}. {r['label']} -> {r['suggested']} (p {r['label_probability']:.2f}): {r['path']}",
                       highlight=False, markup=False)
+    for split, b in result.summary["by_split"].items():
+        console.print(f"  {split}: {b['flagged']} of {b['images']} labels flagged ({b['scored_by']})", highlight=False,
+                      markup=False)
     typer.echo(str(result.audit_dir / AUDIT_HTML))
 
 

@@ -46,6 +46,14 @@ CHECKPOINT_DIR = "checkpoints"  # per-epoch resume state while a training stage 
 BUNDLE_DIR, PARITY_NAME = "bundle", "parity.json"
 VERIFY_DIR, KPI_NAME = "verify", "kpi.json"
 REPORT_DIR, HTML_NAME, PDF_NAME = "report", "report.html", "report.pdf"
+
+
+def report_names(lang: str) -> tuple[str, str]:
+    """(HTML, PDF) file names of the report in ``lang``: English is ``report.html`` / ``report.pdf``, another language
+    ``report.<lang>.html`` / ``report.<lang>.pdf`` beside it, so rendering one language keeps the other."""
+    return (HTML_NAME, PDF_NAME) if lang == "en" else (f"report.{lang}.html", f"report.{lang}.pdf")
+
+
 STALE_REPORT_DIR = REPORT_DIR + ".stale"  # a report made before the measurements were repeated
 STALE_PDF_NAME = Path(PDF_NAME).stem + ".stale.pdf"  # its PDF (a PDF cannot take the banner)
 # The tables ``kit verify`` writes next to kpi.json (``kit threshold`` rewrites the gate's).
@@ -86,7 +94,10 @@ def kpi_path(run_dir: str | Path) -> Path:
 
 
 def report_html_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / REPORT_DIR / HTML_NAME
+    """The run's report page: the English one, else the one of another language (``report.<lang>.html``)."""
+    folder = Path(run_dir) / REPORT_DIR
+    others = sorted(folder.glob("report.*.html")) if not (folder / HTML_NAME).is_file() else []
+    return others[0] if others else folder / HTML_NAME
 
 
 # -- stage state ---------------------------------------------------------------------------------
@@ -171,11 +182,10 @@ def mark_report_stale(run_dir: str | Path, reason: str) -> Path | None:
     stale = run_dir / STALE_REPORT_DIR
     shutil.rmtree(stale, ignore_errors=True)
     report.rename(stale)
-    pdf = stale / PDF_NAME
-    if pdf.is_file():
-        pdf.rename(stale / STALE_PDF_NAME)
-    page = stale / HTML_NAME
-    if page.is_file():
+    for pdf in sorted(stale.glob("*.pdf")):  # report.pdf and each language's (report.ja.pdf)
+        if not pdf.name.endswith(".stale.pdf"):
+            pdf.rename(stale / (pdf.name[:-len(".pdf")] + ".stale.pdf"))
+    for page in sorted(stale.glob("*.html")):  # report.html and each language's (report.ja.html)
         html = page.read_text(encoding="utf-8")
         found = _LANG_ATTR.search(html)
         lang = found.group(1) if found and found.group(1) in STALE_BANNER else "en"

@@ -200,7 +200,15 @@ def test_the_report_names_the_mildest_line_change_that_breaks_good_parts(anomaly
         rows = [r for r in record.robustness["rows"] if r["family"] == p["family"]]
         over = [r["severity"] for r in rows if r["false_reject"]["rate"] > 0.5]
         assert p["severity"] == (min(over) if over else None)
-    assert "Line conditions that make good parts look defective" in (run_dir / "report" / "report.html").read_text()
+    html = (run_dir / "report" / "report.html").read_text()
+    assert "Line conditions that make good parts look defective" in html
+    from deploy.manifest import read_manifest
+    from kit.physical import physical_level
+
+    size = tuple(read_manifest(run_dir / "bundle").preprocess.image_size)
+    for p in breaking_points(record, 0.5, size):  # in physical units, as the classifier's page one (issue 28)
+        if p["severity"] is not None:
+            assert p["physical"] == physical_level(p["family"], p["value"], size).text and p["physical"] in html
 
 
 def test_the_verdict_is_stored_printed_alike_and_an_edit_reads_tampered(anomaly_run, tmp_path):

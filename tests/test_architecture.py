@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, int] = {
     "deploy": 0, "kit.errors": 0, "kit.io": 0, "kit.rundir": 0, "kit.progress": 0, "kit.device": 0, "kit.seeds": 0,
-    "kit.distill": 1, "kit.views": 1, "kit.models": 1, "kit.verdict": 1, "kit.anomaly.model": 1, "kit.anomaly.metrics": 1,
+    "kit.distill": 1, "kit.views": 1, "kit.physical": 1, "kit.models": 1, "kit.verdict": 1, "kit.anomaly.model": 1, "kit.anomaly.metrics": 1,
     "kit.recipe": 2,
     "kit.data": 3,
     "kit.evaluate": 4, "kit.scorers": 4,

@@ -80,7 +80,7 @@ def flipped_run(tmp_path_factory):
 @pytest.mark.slow
 def test_audit_finds_flipped_training_labels(flipped_run):
     run, flipped = flipped_run
-    result = audit_run(run, AuditSettings(folds=3), log=lambda m: None)
+    result = audit_run(run, AuditSettings(folds=3, splits=("train",)), log=lambda m: None)
     top = {r["path"] for r in result.issues[:len(flipped)]}
     found = len(top & flipped)
     assert len(flipped) == 20 and found >= 14, f"found {found} of {len(flipped)}"
@@ -101,3 +101,36 @@ def test_cli_prints_the_top_and_words_a_missing_student(flipped_run, tmp_path):
     result = CliRunner().invoke(app, ["audit", str(bare), "--init", "student"])
     assert result.exit_code == 1
     assert f"error: {bare / 'student.pt'} not found: the run has no trained student; use --init scratch" in result.output
+
+
+def test_validation_and_test_labels_are_ranked_by_models_that_never_saw_them(flipped_run, tmp_path):
+    """Issue 28: the labels that choose the checkpoint, certify the threshold and make every figure of the report were
+    never audited. Flip 4 validation and 4 test labels: the fold models (trained on train only) must flag them."""
+    import shutil
+
+    run, _ = flipped_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("audit"))
+    with (copy / "split.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    classes = sorted({r[1] for r in body})
+    rng = np.random.default_rng(11)
+    flipped = set()
+    for split in ("val", "test"):
+        for i in rng.choice([i for i, r in enumerate(body) if r[2] == split], size=4, replace=False):
+            body[i][1] = str(rng.choice([c for c in classes if c != body[i][1]]))
+            flipped.add(body[i][0])
+    with (copy / "split.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *body])
+    result = audit_run(copy, AuditSettings(folds=3, init="student"), log=lambda m: None)
+    by_split = result.summary["by_split"]
+    assert {s: b["images"] for s, b in by_split.items()} == {"train": 396, "val": 132, "test": 132}
+    assert "none saw a validation image" in by_split["val"]["scored_by"] and "out of fold" in by_split["train"]["scored_by"]
+    flagged = {r["path"] for r in result.issues if r["flagged"] and r["split"] in ("val", "test")}
+    assert len(flagged & flipped) >= 6, f"found {len(flagged & flipped)} of 8"
+    assert by_split["val"]["flagged"] + by_split["test"]["flagged"] == len(flagged)
+    listed = {img["path"] for b in by_split.values() for img in b["flagged_images"]}
+    assert flagged & flipped <= listed
+    html = (copy / "audit" / "audit.html").read_text()
+    assert 'id="by-split"' in html and "none saw a test image" in html

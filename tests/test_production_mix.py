@@ -138,12 +138,15 @@ def test_a_corruption_that_lets_defects_through_is_named_next_to_the_recommendat
     checks = evaluate_gate({"max_class_escape_rate": 0.0}, KpiTargets(max_class_escape_rate=0.2), None,
                            {"max_class_escape_rate": rate(0, 20)})["checks"]
     kpi = _kpi(checks)
-    kpi.robustness["decisions"] = {"worst": {"family": "shadow", "severity": 5, "escape_rate": rate(49, 100)}}
+    kpi.operating.test = {"accepted": 130}
+    cells = [{"family": "shadow", "severity": s, "value": v, "escape_rate": rate(k, 100), "false_reject_rate": rate(0, 32)}
+             for s, v, k in ((1, 0.15, 3), (5, 0.75, 49))]
+    kpi.robustness["decisions"] = {"cells": cells, "worst": {"family": "shadow", "severity": 5, "escape_rate": rate(49, 100)}}
     rec = recommend(kpi, t)
+    # issue 28: the family is named, its level in physical units and the advice are in page one's table
     assert rec["kind"] == GO and rec["warnings"] == [
-        "under shadow (severity 5) the model accepts 49.0 % of defective parts as good: add this condition to the strong "
-        "view (views.strong) and keep it off the line (lighting, focus)"]
-    kpi.robustness["decisions"]["worst"]["escape_rate"] = rate(3, 100)  # within the 20 % limit: nothing to say
+        "Line conditions that break the model: shadow (see the table on this page)."]
+    cells[1]["escape_rate"] = rate(19, 100)  # within the 20 % limit: nothing to say
     assert recommend(kpi, t)["warnings"] == []
 
 
@@ -191,7 +194,8 @@ def test_the_accuracy_card_names_the_all_good_baseline_on_a_mostly_good_mix():
     parts = {"deployed_runtime": "onnx", "classes": ["crack", "ok", "scratch"],
              "models": {"onnx": {"confusion_matrix": cm, "macro_f1": 0.7512, "balanced_accuracy": 0.7333}}}
     kpi = kpi_record(parts)
-    assert _baseline_sentence(kpi, t) == ("Calling every part ok would already score 93.1 % on this test mix; across "
-                                          "classes the small model's macro-F1 is 0.75 and its balanced accuracy 73.3 %.")
+    assert _baseline_sentence(kpi, t) == ("Calling every part ok would already score 93.1 % on this test mix; counting "
+                                          "every class equally, the small model scores 0.75 (macro-F1, see the glossary) "
+                                          "and 73.3 % of each class right on average.")
     balanced = kpi_record(dict(parts, models={"onnx": dict(parts["models"]["onnx"], confusion_matrix=[[5, 0, 0], [0, 4, 1], [0, 0, 5]])}))
     assert _baseline_sentence(balanced, t) is None  # no class holds half the test parts

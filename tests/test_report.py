@@ -51,9 +51,10 @@ def test_run_writes_a_self_contained_english_report(finished_run):
 def test_japanese_report(run_copy):
     result = CliRunner().invoke(app, ["report", str(run_copy), "--lang", "ja"])
     assert result.exit_code == 0, result.output
-    html = (run_copy / "report" / "report.html").read_text(encoding="utf-8")
+    html = (run_copy / "report" / "report.ja.html").read_text(encoding="utf-8")
     _self_contained(html)
     assert '<html lang="ja">' in html
+    assert '<html lang="en">' in (run_copy / "report" / "report.html").read_text(encoding="utf-8")  # English kept
     assert "リリース判定レポート：ライン tiny_line の検査モデル" in html and "GO（導入可）" in html
     assert "Release report" not in html
 
@@ -313,7 +314,9 @@ def test_escapes_per_class_and_the_worst_class_on_page_one(run_copy):
         kind = "escape" if row["kind"] == "escape" else "false reject"
         assert re.search(rf"<td>{name}</td><td>{kind}</td><td class=\"num\">{row['k']} / {row['n']}</td>", table), name
         assert f"{row['ppm_high']:,.0f}" in table
-    assert f"class, {escapes['worst']} (n = " in _text(table) or f"Worst defect class: {escapes['worst']}," in _text(table)
+    sizes = {row["n"] for row in escapes["classes"].values() if row["kind"] == "escape"}
+    assert (f"class, {escapes['worst']} (n = " in _text(table) or f"Worst defect class: {escapes['worst']}," in _text(table)
+            or (len(sizes) == 1 and f"with {sizes.pop()} test parts per defect class" in _text(table)))
 
 
 def test_a_line_of_defect_types_only_has_no_escapes(run_copy):
@@ -381,7 +384,7 @@ def test_a_repeated_measurement_leaves_a_stale_report_not_a_current_looking_one(
 
     build_report(run_copy, lang="ja", log=lambda m: None)
     stale = mark_report_stale(run_copy, "kit export")
-    assert "古いレポート" in (stale / "report.html").read_text(encoding="utf-8")
+    assert "古いレポート" in (stale / "report.ja.html").read_text(encoding="utf-8")
     build_report(run_copy, log=lambda m: None)  # a current report supersedes the stale one
     assert (run_copy / "report" / "report.html").is_file() and not (run_copy / "report.stale").exists()
 

@@ -17,7 +17,8 @@ import jinja2
 
 from kit.anomaly.record import RECORD_NAME, AnomalyRecord, read_anomaly_record
 from kit.io import publish_dir, staging_dir, write_text_atomic
-from kit.rundir import HTML_NAME, REPORT_DIR, mark_stage, require_stages
+from deploy.manifest import read_manifest
+from kit.rundir import BUNDLE_DIR, HTML_NAME, REPORT_DIR, mark_stage, require_stages
 from kit.anomaly.verdict import GO, NO_GO, SHADOW, Recommendation, anomaly_release, recommend, release_of  # noqa: F401
 from kit.verify.integrity import hash_problems, rate_problems, recorded_hashes
 
@@ -28,10 +29,12 @@ def _pct(rate: dict[str, Any] | None) -> str:
     return f"{rate['rate']:.1%} ({rate['k']} of {rate['n']}; 95 % interval {rate['low']:.1%} - {rate['high']:.1%})"
 
 
-def breaking_points(record: AnomalyRecord, limit: float) -> list[dict[str, Any]]:
+def breaking_points(record: AnomalyRecord, limit: float, image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Per corruption family, the mildest severity at which good parts are rejected above ``limit`` (the false-reject
-    target), with the value in the family's own unit; families that never cross it are listed as holding."""
+    target), with the value in the family's own unit and, given the model's ``image_size``, in physical units (the one
+    definition the classifier's report uses, ``kit.physical``); families that never cross it are listed as holding."""
     from kit.views.corruptions import get_corruption
+    from kit.physical import physical_level
 
     out = []
     by_family: dict[str, list[dict[str, Any]]] = {}
@@ -41,8 +44,10 @@ def breaking_points(record: AnomalyRecord, limit: float) -> list[dict[str, Any]]
         crossed = next((r for r in sorted(rows, key=lambda r: r["severity"])
                         if r["false_reject"]["rate"] is not None and r["false_reject"]["rate"] > limit), None)
         unit = get_corruption(family).unit
+        physical = (physical_level(family, crossed["value"], image_size).text
+                    if crossed is not None and image_size is not None else None)
         out.append({"family": family, "unit": unit, "severity": None if crossed is None else crossed["severity"],
-                    "value": None if crossed is None else crossed["value"],
+                    "value": None if crossed is None else crossed["value"], "physical": physical,
                     "false_reject": None if crossed is None else crossed["false_reject"]})
     return sorted(out, key=lambda b: (b["severity"] is None, b["severity"] or 0, b["family"]))
 
@@ -64,7 +69,7 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .5em;tex
 <p>The mildest level of each change at which more than {{ '%.0f %%' % (100 * fr_limit) }} of good test parts are rejected
 ({{ r.robustness.n_good }} good parts per cell):</p>
 <table><tr><th>change</th><th>from</th><th>good parts rejected there</th></tr>
-{% for b in breaks %}<tr><td>{{ b.family }}</td><td>{% if b.severity is none %}holds up to the harshest level tested{% else %}severity {{ b.severity }}: {{ b.unit }} {{ b.value }}{% endif %}</td>
+{% for b in breaks %}<tr><td>{{ b.family }}</td><td>{% if b.severity is none %}holds up to the harshest level tested{% elif b.physical %}{{ b.physical }}{% else %}severity {{ b.severity }}: {{ b.unit }} {{ b.value }}{% endif %}</td>
 <td>{{ '-' if b.false_reject is none else pct(b.false_reject) }}</td></tr>{% endfor %}</table>
 <h2>Operating point</h2>
 <p>{{ r.certificate.message }}. Reject at score {{ reject }}, review from {{ '%.4g' % r.certificate.accept_below }}
@@ -119,14 +124,16 @@ def integrity_problems(run_dir: Path, record: AnomalyRecord) -> list[str]:
     return problems
 
 
-def render_anomaly_html(record: AnomalyRecord, tampered: list[str] | None = None) -> str:
+def render_anomaly_html(record: AnomalyRecord, tampered: list[str] | None = None,
+                        image_size: tuple[int, int] | None = None) -> str:
+    """``image_size``: the model's input (height, width px), for the breaking conditions in physical units."""
     rec = stored_recommendation(record)
     if tampered:
         rec = Recommendation("TAMPERED: not a release decision", list(tampered), tuple(tampered))
     reject = record.certificate["reject_at"]
     fr_limit = _false_reject_limit(record)
     return _PAGE.render(r=record, rec=rec, op=record.operating_test, pct=_pct, fr_limit=fr_limit,
-                        breaks=breaking_points(record, fr_limit),
+                        breaks=breaking_points(record, fr_limit, image_size),
                         css={GO: "GO", SHADOW: "SHADOW"}.get(rec.verdict, "NO-GO"),
                         reject="none (not certified: every part reviewed)" if reject is None else f"{reject:.4g}",
                         fmt=lambda v: "unmeasured" if v is None else f"{v:.4f}")
@@ -139,7 +146,8 @@ def build_anomaly_report(run_dir: str | Path, log: Callable[[str], None] = print
     record = read_anomaly_record(run_dir)
     tampered = integrity_problems(run_dir, record)
     staging = staging_dir(run_dir / REPORT_DIR)
-    write_text_atomic(staging / HTML_NAME, render_anomaly_html(record, tampered))
+    image_size = tuple(read_manifest(run_dir / BUNDLE_DIR).preprocess.image_size)
+    write_text_atomic(staging / HTML_NAME, render_anomaly_html(record, tampered, image_size))
     out = publish_dir(staging, run_dir / REPORT_DIR)
     rec = stored_recommendation(record)
     if tampered:

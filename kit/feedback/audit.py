@@ -43,6 +43,11 @@ from kit.rundir import (AUDIT_DIR, AUDIT_HTML, AUDIT_JSON, LABEL_ISSUES_CSV, LOC
                         read_split_rows)
 
 THUMB_PX = 72
+SPLITS = ("train", "val", "test")
+# How each split's images are scored (audit.json, audit.html and the report say it)
+SCORED_BY = {"train": "out of fold: each image by the fold model that did not train on it",
+             "val": "the mean of the fold models, all trained on the training split only (none saw a validation image)",
+             "test": "the mean of the fold models, all trained on the training split only (none saw a test image)"}
 
 
 @dataclass
@@ -229,28 +234,48 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, see
 
 def out_of_fold_probabilities(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec, folds: int,
                               training: FoldTraining, log: Callable[[str], None] = print) -> np.ndarray:
-    """Every image's probabilities from a model that did not learn its label. ``images``: prepared uint8 NxHxWxC.
+    """Every image's probabilities from a model that did not learn its label (``fold_probabilities`` without unseen
+    images)."""
+    return fold_probabilities(images, labels, num_classes, spec, folds, training, log)[0]
+
+
+def fold_probabilities(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: PreprocessSpec, folds: int,
+                       training: FoldTraining, log: Callable[[str], None] = print,
+                       unseen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold probabilities of ``images``, mean probabilities of ``unseen``). ``images``: prepared uint8
+    NxHxWxC, the split the fold models learn from (training).
 
     ``training.initial`` None: ``folds`` models of ``training.arch`` trained from scratch, each on the other
     folds. ``training.initial`` a trained model: its features, fixed, and per fold a new linear classifier fitted on
-    the other folds (a linear probe; ``training.epochs`` unused)."""
+    the other folds (a linear probe; ``training.epochs`` unused).
+
+    ``unseen`` (validation and test images): scored by the mean of the ``folds`` fold models, none of which trained on
+    them, so a wrong label there is judged by models that never saw it."""
     seed, initial = training.seed, training.initial
     fold = stratified_folds(labels, folds, seed)
     probs = np.zeros((len(labels), num_classes), dtype=np.float32)
+    unseen = np.zeros((0, *images.shape[1:]), dtype=images.dtype) if unseen is None else unseen
+    unseen_probs = np.zeros((len(unseen), num_classes), dtype=np.float64)
     features = embeddings(initial, images, spec) if initial is not None else None
+    unseen_features = embeddings(initial, unseen, spec) if initial is not None and len(unseen) else None
     for f in range(folds):
         started = time.perf_counter()
         train_idx, held_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         if features is not None:
-            probs[held_idx] = linear_probe(features[train_idx], labels[train_idx], num_classes, seed + f)(features[held_idx])
+            probe = linear_probe(features[train_idx], labels[train_idx], num_classes, seed + f)
+            probs[held_idx] = probe(features[held_idx])
+            if unseen_features is not None:
+                unseen_probs += probe(unseen_features) / folds
         else:
             model = train_classifier(images[train_idx], labels[train_idx], num_classes, spec,
                                      replace(training, seed=seed + f))
             probs[held_idx] = predict_probabilities(model, images[held_idx], spec)
+            if len(unseen):
+                unseen_probs += predict_probabilities(model, unseen, spec) / folds
         held_acc = float((probs[held_idx].argmax(1) == labels[held_idx]).mean())
         log(f"audit: fold {f + 1}/{folds}: {len(train_idx)} train, {len(held_idx)} held out, "
             f"held-out agreement with the labels {held_acc:.3f} ({time.perf_counter() - started:.0f} s)")
-    return probs
+    return probs, unseen_probs.astype(np.float32)
 
 
 # -- the audit -------------------------------------------------------------------------------------
@@ -283,7 +308,7 @@ class AuditSettings:
     lr: float | None = None
     max_distance: int = 4  # near-duplicates: at most this many of 64 hash bits apart
     top: int | None = None
-    splits: tuple[str, ...] = ("train",)
+    splits: tuple[str, ...] = ("train", "val", "test")  # validation and test: scored by the fold models (train only)
     seed: int | None = None
     augment: bool = True
 
@@ -342,19 +367,26 @@ def audit_run(run_dir: str | Path, settings: AuditSettings = AuditSettings(),
     started = time.perf_counter()
     raw = [read_image(path, spec.channels) for path, _, _ in rows]
     prepared = np.stack([prepare_image(img, spec) for img in raw])
-    audited = np.array([split in splits for _, _, split in rows])
-    if audited.sum() < folds * len(classes):
-        raise ArgumentError("folds", f"{int(audited.sum())} images in {', '.join(splits)} are too few for {folds} folds "
-                                     f"of {len(classes)} classes")
+    unknown = [x for x in splits if x not in SPLITS]
+    if unknown:
+        raise ArgumentError("splits", f"unknown split {unknown[0]!r}; choose from {', '.join(SPLITS)}")
+    learn = np.flatnonzero(np.array([split == "train" for _, _, split in rows]))
+    if len(learn) < folds * len(classes):
+        raise ArgumentError("folds", f"{len(learn)} images in train are too few for {folds} folds of {len(classes)} classes")
     labels = np.array([lookup[label] for _, label, _ in rows], dtype=np.int64)
     weak = (build_view(recipe.views.weak, "views.weak", spec.image_size, spec.num_channels)
             if settings.augment and recipe.views.weak else None)
-    idx = np.flatnonzero(audited)
+    unseen = np.flatnonzero(np.array([split in splits and split != "train" for _, _, split in rows]))
     how = "linear probe on the run's student" if init == "student" else f"from scratch, {epochs} epochs"
-    log(f"audit: {len(idx)} images ({', '.join(splits)}), {folds} folds of {arch} ({how}) at "
-        f"{spec.image_size[0]}x{spec.image_size[1]} px")
+    log(f"audit: {len(learn)} training images in {folds} folds of {arch} ({how}) at {spec.image_size[0]}x{spec.image_size[1]} px"
+        + (f"; {len(unseen)} validation/test images scored by the mean of the {folds} fold models (trained on train only)"
+           if len(unseen) else ""))
     training = FoldTraining(arch, epochs, settings.batch_size, lr, seed, weak, initial)
-    probs = out_of_fold_probabilities(prepared[idx], labels[idx], len(classes), spec, folds, training, log)
+    oof, unseen_probs = fold_probabilities(prepared[learn], labels[learn], len(classes), spec, folds, training, log,
+                                           unseen=prepared[unseen])
+    keep = "train" in splits
+    idx = np.concatenate([learn if keep else learn[:0], unseen])
+    probs = np.concatenate([oof if keep else oof[:0], unseen_probs])
     order, flagged, suggested = rank_label_issues(probs, labels[idx])
     issues = []
     for rank, j in enumerate(order, start=1):
@@ -374,12 +406,27 @@ def audit_run(run_dir: str | Path, settings: AuditSettings = AuditSettings(),
                "arch": arch, "init": init, "folds": folds, "epochs": epochs, "lr": lr, "image_size": list(spec.image_size),
                "out_of_fold_agreement": oof_accuracy, "flagged": n_flagged,
                "flagged_by_class": {c: int(sum(1 for r in issues if r["flagged"] and r["label"] == c)) for c in classes},
+               "by_split": _by_split(issues, splits),
                "near_duplicates": len(duplicates), "max_distance": max_distance,
                "seconds": round(time.perf_counter() - started, 1), "method": "confident learning (Northcutt et al. 2021)"}
     shown = top if top is not None else max(20, n_flagged)
     audit_dir = _write_audit(run_dir, summary, issues, duplicates, shown, spec.channels)
     log(f"audit: {n_flagged} labels flagged of {len(idx)}; {len(duplicates)} near-duplicate pairs across splits; {audit_dir}")
     return AuditResult(audit_dir, summary, issues, duplicates)
+
+
+def _by_split(issues: list[dict[str, Any]], splits: tuple[str, ...], listed: int = 20) -> dict[str, Any]:
+    """Per audited split: images, flagged labels, how its images were scored, and its flagged images (most likely wrong
+    first, at most ``listed``). Validation and test labels matter most: they choose the checkpoint, certify the threshold
+    and make every figure of the report."""
+    out = {}
+    for split in (s for s in SPLITS if s in splits):
+        mine = [r for r in issues if r["split"] == split]
+        flagged = [r for r in mine if r["flagged"]]
+        out[split] = {"images": len(mine), "flagged": len(flagged), "scored_by": SCORED_BY[split],
+                      "flagged_images": [{k: r[k] for k in ("rank", "path", "label", "suggested", "label_probability")}
+                                         for r in flagged[:listed]]}
+    return out
 
 
 def _write_audit(run_dir: Path, summary: dict[str, Any], issues: list[dict[str, Any]], duplicates: list[dict[str, Any]],

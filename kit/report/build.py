@@ -18,21 +18,25 @@ from typing import Any, Callable
 
 import jinja2
 
+from deploy.decision import DecisionRule
 from deploy.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from kit.errors import ArgumentError, KitError
-from kit.io import publish_dir, read_json, staging_dir, write_atomic, write_text_atomic
+from kit.io import publish_dir, read_json, staging_dir, write_text_atomic
 from kit.recipe import read_recipe_lock, recipe_hash
 import kit.report.charts as charts
 from kit.report.economics import savings
-from kit.report.images import data_uri, thumbnail
+from kit.report.images import data_uri, thumbnail, views_grid_png
 from kit.report.format import format_ci, format_exact, format_number, format_pct, format_rate_ci, level as _level
 from kit.report.fonts import INSTALL_HINT, cjk_font, embedded_font_css
+from kit.report.pdf import fit_to_font, write_pdf
 from kit.report.i18n import LANGUAGES, STRINGS, translator
 from kit.report.heatmap_section import localisation_context
 from kit.report.certificate import certificate_message, certificate_sentences, operating_sentences  # noqa: F401
 from kit.report.quality import quality_box
 from kit.report.shadow_exit import exit_criteria, mix_assumption, net_downside
-from kit.report.page_one import corruption_sentence, difference_rows, net_context, production_sentences
+from kit.report.breaking import breaking_conditions
+from kit.report.label_audit import label_audit_context
+from kit.report.page_one import difference_rows, net_context, production_sentences
 from kit.report.recommendation import point_only, recommend
 from kit.verdict import GO, NONE, TAMPERED_EXIT, Check, Release
 from kit.verify.integrity import check_kpi_run
@@ -41,8 +45,8 @@ from kit.verify import stats
 from kit.verify.record import KpiRecord, read_kpi
 from kit.verify.machine import cpu_name
 from kit.rundir import (
-    BUNDLE_DIR, HTML_NAME, LOCK_NAME, METRICS_NAME, PDF_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
-    read_state, require_stages,
+    BUNDLE_DIR, LOCK_NAME, METRICS_NAME, REPORT_DIR, STALE_REPORT_DIR, VIEWS_NAME, comparison_role, kpi_path, mark_stage, parity_path,
+    read_state, report_names, require_stages,
 )
 
 THUMB_PX = 96
@@ -109,7 +113,7 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "kpi_sha256": sha256_file(kpi_path(run_dir)),
         "production": production_sentences(kpi, recipe, t), "net": net, "net_downside": net_downside(net, t),
         "shadow_exit": exit_criteria(kpi, recipe, t), "mix_assumption": mix_assumption(kpi, recipe, t),
-        "corruption_escapes": corruption_sentence(kpi, t), "differences": difference_rows(kpi, labels, t),
+        "differences": difference_rows(kpi, labels, t),
         "gate_on": gate.gate_on or "point", "known_keys": set(STRINGS[lang]),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "deployed": deployed, "deployed_runtime": kpi.deployed["runtime"],
@@ -133,17 +137,44 @@ def build_context(run_dir: Path, lang: str, font_family: str | None) -> dict[str
         "escapes": _escapes(kpi, t),
         "lat_rows": lat_rows, "parity": parity,
         "figures": {k: data_uri(v) for k, v in figures.items()},
-        "views": data_uri(views_png.read_bytes()) if views_png.is_file() else None,
-        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX)} for e in kpi.misclassified],
+        "views": _views(run_dir, recipe, manifest, views_png),
+        "errors": [{**e, "thumb": thumbnail(e["path"], recipe.data.channels, THUMB_PX), "action": mistake_action(kpi, e)}
+                   for e in kpi.misclassified],
         "recipe_yaml": (run_dir / LOCK_NAME).read_text(encoding="utf-8"), "recipe_hash": recipe_hash(recipe),
         "artefacts": manifest.artefacts, "versions": manifest.extra.get("versions", {}),
         "hardware": machine or {"cpu": cpu_name(), "cores": str(os.cpu_count()), "system": f"{platform.system()} {platform.release()}"},
         "hardware_is_measuring": machine is not None,
         "sources": source_hashes(run_dir),
-        "stages": state.get("stages", {}),
+        "stages": _stages(state, datetime.now(timezone.utc)),
         "training_warnings": _training_warnings(run_dir),
         "localisation": localisation_context(run_dir, kpi, recipe, t),
+        "breaking": breaking_conditions(kpi, recipe, tuple(manifest.preprocess.image_size), t),
+        "label_audit": label_audit_context(run_dir, t),
     }
+
+
+def _views(run_dir: Path, recipe: Any, manifest: Any, stored: Path) -> str | None:
+    """The training views, one image per class, readable on A4; the data stage's views.png when the images are gone."""
+    png = views_grid_png(run_dir, recipe, manifest.preprocess, manifest.classes)
+    if png is None and stored.is_file():
+        png = stored.read_bytes()
+    return data_uri(png) if png is not None else None
+
+
+def _stages(state: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The run's stages for the appendix, the report row being this report (the state still holds the previous one's)."""
+    stages = {name: s for name, s in state.get("stages", {}).items() if name != "report"}
+    stages["report"] = {"status": "current", "finished_at": now.isoformat(timespec="seconds"), "seconds": None}
+    return stages
+
+
+def mistake_action(kpi: KpiRecord, mistake: dict[str, Any]) -> str:
+    """What the deployed rule did with a misclassified test part (accept / reject alone, or review: a person saw it),
+    from its calibrated confidence, the operating threshold and the class thresholds (``deploy.decision``)."""
+    op = kpi.operating
+    rule = DecisionRule(threshold=op.threshold, ok_class=op.ok_class, class_thresholds=dict(op.class_thresholds or {}))
+    bar = max(rule.threshold or 0.0, float(rule.class_floors([mistake["predicted"]])[0]))
+    return rule.action(mistake["predicted"], abstain=mistake["confidence"] < bar)
 
 
 def model_labels(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, str]:
@@ -302,7 +333,9 @@ def _escapes(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any] | None:
         sentences.append(t("worst_escape", cls=table["worst"], k=worst["k"], n=worst["n"], rate=format_pct(worst["rate"]),
                            ppm_high=format_number(worst["ppm_high"], 0), level=_level(worst)))
     elif worst is not None:  # no escape at all: the bound the smallest defect class allows is the honest figure
-        sentences.append(t("worst_escape_zero", cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
+        sizes = {r["n"] for r in table["classes"].values() if r["kind"] == "escape"}
+        key = "worst_escape_zero_equal" if len(sizes) == 1 else "worst_escape_zero"  # "least-tested" only when n differ
+        sentences.append(t(key, cls=table["worst"], n=worst["n"], ppm_high=format_number(worst["ppm_high"], 0),
                            level=_level(worst)))
     total = kpi.intervals.escape_rate
     if total is not None:
@@ -360,6 +393,8 @@ def _check_description(target: str, t: Callable[..., str]) -> str:
     name = target.removeprefix("kpi.").replace(" ", "_")
     if name.startswith("no_regression["):  # kpi.no_regression[scratch] (kit.verify.regression)
         return t("g_no_regression", cls=name[name.index("[") + 1:-1])
+    if name.startswith("min_heldout_relative_robustness["):  # one held-out family (kit.verify.gate)
+        return t("g_heldout_family", family=charts.family_name(name[name.index("[") + 1:-1], t))
     if "[" in name:  # kpi.max_class_escape_rate[scratch]
         return t("g_class_escape", cls=name[name.index("[") + 1:-1])
     return t("g_" + name)
@@ -417,6 +452,14 @@ def _ci_filter(context: Any, interval: dict[str, Any]) -> str:
     return format_ci(interval, context["t"])
 
 
+def css_string(text: Any) -> str:
+    """``text`` as a quoted CSS string (a page footer's ``content``): quotes, backslashes, angle brackets, ampersands
+    and line breaks escaped the CSS way, so no value can close the string or the style element (the template marks the
+    result ``safe``: HTML escaping would put ``&#34;`` into the style sheet)."""
+    escaped = "".join(f"\\{ord(c):x} " if c in '\\"<>&\n\r' else c for c in str(text))
+    return f'"{escaped}"'
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kit.report", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
@@ -425,6 +468,7 @@ def _environment() -> jinja2.Environment:
     env.filters["num"] = format_number
     env.filters["ci"] = _ci_filter
     env.filters["rate_ci"] = _rate_ci_filter
+    env.filters["css_string"] = css_string
     return env
 
 
@@ -435,24 +479,10 @@ def render_html(run_dir: Path, lang: str, font_family: str | None = None, shadow
     from kit.report.after_golive import after_golive_context
 
     context = build_context(run_dir, lang, font_family)
+    context.setdefault("kpi_sha256", sha256_file(kpi_path(run_dir)))  # every PDF page's footer names the measurements
     context.update(after_golive_context(context["kpi"], shadow, context["t"]))
     html = _environment().get_template("report.html.j2").render(**context)
     return (html, context["integrity"]["problems"]) if with_problems else html
-
-
-def write_pdf(html: str, path: Path, font_file: Path | None) -> None:
-    try:
-        from weasyprint import CSS, HTML
-        from weasyprint.text.fonts import FontConfiguration
-    except (ImportError, OSError) as exc:  # OSError: the pango/cairo system libraries are missing
-        raise ArgumentError("pdf", f"the PDF renderer is not available ({type(exc).__name__}: {exc}); "
-                          "pip install 'inspection-kit[report]' (weasyprint; needs the pango system library)") from None
-    fonts = FontConfiguration()
-    stylesheets = []
-    if font_file is not None:  # the CJK font travels inside the PDF, whatever the reader's machine has
-        stylesheets.append(CSS(string=f"@font-face {{ font-family: 'KitCJK'; src: url('{font_file.as_uri()}'); }}"
-                                      "body { font-family: 'KitCJK', sans-serif; }", font_config=fonts))
-    write_atomic(path, lambda tmp: HTML(string=html).write_pdf(str(tmp), stylesheets=stylesheets, font_config=fonts))
 
 
 def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False,
@@ -471,11 +501,14 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
         font_family, font_file = cjk_font()
     html, tampered = render_html(run_dir, lang, font_family, shadow, with_problems=True)
     if font_file is not None:  # the page carries the glyphs it uses: readable where no CJK font is installed
+        html = fit_to_font(html, font_file)
         html = html.replace("</head>", f'<style id="embedded-font">{embedded_font_css(font_file, html)}</style>\n</head>', 1)
+    html_name, pdf_name = report_names(lang)
     staging = staging_dir(run_dir / REPORT_DIR)
-    write_text_atomic(staging / HTML_NAME, html)
+    _keep_other_languages(run_dir / REPORT_DIR, staging, lang)
+    write_text_atomic(staging / html_name, html)
     if pdf:
-        write_pdf(html, staging / PDF_NAME, font_file)
+        write_pdf(html, staging / pdf_name, font_file)
     out = publish_dir(staging, run_dir / REPORT_DIR)
     shutil.rmtree(run_dir / STALE_REPORT_DIR, ignore_errors=True)  # superseded by the report just written
     rel = read_kpi(run_dir).verdict
@@ -484,8 +517,20 @@ def build_report(run_dir: str | Path, lang: str | None = None, pdf: bool = False
     mark_stage(run_dir, state, "report", time.perf_counter() - started, language=lang, pdf=pdf,
                verdict="TAMPERED" if tampered else rel.label, tampered=tampered,
                sources={s["file"]: s["sha256"] for s in source_hashes(run_dir)})
-    log(f"report: {out / HTML_NAME}{' and ' + PDF_NAME if pdf else ''} ({lang}; {said})")
-    return ReportResult(out / HTML_NAME, out / PDF_NAME if pdf else None, rel, tampered)
+    log(f"report: {out / html_name}{' and ' + pdf_name if pdf else ''} ({lang}; {said})")
+    return ReportResult(out / html_name, out / pdf_name if pdf else None, rel, tampered)
+
+
+def _keep_other_languages(current: Path, staging: Path, lang: str) -> None:
+    """The report in the other languages stays beside the one being written: ``report/`` holds only current reports
+    (a repeated measurement moves the whole folder to ``report.stale/``), so they describe the same measurements."""
+    if not current.is_dir():
+        return
+    mine = set(report_names(lang))
+    for other in LANGUAGES:
+        for name in report_names(other):
+            if name not in mine and (current / name).is_file():
+                shutil.copy2(current / name, staging / name)
 
 
 __all__ = ["INSTALL_HINT", "ReportError", "ReportResult", "build_report", "render_html"]

@@ -43,6 +43,7 @@ def embedded_font_css(font_file: Path, text: str, family: str = EMBED_FAMILY) ->
     so the Japanese report reads on a PC without CJK fonts and stays small (a few hundred glyphs, not the
     whole font's several megabytes). fontTools does the subsetting, as every font pipeline does."""
     import base64
+    import html
     import io
 
     from fontTools import subset
@@ -54,7 +55,8 @@ def embedded_font_css(font_file: Path, text: str, family: str = EMBED_FAMILY) ->
     options.notdef_outline = True
     font = subset.load_font(str(font_file), options)
     subsetter = subset.Subsetter(options)
-    subsetter.populate(text="".join(sorted(set(text))))
+    # the characters as printed: an escaped apostrophe (&#39;) or ampersand in the HTML is still a glyph on the page
+    subsetter.populate(text="".join(sorted(set(html.unescape(text)))))
     subsetter.subset(font)
     buffer = io.BytesIO()
     subset.save_font(font, buffer, options)

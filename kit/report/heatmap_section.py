@@ -99,7 +99,7 @@ def _examples(run_dir: Path, deployed: str, recipe: Any, t: Callable[..., str]) 
             mask = None
         png = encode_overlay(render_overlay(image, d.heatmap, overlay_caption(d.label, d.confidence), mask, channels, OVERLAY_PX))
         return {"uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "file": Path(d.path).name,
-                "truth": label_of[d.path], "predicted": d.label, "confidence": d.confidence,
+                "truth": label_of[d.path], "predicted": d.label, "confidence": d.confidence, "action": d.action,
                 "peak": d.heatmap.peak_xy, "method": d.heatmap.method}
 
     figures = [figure(d) for d in explained]

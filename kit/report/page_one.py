@@ -1,13 +1,12 @@
-"""Page one's figures beyond the verdict: the line's own mix, net economics, the worst corruption for
-escapes and the paired differences, each as sentences that say which data mix they use."""
+"""Page one's figures beyond the verdict: the line's own mix, net economics and the paired differences, each as
+sentences that say which data mix they use (the conditions that break the model: ``kit.report.breaking``)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from kit.report.charts import family_name
 from kit.report.economics import net_savings
-from kit.report.format import format_number, format_pct, level
+from kit.report.format import format_number, format_pct
 from kit.verify.record import KpiRecord
 
 
@@ -62,22 +61,6 @@ def net_context(kpi: KpiRecord, recipe: Any, t: Callable[..., str]) -> dict[str,
         lines.append(t("net_unpriced", fields=t("sep").join(f"economics.{f}" for f in net["unpriced"])))
     lines.append(t("net_assumption"))
     return {**net, "lines": lines}
-
-
-def corruption_sentence(kpi: KpiRecord, t: Callable[..., str]) -> str | None:
-    """The corruption family and severity under which the deployed model lets most defects through."""
-    decisions = kpi.robustness.get("decisions")
-    worst = (decisions or {}).get("worst")
-    if not worst:
-        return None
-    esc = worst["escape_rate"]
-    if not kpi.operating.test.get("accepted"):  # nothing decided alone: no escape could happen, none measured
-        return None
-    if esc["k"] == 0:
-        return t("no_corruption_escape", cells=len(decisions["cells"]), n=esc["n"])
-    return t("worst_corruption", family=family_name(worst["family"], t), severity=worst["severity"], k=esc["k"], n=esc["n"],
-             rate=format_pct(esc["rate"]), high=format_pct(esc["high"]), level=level(esc),
-             images=kpi.robustness["images"])
 
 
 def difference_rows(kpi: KpiRecord, labels: dict[str, str], t: Callable[..., str]) -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from kit.report.breaking import breaking_summary
 from kit.report.charts import family_name
 from kit.verdict import GO, NO_GO, NONE, SHADOW, Check
 from kit.verify.release import point_only  # noqa: F401  (the report's KPI table marks the same checks)
@@ -62,6 +63,8 @@ def _action(check: Check, kpi: KpiRecord, t: Callable[..., str]) -> str:
         return t("act_escape", cls=cls or "?")
     if target == "kpi.max_false_reject_rate":
         return t("act_false_reject", ok=kpi.operating.ok_class or "?")
+    if target.startswith("kpi.min_heldout_relative_robustness["):  # one held-out family (kit.verify.gate)
+        return t("act_add_family", family=family_name(target[target.index("[") + 1:-1], t))
     if target in ("kpi.min_relative_robustness", "kpi.min_heldout_relative_robustness"):
         fam = _worst_family(kpi, deployed, target == "kpi.min_heldout_relative_robustness")
         return t("act_robustness", family=family_name(fam, t) if fam else "?")
@@ -120,14 +123,9 @@ def _every_class_need(kpi: KpiRecord, needed: int, limit: float, t: Callable[...
 
 
 def _corruption_warning(kpi: KpiRecord, t: Callable[..., str]) -> list[str]:
-    """Line conditions under which the model lets defects through beyond the escape limit (or 5 %)."""
-    worst = ((kpi.robustness.get("decisions") or {}).get("worst")) or {}
-    esc = worst.get("escape_rate")
-    limit = next((c.limit for c in kpi.gate.gated if c.target == "kpi.max_class_escape_rate"), 0.05)
-    if not esc or esc["rate"] is None or esc["rate"] <= limit:
-        return []
-    return [t("act_corruption", family=family_name(worst["family"], t), severity=worst["severity"],
-              rate=f"{100 * esc['rate']:.1f} %")]
+    """The line conditions that break the model (escapes or false rejects past their limits), named; page one's
+    table (``kit.report.breaking``) gives the level of each in physical units and what to do."""
+    return breaking_summary(kpi, t)
 
 
 def recommend(kpi: KpiRecord, t: Callable[..., str]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from kit.verify.certification import certification_split, line_risk_bounds
 from kit.verify.escapes import escape_table
 from kit.verify.localisation import localisation_section
 from kit.verify.machine import measuring_machine
-from kit.verify.record import KPI_SCHEMA_VERSION, Intervals, KpiRecord, Measured, Operating, read_kpi, write_kpi
+from kit.verify.record import HELDOUT_FAMILY_KEY, KPI_SCHEMA_VERSION, Intervals, KpiRecord, Measured, Operating, read_kpi, write_kpi
 from kit.verify.release import describe_release, release_verdict
 from kit.verdict import Release
 from kit.verify import production
@@ -331,8 +331,17 @@ def measured_kpis(accuracy: dict[str, Any], suite: dict[str, Any], lat: dict[str
         "relative_robustness": summary["all"]["relative_robustness"],
         "heldout_relative_robustness": summary["held_out"]["relative_robustness"],
         "latency_p95_ms": e2e["p95_ms"] if e2e else None,
-        "ece": calib["test"]["ece_after"], **operating_measures(operating),
+        "ece": calib["test"]["ece_after"], **operating_measures(operating), **heldout_family_measures(suite, deployed),
     }
+
+
+def heldout_family_measures(suite: dict[str, Any], deployed: str) -> dict[str, float | None]:
+    """Per held-out family, the deployed model's mean accuracy over that family's severities / its clean accuracy:
+    the gate checks each against ``kpi.min_heldout_relative_robustness`` (a mean over families hides a collapse)."""
+    summary = suite["summary"][deployed]
+    clean = summary["clean_accuracy"]
+    return {HELDOUT_FAMILY_KEY.format(f): (acc / clean if acc is not None and clean > 0 else None)
+            for f, acc in summary["per_family"].items() if suite["families"][f]["coverage"] == "held-out"}
 
 
 def operating_measures(operating: dict[str, Any]) -> dict[str, Any]:

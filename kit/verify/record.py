@@ -37,6 +37,9 @@ from kit.verdict import Number, Record, Release, Verdict
 
 KPI_SCHEMA_VERSION = 1
 ESCAPE_RATE_KEY = "escape_rate[{}]"  # measured's per-class key (and the gate's measure name)
+HELDOUT_FAMILY_KEY = "heldout_relative_robustness[{}]"  # measured's per held-out family key (and the gate's measure)
+# measured's keyed groups: the field that holds them -> the flat key each member has in the file
+_FLAT_GROUPS = {"escape_rates": ESCAPE_RATE_KEY, "heldout_family_robustness": HELDOUT_FAMILY_KEY}
 
 
 class Rate(TypedDict):
@@ -72,6 +75,8 @@ class Measured(Record):
     worst_escape_class: Optional[str] = None
     false_reject_rate: Optional[Number] = None
     escape_rates: dict[str, Optional[Number]] = Field(default_factory=dict)  # class -> its escape rate
+    # held-out family -> its mean accuracy over severities / clean accuracy (gated one by one, issue 28)
+    heldout_family_robustness: dict[str, Optional[Number]] = Field(default_factory=dict)
     operating_risk_upper: Optional[Number] = None
     operating_risk_limit: Optional[Number] = None
     operating_target: Optional[str] = None
@@ -82,23 +87,27 @@ class Measured(Record):
     @model_validator(mode="before")
     @classmethod
     def _gather_escape_rates(cls, data: Any) -> Any:
-        """The file's flat ``escape_rate[<class>]`` keys -> ``escape_rates``."""
-        if not isinstance(data, dict) or "escape_rates" in data:
+        """The file's flat ``escape_rate[<class>]`` (and ``heldout_relative_robustness[<family>]``) keys -> their
+        field."""
+        if not isinstance(data, dict):
             return data
-        prefix = ESCAPE_RATE_KEY.format("")[:-1]
-        flat = {k: v for k, v in data.items() if k.startswith(prefix) and k.endswith("]")}
-        if not flat:
-            return data
-        out = {k: v for k, v in data.items() if k not in flat}
-        out["escape_rates"] = {k[len(prefix):-1]: v for k, v in flat.items()}
+        out = dict(data)
+        for group, pattern in _FLAT_GROUPS.items():
+            if group in data:
+                continue
+            prefix = pattern.format("")[:-1]
+            flat = {k: v for k, v in data.items() if k.startswith(prefix) and k.endswith("]")}
+            if flat:
+                out = {k: v for k, v in out.items() if k not in flat}
+                out[group] = {k[len(prefix):-1]: v for k, v in flat.items()}
         return out
 
     @model_serializer(mode="wrap")
     def _flatten_escape_rates(self, handler: Any) -> dict[str, Any]:
         out = {}
         for key, value in handler(self).items():
-            if key == "escape_rates":
-                out.update({ESCAPE_RATE_KEY.format(c): v for c, v in value.items()})
+            if key in _FLAT_GROUPS:
+                out.update({_FLAT_GROUPS[key].format(c): v for c, v in value.items()})
             else:
                 out[key] = value
         return out
