@@ -117,7 +117,7 @@ def test_validation_and_test_labels_are_ranked_by_models_that_never_saw_them(fli
     classes = sorted({r[1] for r in body})
     rng = np.random.default_rng(11)
     flipped = set()
-    for split in ("val", "test"):
+    for split in ("val", "certify", "test"):
         for i in rng.choice([i for i, r in enumerate(body) if r[2] == split], size=4, replace=False):
             body[i][1] = str(rng.choice([c for c in classes if c != body[i][1]]))
             flipped.add(body[i][0])
@@ -125,11 +125,11 @@ def test_validation_and_test_labels_are_ranked_by_models_that_never_saw_them(fli
         csv.writer(fh).writerows([header, *body])
     result = audit_run(copy, AuditSettings(folds=3, init="student"), log=lambda m: None)
     by_split = result.summary["by_split"]
-    assert {s: b["images"] for s, b in by_split.items()} == {"train": 396, "val": 132, "test": 132}
+    assert {s: b["images"] for s, b in by_split.items()} == {"train": 396, "val": 66, "certify": 66, "test": 132}
     assert "none saw a validation image" in by_split["val"]["scored_by"] and "out of fold" in by_split["train"]["scored_by"]
-    flagged = {r["path"] for r in result.issues if r["flagged"] and r["split"] in ("val", "test")}
-    assert len(flagged & flipped) >= 6, f"found {len(flagged & flipped)} of 8"
-    assert by_split["val"]["flagged"] + by_split["test"]["flagged"] == len(flagged)
+    flagged = {r["path"] for r in result.issues if r["flagged"] and r["split"] in ("val", "certify", "test")}
+    assert len(flagged & flipped) >= 9, f"found {len(flagged & flipped)} of 12"
+    assert by_split["val"]["flagged"] + by_split["certify"]["flagged"] + by_split["test"]["flagged"] == len(flagged)
     listed = {img["path"] for b in by_split.values() for img in b["flagged_images"]}
     assert flagged & flipped <= listed
     html = (copy / "audit" / "audit.html").read_text()

@@ -43,10 +43,11 @@ from kit.rundir import (AUDIT_DIR, AUDIT_HTML, AUDIT_JSON, LABEL_ISSUES_CSV, LOC
                         read_split_rows)
 
 THUMB_PX = 72
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "certify", "test")
 # How each split's images are scored (audit.json, audit.html and the report say it)
 SCORED_BY = {"train": "out of fold: each image by the fold model that did not train on it",
              "val": "the mean of the fold models, all trained on the training split only (none saw a validation image)",
+             "certify": "the mean of the fold models, all trained on the training split only (none saw a certification image)",
              "test": "the mean of the fold models, all trained on the training split only (none saw a test image)"}
 
 
@@ -308,7 +309,7 @@ class AuditSettings:
     lr: float | None = None
     max_distance: int = 4  # near-duplicates: at most this many of 64 hash bits apart
     top: int | None = None
-    splits: tuple[str, ...] = ("train", "val", "test")  # validation and test: scored by the fold models (train only)
+    splits: tuple[str, ...] = SPLITS  # validation, its certification half and test: scored by the fold models (train only)
     seed: int | None = None
     augment: bool = True
 

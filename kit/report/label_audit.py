@@ -18,7 +18,7 @@ LISTED = 5  # flagged images named on the page; the rest are in audit.html
 
 
 def label_audit_context(run_dir: Path, t: Callable[..., str]) -> dict[str, Any] | None:
-    """None when no audit ranked validation or test images; else the sentence for page one and the flagged images."""
+    """None when no audit ranked validation, certification or test images; else the sentence for page one and the flagged images."""
     path = run_dir / AUDIT_DIR / AUDIT_JSON
     if not path.is_file():
         return None
@@ -26,7 +26,7 @@ def label_audit_context(run_dir: Path, t: Callable[..., str]) -> dict[str, Any] 
         audit = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    by_split = {s: b for s, b in (audit.get("by_split") or {}).items() if s in ("val", "test")}
+    by_split = {s: b for s, b in (audit.get("by_split") or {}).items() if s in ("val", "certify", "test")}
     if not by_split:
         return None
     flagged = sum(b["flagged"] for b in by_split.values())
