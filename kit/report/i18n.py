@@ -378,7 +378,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "g_no_regression": "No regression against the previous model: {cls} (upper end of new − old)",
         "prev_excluded": "{n} test images the previous model was trained or validated on are left out of the comparison.",
         # -- verdict, certificate, integrity, quality box, shadow exit criteria (issue 28 A)
-        "g_verify.threshold.test": "Operating target confirmed on test (one-sided 95 % upper bound)",
+        "g_verify.threshold.test": "Operating target confirmed on test (error rate; its pessimistic end is the one-sided 95 % upper bound)",
         "shadow_test_confirm": "the operating target confirmed on parts decided alone and checked by the inspectors: at least {zero} with no error, or about {n} at the test split's error rate ({err}), bring its one-sided 95 % upper bound within {limit} (on test it is {bound})",
         "act_test_unconfirmed": "the test split contradicts the certified operating target: recertify on more validation images (verify.threshold) or improve the model",
         "cert_held_out": "The operating threshold is certified on {n} validation images held out of every choice: the checkpoint, the temperature and the teacher check used the other {chose} (split per class, seed {seed}; split.csv rows 'certify'). Its bounds are one-sided {level} upper bounds; the test figures on page one are two-sided 95 % intervals.",
@@ -800,7 +800,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "g_no_regression": "前モデルからの悪化なし：{cls}（新 − 旧 の区間上端）",
         "prev_excluded": "前モデルの学習・検証に使われたテスト画像 {n} 枚は比較から除いています。",
         # -- verdict, certificate, integrity, quality box, shadow exit criteria (issue 28 A)
-        "g_verify.threshold.test": "運用目標のテストデータでの確認（片側 95 % 上限）",
+        "g_verify.threshold.test": "運用目標のテストデータでの確認（誤り率。悲観側の端は片側 95 % 上限）",
         "shadow_test_confirm": "単独判定し検査員が確認した部品で運用目標を確認すること：誤りなしなら {zero} 個以上、テストデータの誤り率（{err}）なら約 {n} 個で、片側 95 % 上限が {limit} 以内になります（テストデータでは {bound}）",
         "act_test_unconfirmed": "テストデータが保証済みの運用目標と矛盾しています：より多くの検証画像で再保証する（verify.threshold）か、モデルを改善してください",
         "cert_held_out": "運用しきい値は、あらゆる選択から除外した検証画像 {n} 枚で保証しています。チェックポイント、温度、教師チェックには残りの {chose} 枚を使いました（クラスごとに分割、シード {seed}、split.csv の 'certify' 行）。保証の限界は片側 {level} 上限で、1 ページ目のテストの数値は両側 95 % 信頼区間です。",

@@ -93,6 +93,7 @@ def _test_confirmation(measured: dict[str, Any], gate_on: str) -> dict[str, Any]
     value, bound = measured.get("operating_test_risk"), measured.get("operating_test_risk_upper")
     use_bound = gate_on == "bound" and bound is not None
     return check("verify.threshold.test", "operating_test_risk",
-                 f"{measured['operating_target']}, confirmed on test (one-sided 95 % upper bound)",
+                 f"{measured['operating_target']}, confirmed on test (error rate; its pessimistic end is the one-sided 95 % "
+                 "upper bound)",
                  bound if use_bound else value, measured.get("operating_risk_limit"), "<=",
                  point=value, bound=bound, gated_on="bound" if use_bound else "point")
