@@ -25,7 +25,6 @@ the line (part ids, class names, inspector names) with ``textContent``.
 import asyncio
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -262,14 +261,9 @@ class ReviewServer:
             self.app.state.access.close()
 
     def start(self, timeout_s: float = 30.0) -> "ReviewServer":
-        server = self._server()
-        self.thread = threading.Thread(target=server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise DeployError("the review server did not start")
-            time.sleep(0.01)
+        from deploy.serve.station import start_in_thread
+
+        self.thread = start_in_thread(self._server(), self.sock, timeout_s, "the review server")
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -67,14 +67,7 @@ class Station:
         self._server().run(sockets=[self.sock])
 
     def start(self, timeout_s: float = 30.0) -> "Station":
-        server = self._server()
-        self.thread = threading.Thread(target=server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise DeployError("the server did not start")
-            time.sleep(0.01)
+        self.thread = start_in_thread(self._server(), self.sock, timeout_s, "the server")
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -83,6 +76,18 @@ class Station:
         if self.thread is not None:
             self.thread.join(timeout_s)
         self.sock.close()
+
+
+def start_in_thread(server: Any, sock: socket.socket, timeout_s: float, what: str) -> threading.Thread:
+    """Run a uvicorn ``server`` on ``sock`` in a daemon thread and wait until it serves (tests, ``deploy review``)."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise DeployError(f"{what} did not start")
+        time.sleep(0.01)
+    return thread
 
 
 def tls_options(config: ServeConfig) -> dict[str, str]:
